@@ -1,0 +1,22 @@
+# One image for every Python service of the stack (workers, paper exchange, signal services).
+FROM python:3.11-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY trading ./trading
+COPY workflows ./workflows
+COPY activities ./activities
+COPY exchange ./exchange
+COPY signals ./signals
+COPY workers ./workers
+COPY backtest ./backtest
+COPY bench ./bench
+# Point PIP_EXTRA_INDEX_URL at a CPU-only torch index to keep the image small (torch is pinned in pyproject).
+ARG PIP_EXTRA_INDEX_URL=
+RUN pip install --no-cache-dir . \
+ && useradd --create-home --uid 10001 qtrader \
+ && mkdir -p /data && chown qtrader /data
+USER qtrader
+ENV QT_HOME=/data
+ENTRYPOINT ["qtrader"]
+CMD ["--help"]

@@ -1,0 +1,44 @@
+"""Settings of one paper exchange instance (the venue's behaviour, not the trader's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _wall_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+class PaperConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    api_key: str = Field(min_length=1, repr=False)
+    api_secret: str = Field(min_length=1, repr=False)
+    start_balance: Decimal = Decimal("10000")
+    taker_fee: Decimal = Decimal("0.0004")
+    maker_fee: Decimal = Decimal("0.0002")
+    slippage_bps: Decimal = Decimal("0")
+    funding_rate: Decimal = Decimal("0.0001")
+    funding_interval_hours: int = 8
+    default_leverage: int = 20
+    maint_margin_rate: Decimal = Decimal("0.004")
+    liquidation_fee_rate: Decimal = Decimal("0.0125")
+    # Price source: "manual" (fixed until set through /admin/price), "replay" (real klines), "synthetic".
+    prices: Literal["manual", "replay", "synthetic"] = "manual"
+    data_dir: Path | None = None
+    symbols: list[str] | None = None  # None: every symbol the price source has
+    speed: float = Field(1.0, gt=0)  # market clock speed relative to wall time (replay / synthetic)
+    seed: int = 7
+    tick_interval_ms: int = Field(100, ge=10)
+    weight_limit_1m: int = 2400
+    order_limit_10s: int = 300
+    order_limit_1m: int = 1200
+    # Injectable wall clock (tests); server time and order timestamps use it.
+    clock: Callable[[], int] = _wall_ms

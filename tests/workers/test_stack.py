@@ -1,0 +1,111 @@
+"""`qtrader stack up` / `status` / `down` as a newcomer runs them: real processes, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from workers.processes import free_port, pid_alive
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def qtrader(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line mentions `text` (read-only scan of /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "GOV_"))}
+    env.update(
+        QT_HOME=str(tmp_path / "qt"),
+        TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        TEMPORAL_UI_PORT=str(free_port()),
+        REDIS_PORT=str(free_port()),
+        PAPER_EXCHANGE_PORT=str(free_port()),
+    )
+    yield env
+    qtrader(env, "stack", "down")  # whatever a failing test left up
+
+
+def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> None:
+    up = qtrader(stack_env, "stack", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    for label in ("Temporal", "Web UI", "Redis", "Exchange"):
+        assert label in up.stdout
+
+    status = qtrader(stack_env, "stack", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["temporal"] == stack_env["TEMPORAL_ADDRESS"]
+    assert report["ui"] == f"http://127.0.0.1:{stack_env['TEMPORAL_UI_PORT']}"
+    assert report["redis"] == f"redis://127.0.0.1:{stack_env['REDIS_PORT']}/0"
+    assert report["exchange"] == f"http://127.0.0.1:{stack_env['PAPER_EXCHANGE_PORT']}"
+    pids = {name: info["pid"] for name, info in report["services"].items()}
+    assert all(info["running"] for info in report["services"].values()), report
+
+    # Every part really answers.
+    assert httpx.get(report["ui"], timeout=5).status_code == 200
+    assert redis.Redis(port=int(stack_env["REDIS_PORT"])).ping()
+    assert "serverTime" in httpx.get(report["exchange"] + "/fapi/v1/time", timeout=5).json()
+    host, port = report["temporal"].split(":")
+    socket.create_connection((host, int(port)), timeout=2).close()
+    assert (Path(stack_env["QT_HOME"]) / "temporal" / "temporal.db").exists()
+
+    # Up again: nothing new is started.
+    again = qtrader(stack_env, "stack", "up")
+    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
+    assert json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"] == pids["redis"]
+
+    down = qtrader(stack_env, "stack", "down")
+    assert down.returncode == 0, down.stderr
+    for name, pid in pids.items():
+        assert not pid_alive(pid), f"{name} (pid {pid}) still alive after stack down"
+    assert processes_mentioning(stack_env["QT_HOME"]) == []
+    assert processes_mentioning(f"127.0.0.1:{stack_env['REDIS_PORT']}") == []
+    after = json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)
+    assert not any(info["running"] for info in after["services"].values())
+
+
+def test_port_in_use_is_a_clear_error(stack_env: dict[str, str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", int(stack_env["REDIS_PORT"])))
+        busy.listen()
+        env = {**stack_env, "TRADING_MODE": "testnet"}
+        result = qtrader(env, "stack", "up")
+    assert result.returncode == 1
+    assert "REDIS_PORT" in result.stderr and "already in use" in result.stderr
+    # What it had started before the failure (Temporal) was stopped again.
+    assert processes_mentioning(stack_env["QT_HOME"]) == []
+
+
+def test_bad_setting_fails_at_start_naming_the_variable(stack_env: dict[str, str]) -> None:
+    result = qtrader({**stack_env, "GOV_MAX_OPEN_POSITIONS": "many"}, "stack", "status")
+    assert result.returncode == 2
+    assert "GOV_MAX_OPEN_POSITIONS" in result.stderr

@@ -1,0 +1,157 @@
+"""The one settings object, read from the environment and an optional `.env`.
+
+Variable names and defaults follow the seed system where it had them, so an operator's existing
+environment files keep working. A bad value fails at start with the variable's name.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class TradingMode(StrEnum):
+    PAPER = "paper"
+    TESTNET = "testnet"
+    LIVE = "live"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- governor (seed names) ---
+    gov_max_open_positions: int = Field(10, ge=1, le=1000)
+    gov_max_exec_per_hour: int = Field(3, ge=0)
+    gov_max_exec_per_5min: int = Field(2, ge=0)
+    gov_max_notional_per_trade_usdt: Decimal = Field(Decimal("200"), gt=0)
+    gov_max_total_notional_usdt: Decimal = Field(Decimal("2000"), gt=0)
+    gov_symbol_cooldown_seconds: int = Field(60, ge=0)
+    gov_kill_score_critical: float = Field(0.8, ge=0, le=1)
+    gov_kill_score_open_threshold: float = Field(0.85, ge=0, le=1)
+    gov_kill_score_close_threshold: float = Field(0.65, ge=0, le=1)
+
+    # --- exits and risk (seed names) ---
+    harvest_min_r: Decimal = Field(Decimal("0.5"), gt=0)
+    max_unrealized_loss_pct_per_position: Decimal = Field(Decimal("12.5"), gt=0, le=100)
+    max_exposure_pct: Decimal = Field(Decimal("80"), gt=0, le=100)
+
+    # --- apply layer (seed names) ---
+    apply_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
+    apply_kill_switch: bool = False
+
+    # --- infrastructure ---
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = Field(8233, ge=1, le=65535)
+    qt_home: Path = Path(".qt")
+
+    # --- exchange ---
+    trading_mode: TradingMode = TradingMode.PAPER
+    # Live money needs a second, explicit yes besides TRADING_MODE=live (and the CLI asks a third time).
+    live_trading_enabled: bool = False
+    binance_api_key: SecretStr | None = None
+    binance_api_secret: SecretStr | None = None
+    paper_exchange_port: int = Field(8765, ge=1, le=65535)
+    paper_rest_url: str | None = None
+    paper_ws_url: str | None = None
+    testnet_rest_url: str = "https://demo-fapi.binance.com"
+    testnet_ws_url: str = "wss://fstream.binancefuture.com"
+    live_rest_url: str = "https://fapi.binance.com"
+    live_ws_url: str = "wss://fstream.binance.com"
+    binance_recv_window_ms: int = Field(5000, ge=1, le=60000)
+    binance_timeout_s: float = Field(10.0, gt=0)
+    # Slow down before Binance's 2400/min IP weight limit, not after the 429.
+    binance_weight_limit_1m: int = Field(2400, ge=1)
+    binance_weight_headroom_pct: float = Field(80.0, gt=0, le=100)
+
+    # --- paper exchange ---
+    paper_start_balance_usdt: Decimal = Field(Decimal("10000"), gt=0)
+    paper_data_dir: Path = Field(
+        Path("../shared/data"), validation_alias=AliasChoices("PAPER_DATA_DIR", "QT_DATA_DIR")
+    )
+
+    @field_validator("apply_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("apply_allowlist")
+    @classmethod
+    def _check_symbols(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            if not symbol.isalnum() or not symbol.isupper():
+                raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.gov_max_notional_per_trade_usdt > self.gov_max_total_notional_usdt:
+            raise ValueError(
+                "GOV_MAX_NOTIONAL_PER_TRADE_USDT must not exceed GOV_MAX_TOTAL_NOTIONAL_USDT"
+            )
+        if self.trading_mode is TradingMode.LIVE and not self.live_trading_enabled:
+            raise ValueError(
+                "TRADING_MODE=live needs LIVE_TRADING_ENABLED=true as well: live mode must be asked for "
+                "explicitly"
+            )
+        return self
+
+    # --- derived ---
+    @property
+    def rest_url(self) -> str:
+        if self.trading_mode is TradingMode.PAPER:
+            return self.paper_rest_url or f"http://127.0.0.1:{self.paper_exchange_port}"
+        if self.trading_mode is TradingMode.TESTNET:
+            return self.testnet_rest_url
+        return self.live_rest_url
+
+    @property
+    def ws_url(self) -> str:
+        if self.trading_mode is TradingMode.PAPER:
+            return self.paper_ws_url or f"ws://127.0.0.1:{self.paper_exchange_port}"
+        if self.trading_mode is TradingMode.TESTNET:
+            return self.testnet_ws_url
+        return self.live_ws_url
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+
+_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one error naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            if not name:
+                problems.append(err["msg"].removeprefix("Value error, "))
+            elif name in _SECRET_VARIABLES:
+                problems.append(f"{name}: {err['msg']}")
+            else:
+                problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

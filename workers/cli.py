@@ -1,0 +1,135 @@
+"""`qtrader`: the one command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from trading.config import ConfigError, Settings, load_settings
+
+
+def _cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import stack
+
+    found = stack.up(settings, prices=args.prices, speed=args.speed, timeout=args.timeout)
+    _print_addresses(found)
+    return 0
+
+
+def _cmd_stack_down(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import stack
+
+    stopped = stack.down(settings)
+    print("stack is down" if stopped else "nothing of the stack was running")
+    return 0
+
+
+def _cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import stack
+
+    report = stack.status(settings)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_addresses({k: v for k, v in report.items() if isinstance(v, str)})
+        for name, info in report["services"].items():  # type: ignore[union-attr]
+            state = f"running (pid {info['pid']})" if info["running"] else "stopped"
+            print(f"  {name:<9} {state}")
+    running = [s["running"] for s in report["services"].values()]  # type: ignore[union-attr]
+    return 0 if all(running) else 3
+
+
+def _print_addresses(found: dict[str, str]) -> None:
+    labels = {"temporal": "Temporal", "ui": "Web UI", "redis": "Redis", "exchange": "Exchange",
+              "exchange_ws": "Exchange WS", "mode": "Mode", "home": "Data folder"}
+    for key, value in found.items():
+        print(f"{labels.get(key, key):<12} {value}")
+
+
+def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange.paper.__main__ import run
+
+    argv = ["--host", args.host, "--port", str(args.port or settings.paper_exchange_port), *args.rest]
+    return run(argv)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import demo, stack
+
+    if not args.no_stack:
+        _print_addresses(stack.up(settings, timeout=args.timeout))
+    return asyncio.run(demo.paper_round_trip(settings, symbol=args.symbol, notional=args.notional))
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    shown = settings.model_dump(mode="json", exclude={"binance_api_key", "binance_api_secret"})
+    shown["binance_api_key"] = "set" if settings.binance_api_key else "not set"
+    shown["binance_api_secret"] = "set" if settings.binance_api_secret else "not set"
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qtrader", description="Quantum Trader on Temporal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack_p = sub.add_parser("stack", help="the local stack: Temporal dev server, Redis, paper exchange")
+    stack_sub = stack_p.add_subparsers(dest="stack_command", required=True)
+    up = stack_sub.add_parser("up", help="start the local stack and wait until every part answers")
+    up.add_argument("--prices", choices=["replay", "synthetic", "manual"], default="replay",
+                    help="paper exchange price source (default: replay of the shipped real klines)")
+    up.add_argument("--speed", type=float, default=1.0, help="market clock speed of the replay")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each service")
+    up.set_defaults(func=_cmd_stack_up)
+    stack_sub.add_parser("down", help="stop exactly the processes `stack up` started").set_defaults(
+        func=_cmd_stack_down)
+    st = stack_sub.add_parser("status", help="addresses and liveness of the stack")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=_cmd_stack_status)
+
+    ex = sub.add_parser("exchange", help="the paper exchange")
+    ex_sub = ex.add_subparsers(dest="exchange_command", required=True)
+    serve = ex_sub.add_parser("serve", help="run the Binance-compatible paper exchange in the foreground")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: PAPER_EXCHANGE_PORT (8765)")
+    serve.add_argument("rest", nargs=argparse.REMAINDER,
+                       help="further options of `python -m exchange.paper` (--prices, --state, ...)")
+    serve.set_defaults(func=_cmd_exchange_serve)
+
+    demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
+    demo.add_argument("--symbol", default="BTCUSDT")
+    demo.add_argument("--notional", type=float, default=150.0, help="USDT notional of the demo position")
+    demo.add_argument("--no-stack", action="store_true", help="use an exchange that is already running")
+    demo.add_argument("--timeout", type=float, default=90.0)
+    demo.set_defaults(func=_cmd_demo)
+
+    cfg = sub.add_parser("config", help="print the effective settings (secrets hidden) or what is wrong")
+    cfg.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"qtrader: {exc}", file=sys.stderr)
+        return 2
+    from workers.stack import StackError
+    from workers.processes import StartupError
+
+    try:
+        return int(args.func(args, settings))
+    except (StackError, StartupError) as exc:
+        print(f"qtrader: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
