@@ -1,0 +1,1 @@
+"""Binance USDⓈ-M compatible paper exchange: `python -m exchange.paper` (see __main__.py)."""
