@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_symbols(cls, value: list[str]) -> list[str]:
         for symbol in value:
+            if symbol == "*":  # every symbol
+                continue
             if not symbol.isalnum() or not symbol.isupper():
                 raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
         return value

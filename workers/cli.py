@@ -56,6 +56,23 @@ def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
     return run(argv)
 
 
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kind == "lifecycle":
+        from workers import lifecycle
+
+        asyncio.run(lifecycle.run(settings, args.metrics_port, holder_check_seconds=args.holder_check_seconds))
+    else:
+        from workers import exchange_worker
+
+        asyncio.run(exchange_worker.run(settings, args.metrics_port))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers import demo, stack
 
@@ -92,12 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("exchange", help="the paper exchange")
     ex_sub = ex.add_subparsers(dest="exchange_command", required=True)
-    serve = ex_sub.add_parser("serve", help="run the Binance-compatible paper exchange in the foreground")
+    serve = ex_sub.add_parser(
+        "serve", help="run the Binance-compatible paper exchange in the foreground",
+        epilog="Further options of `python -m exchange.paper --help` (--prices, --state, --speed, ...) are "
+               "passed through.")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: PAPER_EXCHANGE_PORT (8765)")
-    serve.add_argument("rest", nargs=argparse.REMAINDER,
-                       help="further options of `python -m exchange.paper` (--prices, --state, ...)")
-    serve.set_defaults(func=_cmd_exchange_serve)
+    serve.set_defaults(func=_cmd_exchange_serve, rest=[])
+
+    worker = sub.add_parser("worker", help="run a Temporal worker in the foreground (SIGTERM stops it gracefully)")
+    worker.add_argument("kind", choices=["lifecycle", "exchange"],
+                        help="lifecycle: position + portfolio workflows; exchange: Binance activities")
+    worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
+    worker.add_argument("--holder-check-seconds", type=float, default=30.0,
+                        help="how often the portfolio frees slots of holders that stopped (lifecycle)")
+    worker.set_defaults(func=_cmd_worker)
 
     demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
     demo.add_argument("--symbol", default="BTCUSDT")
@@ -111,16 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if getattr(args, "func", None) is not _cmd_exchange_serve:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # Further options of `python -m exchange.paper` (--prices, --state, ...) pass through to it.
+        args.rest = unknown
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"qtrader: {exc}", file=sys.stderr)
         return 2
-    from workers.stack import StackError
     from workers.processes import StartupError
+    from workers.stack import StackError
 
     try:
         return int(args.func(args, settings))

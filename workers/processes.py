@@ -61,7 +61,7 @@ class ManagedProcess:
 
     def start(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log = open(self.log_path, "ab")
         try:
             self.popen = subprocess.Popen(
                 list(self.argv),

@@ -175,7 +175,7 @@ def _redis_ready(host: str, port: int) -> bool:
         return False
 
 
-def _ready_check(spec: ServiceSpec, settings: Settings):  # noqa: ANN202
+def _ready_check(spec: ServiceSpec, settings: Settings):
     if spec.name == "temporal":
         ui = addresses(settings)["ui"]
         return lambda: port_open(spec.host, spec.port) and _temporal_ready(settings.temporal_address) and http_ok(ui)
@@ -209,7 +209,7 @@ def _running_pid(settings: Settings, spec_name: str, marker: str) -> int | None:
 
 
 def up(settings: Settings, *, prices: str = "replay", speed: float = 1.0, timeout: float = 60.0,
-       echo=print) -> dict[str, str]:  # noqa: ANN001
+       echo=print) -> dict[str, str]:
     root = home(settings)
     started: list[ManagedProcess] = []
     try:
@@ -248,7 +248,7 @@ def _port_variable(name: str) -> str:
     }[name]
 
 
-def down(settings: Settings, echo=print) -> list[str]:  # noqa: ANN001
+def down(settings: Settings, echo=print) -> list[str]:
     """Stop what `up` started (by the PIDs in our pid files) in reverse order."""
     stopped = []
     for name, marker in reversed(_markers(settings)):

@@ -1,0 +1,203 @@
+"""Exchange activities (task queue `exchange`): the lifecycle's only way to the venue.
+
+The client's typed errors decide what Temporal does: a rejection is non-retryable, a rate limit
+retries after Retry-After, and an unknown outcome is resolved by looking the order up by its client id
+before anything is sent again (Binance only refuses a duplicate client id while the first is open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from decimal import Decimal
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from exchange.client import BinanceFuturesClient
+from exchange.errors import (
+    ExchangeError,
+    OrderNotFoundError,
+    RateLimitedError,
+    RejectedError,
+    UnknownOutcomeError,
+)
+from exchange.models import Order
+from trading.execution import (
+    CancelStopInput,
+    EntryMarket,
+    ExchangePosition,
+    ExchangePositionInput,
+    MarkPriceInput,
+    OrderOutcome,
+    OrderStatus,
+    PlaceOrderInput,
+    PlaceStopInput,
+    PrepareEntryInput,
+    SetLeverageInput,
+    StopOutcome,
+    SyncFillsInput,
+)
+from trading.pnl import Fill
+
+FINAL_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
+
+
+@contextmanager
+def venue_errors() -> Iterator[None]:
+    """Turn the client's error tree into Temporal's retry decisions."""
+    try:
+        yield
+    except RejectedError as err:
+        raise ApplicationError(str(err), {"code": err.code}, type="Rejected", non_retryable=True) from None
+    except RateLimitedError as err:
+        delay = timedelta(seconds=err.retry_after_s) if err.retry_after_s else None
+        raise ApplicationError(str(err), type="RateLimited", next_retry_delay=delay) from None
+    except ExchangeError as err:
+        raise ApplicationError(str(err), {"code": err.code}, type=type(err).__name__) from None
+
+
+class ExchangeActivities:
+    def __init__(self, client: BinanceFuturesClient) -> None:
+        self.client = client
+
+    @activity.defn(name="prepare_entry")
+    async def prepare_entry(self, inp: PrepareEntryInput) -> EntryMarket:
+        with venue_errors():
+            rules = await self.client.exchange_info()
+            found = rules.get(inp.symbol)
+            if found is None or found.status != "TRADING":
+                raise ApplicationError(f"{inp.symbol} is not a trading symbol on the exchange",
+                                       type="UnknownSymbol", non_retryable=True)
+            index = await self.client.premium_index(inp.symbol)
+        return EntryMarket(rules=found, mark_price=index.mark_price)
+
+    @activity.defn(name="set_leverage")
+    async def set_leverage(self, inp: SetLeverageInput) -> int:
+        with venue_errors():
+            return (await self.client.set_leverage(inp.symbol, inp.leverage)).leverage
+
+    @activity.defn(name="get_mark_price")
+    async def get_mark_price(self, inp: MarkPriceInput) -> Decimal:
+        with venue_errors():
+            return (await self.client.premium_index(inp.symbol)).mark_price
+
+    @activity.defn(name="get_position")
+    async def get_position(self, inp: ExchangePositionInput) -> ExchangePosition:
+        with venue_errors():
+            rows = await self.client.position_risk(inp.symbol)
+        row = next((r for r in rows if r.symbol == inp.symbol), None)
+        if row is None:
+            return ExchangePosition(symbol=inp.symbol, position_amt=Decimal(0), entry_price=Decimal(0),
+                                    mark_price=Decimal(0))
+        return ExchangePosition(symbol=inp.symbol, position_amt=row.position_amt, entry_price=row.entry_price,
+                                mark_price=row.mark_price)
+
+    @activity.defn(name="place_order")
+    async def place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
+        with venue_errors():
+            order: Order | None = None
+            recovered = False
+            if activity.info().attempt > 1:  # an earlier attempt may have reached the venue
+                order = await self.client.find_order(inp.symbol, inp.client_order_id)
+                recovered = order is not None
+            if order is None:
+                try:
+                    order = await self.client.new_order(
+                        inp.symbol, inp.side, "MARKET", inp.quantity, reduce_only=inp.reduce_only,
+                        client_order_id=inp.client_order_id)
+                except UnknownOutcomeError:
+                    order = await self._look_up(inp.symbol, inp.client_order_id)
+                    if order is None:
+                        raise  # retried; the next attempt looks the order up before sending
+                    recovered = True
+                except RejectedError as err:
+                    if inp.reduce_only and err.code == -2022:
+                        # Nothing left to reduce: the venue closed the position (hard stop, liquidation).
+                        return OrderOutcome(client_order_id=inp.client_order_id, order_id=0,
+                                            status=OrderStatus.REJECTED, executed_qty=Decimal(0),
+                                            avg_price=Decimal(0))
+                    raise
+            order = await self._until_final(inp.symbol, order)
+            fills = await self._fills(inp.symbol, order)
+        return OrderOutcome(client_order_id=order.client_order_id, order_id=order.order_id,
+                            status=OrderStatus(order.status), executed_qty=order.executed_qty,
+                            avg_price=order.avg_price, fills=fills, recovered=recovered)
+
+    @activity.defn(name="place_stop")
+    async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
+        with venue_errors():
+            algo = await self.client.find_algo_order(inp.client_algo_id) if activity.info().attempt > 1 else None
+            if algo is None:
+                try:
+                    algo = await self.client.new_algo_order(
+                        inp.symbol, inp.side, "STOP_MARKET", inp.trigger_price, close_position=True,
+                        working_type=inp.working_type, client_algo_id=inp.client_algo_id)
+                except UnknownOutcomeError:
+                    algo = await self.client.find_algo_order(inp.client_algo_id)
+                    if algo is None:
+                        raise
+        return StopOutcome(client_algo_id=algo.client_algo_id, algo_id=algo.algo_id, status=algo.algo_status,
+                           trigger_price=algo.trigger_price or inp.trigger_price)
+
+    @activity.defn(name="cancel_stop")
+    async def cancel_stop(self, inp: CancelStopInput) -> bool:
+        """True when a live stop was cancelled; False when there was none left (already gone)."""
+        with venue_errors():
+            try:
+                await self.client.cancel_algo_order(client_algo_id=inp.client_algo_id)
+            except OrderNotFoundError:
+                return False
+            except RejectedError as err:
+                if err.code in (-2011, -2013):
+                    return False
+                raise
+        return True
+
+    @activity.defn(name="sync_fills")
+    async def sync_fills(self, inp: SyncFillsInput) -> list[Fill]:
+        """Every fill of the symbol since the position opened (one position per symbol), including
+        those the venue made on its own (hard stop, liquidation)."""
+        with venue_errors():
+            trades = await self.client.user_trades(inp.symbol, start_time=inp.since_ms, limit=1000)
+            fills = []
+            for t in trades:
+                cid = inp.order_ids.get(t.order_id)
+                if cid is None:
+                    order = await self.client.query_order(inp.symbol, order_id=t.order_id)
+                    cid = order.client_order_id
+                fills.append(Fill(client_order_id=cid, side=t.side, price=t.price, qty=t.qty,  # type: ignore[arg-type]
+                                  fee=t.commission, time_ms=t.time, order_id=t.order_id, trade_id=t.id,
+                                  maker=t.maker))
+        return fills
+
+    # --- helpers ---
+    async def _look_up(self, symbol: str, client_order_id: str, tries: int = 3) -> Order | None:
+        for attempt in range(tries):
+            try:
+                order = await self.client.find_order(symbol, client_order_id)
+            except ExchangeError:
+                order = None
+            if order is not None:
+                return order
+            await asyncio.sleep(0.2 * (attempt + 1))
+        return None
+
+    async def _until_final(self, symbol: str, order: Order, wait_s: float = 5.0) -> Order:
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while order.status not in FINAL_STATUSES and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            order = await self.client.query_order(symbol, client_order_id=order.client_order_id)
+        return order
+
+    async def _fills(self, symbol: str, order: Order) -> list[Fill]:
+        if order.executed_qty <= 0:
+            return []
+        trades = await self.client.user_trades(symbol, order_id=order.order_id)
+        return [
+            Fill(client_order_id=order.client_order_id, side=t.side, price=t.price, qty=t.qty,  # type: ignore[arg-type]
+                 fee=t.commission, time_ms=t.time, order_id=t.order_id, trade_id=t.id, maker=t.maker)
+            for t in trades if t.order_id == order.order_id
+        ]

@@ -1,0 +1,51 @@
+"""Lifecycle-queue activities that talk to Temporal itself: reserve through the portfolio (starting it
+if needed) and find holders whose workflows stopped without releasing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from trading.governor import ReservationRequest, RiskPolicy
+from workflows.messages import LIFECYCLE_TASK_QUEUE, PortfolioInput
+
+
+class PortfolioActivities:
+    def __init__(self, client: Client, default_policy: RiskPolicy, holder_check_seconds: float = 30.0) -> None:
+        self.client = client
+        self.default_policy = default_policy
+        self.holder_check_seconds = holder_check_seconds
+
+    @activity.defn(name="request_reservation")
+    async def request_reservation(self, portfolio_id: str, request: ReservationRequest) -> None:
+        """Signal-with-start: the request reaches the running portfolio, or starts it with the policy
+        from this worker's settings."""
+        await self.client.start_workflow(
+            "PortfolioWorkflow",
+            PortfolioInput(policy=self.default_policy, holder_check_seconds=self.holder_check_seconds),
+            id=portfolio_id, task_queue=LIFECYCLE_TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="request_reservation", start_signal_args=[request],
+            static_summary="Portfolio: position slots, notional budget and risk limits",
+        )
+
+    @activity.defn(name="find_stopped_holders")
+    async def find_stopped_holders(self, holder_ids: list[str]) -> list[str]:
+        limit = asyncio.Semaphore(20)
+
+        async def stopped(workflow_id: str) -> bool:
+            async with limit:
+                try:
+                    desc = await self.client.get_workflow_handle(workflow_id).describe()
+                except RPCError as err:
+                    if err.status == RPCStatusCode.NOT_FOUND:
+                        return True
+                    raise
+                return desc.status != WorkflowExecutionStatus.RUNNING
+
+        flags = await asyncio.gather(*(stopped(h) for h in holder_ids))
+        return [h for h, gone in zip(holder_ids, flags, strict=True) if gone]

@@ -1,0 +1,97 @@
+"""Projections to Redis's read model, with the seed's key and stream names.
+
+Redis is never the source of a decision: a position keeps trading while Redis is down, and these
+activities retry until Redis is back (the projection catches up). Stream entries are written at most
+once per event even when an activity is retried (a dedupe key set in the same Lua script).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis.asyncio as aioredis
+from temporalio import activity
+
+from workflows.messages import PortfolioView, ProjectionInput
+
+SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
+LEDGER_KEY = "quantum:ledger:{symbol}"
+PORTFOLIO_KEY = "quantum:portfolio:state"
+APPLY_RESULT_STREAM = "quantum:stream:apply.result"
+TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
+STREAM_MAXLEN = 100_000
+DEDUPE_TTL_S = 7 * 24 * 3600
+
+# KEYS: dedupe, stream, ledger ; ARGV: ttl, maxlen, pnl (or ""), fees, field, value, ...
+_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  if ARGV[3] ~= '' then
+    redis.call('HINCRBYFLOAT', KEYS[3], 'realized_pnl', ARGV[3])
+    redis.call('HINCRBYFLOAT', KEYS[3], 'fees', ARGV[4])
+    redis.call('HINCRBY', KEYS[3], 'trades', 1)
+  end
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 5))
+end
+return false
+"""
+
+
+def _s(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+class ProjectionActivities:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._once = redis.register_script(_ONCE)
+
+    @activity.defn(name="project_position")
+    async def project_position(self, inp: ProjectionInput) -> None:
+        v = inp.view
+        now_ms = int(time.time() * 1000)
+        snapshot = {
+            "symbol": v.symbol, "side": v.side.value, "status": v.status.value, "workflow_id": v.workflow_id,
+            "qty": _s(v.open_qty), "entry_price": _s(v.entry_price), "mark_price": _s(v.mark_price),
+            "unrealized_pnl": _s(v.unrealized_pnl), "realized_pnl": _s(v.realized_pnl), "fees": _s(v.fees),
+            "stop_loss": _s(v.stop_loss_price), "take_profit": _s(v.take_profit_price),
+            "hard_stop": _s(v.hard_stop_price), "strategy": inp.intent.strategy,
+            "source": inp.intent.source.value, "updated_at": str(now_ms),
+        }
+        await self.redis.hset(SNAPSHOT_KEY.format(symbol=v.symbol), mapping=snapshot)
+        if inp.kind == "apply_result" and inp.outcome is not None:
+            o = inp.outcome
+            fields = {
+                "workflow_id": v.workflow_id, "symbol": v.symbol, "action": inp.action or "",
+                "side": v.side.value, "client_order_id": o.client_order_id, "order_id": str(o.order_id),
+                "status": o.status.value, "executed_qty": str(o.executed_qty), "avg_price": str(o.avg_price),
+                "fees": str(sum(f.fee for f in o.fills)), "recovered": str(o.recovered).lower(),
+                "intent_id": _s(inp.intent.intent_id), "timestamp": str(now_ms),
+            }
+            await self._append_once(f"apply:{o.client_order_id}", APPLY_RESULT_STREAM, fields)
+        elif inp.kind == "trade_closed":
+            fields = {
+                "workflow_id": v.workflow_id, "symbol": v.symbol, "side": v.side.value,
+                "status": v.status.value, "realized_pnl": str(v.realized_pnl), "fees": str(v.fees),
+                "reason": _s(v.reason), "strategy": inp.intent.strategy, "source": inp.intent.source.value,
+                "intent_id": _s(inp.intent.intent_id), "timestamp": str(now_ms),
+            }
+            await self._append_once(f"closed:{v.workflow_id}", TRADE_CLOSED_STREAM, fields,
+                                    ledger=LEDGER_KEY.format(symbol=v.symbol), pnl=v.realized_pnl, fees=v.fees)
+
+    @activity.defn(name="project_portfolio")
+    async def project_portfolio(self, view: PortfolioView) -> None:
+        await self.redis.hset(PORTFOLIO_KEY, mapping={
+            "slots_used": view.slots_used, "max_open_positions": view.policy.max_open_positions,
+            "notional_used": str(view.notional_used),
+            "max_total_notional": str(view.policy.max_total_notional_usdt),
+            "kill_switch": str(view.policy.kill_switch).lower(), "emergency": view.book.emergency.value,
+            "holders": json.dumps(sorted(view.book.reservations)), "updated_at": int(time.time() * 1000),
+        })
+
+    async def _append_once(self, event_id: str, stream: str, fields: dict[str, str], *, ledger: str = "",
+                           pnl: object = None, fees: object = None) -> None:
+        args: list[str] = [str(DEDUPE_TTL_S), str(STREAM_MAXLEN), _s(pnl), _s(fees)]
+        for key, value in fields.items():
+            args += [key, value]
+        await self._once(keys=[f"quantum:dedupe:{event_id}", stream, ledger or "quantum:ledger:_"], args=args)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trading.ids import CLIENT_ID_RE, client_order_id
+from trading.intents import Side, TradeIntent
+from trading.pnl import Fill, OverfillError, cents, tally
+
+D = Decimal
+
+
+def fill(side: str, price: str, qty: str, fee: str = "0") -> Fill:
+    return Fill(client_order_id="x", side=side, price=D(price), qty=D(qty), fee=D(fee))  # type: ignore[arg-type]
+
+
+def test_long_round_trip_by_hand() -> None:
+    # open 0.010 @ 60000, reduce 0.004 @ 61000, close 0.006 @ 59500; taker 0.04 %
+    fills = [fill("BUY", "60000", "0.010", "0.24"), fill("SELL", "61000", "0.004", "0.0976"),
+             fill("SELL", "59500", "0.006", "0.1428")]
+    t = tally(Side.LONG, fills)
+    assert t.open_qty == 0
+    assert t.realized_gross == D("4") - D("3")  # +1000*0.004 - 500*0.006
+    assert cents(t.realized_net) == D("0.52")   # 1 - 0.4804
+    assert t.avg_entry == 60000 and cents(t.avg_exit) == D("60100.00")  # (244 + 357) / 0.010
+
+
+def test_short_unrealized_and_overfill() -> None:
+    t = tally(Side.SHORT, [fill("SELL", "3000", "1")])
+    assert t.unrealized(D("2900")) == D("100")
+    with pytest.raises(OverfillError):
+        t.add(fill("BUY", "2900", "1.5"))
+
+
+@given(st.text(alphabet="abcXYZ019-_.:/ é", min_size=1, max_size=120),
+       st.sampled_from(["entry", "stop", "exit1", "exit22"]))
+def test_client_ids_fit_binance_and_are_stable(workflow_id: str, step: str) -> None:
+    cid = client_order_id(workflow_id, step)
+    assert CLIENT_ID_RE.match(cid)
+    assert cid == client_order_id(workflow_id, step)
+    assert cid != client_order_id(workflow_id + "x", step)
+    assert cid != client_order_id(workflow_id, step + "x")
+
+
+def test_intent_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match="leverage"):
+        TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(100), leverage=200)
+    with pytest.raises(ValueError, match="exactly one of quantity or notional_usdt"):
+        TradeIntent(symbol="BTCUSDT", side=Side.LONG)
+    with pytest.raises(ValueError, match="colour"):
+        TradeIntent.model_validate({"symbol": "BTCUSDT", "side": "LONG", "quantity": "1", "colour": "red"})

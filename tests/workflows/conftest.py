@@ -1,0 +1,131 @@
+"""A whole local stack per test: Temporal dev server, Redis and the paper exchange as real processes on
+free loopback ports, plus the two workers (in this process, or as child processes to kill)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio.client import Client
+
+from exchange.client import BinanceFuturesClient
+from tests.conftest import REPO, PaperExchange, start_paper_exchange
+from trading.config import Settings, load_settings
+from workers.exchange_worker import exchange_worker
+from workers.lifecycle import lifecycle_worker
+from workers.processes import ManagedProcess, free_port, port_open
+from workers.stack import temporal_binary
+from workers.temporal_client import CLI_SEARCH_ATTRIBUTES, connect
+
+
+def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    sa = [arg for name, kind in CLI_SEARCH_ATTRIBUTES.items() for arg in ("--search-attribute", f"{name}={kind}")]
+    proc = ManagedProcess(
+        name="temporal",
+        argv=[temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
+              "--log-level", "error", *sa, *extra],
+        log_path=tmp / "temporal.log",
+    )
+    proc.start()
+    proc.wait_ready(lambda: port_open("127.0.0.1", port), 30, f"on port {port}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    proc = ManagedProcess(
+        name="redis",
+        argv=[shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
+              "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        log_path=tmp / "redis.log",
+    )
+    proc.start()
+    proc.wait_ready(lambda: port_open("127.0.0.1", port), 10, f"on port {port}")
+    return proc, port
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    temporal: ManagedProcess
+    redis_proc: ManagedProcess
+    exchange: PaperExchange
+    settings: Settings
+    client: Client
+    redis: aioredis.Redis
+    children: list[ManagedProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a worker child process."""
+        return {**os.environ, "TEMPORAL_ADDRESS": self.settings.temporal_address,
+                "REDIS_PORT": str(self.settings.redis_port), "PAPER_REST_URL": self.exchange.base_url,
+                "BINANCE_API_KEY": self.exchange.api_key, "BINANCE_API_SECRET": self.exchange.api_secret,
+                "APPLY_ALLOWLIST": ",".join(self.settings.apply_allowlist),
+                "GOV_MAX_OPEN_POSITIONS": str(self.settings.gov_max_open_positions),
+                "GOV_MAX_EXEC_PER_HOUR": str(self.settings.gov_max_exec_per_hour),
+                "GOV_MAX_EXEC_PER_5MIN": str(self.settings.gov_max_exec_per_5min),
+                "GOV_SYMBOL_COOLDOWN_SECONDS": str(self.settings.gov_symbol_cooldown_seconds),
+                "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(self.settings.gov_max_notional_per_trade_usdt),
+                "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt)}
+
+    def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:
+        proc = ManagedProcess(
+            name=f"{kind}-worker", argv=[sys.executable, "-m", "workers.cli", "worker", kind, *extra],
+            log_path=self.tmp / f"{kind}-worker-{len(self.children)}.log", env=self.env(), cwd=REPO,
+        )
+        proc.start()
+        self.children.append(proc)
+        return proc
+
+    @contextlib.asynccontextmanager
+    async def workers(self, *, holder_check_seconds: float = 30.0, lifecycle: bool = True,
+                      exchange: bool = True) -> AsyncIterator[None]:
+        """Both workers in this process (real gRPC to the dev server, real HTTP to the exchange)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if exchange:
+                venue = await stack.enter_async_context(BinanceFuturesClient.from_settings(self.settings))
+                await stack.enter_async_context(exchange_worker(self.client, venue))
+            if lifecycle:
+                await stack.enter_async_context(
+                    lifecycle_worker(self.client, self.settings, self.redis, holder_check_seconds=holder_check_seconds))
+            yield
+
+
+def stack_settings(temporal: str, redis_port: int, exchange: PaperExchange, **overrides: object) -> Settings:
+    base = dict(
+        temporal_address=temporal, redis_port=redis_port, paper_rest_url=exchange.base_url,
+        binance_api_key=exchange.api_key, binance_api_secret=exchange.api_secret,
+        apply_allowlist=["*"], gov_max_exec_per_hour=1000, gov_max_exec_per_5min=1000,
+        gov_symbol_cooldown_seconds=0,
+    )
+    base.update(overrides)
+    return load_settings(**base)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    overrides = getattr(request, "param", {}) or {}
+    temporal, address = start_temporal(tmp_path)
+    redis_proc, redis_port = start_redis(tmp_path)
+    exchange = start_paper_exchange(tmp_path)
+    settings = stack_settings(address, redis_port, exchange, **overrides)
+    client = await connect(settings)
+    redis = aioredis.Redis(port=redis_port)
+    s = Stack(tmp_path, temporal, redis_proc, exchange, settings, client, redis)
+    try:
+        yield s
+    finally:
+        for child in s.children:
+            child.stop()
+        await redis.aclose()
+        exchange.process.stop()
+        redis_proc.stop()
+        temporal.stop()

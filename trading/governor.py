@@ -1,0 +1,255 @@
+"""The portfolio's gates: one pure decision per reservation request, against the book of reservations.
+
+The portfolio workflow owns a `PortfolioBook` and calls `decide` then `apply_grant` for each request
+in arrival order, so a decision and its reservation can never be separated by another request (the
+seed's 17-of-10 race came from counting and reserving in different places).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trading.intents import Side
+
+if TYPE_CHECKING:  # settings are read at the edges; workflow code never imports pydantic-settings
+    from trading.config import Settings
+
+HOUR_MS = 3_600_000
+FIVE_MIN_MS = 300_000
+
+
+class EmergencyState(StrEnum):
+    NORMAL = "NORMAL"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+    HALTED = "HALTED"
+
+
+class Gate(StrEnum):
+    KILL_SWITCH = "kill_switch"
+    EMERGENCY = "emergency_stop"
+    ALLOWLIST = "allowlist"
+    KILL_SCORE = "kill_score"
+    SYMBOL_OPEN = "symbol_open"
+    MAX_OPEN_POSITIONS = "max_open_positions"
+    COOLDOWN = "cooldown"
+    RATE_HOUR = "rate_per_hour"
+    RATE_5MIN = "rate_per_5min"
+    TOTAL_NOTIONAL = "max_total_notional"
+    EXCHANGE_MINIMUM = "exchange_minimum"  # decided by the position: the grant is below the venue's minimum
+
+
+class RiskPolicy(BaseModel):
+    """The active limits. Changed only through the portfolio's validated update."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_open_positions: int = Field(10, ge=1, le=1000)
+    max_exec_per_hour: int = Field(3, ge=0)
+    max_exec_per_5min: int = Field(2, ge=0)
+    max_notional_per_trade_usdt: Decimal = Field(Decimal("200"), gt=0)
+    max_total_notional_usdt: Decimal = Field(Decimal("2000"), gt=0)
+    symbol_cooldown_seconds: int = Field(60, ge=0)
+    kill_score_open_threshold: float = Field(0.85, ge=0, le=1)
+    # "*" allows every symbol; otherwise only those listed.
+    allowlist: tuple[str, ...] = ("BTCUSDT",)
+    kill_switch: bool = False
+    # Below this a grant would be refused by the venue anyway (Binance's smallest MIN_NOTIONAL is 5).
+    min_grant_usdt: Decimal = Field(Decimal("5"), gt=0)
+    # Exit limits every position gets with its grant.
+    max_unrealized_loss_pct: Decimal = Field(Decimal("12.5"), gt=0, le=100)
+    hard_stop_pct: Decimal = Field(Decimal("3"), gt=0, lt=100)
+
+    @field_validator("allowlist")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(s.strip().upper() for s in value if s.strip())
+
+    @field_validator("max_total_notional_usdt")
+    @classmethod
+    def _total_covers_trade(cls, value: Decimal, info) -> Decimal:
+        per_trade = info.data.get("max_notional_per_trade_usdt")
+        if per_trade is not None and value < per_trade:
+            raise ValueError("max_total_notional_usdt must be at least max_notional_per_trade_usdt")
+        return value
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RiskPolicy:
+        return cls(
+            max_open_positions=s.gov_max_open_positions,
+            max_exec_per_hour=s.gov_max_exec_per_hour,
+            max_exec_per_5min=s.gov_max_exec_per_5min,
+            max_notional_per_trade_usdt=s.gov_max_notional_per_trade_usdt,
+            max_total_notional_usdt=s.gov_max_total_notional_usdt,
+            symbol_cooldown_seconds=s.gov_symbol_cooldown_seconds,
+            kill_score_open_threshold=s.gov_kill_score_open_threshold,
+            allowlist=tuple(s.apply_allowlist),
+            kill_switch=s.apply_kill_switch,
+            max_unrealized_loss_pct=s.max_unrealized_loss_pct_per_position,
+        )
+
+    def allows_symbol(self, symbol: str) -> bool:
+        return "*" in self.allowlist or symbol in self.allowlist
+
+
+class ReservationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    holder_id: str = Field(min_length=1)
+    symbol: str
+    side: Side
+    notional_usdt: Decimal = Field(gt=0)
+    kill_score: float = Field(0.0, ge=0, le=1)
+    intent_id: str | None = None
+
+
+class Reservation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    holder_id: str
+    symbol: str
+    side: Side
+    notional_usdt: Decimal
+    reserved_at_ms: int
+    intent_id: str | None = None
+
+
+class Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision: Literal["granted"] = "granted"
+    holder_id: str
+    notional_usdt: Decimal
+    reduced_from: Decimal | None = None  # set when the grant is smaller than asked
+    max_unrealized_loss_pct: Decimal = Decimal("12.5")
+    hard_stop_pct: Decimal = Decimal("3")
+
+
+class Denial(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision: Literal["denied"] = "denied"
+    holder_id: str
+    gate: Gate
+    reason: str
+
+
+Decision = Grant | Denial
+
+
+class PortfolioBook(BaseModel):
+    """Everything the gates look at. Serializable, so it travels through continue-as-new whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reservations: dict[str, Reservation] = Field(default_factory=dict)
+    executions_ms: dict[str, list[int]] = Field(default_factory=dict)  # symbol → entry times (1 h kept)
+    cooldown_until_ms: dict[str, int] = Field(default_factory=dict)
+    emergency: EmergencyState = EmergencyState.NORMAL
+
+    @property
+    def total_notional(self) -> Decimal:
+        return sum((r.notional_usdt for r in self.reservations.values()), Decimal(0))
+
+    def holder_of(self, symbol: str) -> Reservation | None:
+        return next((r for r in self.reservations.values() if r.symbol == symbol), None)
+
+
+def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now_ms: int) -> Decision:
+    """Grant (possibly reduced to fit the limits) or deny naming the gate. Does not change the book."""
+    existing = book.reservations.get(req.holder_id)
+    if existing is not None:  # a repeated request from the same holder gets its original answer
+        return Grant(holder_id=req.holder_id, notional_usdt=existing.notional_usdt,
+                     max_unrealized_loss_pct=policy.max_unrealized_loss_pct, hard_stop_pct=policy.hard_stop_pct)
+
+    def deny(gate: Gate, reason: str) -> Denial:
+        return Denial(holder_id=req.holder_id, gate=gate, reason=reason)
+
+    if policy.kill_switch:
+        return deny(Gate.KILL_SWITCH, "kill switch is on: no new entries")
+    if book.emergency in (EmergencyState.CRITICAL, EmergencyState.HALTED):
+        return deny(Gate.EMERGENCY, f"emergency state is {book.emergency.value}: no new entries")
+    if not policy.allows_symbol(req.symbol):
+        return deny(Gate.ALLOWLIST, f"{req.symbol} is not in the allowlist {list(policy.allowlist)}")
+    if req.kill_score >= policy.kill_score_open_threshold:
+        return deny(
+            Gate.KILL_SCORE,
+            f"kill score {req.kill_score:.2f} ≥ open threshold {policy.kill_score_open_threshold:.2f}",
+        )
+    holder = book.holder_of(req.symbol)
+    if holder is not None:
+        return deny(Gate.SYMBOL_OPEN, f"{req.symbol} already has an open position ({holder.holder_id})")
+    if len(book.reservations) >= policy.max_open_positions:
+        return deny(
+            Gate.MAX_OPEN_POSITIONS,
+            f"max open positions reached ({len(book.reservations)}/{policy.max_open_positions})",
+        )
+    until = book.cooldown_until_ms.get(req.symbol, 0)
+    if now_ms < until:
+        return deny(Gate.COOLDOWN, f"{req.symbol} is cooling down for {(until - now_ms) / 1000:.0f} s more")
+    recent = book.executions_ms.get(req.symbol, [])
+    if sum(1 for t in recent if now_ms - t < HOUR_MS) >= policy.max_exec_per_hour:
+        return deny(Gate.RATE_HOUR, f"{req.symbol}: {policy.max_exec_per_hour} entries in the last hour")
+    if sum(1 for t in recent if now_ms - t < FIVE_MIN_MS) >= policy.max_exec_per_5min:
+        return deny(Gate.RATE_5MIN, f"{req.symbol}: {policy.max_exec_per_5min} entries in the last 5 minutes")
+
+    notional = min(req.notional_usdt, policy.max_notional_per_trade_usdt)
+    room = policy.max_total_notional_usdt - book.total_notional
+    notional = min(notional, room)
+    if notional < policy.min_grant_usdt:
+        return deny(
+            Gate.TOTAL_NOTIONAL,
+            f"total notional budget exhausted ({book.total_notional}/{policy.max_total_notional_usdt} USDT)",
+        )
+    return Grant(
+        holder_id=req.holder_id,
+        notional_usdt=notional,
+        reduced_from=req.notional_usdt if notional < req.notional_usdt else None,
+        max_unrealized_loss_pct=policy.max_unrealized_loss_pct,
+        hard_stop_pct=policy.hard_stop_pct,
+    )
+
+
+def apply_grant(book: PortfolioBook, req: ReservationRequest, grant: Grant, now_ms: int) -> None:
+    if req.holder_id in book.reservations:
+        return
+    book.reservations[req.holder_id] = Reservation(
+        holder_id=req.holder_id,
+        symbol=req.symbol,
+        side=req.side,
+        notional_usdt=grant.notional_usdt,
+        reserved_at_ms=now_ms,
+        intent_id=req.intent_id,
+    )
+    times = [t for t in book.executions_ms.get(req.symbol, []) if now_ms - t < HOUR_MS]
+    times.append(now_ms)
+    book.executions_ms[req.symbol] = times
+
+
+def adjust(book: PortfolioBook, holder_id: str, notional_usdt: Decimal) -> bool:
+    """Shrink a reservation to what was actually filled. Never grows one (that would skip the gates)."""
+    res = book.reservations.get(holder_id)
+    if res is None or notional_usdt >= res.notional_usdt:
+        return False
+    res.notional_usdt = max(notional_usdt, Decimal(0))
+    return True
+
+
+def release(book: PortfolioBook, policy: RiskPolicy, holder_id: str, now_ms: int) -> Reservation | None:
+    """Free the holder's slot and notional (idempotent: a second release returns None)."""
+    res = book.reservations.pop(holder_id, None)
+    if res is not None and policy.symbol_cooldown_seconds:
+        book.cooldown_until_ms[res.symbol] = now_ms + policy.symbol_cooldown_seconds * 1000
+    return res
+
+
+def prune(book: PortfolioBook, now_ms: int) -> None:
+    """Drop history the gates no longer look at, so the book stays small across continue-as-new."""
+    book.executions_ms = {
+        s: kept for s, ts in book.executions_ms.items() if (kept := [t for t in ts if now_ms - t < HOUR_MS])
+    }
+    book.cooldown_until_ms = {s: t for s, t in book.cooldown_until_ms.items() if t > now_ms}

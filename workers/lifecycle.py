@@ -1,0 +1,63 @@
+"""The lifecycle worker: position and portfolio workflows, plus the activities that talk to Temporal
+itself and to Redis (task queue `trade-lifecycle`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+from temporalio.worker import Worker
+
+from activities.portfolio import PortfolioActivities
+from activities.projections import ProjectionActivities
+from trading.config import Settings
+from trading.governor import RiskPolicy
+from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
+from workflows.messages import LIFECYCLE_TASK_QUEUE
+from workflows.portfolio import PortfolioWorkflow
+from workflows.position import PositionWorkflow
+
+log = logging.getLogger("qtrader.worker.lifecycle")
+
+
+def lifecycle_worker(client, settings: Settings, redis: aioredis.Redis, *,
+                     holder_check_seconds: float = 30.0) -> Worker:
+    portfolio = PortfolioActivities(client, RiskPolicy.from_settings(settings), holder_check_seconds)
+    projections = ProjectionActivities(redis)
+    return Worker(
+        client,
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        workflows=[PositionWorkflow, PortfolioWorkflow],
+        activities=[portfolio.request_reservation, portfolio.find_stopped_holders,
+                    projections.project_position, projections.project_portfolio],
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(settings: Settings, metrics_port: int | None, holder_check_seconds: float = 30.0) -> None:
+    client = await connect(settings, metrics_runtime(metrics_port))
+    await ensure_search_attributes(client)
+    redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=2,
+                           socket_connect_timeout=2)
+    worker = lifecycle_worker(client, settings, redis, holder_check_seconds=holder_check_seconds)
+    await run_until_sigterm(worker, "lifecycle", metrics_port)
+    await redis.aclose()
+
+
+async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None) -> None:
+    """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(worker.run())
+    print(f"{name} worker polling task queue {worker.task_queue!r}"
+          + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""), flush=True)
+    done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if task not in done:
+        log.info("%s worker: shutting down", name)
+        await worker.shutdown()
+    await task

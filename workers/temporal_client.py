@@ -1,0 +1,53 @@
+"""Connecting to Temporal the one way every process here does: pydantic payloads, Prometheus metrics,
+and the position search attributes registered."""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from trading.config import Settings
+
+# name → type; the position workflow upserts these (workflows/position.py).
+SEARCH_ATTRIBUTES = {
+    "Symbol": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Side": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "PositionStatus": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Strategy": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Source": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "RealizedPnl": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
+    "OpenedAt": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+}
+
+# For `temporal server start-dev --search-attribute NAME=TYPE`.
+CLI_SEARCH_ATTRIBUTES = {
+    "Symbol": "Keyword", "Side": "Keyword", "PositionStatus": "Keyword", "Strategy": "Keyword",
+    "Source": "Keyword", "RealizedPnl": "Double", "OpenedAt": "Datetime",
+}
+
+
+def metrics_runtime(port: int | None, host: str = "127.0.0.1") -> Runtime | None:
+    """A runtime whose Prometheus endpoint serves the SDK's metrics and ours (created through its meter)."""
+    if port is None:
+        return None
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+        bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True)))
+
+
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    kwargs = {"runtime": runtime} if runtime is not None else {}
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
+                                data_converter=pydantic_data_converter, **kwargs)
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register the position search attributes if the server lacks them (e.g. a fresh compose stack)."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace))
+    missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in existing.custom_attributes}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing))

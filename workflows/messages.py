@@ -1,0 +1,215 @@
+"""Inputs, results and message types of the position and portfolio workflows (signals, updates, queries)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trading.execution import OrderOutcome
+from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
+from trading.instruments import SymbolRules
+from trading.intents import Side, TradeIntent
+from trading.pnl import Fill, PositionTally
+
+LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
+EXCHANGE_TASK_QUEUE = "exchange"
+DEFAULT_PORTFOLIO_ID = "portfolio-default"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- position ---
+class PositionStatus(StrEnum):
+    VALIDATING = "VALIDATING"
+    GOVERNING = "GOVERNING"
+    ENTERING = "ENTERING"
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class ExitReason(StrEnum):
+    MANUAL = "manual"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    EMERGENCY_LOSS = "emergency_max_unrealized_loss"
+    EMERGENCY_FLATTEN = "emergency_flatten"
+    HARD_STOP = "hard_stop"
+    EXCHANGE_CLOSED = "exchange_closed"
+    ENTRY_UNFILLED = "entry_unfilled"
+
+
+class PositionOptions(_Msg):
+    """Technical knobs of one position workflow. Risk numbers come from the portfolio's grant."""
+
+    portfolio_id: str = DEFAULT_PORTFOLIO_ID
+    mark_check_seconds: float = Field(10.0, gt=0, le=3600)
+    # Continue-as-new also when history passes this many events (tests lower it).
+    max_history_events: int = Field(4000, ge=100)
+
+
+class ClosePositionRequest(_Msg):
+    """Close all (quantity omitted) or part of the open quantity."""
+
+    quantity: Decimal | None = Field(None, gt=0)
+    reason: str = Field("manual", min_length=1, max_length=64)
+
+
+class CloseResult(_Msg):
+    closed_qty: Decimal
+    avg_price: Decimal
+    remaining_qty: Decimal
+    noop: bool = False
+    detail: str = ""
+
+
+class FlattenRequest(_Msg):
+    reason: str = Field("emergency flatten", min_length=1, max_length=200)
+
+
+class PositionCarry(_Msg):
+    """Everything a position needs to continue as new without losing its place."""
+
+    status: PositionStatus
+    rules: SymbolRules
+    grant: Grant
+    fills: list[Fill]
+    stop_loss_price: Decimal | None
+    take_profit_price: Decimal | None
+    hard_stop_price: Decimal | None
+    hard_stop_id: str | None
+    exit_seq: int
+    opened_at_ms: int
+    last_mark: Decimal | None = None
+
+
+class PositionInput(TradeIntent):
+    """The position workflow's one argument: the trade intent itself (flat, as an operator types it on
+    the Temporal CLI), plus optional technical knobs, plus the state carried over by continue-as-new
+    (set by the workflow only; refused on a first run)."""
+
+    options: PositionOptions = Field(default_factory=PositionOptions)
+    carry: PositionCarry | None = None
+
+
+class PositionView(_Msg):
+    workflow_id: str
+    status: PositionStatus
+    symbol: str
+    side: Side
+    open_qty: Decimal
+    entry_price: Decimal
+    mark_price: Decimal | None
+    unrealized_pnl: Decimal | None
+    realized_pnl: Decimal
+    fees: Decimal
+    stop_loss_price: Decimal | None
+    take_profit_price: Decimal | None
+    hard_stop_price: Decimal | None
+    next_trigger: str | None
+    reason: str | None = None
+
+
+class PositionResult(_Msg):
+    workflow_id: str
+    status: PositionStatus
+    symbol: str
+    side: Side
+    intent_id: str | None
+    strategy: str
+    entry_price: Decimal = Decimal(0)
+    exit_price: Decimal = Decimal(0)
+    quantity: Decimal = Decimal(0)
+    realized_pnl: Decimal = Decimal(0)  # net of fees
+    gross_pnl: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    exit_reason: str | None = None
+    exit_controller: str | None = None
+    rejection_gate: str | None = None
+    rejection_reason: str | None = None
+    fills: list[Fill] = Field(default_factory=list)
+
+    @classmethod
+    def from_tally(cls, base: dict, tally: PositionTally) -> PositionResult:
+        return cls(
+            **base,
+            entry_price=tally.avg_entry,
+            exit_price=tally.avg_exit,
+            quantity=tally.entry_qty,
+            realized_pnl=tally.realized_net,
+            gross_pnl=tally.realized_gross,
+            fees=tally.fees,
+        )
+
+
+class ProjectionInput(_Msg):
+    """What the projection activity writes to Redis's read model for one position event."""
+
+    kind: str  # "apply_result" | "trade_closed" | "snapshot"
+    view: PositionView
+    intent: TradeIntent
+    action: str | None = None  # "entry" | "exit"
+    outcome: OrderOutcome | None = None
+    result: PositionResult | None = None
+
+
+# --- portfolio ---
+class ReleaseRequest(_Msg):
+    holder_id: str
+    reason: str = "closed"
+
+
+class AdjustRequest(_Msg):
+    holder_id: str
+    notional_usdt: Decimal = Field(ge=0)
+
+
+class KillSwitchRequest(_Msg):
+    on: bool
+    reason: str = "operator"
+
+
+class PortfolioInput(_Msg):
+    policy: RiskPolicy | None = None
+    book: PortfolioBook | None = None
+    pending: list[ReservationRequest] = Field(default_factory=list)
+    holder_check_seconds: float = Field(30.0, gt=0)
+    max_history_events: int = Field(3000, ge=100)
+    granted_total: int = 0
+    denied_total: int = 0
+
+
+class PortfolioView(_Msg):
+    policy: RiskPolicy
+    book: PortfolioBook
+    slots_used: int
+    notional_used: Decimal
+    granted_total: int
+    denied_total: int
+    last_decisions: list[Grant | Denial]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_message(model: type[M], raw: object) -> M:
+    """Validate an operator's message into `model`, with an error naming each bad field.
+
+    Update handlers take raw JSON objects and parse them here, because a payload that fails to decode
+    before the validator runs only says "Failed decoding arguments"."""
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid {model.__name__}: {problems}") from None

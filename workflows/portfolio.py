@@ -1,0 +1,216 @@
+"""PortfolioWorkflow: the singleton that makes every shared limit atomic.
+
+Reservation requests arrive as signals (a burst of a thousand cannot hit the server's cap of ten
+in-flight updates per workflow), are decided one after another in arrival order by the pure gates,
+and each holder is answered by a signal back. Releases are idempotent; holders that stopped without
+releasing (terminated, timed out) are found by a periodic check and freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from trading.governor import (
+        Denial,
+        EmergencyState,
+        Grant,
+        PortfolioBook,
+        ReservationRequest,
+        RiskPolicy,
+        adjust,
+        apply_grant,
+        decide,
+        prune,
+        release,
+    )
+    from workflows.messages import (
+        LIFECYCLE_TASK_QUEUE,
+        AdjustRequest,
+        FlattenRequest,
+        KillSwitchRequest,
+        PortfolioInput,
+        PortfolioView,
+        ReleaseRequest,
+        parse_message,
+    )
+
+HOLDER_CHECK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+LAST_DECISIONS_KEPT = 50
+
+
+@workflow.defn(name="PortfolioWorkflow")
+class PortfolioWorkflow:
+    @workflow.init
+    def __init__(self, inp: PortfolioInput) -> None:
+        self.input = inp
+        self.policy = inp.policy or RiskPolicy()
+        self.book = inp.book or PortfolioBook()
+        self.pending: list[ReservationRequest] = list(inp.pending)
+        self.last_decisions: list[Grant | Denial] = []
+        self.granted_total = inp.granted_total
+        self.denied_total = inp.denied_total
+        self._flatten: list[FlattenRequest] = []
+        self._meter = workflow.metric_meter()
+        self._allow = self._meter.create_counter("quantum_govern_allow", "reservations granted")
+        self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
+        self._slots = self._meter.create_gauge("quantum_portfolio_slots_used", "position slots in use")
+        self._notional = self._meter.create_gauge_float("quantum_portfolio_notional_used_usdt",
+                                                        "reserved notional")
+
+    @workflow.run
+    async def run(self, inp: PortfolioInput) -> None:
+        next_check = workflow.time() + inp.holder_check_seconds
+        while True:
+            wait = max(0.0, next_check - workflow.time())
+            try:
+                await workflow.wait_condition(lambda: bool(self.pending or self._flatten),
+                                              timeout=timedelta(seconds=wait) if wait > 0 else None)
+            except TimeoutError:
+                pass
+            await self._decide_pending()
+            await self._flatten_holders()
+            if workflow.time() >= next_check:
+                await self._release_stopped_holders()
+                prune(self.book, self._now_ms())
+                next_check = workflow.time() + inp.holder_check_seconds
+            self._record_gauges()
+            info = workflow.info()
+            if info.is_continue_as_new_suggested() or info.get_current_history_length() > inp.max_history_events:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(PortfolioInput(
+                    policy=self.policy, book=self.book, pending=self.pending,
+                    holder_check_seconds=inp.holder_check_seconds, max_history_events=inp.max_history_events,
+                    granted_total=self.granted_total, denied_total=self.denied_total))
+
+    # ------------------------------------------------------------------ decisions
+    async def _decide_pending(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            now = self._now_ms()
+            replies = []
+            for req in batch:
+                decision = decide(self.book, self.policy, req, now)
+                if isinstance(decision, Grant):
+                    apply_grant(self.book, req, decision, now)
+                    self.granted_total += 1
+                    self._allow.add(1)
+                else:
+                    self.denied_total += 1
+                    self._deny.add(1, {"gate": decision.gate.value})
+                self.last_decisions = [*self.last_decisions[-(LAST_DECISIONS_KEPT - 1):], decision]
+                replies.append(self._answer(req, decision))
+            await asyncio.gather(*replies)
+
+    async def _answer(self, req: ReservationRequest, decision: Grant | Denial) -> None:
+        try:
+            await workflow.get_external_workflow_handle(req.holder_id).signal("reservation_decided", decision)
+        except FailureError:
+            # The holder is gone (terminated between asking and hearing back): take the slot back.
+            if isinstance(decision, Grant):
+                release(self.book, self.policy, req.holder_id, self._now_ms())
+
+    async def _flatten_holders(self) -> None:
+        while self._flatten:
+            req = self._flatten.pop(0)
+            await asyncio.gather(*(self._tell_flatten(holder, req) for holder in list(self.book.reservations)))
+
+    async def _tell_flatten(self, holder: str, req: FlattenRequest) -> None:
+        try:
+            await workflow.get_external_workflow_handle(holder).signal("emergency_flatten", req)
+        except FailureError:
+            pass  # a holder that is gone is released by the periodic check
+
+    async def _release_stopped_holders(self) -> None:
+        holders = sorted(self.book.reservations)
+        if not holders:
+            return
+        stopped: list[str] = await workflow.execute_activity(
+            "find_stopped_holders", holders, result_type=list[str], task_queue=LIFECYCLE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=HOLDER_CHECK_RETRY,
+        )
+        for holder in stopped:
+            if release(self.book, self.policy, holder, self._now_ms()) is not None:
+                workflow.logger.warning("released the slot of %s: its workflow is no longer running", holder)
+
+    # ------------------------------------------------------------------ messages
+    @workflow.signal(name="request_reservation")
+    def request_reservation(self, req: ReservationRequest) -> None:
+        self.pending.append(req)
+
+    @workflow.signal(name="release_reservation")
+    def release_reservation(self, req: ReleaseRequest) -> None:
+        release(self.book, self.policy, req.holder_id, self._now_ms())
+        # A request still waiting from the same holder must not be granted after its release.
+        self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
+
+    @workflow.signal(name="adjust_reservation")
+    def adjust_reservation(self, req: AdjustRequest) -> None:
+        adjust(self.book, req.holder_id, req.notional_usdt)
+
+    # Operator updates take raw JSON and are parsed in their validators, so a bad field is rejected
+    # with its name before anything reaches history.
+    @workflow.update(name="set_policy")
+    def set_policy(self, raw: dict) -> RiskPolicy:
+        self.policy = parse_message(RiskPolicy, raw)
+        return self.policy
+
+    @set_policy.validator
+    def _validate_policy(self, raw: dict) -> None:
+        parse_message(RiskPolicy, raw)
+
+    @workflow.update(name="set_kill_switch")
+    def set_kill_switch(self, raw: dict) -> RiskPolicy:
+        req = parse_message(KillSwitchRequest, raw)
+        self.policy = self.policy.model_copy(update={"kill_switch": req.on})
+        workflow.logger.warning("kill switch %s: %s", "ON" if req.on else "off", req.reason)
+        return self.policy
+
+    @set_kill_switch.validator
+    def _validate_kill_switch(self, raw: dict) -> None:
+        parse_message(KillSwitchRequest, raw)
+
+    @workflow.update(name="set_emergency_state")
+    def set_emergency_state(self, state: str) -> EmergencyState:
+        self.book.emergency = EmergencyState(state)
+        return self.book.emergency
+
+    @set_emergency_state.validator
+    def _validate_emergency_state(self, state: str) -> None:
+        if state not in EmergencyState.__members__:
+            raise ValueError(f"state: must be one of {', '.join(EmergencyState.__members__)}")
+
+    @workflow.update(name="emergency_flatten")
+    def emergency_flatten(self, raw: dict) -> list[str]:
+        req = parse_message(FlattenRequest, raw)
+        holders = sorted(self.book.reservations)
+        self.book.emergency = EmergencyState.HALTED
+        self._flatten.append(req)
+        return holders
+
+    @emergency_flatten.validator
+    def _validate_flatten(self, raw: dict) -> None:
+        parse_message(FlattenRequest, raw)
+
+    @workflow.query(name="state")
+    def state(self) -> PortfolioView:
+        return PortfolioView(
+            policy=self.policy, book=self.book, slots_used=len(self.book.reservations),
+            notional_used=self.book.total_notional, granted_total=self.granted_total,
+            denied_total=self.denied_total, last_decisions=self.last_decisions,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _now_ms(self) -> int:
+        return int(workflow.now().timestamp() * 1000)
+
+    def _record_gauges(self) -> None:
+        self._slots.set(len(self.book.reservations))
+        self._notional.set(float(self.book.total_notional))
+
+

@@ -1,0 +1,462 @@
+"""PositionWorkflow: one position, validate → govern → execute entry → manage → close.
+
+It is the only owner of its exits: every exit request (manual close, stop-loss, take-profit, emergency,
+flatten) goes into one queue and is handled one at a time against the current state, with at most one
+order in flight, so a duplicate or stale trigger becomes a no-op and the position can never reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pydantic
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from trading.execution import (
+        CancelStopInput,
+        EntryMarket,
+        MarkPriceInput,
+        OrderOutcome,
+        PlaceOrderInput,
+        PlaceStopInput,
+        PrepareEntryInput,
+        SetLeverageInput,
+        StopOutcome,
+    )
+    from trading.exits import ExitLevels, check_exit, close_quantity, entry_quantity, exit_levels
+    from trading.governor import Denial, Gate, Grant, ReservationRequest
+    from trading.ids import client_order_id
+    from trading.intents import TradeIntent
+    from trading.pnl import Fill, PositionTally, tally
+    from workflows.messages import (
+        EXCHANGE_TASK_QUEUE,
+        LIFECYCLE_TASK_QUEUE,
+        AdjustRequest,
+        ClosePositionRequest,
+        CloseResult,
+        ExitReason,
+        FlattenRequest,
+        PositionCarry,
+        PositionInput,
+        PositionResult,
+        PositionStatus,
+        PositionView,
+        ProjectionInput,
+        ReleaseRequest,
+        parse_message,
+    )
+
+SA_SYMBOL = SearchAttributeKey.for_keyword("Symbol")
+SA_SIDE = SearchAttributeKey.for_keyword("Side")
+SA_STATUS = SearchAttributeKey.for_keyword("PositionStatus")
+SA_STRATEGY = SearchAttributeKey.for_keyword("Strategy")
+SA_SOURCE = SearchAttributeKey.for_keyword("Source")
+SA_REALIZED_PNL = SearchAttributeKey.for_float("RealizedPnl")
+SA_OPENED_AT = SearchAttributeKey.for_datetime("OpenedAt")
+SEARCH_ATTRIBUTES = [SA_SYMBOL, SA_SIDE, SA_STATUS, SA_STRATEGY, SA_SOURCE, SA_REALIZED_PNL, SA_OPENED_AT]
+
+# Reads and idempotent writes retry briefly; orders retry only after the activity has looked the order
+# up by its client id (the activity does that on every attempt after the first).
+QUICK_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
+                          maximum_attempts=10, non_retryable_error_types=["Rejected", "UnknownSymbol"])
+ORDER_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10),
+                          maximum_attempts=0, non_retryable_error_types=["Rejected", "UnknownSymbol"])
+PROJECTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15),
+                               maximum_attempts=0)
+
+
+@dataclass
+class _ExitTicket:
+    ticket: int
+    quantity: Decimal | None
+    reason: str
+    controller: str
+
+
+@workflow.defn(name="PositionWorkflow", failure_exception_types=[pydantic.ValidationError])
+class PositionWorkflow:
+    @workflow.init
+    def __init__(self, inp: PositionInput) -> None:
+        carry = inp.carry
+        self.intent: TradeIntent = inp
+        self.options = inp.options
+        self.status = PositionStatus.VALIDATING
+        self.rules = carry.rules if carry else None
+        self.grant: Grant | None = carry.grant if carry else None
+        self.denial: Denial | None = None
+        self.fills: list[Fill] = list(carry.fills) if carry else []
+        self.levels: ExitLevels | None = None
+        if carry and carry.hard_stop_price is not None:
+            self.levels = ExitLevels(stop_loss=carry.stop_loss_price, take_profit=carry.take_profit_price,
+                                     hard_stop=carry.hard_stop_price)
+        self.hard_stop_id: str | None = carry.hard_stop_id if carry else None
+        self.exit_seq = carry.exit_seq if carry else 0
+        self.opened_at_ms = carry.opened_at_ms if carry else 0
+        self.mark: Decimal | None = carry.last_mark if carry else None
+        if carry:
+            self.status = carry.status
+        self.exit_reason: str | None = None
+        self.exit_controller: str | None = None
+        self._queue: list[_ExitTicket] = []
+        self._results: dict[int, CloseResult] = {}
+        self._next_ticket = 0
+        self._released = False
+        self._projections: list[workflow.ActivityHandle] = []
+
+    # ------------------------------------------------------------------ run
+    @workflow.run
+    async def run(self, inp: PositionInput) -> PositionResult:
+        if inp.carry is not None and workflow.info().continued_run_id is None:
+            raise ApplicationError("carry: only set by the workflow's own continue-as-new",
+                                   type="InvalidIntent", non_retryable=True)
+        try:
+            if inp.carry is None:
+                market = await self._validate()
+                decision = await self._govern(market)
+                if isinstance(decision, Denial):
+                    self.denial = decision
+                    self._set_status(PositionStatus.REJECTED)
+                    return self._result()
+                self._set_status(PositionStatus.ENTERING)
+                await self._enter(market)
+                if self.denial is not None:  # the grant was too small for the venue: nothing was sent
+                    await self._release("below exchange minimum")
+                    self._set_status(PositionStatus.REJECTED)
+                    return self._result()
+            if self._tally().open_qty > 0:
+                self._set_status(PositionStatus.OPEN)
+                await self._manage()
+            await self._finish_close()
+            return self._result()
+        except asyncio.CancelledError:
+            # An operator cancelled the workflow: flatten what is open, then stop.
+            self._cancelled = True
+            if self._tally().open_qty > 0:
+                self._queue.append(_ExitTicket(-1, None, "cancelled", "operator"))
+                await self._process_exits()
+            await self._finish_close(final_status=PositionStatus.CANCELLED)
+            raise
+        except workflow.ContinueAsNewError:
+            raise
+        except BaseException:
+            self._set_status(PositionStatus.FAILED)
+            raise
+        finally:
+            if self.grant is not None and not self._released and not self._continuing:
+                await self._release("workflow ended" if self.status != PositionStatus.CLOSED else "closed")
+
+    _cancelled = False
+    _continuing = False
+
+    # ------------------------------------------------------------------ steps
+    async def _validate(self) -> EntryMarket:
+        try:
+            return await workflow.execute_activity(
+                "prepare_entry", PrepareEntryInput(symbol=self.intent.symbol), result_type=EntryMarket,
+                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "UnknownSymbol":
+                self._set_status(PositionStatus.FAILED)
+                raise ApplicationError(f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True) from None
+            raise
+
+    async def _govern(self, market: EntryMarket) -> Grant | Denial:
+        self._set_status(PositionStatus.GOVERNING)
+        notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * market.mark_price
+        request = ReservationRequest(
+            holder_id=workflow.info().workflow_id, symbol=self.intent.symbol, side=self.intent.side,
+            notional_usdt=notional, kill_score=self.intent.kill_score, intent_id=self.intent.intent_id,
+        )
+        self._decision: Grant | Denial | None = None
+        while self._decision is None:
+            # Signal-with-start: the portfolio is started by the first position if the stack has not.
+            await workflow.execute_activity(
+                "request_reservation", args=[self.options.portfolio_id, request],
+                task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=QUICK_RETRY,
+            )
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None, timeout=timedelta(minutes=2))
+            except TimeoutError:
+                continue  # the portfolio answers a repeated request with its first decision
+        if isinstance(self._decision, Grant):
+            self.grant = self._decision
+        return self._decision
+
+    async def _enter(self, market: EntryMarket) -> None:
+        assert self.grant is not None
+        self.rules = market.rules
+        qty = entry_quantity(self.grant.notional_usdt, market.mark_price, market.rules, self.intent.quantity)
+        if qty < market.rules.market_min_qty or qty * market.mark_price < market.rules.min_notional:
+            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
+            self.denial = Denial(holder_id=self.grant.holder_id, gate=Gate.EXCHANGE_MINIMUM,
+                                 reason=f"granted {self.grant.notional_usdt} USDT is below the exchange minimum "
+                                        f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)")
+            return
+        await workflow.execute_activity(
+            "set_leverage", SetLeverageInput(symbol=self.intent.symbol, leverage=self.intent.leverage),
+            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
+        )
+        outcome = await self._order(self.intent.side.entry_order_side, qty, "entry", reduce_only=False)
+        self.opened_at_ms = int(workflow.now().timestamp() * 1000)
+        filled = self._tally()
+        if filled.open_qty <= 0:
+            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
+            return
+        filled_notional = filled.entry_notional
+        if filled_notional < self.grant.notional_usdt:
+            await self._portfolio_signal("adjust_reservation", AdjustRequest(
+                holder_id=self.grant.holder_id, notional_usdt=filled_notional))
+        self.levels = exit_levels(self.intent.side, filled.avg_entry, market.rules, self.intent.exits,
+                                  self.grant.hard_stop_pct)
+        self.mark = outcome.avg_price
+        await self._place_hard_stop()
+        self._project("apply_result", action="entry", outcome=outcome)
+
+    async def _place_hard_stop(self) -> None:
+        assert self.levels is not None
+        self.hard_stop_id = client_order_id(workflow.info().workflow_id, "hstop")
+        try:
+            await workflow.execute_activity(
+                "place_stop",
+                PlaceStopInput(symbol=self.intent.symbol, side=self.intent.side.exit_order_side,
+                               trigger_price=self.levels.hard_stop, client_algo_id=self.hard_stop_id),
+                result_type=StopOutcome, task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=15), retry_policy=ORDER_RETRY,
+            )
+        except ActivityError as err:
+            # The venue refused the stop (e.g. it would trigger at once): the internal checks still
+            # protect the position, and the next mark check closes it if the price is already past.
+            workflow.logger.warning("hard stop refused: %s", err.cause)
+            self.hard_stop_id = None
+
+    async def _manage(self) -> None:
+        while self._tally().open_qty > 0:
+            if not self._queue:
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._queue), timeout=timedelta(seconds=self.options.mark_check_seconds))
+                except TimeoutError:
+                    await self._check_mark()
+            await self._process_exits()
+            if self._should_continue_as_new():
+                await self._continue_as_new()
+
+    async def _check_mark(self) -> None:
+        assert self.levels is not None and self.grant is not None
+        self.mark = await workflow.execute_activity(
+            "get_mark_price", MarkPriceInput(symbol=self.intent.symbol), result_type=Decimal,
+            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=5), retry_policy=QUICK_RETRY,
+        )
+        t = self._tally()
+        signal = check_exit(self.intent.side, t.open_entry_price, t.open_qty, self.mark, self.levels,
+                            self.grant.max_unrealized_loss_pct)
+        if signal is not None and not self._queue:
+            self._enqueue(None, signal.reason, "internal")
+        self._update_details()
+
+    async def _process_exits(self) -> None:
+        while self._queue:
+            ticket = self._queue.pop(0)
+            t = self._tally()
+            assert self.rules is not None
+            qty = close_quantity(ticket.quantity, t.open_qty, self.rules)
+            if qty <= 0:
+                self._results[ticket.ticket] = CloseResult(
+                    closed_qty=Decimal(0), avg_price=Decimal(0), remaining_qty=t.open_qty, noop=True,
+                    detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero")
+                continue
+            self._set_status(PositionStatus.CLOSING)
+            self.exit_seq += 1
+            outcome = await self._order(self.intent.side.exit_order_side, qty, f"x{self.exit_seq}",
+                                        reduce_only=True)
+            remaining = self._tally().open_qty
+            self._results[ticket.ticket] = CloseResult(
+                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price, remaining_qty=remaining)
+            self.exit_reason, self.exit_controller = ticket.reason, ticket.controller
+            self._project("apply_result", action="exit", outcome=outcome)
+            if remaining > 0:
+                self._set_status(PositionStatus.OPEN)
+
+    async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
+        if self.hard_stop_id is not None:
+            await workflow.execute_activity(
+                "cancel_stop", CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
+                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=QUICK_RETRY,
+            )
+            self.hard_stop_id = None
+        self._set_status(final_status)
+        if self.grant is not None and not self._released:
+            await self._release(self.exit_reason or final_status.value.lower())
+        self._project("trade_closed")
+        # Projections catch up after a Redis outage; the trade itself is already done and released.
+        await asyncio.gather(*self._projections, return_exceptions=True)
+
+    # ------------------------------------------------------------------ orders
+    async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
+        outcome = await workflow.execute_activity(
+            "place_order",
+            PlaceOrderInput(symbol=self.intent.symbol, side=side, quantity=qty,  # type: ignore[arg-type]
+                            client_order_id=client_order_id(workflow.info().workflow_id, step),
+                            reduce_only=reduce_only),
+            result_type=OrderOutcome, task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=20), retry_policy=ORDER_RETRY,
+        )
+        known = {(f.client_order_id, f.trade_id) for f in self.fills}
+        self.fills.extend(f for f in outcome.fills if (f.client_order_id, f.trade_id) not in known)
+        return outcome
+
+    # ------------------------------------------------------------------ portfolio
+    async def _portfolio_signal(self, name: str, arg: object) -> None:
+        await workflow.get_external_workflow_handle(self.options.portfolio_id).signal(name, arg)
+
+    async def _release(self, reason: str) -> None:
+        assert self.grant is not None
+        self._released = True
+        await self._portfolio_signal("release_reservation", ReleaseRequest(holder_id=self.grant.holder_id,
+                                                                           reason=reason))
+
+    # ------------------------------------------------------------------ continue-as-new
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.options.max_history_events
+
+    async def _continue_as_new(self) -> None:
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._queue)
+        await asyncio.gather(*self._projections, return_exceptions=True)
+        assert self.rules is not None and self.grant is not None and self.levels is not None
+        self._continuing = True
+        carried = PositionInput.model_validate({**self.intent.model_dump(exclude={"options", "carry"}),
+                                                 "options": self.options})
+        workflow.continue_as_new(carried.model_copy(update={"carry": PositionCarry(
+            status=self.status, rules=self.rules, grant=self.grant, fills=self.fills,
+            stop_loss_price=self.levels.stop_loss, take_profit_price=self.levels.take_profit,
+            hard_stop_price=self.levels.hard_stop, hard_stop_id=self.hard_stop_id, exit_seq=self.exit_seq,
+            opened_at_ms=self.opened_at_ms, last_mark=self.mark)}))
+
+    # ------------------------------------------------------------------ messages
+    @workflow.signal(name="reservation_decided")
+    def reservation_decided(self, decision: Grant | Denial) -> None:
+        if getattr(self, "_decision", None) is None:
+            self._decision = decision
+
+    @workflow.signal(name="emergency_flatten")
+    def emergency_flatten(self, req: FlattenRequest) -> None:
+        if self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
+            self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
+
+    @workflow.update(name="close")
+    async def close(self, raw: dict) -> CloseResult:
+        req = parse_message(ClosePositionRequest, raw)
+        ticket = self._enqueue(req.quantity, req.reason, "manual")
+        await workflow.wait_condition(lambda: ticket in self._results)
+        return self._results.pop(ticket)
+
+    @close.validator
+    def _validate_close(self, raw: dict) -> None:
+        # Raw JSON parsed here, so a bad field is refused by name before anything reaches history.
+        req = parse_message(ClosePositionRequest, raw)
+        if self.status not in (PositionStatus.OPEN, PositionStatus.CLOSING):
+            raise ValueError(f"position is {self.status.value}, not open: nothing to close")
+        open_qty = self._tally().open_qty
+        if req.quantity is not None and req.quantity > open_qty:
+            raise ValueError(f"quantity {req.quantity} exceeds the open quantity {open_qty}")
+
+    @workflow.query(name="state")
+    def state(self) -> PositionView:
+        t = self._tally()
+        return PositionView(
+            workflow_id=workflow.info().workflow_id, status=self.status, symbol=self.intent.symbol,
+            side=self.intent.side, open_qty=t.open_qty, entry_price=t.open_entry_price or t.avg_entry,
+            mark_price=self.mark, unrealized_pnl=t.unrealized(self.mark) if self.mark and t.open_qty else None,
+            realized_pnl=t.realized_net, fees=t.fees,
+            stop_loss_price=self.levels.stop_loss if self.levels else None,
+            take_profit_price=self.levels.take_profit if self.levels else None,
+            hard_stop_price=self.levels.hard_stop if self.levels else None,
+            next_trigger=self._next_trigger(), reason=self.exit_reason or (self.denial.reason if self.denial else None),
+        )
+
+    @workflow.query(name="fills")
+    def get_fills(self) -> list[Fill]:
+        return list(self.fills)
+
+    @workflow.query(name="pnl")
+    def pnl(self) -> dict[str, Decimal]:
+        t = self._tally()
+        return {"realized_gross": t.realized_gross, "fees": t.fees, "realized_net": t.realized_net,
+                "unrealized": t.unrealized(self.mark) if self.mark else Decimal(0)}
+
+    # ------------------------------------------------------------------ helpers
+    def _enqueue(self, quantity: Decimal | None, reason: str, controller: str) -> int:
+        self._next_ticket += 1
+        self._queue.append(_ExitTicket(self._next_ticket, quantity, reason, controller))
+        return self._next_ticket
+
+    def _tally(self) -> PositionTally:
+        return tally(self.intent.side, self.fills)
+
+    def _next_trigger(self) -> str | None:
+        if self.levels is None or self.status != PositionStatus.OPEN:
+            return None
+        parts = []
+        if self.levels.stop_loss is not None:
+            parts.append(f"stop {self.levels.stop_loss}")
+        if self.levels.take_profit is not None:
+            parts.append(f"target {self.levels.take_profit}")
+        parts.append(f"hard stop {self.levels.hard_stop}")
+        return ", ".join(parts)
+
+    def _set_status(self, status: PositionStatus) -> None:
+        self.status = status
+        t = self._tally()
+        pairs = [
+            SearchAttributePair(SA_SYMBOL, self.intent.symbol),
+            SearchAttributePair(SA_SIDE, self.intent.side.value),
+            SearchAttributePair(SA_STATUS, status.value),
+            SearchAttributePair(SA_STRATEGY, self.intent.strategy),
+            SearchAttributePair(SA_SOURCE, self.intent.source.value),
+            SearchAttributePair(SA_REALIZED_PNL, float(t.realized_net)),
+        ]
+        if self.opened_at_ms:
+            pairs.append(SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC)))
+        workflow.upsert_search_attributes(pairs)
+        self._update_details()
+
+    def _update_details(self) -> None:
+        v = self.state()
+        lines = [
+            f"**{v.status.value}** {v.side.value} {v.open_qty} {v.symbol} @ {v.entry_price:.2f}",
+            f"mark {v.mark_price} · unrealized {v.unrealized_pnl} · realized {v.realized_pnl:.4f} USDT",
+            f"next trigger: {v.next_trigger or '-'}",
+        ]
+        if v.reason:
+            lines.append(f"reason: {v.reason}")
+        workflow.set_current_details("\n\n".join(lines))
+
+    def _project(self, kind: str, *, action: str | None = None, outcome: OrderOutcome | None = None) -> None:
+        self._projections.append(workflow.start_activity(
+            "project_position", ProjectionInput(kind=kind, action=action, view=self.state(),
+                                                outcome=outcome, intent=self.intent),
+            task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=5),
+            schedule_to_close_timeout=timedelta(hours=1), retry_policy=PROJECTION_RETRY,
+        ))
+
+    def _result(self) -> PositionResult:
+        base = dict(
+            workflow_id=workflow.info().workflow_id, status=self.status, symbol=self.intent.symbol,
+            side=self.intent.side, intent_id=self.intent.intent_id, strategy=self.intent.strategy,
+            exit_reason=self.exit_reason, exit_controller=self.exit_controller,
+            rejection_gate=self.denial.gate if self.denial else None,
+            rejection_reason=self.denial.reason if self.denial else None, fills=self.fills,
+        )
+        return PositionResult.from_tally(base, self._tally())
