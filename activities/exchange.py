@@ -8,6 +8,7 @@ before anything is sent again (Binance only refuses a duplicate client id while 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -97,6 +98,20 @@ class ExchangeActivities:
 
     @activity.defn(name="place_order")
     async def place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
+        meter = activity.metric_meter()
+        action = "close" if inp.reduce_only else "open"
+        meter.create_counter("apply_layer_exec", "orders sent to the venue").add(
+            1, {"symbol": inp.symbol, "action": action})
+        outcome = await self._place_order(inp)
+        if outcome.executed_qty > 0:
+            meter.create_counter("apply_layer_exec_success", "orders that executed").add(
+                1, {"symbol": inp.symbol, "action": action})
+        if inp.intent_at_ms is not None and not inp.reduce_only:
+            meter.create_histogram_float("quantum_intent_to_order_seconds", "intent to entry order acknowledged",
+                                         "s").record(max(0.0, time.time() - inp.intent_at_ms / 1000))
+        return outcome
+
+    async def _place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
         with venue_errors():
             order: Order | None = None
             recovered = False

@@ -63,6 +63,8 @@ def check_exit(side: Side, entry: Decimal, open_qty: Decimal, mark: Decimal, lev
         return ExitSignal(reason="emergency_max_unrealized_loss", level=None, mark=mark)
     if levels.stop_loss is not None and (levels.stop_loss - mark) * side.sign >= 0:
         return ExitSignal(reason="stop_loss", level=levels.stop_loss, mark=mark)
+    if (levels.hard_stop - mark) * side.sign >= 0:  # the venue's stop should have fired: find out
+        return ExitSignal(reason="hard_stop", level=levels.hard_stop, mark=mark)
     if levels.take_profit is not None and (mark - levels.take_profit) * side.sign >= 0:
         return ExitSignal(reason="take_profit", level=levels.take_profit, mark=mark)
     return None

@@ -212,3 +212,36 @@ DEFAULT_RULES: dict[str, SymbolRules] = {
                     min_notional=_D("5")),
     ]
 }
+
+
+# --- synthetic symbols (load tests) ---------------------------------------------------------------
+SYNTHETIC_PREFIX = "T"
+SYNTHETIC_START_PRICE = Decimal("100.00")
+
+
+def synthetic_symbol(index: int) -> str:
+    """The name of the `index`-th synthetic perpetual (1-based): `T001USDT` ... `T999USDT`."""
+    if not 1 <= index <= 999:
+        raise ValueError(f"synthetic symbol index out of range 1..999: {index}")
+    return f"{SYNTHETIC_PREFIX}{index:03d}USDT"
+
+
+def synthetic_symbols(count: int) -> list[str]:
+    """The first `count` synthetic symbol names, in order."""
+    return [synthetic_symbol(i) for i in range(1, count + 1)]
+
+
+def synthetic_rules(symbol: str) -> SymbolRules:
+    """Generic USD-M-like filters for a synthetic load-test perpetual (pure: same symbol, same rules).
+
+    Tick 0.01, step 0.001, min qty 0.001, market max qty 100000, min notional 5, precisions 2 / 3.
+    """
+    if not symbol.endswith("USDT") or len(symbol) <= 4:
+        raise ValueError(f"not a USDT perpetual name: {symbol!r}")
+    return SymbolRules(
+        symbol=symbol, base_asset=symbol[:-4], price_precision=2, quantity_precision=3,
+        tick_size=_D("0.01"), min_price=_D("0.01"), max_price=_D("1000000"),
+        step_size=_D("0.001"), min_qty=_D("0.001"), max_qty=_D("1000000"),
+        market_step_size=_D("0.001"), market_min_qty=_D("0.001"), market_max_qty=_D("100000"),
+        min_notional=_D("5"),
+    )

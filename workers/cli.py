@@ -44,7 +44,8 @@ def _cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_addresses(found: dict[str, str]) -> None:
     labels = {"temporal": "Temporal", "ui": "Web UI", "redis": "Redis", "exchange": "Exchange",
-              "exchange_ws": "Exchange WS", "mode": "Mode", "home": "Data folder"}
+              "exchange_ws": "Exchange WS", "lifecycle_metrics": "Metrics", "exchange_metrics": "Metrics",
+              "mode": "Mode", "home": "Data folder"}
     for key, value in found.items():
         print(f"{labels.get(key, key):<12} {value}")
 
@@ -65,7 +66,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.kind == "lifecycle":
         from workers import lifecycle
 
-        asyncio.run(lifecycle.run(settings, args.metrics_port, holder_check_seconds=args.holder_check_seconds))
+        asyncio.run(lifecycle.run(settings, args.metrics_port))
     else:
         from workers import exchange_worker
 
@@ -79,6 +80,18 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_stack:
         _print_addresses(stack.up(settings, timeout=args.timeout))
     return asyncio.run(demo.paper_round_trip(settings, symbol=args.symbol, notional=args.notional))
+
+
+def _cmd_trade(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import trade_cli
+
+    return trade_cli.run_trade(args, settings)
+
+
+def _cmd_portfolio(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import trade_cli
+
+    return trade_cli.run_portfolio(args, settings)
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,19 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("kind", choices=["lifecycle", "exchange"],
                         help="lifecycle: position + portfolio workflows; exchange: Binance activities")
     worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
-    worker.add_argument("--holder-check-seconds", type=float, default=30.0,
-                        help="how often the portfolio frees slots of holders that stopped (lifecycle)")
     worker.set_defaults(func=_cmd_worker)
 
     demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
     demo.add_argument("--symbol", default="BTCUSDT")
-    demo.add_argument("--notional", type=float, default=150.0, help="USDT notional of the demo position")
+    demo.add_argument("--notional", type=float, default=200.0, help="USDT notional of the demo position")
     demo.add_argument("--no-stack", action="store_true", help="use an exchange that is already running")
     demo.add_argument("--timeout", type=float, default=90.0)
     demo.set_defaults(func=_cmd_demo)
 
     cfg = sub.add_parser("config", help="print the effective settings (secrets hidden) or what is wrong")
     cfg.set_defaults(func=_cmd_config)
+
+    from workers import trade_cli  # `trade open|close|list|show`, `portfolio show|kill-switch|flatten|policy`
+
+    trade_cli.add_subcommands(sub, trade=_cmd_trade, portfolio=_cmd_portfolio)
     return parser
 
 

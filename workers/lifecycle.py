@@ -37,12 +37,12 @@ def lifecycle_worker(client, settings: Settings, redis: aioredis.Redis, *,
     )
 
 
-async def run(settings: Settings, metrics_port: int | None, holder_check_seconds: float = 30.0) -> None:
+async def run(settings: Settings, metrics_port: int | None) -> None:
     client = await connect(settings, metrics_runtime(metrics_port))
     await ensure_search_attributes(client)
     redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=2,
                            socket_connect_timeout=2)
-    worker = lifecycle_worker(client, settings, redis, holder_check_seconds=holder_check_seconds)
+    worker = lifecycle_worker(client, settings, redis)
     await run_until_sigterm(worker, "lifecycle", metrics_port)
     await redis.aclose()
 

@@ -21,6 +21,7 @@ import redis
 
 from trading.config import Settings, TradingMode
 from workers.processes import ManagedProcess, StartupError, http_ok, pid_alive, port_open, stop_pid
+from workers.temporal_client import CLI_SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_KEYS_FILE = "paper-keys.env"
@@ -102,6 +103,8 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                 "--db-filename", str(root / "temporal" / "temporal.db"),
                 "--namespace", settings.temporal_namespace,
                 "--log-level", "warn",
+                *[arg for name, kind in CLI_SEARCH_ATTRIBUTES.items()
+                  for arg in ("--search-attribute", f"{name}={kind}")],
             ],
             host=t_host, port=t_port, marker=str(root / "temporal"),
         ),
@@ -136,7 +139,22 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                 env={**os.environ, "BINANCE_API_KEY": key, "BINANCE_API_SECRET": secret},
             )
         )
+    worker_env = dict(os.environ)
+    if settings.trading_mode is TradingMode.PAPER:
+        worker_env.update(BINANCE_API_KEY=key, BINANCE_API_SECRET=secret)
+    worker_env["QT_HOME"] = str(root)
+    for kind, port in (("lifecycle", settings.lifecycle_metrics_port),
+                       ("exchange", settings.exchange_metrics_port)):
+        specs.append(ServiceSpec(
+            name=f"{kind}-worker",
+            argv=[sys.executable, "-m", "workers.cli", "worker", kind, "--metrics-port", str(port)],
+            host="127.0.0.1", port=port, marker=_worker_marker(kind, port), env=worker_env,
+        ))
     return specs
+
+
+def _worker_marker(kind: str, port: int) -> str:
+    return f"worker {kind} --metrics-port {port}"
 
 
 def addresses(settings: Settings) -> dict[str, str]:
@@ -145,6 +163,8 @@ def addresses(settings: Settings) -> dict[str, str]:
         "temporal": settings.temporal_address,
         "ui": f"http://{t_host}:{settings.temporal_ui_port}",
         "redis": settings.redis_url,
+        "lifecycle_metrics": f"http://127.0.0.1:{settings.lifecycle_metrics_port}/metrics",
+        "exchange_metrics": f"http://127.0.0.1:{settings.exchange_metrics_port}/metrics",
     }
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
@@ -181,6 +201,8 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
         return lambda: port_open(spec.host, spec.port) and _temporal_ready(settings.temporal_address) and http_ok(ui)
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
+    if spec.name.endswith("-worker"):  # its metrics endpoint answers once it is connected and polling
+        return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
 
 
@@ -245,6 +267,8 @@ def _port_variable(name: str) -> str:
         "temporal": "TEMPORAL_ADDRESS / TEMPORAL_UI_PORT",
         "redis": "REDIS_PORT",
         "exchange": "PAPER_EXCHANGE_PORT",
+        "lifecycle-worker": "LIFECYCLE_METRICS_PORT",
+        "exchange-worker": "EXCHANGE_METRICS_PORT",
     }[name]
 
 
@@ -268,6 +292,8 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("temporal", str(root / "temporal")),
         ("redis", str(settings.redis_port)),
         ("exchange", str(root / "paper")),
+        ("lifecycle-worker", _worker_marker("lifecycle", settings.lifecycle_metrics_port)),
+        ("exchange-worker", _worker_marker("exchange", settings.exchange_metrics_port)),
     ]
 
 

@@ -60,6 +60,7 @@ class PortfolioWorkflow:
         self._allow = self._meter.create_counter("quantum_govern_allow", "reservations granted")
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
         self._slots = self._meter.create_gauge("quantum_portfolio_slots_used", "position slots in use")
+        self._open = self._meter.create_gauge("quantum_open_positions", "positions holding a reservation")
         self._notional = self._meter.create_gauge_float("quantum_portfolio_notional_used_usdt",
                                                         "reserved notional")
 
@@ -148,10 +149,12 @@ class PortfolioWorkflow:
         release(self.book, self.policy, req.holder_id, self._now_ms())
         # A request still waiting from the same holder must not be granted after its release.
         self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
+        self._record_gauges()
 
     @workflow.signal(name="adjust_reservation")
     def adjust_reservation(self, req: AdjustRequest) -> None:
         adjust(self.book, req.holder_id, req.notional_usdt)
+        self._record_gauges()
 
     # Operator updates take raw JSON and are parsed in their validators, so a bad field is rejected
     # with its name before anything reaches history.
@@ -211,6 +214,7 @@ class PortfolioWorkflow:
 
     def _record_gauges(self) -> None:
         self._slots.set(len(self.book.reservations))
+        self._open.set(len(self.book.reservations))
         self._notional.set(float(self.book.total_notional))
 
 

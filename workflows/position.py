@@ -21,6 +21,10 @@ with workflow.unsafe.imports_passed_through():
     from trading.execution import (
         CancelStopInput,
         EntryMarket,
+        ExchangePosition,
+        ExchangePositionInput,
+        OrderStatus,
+        SyncFillsInput,
         MarkPriceInput,
         OrderOutcome,
         PlaceOrderInput,
@@ -129,7 +133,7 @@ class PositionWorkflow:
                     await self._release("below exchange minimum")
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
-            if self._tally().open_qty > 0:
+            if self._tally().open_qty > 0 and not self._venue_flat:
                 self._set_status(PositionStatus.OPEN)
                 await self._manage()
             await self._finish_close()
@@ -240,7 +244,7 @@ class PositionWorkflow:
             self.hard_stop_id = None
 
     async def _manage(self) -> None:
-        while self._tally().open_qty > 0:
+        while self._tally().open_qty > 0 and not self._venue_flat:
             if not self._queue:
                 try:
                     await workflow.wait_condition(
@@ -279,6 +283,14 @@ class PositionWorkflow:
             self.exit_seq += 1
             outcome = await self._order(self.intent.side.exit_order_side, qty, f"x{self.exit_seq}",
                                         reduce_only=True)
+            if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
+                # Nothing left to reduce at the venue: its hard stop or a liquidation closed the position.
+                await self._settle_with_venue()
+                self._results[ticket.ticket] = CloseResult(
+                    closed_qty=Decimal(0), avg_price=Decimal(0), remaining_qty=self._tally().open_qty, noop=True,
+                    detail=f"the exchange had already closed the position ({self.exit_reason})")
+                self._queue.clear()
+                return
             remaining = self._tally().open_qty
             self._results[ticket.ticket] = CloseResult(
                 closed_qty=outcome.executed_qty, avg_price=outcome.avg_price, remaining_qty=remaining)
@@ -286,6 +298,33 @@ class PositionWorkflow:
             self._project("apply_result", action="exit", outcome=outcome)
             if remaining > 0:
                 self._set_status(PositionStatus.OPEN)
+
+    async def _settle_with_venue(self) -> None:
+        """Take the venue's fills for this position (one position per symbol) and its word on the size."""
+        known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
+        fills = await workflow.execute_activity(
+            "sync_fills", SyncFillsInput(symbol=self.intent.symbol, since_ms=self.opened_at_ms - 5_000,
+                                         order_ids=known),
+            result_type=list[Fill], task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=20),
+            retry_policy=QUICK_RETRY,
+        )
+        seen = {f.trade_id for f in self.fills}
+        new = [f for f in fills if f.trade_id not in seen and f.side == self.intent.side.exit_order_side]
+        self.fills.extend(new)
+        hard_stop_hit = self.hard_stop_id is not None and any(f.client_order_id == self.hard_stop_id for f in new)
+        self.exit_reason = ExitReason.HARD_STOP.value if hard_stop_hit else ExitReason.EXCHANGE_CLOSED.value
+        self.exit_controller = "exchange"
+        if hard_stop_hit:
+            self.hard_stop_id = None  # it has fired: nothing left to cancel
+        if self._tally().open_qty > 0:
+            venue = await workflow.execute_activity(
+                "get_position", ExchangePositionInput(symbol=self.intent.symbol), result_type=ExchangePosition,
+                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=QUICK_RETRY,
+            )
+            self._venue_flat = venue.position_amt == 0
+
+    _venue_flat = False
 
     async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
         if self.hard_stop_id is not None:
@@ -308,7 +347,8 @@ class PositionWorkflow:
             "place_order",
             PlaceOrderInput(symbol=self.intent.symbol, side=side, quantity=qty,  # type: ignore[arg-type]
                             client_order_id=client_order_id(workflow.info().workflow_id, step),
-                            reduce_only=reduce_only),
+                            reduce_only=reduce_only,
+                            intent_at_ms=int(workflow.info().start_time.timestamp() * 1000)),
             result_type=OrderOutcome, task_queue=EXCHANGE_TASK_QUEUE,
             start_to_close_timeout=timedelta(seconds=20), retry_policy=ORDER_RETRY,
         )

@@ -49,6 +49,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         TEMPORAL_UI_PORT=str(free_port()),
         REDIS_PORT=str(free_port()),
         PAPER_EXCHANGE_PORT=str(free_port()),
+        LIFECYCLE_METRICS_PORT=str(free_port()),
+        EXCHANGE_METRICS_PORT=str(free_port()),
     )
     yield env
     qtrader(env, "stack", "down")  # whatever a failing test left up
@@ -74,13 +76,15 @@ def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> No
     assert httpx.get(report["ui"], timeout=5).status_code == 200
     assert redis.Redis(port=int(stack_env["REDIS_PORT"])).ping()
     assert "serverTime" in httpx.get(report["exchange"] + "/fapi/v1/time", timeout=5).json()
+    for worker in ("lifecycle_metrics", "exchange_metrics"):  # both workers are up and export metrics
+        assert "temporal_" in httpx.get(report[worker], timeout=5).text
     host, port = report["temporal"].split(":")
     socket.create_connection((host, int(port)), timeout=2).close()
     assert (Path(stack_env["QT_HOME"]) / "temporal" / "temporal.db").exists()
 
     # Up again: nothing new is started.
     again = qtrader(stack_env, "stack", "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
+    assert again.returncode == 0 and again.stdout.count("already running") == 5, again.stdout
     assert json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"] == pids["redis"]
 
     down = qtrader(stack_env, "stack", "down")

@@ -74,7 +74,8 @@ class Stack:
                 "GOV_MAX_EXEC_PER_5MIN": str(self.settings.gov_max_exec_per_5min),
                 "GOV_SYMBOL_COOLDOWN_SECONDS": str(self.settings.gov_symbol_cooldown_seconds),
                 "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(self.settings.gov_max_notional_per_trade_usdt),
-                "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt)}
+                "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt),
+                "PORTFOLIO_HOLDER_CHECK_SECONDS": str(self.settings.portfolio_holder_check_seconds)}
 
     def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:
         proc = ManagedProcess(
@@ -86,7 +87,7 @@ class Stack:
         return proc
 
     @contextlib.asynccontextmanager
-    async def workers(self, *, holder_check_seconds: float = 30.0, lifecycle: bool = True,
+    async def workers(self, *, holder_check_seconds: float | None = None, lifecycle: bool = True,
                       exchange: bool = True) -> AsyncIterator[None]:
         """Both workers in this process (real gRPC to the dev server, real HTTP to the exchange)."""
         async with contextlib.AsyncExitStack() as stack:
@@ -94,8 +95,10 @@ class Stack:
                 venue = await stack.enter_async_context(BinanceFuturesClient.from_settings(self.settings))
                 await stack.enter_async_context(exchange_worker(self.client, venue))
             if lifecycle:
-                await stack.enter_async_context(
-                    lifecycle_worker(self.client, self.settings, self.redis, holder_check_seconds=holder_check_seconds))
+                settings = self.settings
+                if holder_check_seconds is not None:
+                    settings = settings.model_copy(update={"portfolio_holder_check_seconds": holder_check_seconds})
+                await stack.enter_async_context(lifecycle_worker(self.client, settings, self.redis))
             yield
 
 
