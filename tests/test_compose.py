@@ -44,7 +44,7 @@ def test_depends_on_names_real_services(compose: dict) -> None:
         for dep in deps if isinstance(deps, list) else deps.keys():
             assert dep in services, f"{name} depends on unknown {dep}"
             if isinstance(deps, dict) and deps[dep].get("condition") == "service_healthy":
-                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s health check, which has none"
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s missing health check"
 
 
 def test_ports_are_loopback_and_unique(compose: dict) -> None:
@@ -96,5 +96,7 @@ def test_prometheus_scrapes_services_that_exist(compose: dict) -> None:
         for target in job["static_configs"][0]["targets"]:
             host, port = target.split(":")
             assert host in compose["services"], target
-            published = [shlex.split(p.replace(":", " "))[-1] for p in compose["services"][host].get("ports", [])]
-            assert port in published or port in str(compose["services"][host].get("command", "")), target
+            service = compose["services"][host]
+            published = [shlex.split(p.replace(":", " "))[-1] for p in service.get("ports", [])]
+            assert port in published or port in str(service.get("command", "")), target
+            assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]

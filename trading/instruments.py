@@ -86,7 +86,8 @@ class SymbolRules(BaseModel):
         if not reduce_only and qty * price < self.min_notional:
             raise FilterViolation(
                 -4164,
-                f"Order's notional must be no smaller than {self.min_notional} (unless you choose reduce only).",
+                f"Order's notional must be no smaller than {self.min_notional} "
+                "(unless you choose reduce only).",
             )
 
     # --- exchangeInfo mapping ---

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--funding-rate", type=_decimal, default=Decimal("0.0001"))
     p.add_argument("--start-balance", type=_decimal, default=Decimal("10000"))
     p.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--extra-symbols", type=int, default=0, metavar="N",
+                   help="also list N synthetic perpetuals T001USDT..TNNNUSDT for load tests (generic "
+                        "filters, start price 100.00; constant under --prices replay; 0..999)")
     p.add_argument("--tick-ms", type=int, default=100, help="engine tick interval in ms")
     p.add_argument("--weight-limit", type=int, default=2400, help="request weight per minute per IP")
     p.add_argument("--order-limit-10s", type=int, default=300)
@@ -81,7 +84,8 @@ def run(argv: list[str] | None = None) -> int:
     try:
         config = PaperConfig(
             api_key=api_key, api_secret=api_secret, prices=args.prices, data_dir=args.data_dir,
-            symbols=symbols, speed=args.speed, seed=args.seed, slippage_bps=args.slippage_bps,
+            symbols=symbols, extra_symbols=args.extra_symbols, speed=args.speed, seed=args.seed,
+            slippage_bps=args.slippage_bps,
             funding_rate=args.funding_rate, start_balance=args.start_balance,
             tick_interval_ms=args.tick_ms, weight_limit_1m=args.weight_limit,
             order_limit_10s=args.order_limit_10s, order_limit_1m=args.order_limit_1m,

@@ -34,6 +34,9 @@ class PaperConfig(BaseModel):
     prices: Literal["manual", "replay", "synthetic"] = "manual"
     data_dir: Path | None = None
     symbols: list[str] | None = None  # None: every symbol the price source has
+    # Synthetic perpetuals T001USDT..TNNNUSDT listed on top of `symbols` (load tests); generic filters,
+    # start price 100.00 (constant under replay, a random walk under synthetic, settable under manual).
+    extra_symbols: int = Field(0, ge=0, le=999)
     speed: float = Field(1.0, gt=0)  # market clock speed relative to wall time (replay / synthetic)
     seed: int = 7
     tick_interval_ms: int = Field(100, ge=10)

@@ -30,6 +30,7 @@ from exchange.paper.prices import (
     PriceSource,
     ReplayPrices,
     build_price_source,
+    symbol_universe,
 )
 from exchange.paper.shapes import (
     ack_shape,
@@ -43,7 +44,7 @@ from exchange.paper.shapes import (
     qty_str,
 )
 from exchange.paper.store import Store
-from trading.instruments import DEFAULT_RULES, FilterViolation, SymbolRules
+from trading.instruments import FilterViolation, SymbolRules
 
 __all__ = ["PaperEngine", "PriceSource", "build_price_source"]
 
@@ -150,8 +151,9 @@ class PaperEngine:
         self.prices = prices
         self._listeners: list[Callable[[Event], None]] = []
         self._pending: list[Event] = []
-        self.symbols: list[str] = [s for s in prices.symbols() if s in DEFAULT_RULES]
-        self.rules: dict[str, SymbolRules] = {s: DEFAULT_RULES[s] for s in self.symbols}
+        universe = symbol_universe(config.extra_symbols)
+        self.symbols: list[str] = [s for s in prices.symbols() if s in universe]
+        self.rules: dict[str, SymbolRules] = {s: universe[s] for s in self.symbols}
         now = self.wall_ms()
         self._funding_ms = config.funding_interval_hours * 3_600_000
         # --- account state
@@ -177,6 +179,9 @@ class PaperEngine:
         }
         self.listen_key: str | None = None
         self.listen_key_expiry = 0
+        # --- activity counters since start (read by the server's /metrics; not persisted)
+        self.fill_counts: dict[str, int] = {}
+        self.liquidation_count = 0
         self.next_funding = 0
         # --- market state (not persisted except manual prices)
         self.last: dict[str, Decimal] = {}
@@ -469,6 +474,7 @@ class PaperEngine:
         o.status = "FILLED" if o.executed >= o.qty else "PARTIALLY_FILLED"
         o.update_time = now
         trade_id = self._next("trade")
+        self.fill_counts[sym] = self.fill_counts.get(sym, 0) + 1
         self.trades.append(
             {
                 "buyer": o.side == "BUY",
@@ -754,7 +760,7 @@ class PaperEngine:
             opens = list(range(first, last_open + 1, iv))[:limit]
         else:
             opens = list(range(max(last_open - (limit - 1) * iv, 0), last_open + 1, iv))
-        if isinstance(self.prices, ReplayPrices):
+        if isinstance(self.prices, ReplayPrices) and self.prices.replays(sym):
             rows = self._replay_bars(sym, iv, opens, now_m)
         else:
             rows = self._recorded_bars(sym, iv, opens, now_m)
@@ -1738,6 +1744,7 @@ class PaperEngine:
         qty = abs(pos.amt)
         price = self.rules[s].round_price(liq)
         o = self._new_order_record(s, f"autoclose-{now}", side, "LIQUIDATION", "IOC", qty, price, True, now)
+        self.liquidation_count += 1
         self._fill(o, qty, price, False, now, liquidation=True)
 
     def _funding(self, now: int, m: int) -> None:

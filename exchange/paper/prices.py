@@ -5,6 +5,10 @@
   engine's start; the market clock runs at `speed` × wall time. Inside a bar the price walks
   open→low→high→close (up bar) or open→high→low→close (down bar), linear in time.
 - `SyntheticPrices`: a seeded geometric Brownian motion, one step per market second, deterministic.
+
+Every source takes `rules` (symbol → filters; default: the real symbols' DEFAULT_RULES) and knows only
+those symbols; `symbol_universe(n)` adds the n synthetic load-test perpetuals (T001USDT...). They have
+no data files: manual and synthetic sources start them at 100.00, replay holds them constant there.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from exchange.paper.config import PaperConfig
-from trading.instruments import DEFAULT_RULES
+from trading.instruments import (
+    DEFAULT_RULES,
+    SYNTHETIC_START_PRICE,
+    SymbolRules,
+    synthetic_rules,
+    synthetic_symbols,
+)
 
 # The shipped data folder next to the repository (`../shared/data`).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -64,8 +74,14 @@ class PriceSource(Protocol):
     def market_ms(self, wall_ms: int) -> int: ...
 
 
-def _round(symbol: str, value: float | Decimal) -> Decimal:
-    rules = DEFAULT_RULES[symbol]
+def symbol_universe(extra_symbols: int = 0) -> dict[str, SymbolRules]:
+    """The real symbols' rules plus `extra_symbols` synthetic perpetuals (T001USDT, T002USDT, ...)."""
+    if not extra_symbols:
+        return DEFAULT_RULES
+    return {**DEFAULT_RULES, **{s: synthetic_rules(s) for s in synthetic_symbols(extra_symbols)}}
+
+
+def _round(rules: SymbolRules, value: float | Decimal) -> Decimal:
     d = value if isinstance(value, Decimal) else Decimal(repr(value))
     p = rules.round_price(d)
     return p if p >= rules.min_price else rules.min_price
@@ -99,8 +115,10 @@ def _last_close(path: Path) -> Decimal | None:
 class ManualPrices:
     """Fixed prices; `set` moves one. Initial price: the last close of the symbol's shipped data file."""
 
-    def __init__(self, symbols: list[str] | None = None, data_dir: Path | None = None) -> None:
-        names = [s for s in (symbols or list(DEFAULT_RULES)) if s in DEFAULT_RULES]
+    def __init__(self, symbols: list[str] | None = None, data_dir: Path | None = None,
+                 rules: dict[str, SymbolRules] | None = None) -> None:
+        self._rules = rules = DEFAULT_RULES if rules is None else rules
+        names = [s for s in (symbols or list(rules)) if s in rules]
         files = data_files(data_dir)
         self._prices: dict[str, Decimal] = {}
         for s in names:
@@ -110,7 +128,9 @@ class ManualPrices:
                 # The 1h files reach furthest in time; otherwise any file.
                 path = tfs.get("1h") or next(iter(tfs.values()))
                 price = _last_close(path)
-            self._prices[s] = _round(s, price if price is not None else DEFAULT_PRICES.get(s, Decimal("100")))
+            if price is None:
+                price = DEFAULT_PRICES.get(s, SYNTHETIC_START_PRICE)
+            self._prices[s] = _round(rules[s], price)
 
     def symbols(self) -> list[str]:
         return list(self._prices)
@@ -124,7 +144,7 @@ class ManualPrices:
     def set(self, symbol: str, price: Decimal) -> None:
         if symbol not in self._prices:
             raise KeyError(symbol)
-        self._prices[symbol] = _round(symbol, price)
+        self._prices[symbol] = _round(self._rules[symbol], price)
 
 
 @dataclass
@@ -159,28 +179,40 @@ def load_series(path: Path, tf_ms: int) -> _Series:
 
 
 class ReplayPrices:
-    """Real klines replayed from `data_dir`, rebased to start at `origin_ms` (wall) and run at `speed`."""
+    """Real klines replayed from `data_dir`, rebased to start at `origin_ms` (wall) and run at `speed`.
+
+    `constant` symbols (the synthetic load-test ones, which have no data) hold a fixed price.
+    """
 
     def __init__(
-        self, data_dir: Path, symbols: list[str] | None = None, speed: float = 1.0, origin_ms: int = 0
+        self, data_dir: Path, symbols: list[str] | None = None, speed: float = 1.0, origin_ms: int = 0,
+        rules: dict[str, SymbolRules] | None = None, constant: dict[str, Decimal] | None = None,
     ) -> None:
+        self._rules = rules = DEFAULT_RULES if rules is None else rules
         files = data_files(data_dir)
-        wanted = symbols or [s for s in DEFAULT_RULES if s in files]
+        wanted = symbols or [s for s in rules if s in files]
         self._paths: dict[str, tuple[Path, int]] = {}
         for s in wanted:
             tfs = files.get(s)
-            if s not in DEFAULT_RULES or not tfs:
+            if s not in rules or not tfs:
                 continue
             tf = min(tfs, key=lambda t: TIMEFRAMES_MS[t])  # prefer 1m, else the lowest timeframe
             self._paths[s] = (tfs[tf], TIMEFRAMES_MS[tf])
         if not self._paths:
             raise ValueError(f"no kline files for {wanted} in {data_dir}")
+        self._constant: dict[str, Decimal] = {
+            s: _round(rules[s], p) for s, p in (constant or {}).items() if s in rules and s not in self._paths
+        }
         self.speed = speed
         self.origin_ms = origin_ms
         self._series: dict[str, _Series] = {}
 
     def symbols(self) -> list[str]:
-        return list(self._paths)
+        return [*self._paths, *self._constant]
+
+    def replays(self, symbol: str) -> bool:
+        """Whether `symbol` is replayed from data (False: a constant-price symbol)."""
+        return symbol in self._paths
 
     def timeframe_ms(self, symbol: str) -> int:
         return self._paths[symbol][1]
@@ -220,7 +252,10 @@ class ReplayPrices:
         return self._path_value(s, i, (t - s.opens[i]) / s.tf_ms)
 
     def price_at(self, symbol: str, market_ms: int) -> Decimal:
-        return _round(symbol, self.raw_at(symbol, market_ms))
+        fixed = self._constant.get(symbol)
+        if fixed is not None:
+            return fixed
+        return _round(self._rules[symbol], self.raw_at(symbol, market_ms))
 
     def path_ohlc(self, symbol: str, start: int, end: int) -> tuple[float, float, float, float] | None:
         """OHLC of the price path over market time [start, end), or None if before the data."""
@@ -259,8 +294,10 @@ class SyntheticPrices:
         origin_ms: int = 0,
         annual_vol: float = 0.8,
         data_dir: Path | None = None,
+        rules: dict[str, SymbolRules] | None = None,
     ) -> None:
-        start = ManualPrices(symbols, data_dir)
+        start = ManualPrices(symbols, data_dir, rules)
+        self._rules = start._rules
         self._start = {s: float(start.price_at(s, 0)) for s in start.symbols()}
         self.seed = seed
         self.speed = speed
@@ -305,15 +342,25 @@ class SyntheticPrices:
         return a + (b - a) * r / 1000
 
     def price_at(self, symbol: str, market_ms: int) -> Decimal:
-        return _round(symbol, self.raw_at(symbol, market_ms))
+        return _round(self._rules[symbol], self.raw_at(symbol, market_ms))
 
 
 def build_price_source(config: PaperConfig) -> PriceSource:
     """The price source the config asks for (the server's factory)."""
     origin = config.clock()
+    rules = symbol_universe(config.extra_symbols)
+    extra = synthetic_symbols(config.extra_symbols)
+    symbols = config.symbols
+    if symbols is not None and extra:  # the synthetic symbols come on top of the chosen ones
+        symbols = [*symbols, *(s for s in extra if s not in symbols)]
     if config.prices == "replay":
         data_dir = config.data_dir or DEFAULT_DATA_DIR
-        return ReplayPrices(data_dir, config.symbols, config.speed, origin)
+        if symbols is None and extra:
+            files = data_files(data_dir)
+            symbols = [*(s for s in DEFAULT_RULES if s in files), *extra]
+        constant = {s: SYNTHETIC_START_PRICE for s in extra}
+        return ReplayPrices(data_dir, symbols, config.speed, origin, rules=rules, constant=constant)
     if config.prices == "synthetic":
-        return SyntheticPrices(config.symbols, config.seed, config.speed, origin, data_dir=config.data_dir)
-    return ManualPrices(config.symbols, config.data_dir)
+        return SyntheticPrices(symbols, config.seed, config.speed, origin, data_dir=config.data_dir,
+                               rules=rules)
+    return ManualPrices(symbols, config.data_dir, rules)

@@ -4,6 +4,7 @@
 - `/fapi/...` is served by a lean dispatcher (one dict lookup, no per-request logging): rate limits,
   fault injection, authentication, then the engine method, Binance-shaped JSON and headers;
 - `/admin/...` (paper key in `X-MBX-APIKEY`) and the lifespan are a small Starlette app;
+- `GET /metrics` is the Prometheus text exposition of this app's own registry (metrics.py), no auth;
 - every WebSocket goes to the StreamHub (streams.py).
 
 The engine is synchronous and runs on the event loop thread, so requests, the background
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -33,6 +35,7 @@ from exchange.paper.config import PaperConfig
 from exchange.paper.errors import ApiError
 from exchange.paper.faults import FaultConfigError, Faults
 from exchange.paper.limits import LimitError, RateLimiter
+from exchange.paper.metrics import CONTENT_TYPE, OTHER_PATH, PaperMetrics
 from exchange.paper.streams import StreamHub
 
 log = logging.getLogger("exchange.paper.server")
@@ -56,6 +59,8 @@ def _default(obj: Any) -> Any:
 UNKNOWN_ERROR = ApiError(-1000, "An unknown error occured while processing the request.", 500)
 _JSON = (b"content-type", b"application/json")
 _WEIGHT_HEADER = b"x-mbx-used-weight-1m"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+METRICS_PATH = "/metrics"
 
 Weight = int | Callable[[dict[str, str]], int]
 
@@ -170,14 +175,17 @@ class PaperServer:
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
         engine.add_listener(self.hub.on_event)
+        self.metrics = PaperMetrics(engine, self.hub)
         self.admin = Starlette(routes=self._admin_routes(), lifespan=self._lifespan)
+        self._admin_paths = frozenset(r.path for r in self.admin.routes if isinstance(r, Route))
 
     # ---- ASGI entry ------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"].startswith("/admin/"):
-                await self.admin(scope, receive, send)
+            path = scope["path"]
+            if path.startswith("/admin/") or path == METRICS_PATH:
+                await self._other(scope, receive, send)
             else:
                 await self._fapi(scope, receive, send)
         elif kind == "websocket":
@@ -186,7 +194,40 @@ class PaperServer:
             await self.admin(scope, receive, send)
 
     # ---- REST -----------------------------------------------------------------------------
+    async def _other(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """`/admin/...` and `/metrics`, timed and counted like the REST paths."""
+        started = time.perf_counter()
+        method = scope["method"]
+        path = scope["path"]
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if path == METRICS_PATH:
+                if method in ("GET", "HEAD"):
+                    body = self.metrics.render()
+                    ctype = CONTENT_TYPE.encode()
+                    status = 200
+                else:
+                    body, ctype, status = b"Method Not Allowed", b"text/plain", 405
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
+            else:
+                await self.admin(scope, receive, send_status)
+        finally:
+            self.metrics.request(
+                method if method in _METHODS else "OTHER",
+                path if path == METRICS_PATH or path in self._admin_paths else OTHER_PATH,
+                status, time.perf_counter() - started)
+
     async def _fapi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
         method = scope["method"]
         path = scope["path"]
         client = scope.get("client")
@@ -197,6 +238,9 @@ class PaperServer:
         headers: list[tuple[bytes, bytes]] = [_JSON]
         status = 200
         lost = None
+        metrics = self.metrics
+        rejected = 0  # the Binance code of an error answer the venue chose (not an injected fault)
+        injected = False
         try:
             if route is None:
                 try:
@@ -215,6 +259,7 @@ class PaperServer:
             if self.faults.active:
                 decision = self.faults.decide(path, route.places_order and method == "POST", now, ip)
                 if decision is not None:
+                    metrics.fault(decision.kind or "latency")
                     if decision.latency_s:
                         await asyncio.sleep(decision.latency_s)
                     if decision.kind == "lost":
@@ -222,6 +267,7 @@ class PaperServer:
                     elif decision.kind is not None:
                         if decision.retry_after_s:
                             headers.append((b"retry-after", str(decision.retry_after_s).encode()))
+                        injected = True
                         raise ApiError(decision.code, decision.msg, decision.status)
             security = route.security
             if security:
@@ -244,18 +290,24 @@ class PaperServer:
                     headers.append((b"x-mbx-order-count-10s", str(c10).encode()))
                     headers.append((b"x-mbx-order-count-1m", str(c60).encode()))
             result = route.fn(params)
+            if route.places_order:
+                metrics.order(params.get("symbol", ""), params.get("type", ""), params.get("side", ""))
             payload = dumps(result)
         except LimitError as exc:
             status = exc.http_status
             headers.append((b"retry-after", str(exc.retry_after_s).encode()))
             payload = dumps(exc.body())
+            rejected = exc.code
         except ApiError as exc:
             status = exc.http_status
             payload = dumps(exc.body())
+            if not injected:
+                rejected = exc.code
         except Exception:
             log.exception("unexpected error on %s %s", method, path)
             status = 500
             payload = dumps(UNKNOWN_ERROR.body())
+            rejected = UNKNOWN_ERROR.code
         if lost is not None:
             if lost.lost_mode == "timeout":
                 # The order happened; hold the answer until the client has given up.
@@ -264,9 +316,14 @@ class PaperServer:
             else:
                 status = 503
                 payload = dumps({"code": lost.code, "msg": lost.msg})
+                rejected = 0  # the answer is the injected one
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        if rejected:
+            metrics.rejection(rejected)
+        metrics.request(method if method in _METHODS else "OTHER", path if route is not None else OTHER_PATH,
+                        status, time.perf_counter() - started)
 
     # ---- admin -----------------------------------------------------------------------------
     def _admin_ok(self, request: Request) -> Response | None:
