@@ -106,3 +106,13 @@ class SyncFillsInput(_Msg):
     symbol: str
     since_ms: int
     order_ids: dict[int, str] = Field(default_factory=dict)  # known order id → client order id
+
+
+class SymbolCheckInput(_Msg):
+    symbol: str
+    want_price: bool = False
+
+
+class SymbolCheck(_Msg):
+    rules: SymbolRules
+    mark_price: Decimal | None = None

@@ -9,10 +9,13 @@ import signal
 from datetime import timedelta
 
 import redis.asyncio as aioredis
+from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.market import MarketActivities
 from activities.portfolio import PortfolioActivities
 from activities.projections import ProjectionActivities
+from exchange.client import BinanceFuturesClient
 from trading.config import Settings
 from trading.governor import RiskPolicy
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
@@ -23,16 +26,19 @@ from workflows.position import PositionWorkflow
 log = logging.getLogger("qtrader.worker.lifecycle")
 
 
-def lifecycle_worker(client, settings: Settings, redis: aioredis.Redis, *,
-                     holder_check_seconds: float = 30.0) -> Worker:
-    portfolio = PortfolioActivities(client, RiskPolicy.from_settings(settings), holder_check_seconds)
+def lifecycle_worker(client: Client, settings: Settings, redis: aioredis.Redis,
+                     market: BinanceFuturesClient) -> Worker:
+    """`market` is a keyless exchange client: the lifecycle worker reads public market data only."""
+    portfolio = PortfolioActivities(client, RiskPolicy.from_settings(settings),
+                                    settings.portfolio_holder_check_seconds)
     projections = ProjectionActivities(redis)
+    symbols = MarketActivities(market)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
         workflows=[PositionWorkflow, PortfolioWorkflow],
         activities=[portfolio.request_reservation, portfolio.find_stopped_holders,
-                    projections.project_position, projections.project_portfolio],
+                    projections.project_position, projections.project_portfolio, symbols.check_symbol],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
@@ -42,8 +48,9 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     await ensure_search_attributes(client)
     redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=2,
                            socket_connect_timeout=2)
-    worker = lifecycle_worker(client, settings, redis)
-    await run_until_sigterm(worker, "lifecycle", metrics_port)
+    async with BinanceFuturesClient(settings.rest_url, None, None) as market:
+        worker = lifecycle_worker(client, settings, redis, market)
+        await run_until_sigterm(worker, "lifecycle", metrics_port)
     await redis.aclose()
 
 

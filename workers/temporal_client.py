@@ -31,7 +31,7 @@ CLI_SEARCH_ATTRIBUTES = {
 
 def metrics_runtime(port: int | None, host: str = "127.0.0.1") -> Runtime | None:
     """A runtime whose Prometheus endpoint serves the SDK's metrics and ours (created through its meter)."""
-    if port is None:
+    if not port:  # None or 0: no metrics endpoint
         return None
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
         bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True)))

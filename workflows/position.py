@@ -15,7 +15,7 @@ from decimal import Decimal
 import pydantic
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from trading.execution import (
@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
         PrepareEntryInput,
         SetLeverageInput,
         StopOutcome,
+        SymbolCheck,
+        SymbolCheckInput,
     )
     from trading.exits import ExitLevels, check_exit, close_quantity, entry_quantity, exit_levels
     from trading.governor import Denial, Gate, Grant, ReservationRequest
@@ -121,14 +123,14 @@ class PositionWorkflow:
                                    type="InvalidIntent", non_retryable=True)
         try:
             if inp.carry is None:
-                market = await self._validate()
-                decision = await self._govern(market)
+                check = await self._validate()
+                decision = await self._govern(check)
                 if isinstance(decision, Denial):
                     self.denial = decision
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
                 self._set_status(PositionStatus.ENTERING)
-                await self._enter(market)
+                await self._enter(await self._prepare_entry())
                 if self.denial is not None:  # the grant was too small for the venue: nothing was sent
                     await self._release("below exchange minimum")
                     self._set_status(PositionStatus.REJECTED)
@@ -159,12 +161,11 @@ class PositionWorkflow:
     _continuing = False
 
     # ------------------------------------------------------------------ steps
-    async def _validate(self) -> EntryMarket:
+    async def _validate(self) -> SymbolCheck:
         try:
-            return await workflow.execute_activity(
-                "prepare_entry", PrepareEntryInput(symbol=self.intent.symbol), result_type=EntryMarket,
-                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=QUICK_RETRY,
+            return await workflow.execute_local_activity(
+                "check_symbol", SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
+                result_type=SymbolCheck, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
             )
         except ActivityError as err:
             cause = err.cause
@@ -173,21 +174,24 @@ class PositionWorkflow:
                 raise ApplicationError(f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True) from None
             raise
 
-    async def _govern(self, market: EntryMarket) -> Grant | Denial:
+    async def _govern(self, check: SymbolCheck) -> Grant | Denial:
         self._set_status(PositionStatus.GOVERNING)
-        notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * market.mark_price
+        notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * (check.mark_price or 0)
         request = ReservationRequest(
             holder_id=workflow.info().workflow_id, symbol=self.intent.symbol, side=self.intent.side,
             notional_usdt=notional, kill_score=self.intent.kill_score, intent_id=self.intent.intent_id,
         )
         self._decision: Grant | Denial | None = None
         while self._decision is None:
-            # Signal-with-start: the portfolio is started by the first position if the stack has not.
-            await workflow.execute_activity(
-                "request_reservation", args=[self.options.portfolio_id, request],
-                task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=QUICK_RETRY,
-            )
+            try:
+                await self._portfolio_signal("request_reservation", request)
+            except FailureError:
+                # No portfolio running yet: signal-with-start it (the stack normally starts it first).
+                await workflow.execute_activity(
+                    "request_reservation", args=[self.options.portfolio_id, request],
+                    task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=QUICK_RETRY,
+                )
             try:
                 await workflow.wait_condition(lambda: self._decision is not None, timeout=timedelta(minutes=2))
             except TimeoutError:
@@ -195,6 +199,13 @@ class PositionWorkflow:
         if isinstance(self._decision, Grant):
             self.grant = self._decision
         return self._decision
+
+    async def _prepare_entry(self) -> EntryMarket:
+        """Fresh rules and mark price for sizing, once a slot is granted."""
+        return await workflow.execute_activity(
+            "prepare_entry", PrepareEntryInput(symbol=self.intent.symbol), result_type=EntryMarket,
+            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
+        )
 
     async def _enter(self, market: EntryMarket) -> None:
         assert self.grant is not None

@@ -41,6 +41,10 @@ def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
 
 def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
     port = free_port()
+    return start_redis_on(tmp, port), port
+
+
+def start_redis_on(tmp: Path, port: int) -> ManagedProcess:
     proc = ManagedProcess(
         name="redis",
         argv=[shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
@@ -49,7 +53,7 @@ def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
     )
     proc.start()
     proc.wait_ready(lambda: port_open("127.0.0.1", port), 10, f"on port {port}")
-    return proc, port
+    return proc
 
 
 @dataclass
@@ -98,7 +102,8 @@ class Stack:
                 settings = self.settings
                 if holder_check_seconds is not None:
                     settings = settings.model_copy(update={"portfolio_holder_check_seconds": holder_check_seconds})
-                await stack.enter_async_context(lifecycle_worker(self.client, settings, self.redis))
+                market = await stack.enter_async_context(BinanceFuturesClient(self.exchange.base_url, None, None))
+                await stack.enter_async_context(lifecycle_worker(self.client, settings, self.redis, market))
             yield
 
 
@@ -115,12 +120,22 @@ def stack_settings(temporal: str, redis_port: int, exchange: PaperExchange, **ov
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    overrides = getattr(request, "param", {}) or {}
-    temporal, address = start_temporal(tmp_path)
-    redis_proc, redis_port = start_redis(tmp_path)
-    exchange = start_paper_exchange(tmp_path)
-    settings = stack_settings(address, redis_port, exchange, **overrides)
-    client = await connect(settings)
+    overrides = dict(getattr(request, "param", {}) or {})
+    exchange_args = overrides.pop("exchange_args", [])
+    started: list[ManagedProcess] = []
+    try:  # whatever was started is stopped, even when a later step of the set-up fails
+        temporal, address = start_temporal(tmp_path)
+        started.append(temporal)
+        redis_proc, redis_port = start_redis(tmp_path)
+        started.append(redis_proc)
+        exchange = start_paper_exchange(tmp_path, *exchange_args)
+        started.append(exchange.process)
+        settings = stack_settings(address, redis_port, exchange, **overrides)
+        client = await connect(settings)
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
     redis = aioredis.Redis(port=redis_port)
     s = Stack(tmp_path, temporal, redis_proc, exchange, settings, client, redis)
     try:
@@ -129,6 +144,6 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         for child in s.children:
             child.stop()
         await redis.aclose()
-        exchange.process.stop()
-        redis_proc.stop()
-        temporal.stop()
+        s.exchange.process.stop()
+        s.redis_proc.stop()
+        s.temporal.stop()

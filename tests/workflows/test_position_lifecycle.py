@@ -145,3 +145,30 @@ async def _settle(handle: WorkflowHandle) -> PositionStatus:
                 assert result.rejection_gate == "symbol_open", result
             return view.status
         await asyncio.sleep(0.1)
+
+
+async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    busy = PositionOptions(mark_check_seconds=0.05, max_history_events=100)
+    async with stack.workers():
+        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150),
+                                                         exits=ExitOverrides(take_profit_pct=D(5))), options=busy)
+        first = await wait_status(handle, PositionStatus.OPEN)
+        first_run = (await handle.describe()).run_id
+
+        async def continued() -> bool:
+            return (await stack.client.get_workflow_handle(handle.id).describe()).run_id != first_run
+
+        async with asyncio.timeout(30):
+            while not await continued():
+                await asyncio.sleep(0.2)
+        latest = stack.client.get_workflow_handle(handle.id, result_type=PositionResult)
+        view = await latest.query("state", result_type=PositionView)
+        assert (view.open_qty, view.entry_price, view.take_profit_price) == (
+            first.open_qty, first.entry_price, first.take_profit_price)
+        stack.exchange.set_price("BTCUSDT", "63100")  # through the take-profit
+        result = await asyncio.wait_for(latest.result(), 20)
+    assert result.exit_reason == "take_profit"
+    assert [f.side for f in result.fills] == ["BUY", "SELL"]
+    assert cents(result.gross_pnl) == cents((D("63100") - D("60000")) * D("0.002"))
+    assert len(stack.exchange.admin("GET", "orders?symbol=BTCUSDT")) == 2

@@ -1,0 +1,40 @@
+"""Market-data activities that need no API key: the symbol check every intent makes before it may
+reserve anything. Run as local activities in the lifecycle worker, so a burst of intents costs no
+task-queue round trips; exchangeInfo is cached for a minute."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.exchange import venue_errors
+from exchange.client import BinanceFuturesClient
+from trading.execution import SymbolCheck, SymbolCheckInput
+from trading.instruments import SymbolRules
+
+RULES_TTL_S = 60.0
+
+
+class MarketActivities:
+    def __init__(self, client: BinanceFuturesClient) -> None:
+        self.client = client  # keyless: public endpoints only
+        self._rules: dict[str, SymbolRules] = {}
+        self._rules_at = 0.0
+
+    async def _all_rules(self) -> dict[str, SymbolRules]:
+        if not self._rules or time.monotonic() - self._rules_at > RULES_TTL_S:
+            self._rules = await self.client.exchange_info(refresh=True)
+            self._rules_at = time.monotonic()
+        return self._rules
+
+    @activity.defn(name="check_symbol")
+    async def check_symbol(self, inp: SymbolCheckInput) -> SymbolCheck:
+        with venue_errors():
+            rules = (await self._all_rules()).get(inp.symbol)
+            if rules is None or rules.status != "TRADING":
+                raise ApplicationError(f"{inp.symbol} is not a trading symbol on the exchange",
+                                       type="UnknownSymbol", non_retryable=True)
+            mark = (await self.client.premium_index(inp.symbol)).mark_price if inp.want_price else None
+        return SymbolCheck(rules=rules, mark_price=mark)
