@@ -239,10 +239,12 @@ def adjust(book: PortfolioBook, holder_id: str, notional_usdt: Decimal) -> bool:
     return True
 
 
-def release(book: PortfolioBook, policy: RiskPolicy, holder_id: str, now_ms: int) -> Reservation | None:
-    """Free the holder's slot and notional (idempotent: a second release returns None)."""
+def release(book: PortfolioBook, policy: RiskPolicy, holder_id: str, now_ms: int, *,
+            cooldown: bool = True) -> Reservation | None:
+    """Free the holder's slot and notional (idempotent: a second release returns None). The symbol
+    cools down after a position that traded, not after an entry that never filled."""
     res = book.reservations.pop(holder_id, None)
-    if res is not None and policy.symbol_cooldown_seconds:
+    if res is not None and cooldown and policy.symbol_cooldown_seconds:
         book.cooldown_until_ms[res.symbol] = now_ms + policy.symbol_cooldown_seconds * 1000
     return res
 

@@ -37,7 +37,7 @@ def lifecycle_worker(client: Client, settings: Settings, redis: aioredis.Redis,
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
         workflows=[PositionWorkflow, PortfolioWorkflow],
-        activities=[portfolio.request_reservation, portfolio.find_stopped_holders,
+        activities=[portfolio.request_reservation, portfolio.deliver_decisions, portfolio.find_stopped_holders,
                     projections.project_position, projections.project_portfolio, symbols.check_symbol],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

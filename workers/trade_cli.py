@@ -641,9 +641,9 @@ async def _policy(args: argparse.Namespace, settings: Settings) -> int:
             print(f"active policy of {args.portfolio_id}{note}")
             _print_policy(current)
         return EXIT_OK
-    # The update replaces the whole policy: send the current one with the changes, validated here first.
-    new: RiskPolicy = _parse_model(RiskPolicy, {**current.model_dump(mode="json"), **changes}, "policy")
-    applied = await _portfolio_update(args, settings, "set_policy", new.model_dump(mode="json"), RiskPolicy)
+    # Checked here first against the current policy; the update itself changes only these fields.
+    _parse_model(RiskPolicy, {**current.model_dump(mode="json"), **changes}, "policy")
+    applied = await _portfolio_update(args, settings, "set_policy", changes, RiskPolicy)
     if args.json:
         print(json.dumps(applied.model_dump(mode="json"), indent=2))
     else:

@@ -50,7 +50,6 @@ class ExitReason(StrEnum):
 class PositionOptions(_Msg):
     """Technical knobs of one position workflow. Risk numbers come from the portfolio's grant."""
 
-    portfolio_id: str = DEFAULT_PORTFOLIO_ID
     mark_check_seconds: float = Field(10.0, gt=0, le=3600)
     # Continue-as-new also when history passes this many events (tests lower it).
     max_history_events: int = Field(4000, ge=100)
@@ -165,11 +164,16 @@ class ProjectionInput(_Msg):
 class ReleaseRequest(_Msg):
     holder_id: str
     reason: str = "closed"
+    cooldown: bool = True  # False when nothing was traded: no symbol cooldown for an entry that never filled
 
 
 class AdjustRequest(_Msg):
     holder_id: str
     notional_usdt: Decimal = Field(ge=0)
+
+
+class DecisionBatch(_Msg):
+    decisions: list[Grant | Denial]
 
 
 class KillSwitchRequest(_Msg):

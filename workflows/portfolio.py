@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.messages import (
         LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
+        DecisionBatch,
         FlattenRequest,
         KillSwitchRequest,
         PortfolioInput,
@@ -41,10 +42,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 HOLDER_CHECK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 LAST_DECISIONS_KEPT = 50
 
 
-@workflow.defn(name="PortfolioWorkflow")
+@workflow.defn(name="PortfolioWorkflow", sandboxed=False)  # see PositionWorkflow
 class PortfolioWorkflow:
     @workflow.init
     def __init__(self, inp: PortfolioInput) -> None:
@@ -56,6 +58,7 @@ class PortfolioWorkflow:
         self.granted_total = inp.granted_total
         self.denied_total = inp.denied_total
         self._flatten: list[FlattenRequest] = []
+        self._deliveries: list[asyncio.Future[None]] = []
         self._meter = workflow.metric_meter()
         self._allow = self._meter.create_counter("quantum_govern_allow", "reservations granted")
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
@@ -83,6 +86,7 @@ class PortfolioWorkflow:
             self._record_gauges()
             info = workflow.info()
             if info.is_continue_as_new_suggested() or info.get_current_history_length() > inp.max_history_events:
+                await asyncio.gather(*self._deliveries)
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(PortfolioInput(
                     policy=self.policy, book=self.book, pending=self.pending,
@@ -94,7 +98,7 @@ class PortfolioWorkflow:
         while self.pending:
             batch, self.pending = self.pending, []
             now = self._now_ms()
-            replies = []
+            decisions: list[Grant | Denial] = []
             for req in batch:
                 decision = decide(self.book, self.policy, req, now)
                 if isinstance(decision, Grant):
@@ -104,17 +108,20 @@ class PortfolioWorkflow:
                 else:
                     self.denied_total += 1
                     self._deny.add(1, {"gate": decision.gate.value})
-                self.last_decisions = [*self.last_decisions[-(LAST_DECISIONS_KEPT - 1):], decision]
-                replies.append(self._answer(req, decision))
-            await asyncio.gather(*replies)
+                decisions.append(decision)
+            self.last_decisions = [*self.last_decisions, *decisions][-LAST_DECISIONS_KEPT:]
+            # Delivered by one activity per batch; decisions go on while it runs.
+            self._deliveries.append(asyncio.ensure_future(self._deliver(decisions)))
+        self._deliveries = [d for d in self._deliveries if not d.done()]
 
-    async def _answer(self, req: ReservationRequest, decision: Grant | Denial) -> None:
-        try:
-            await workflow.get_external_workflow_handle(req.holder_id).signal("reservation_decided", decision)
-        except FailureError:
-            # The holder is gone (terminated between asking and hearing back): take the slot back.
-            if isinstance(decision, Grant):
-                release(self.book, self.policy, req.holder_id, self._now_ms())
+    async def _deliver(self, decisions: list[Grant | Denial]) -> None:
+        gone: list[str] = await workflow.execute_activity(
+            "deliver_decisions", DecisionBatch(decisions=decisions), result_type=list[str],
+            task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DELIVERY_RETRY,
+        )
+        for holder in gone:  # terminated between asking and hearing back: take the slot back
+            release(self.book, self.policy, holder, self._now_ms())
 
     async def _flatten_holders(self) -> None:
         while self._flatten:
@@ -146,7 +153,7 @@ class PortfolioWorkflow:
 
     @workflow.signal(name="release_reservation")
     def release_reservation(self, req: ReleaseRequest) -> None:
-        release(self.book, self.policy, req.holder_id, self._now_ms())
+        release(self.book, self.policy, req.holder_id, self._now_ms(), cooldown=req.cooldown)
         # A request still waiting from the same holder must not be granted after its release.
         self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
         self._record_gauges()
@@ -160,12 +167,22 @@ class PortfolioWorkflow:
     # with its name before anything reaches history.
     @workflow.update(name="set_policy")
     def set_policy(self, raw: dict) -> RiskPolicy:
-        self.policy = parse_message(RiskPolicy, raw)
+        """Change the fields given; the others keep their current values (so a concurrent kill switch
+        is never undone by a policy edit made from an older copy)."""
+        self.policy = self._patched_policy(raw)
         return self.policy
 
     @set_policy.validator
     def _validate_policy(self, raw: dict) -> None:
-        parse_message(RiskPolicy, raw)
+        self._patched_policy(raw)
+
+    def _patched_policy(self, raw: object) -> RiskPolicy:
+        if not isinstance(raw, dict):
+            raise ValueError("policy: expected a JSON object of the fields to change")
+        unknown = sorted(set(raw) - set(RiskPolicy.model_fields))
+        if unknown:
+            raise ValueError(f"policy: unknown field(s) {', '.join(unknown)}")
+        return parse_message(RiskPolicy, {**self.policy.model_dump(), **raw})
 
     @workflow.update(name="set_kill_switch")
     def set_kill_switch(self, raw: dict) -> RiskPolicy:

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from trading.intents import TradeIntent
     from trading.pnl import Fill, PositionTally, tally
     from workflows.messages import (
+        DEFAULT_PORTFOLIO_ID,
         EXCHANGE_TASK_QUEUE,
         LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
@@ -77,6 +78,10 @@ PROJECTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_in
                                maximum_attempts=0)
 
 
+_NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
+TRANSIENT_STATUSES = (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING)
+
+
 @dataclass
 class _ExitTicket:
     ticket: int
@@ -85,10 +90,22 @@ class _ExitTicket:
     controller: str
 
 
-@workflow.defn(name="PositionWorkflow", failure_exception_types=[pydantic.ValidationError])
+# Unsandboxed: the sandbox re-imported and re-compiled this module for every new position, which
+# capped a burst of intents at ~20/s on 2 cores. Determinism is held by the rules in
+# tests/workflows/test_determinism_rules.py and by replaying recorded histories.
+@workflow.defn(name="PositionWorkflow", failure_exception_types=[pydantic.ValidationError], sandboxed=False)
 class PositionWorkflow:
     @workflow.init
-    def __init__(self, inp: PositionInput) -> None:
+    def __init__(self, raw: object = _NO_INPUT, *extra: object) -> None:
+        # Raw and validated here: the SDK decodes typed arguments only when their count matches, so
+        # zero or two `--input` would otherwise fail the workflow *task* in a loop instead of the workflow.
+        if raw is _NO_INPUT or extra:
+            given = 0 if raw is _NO_INPUT else 1 + len(extra)
+            raise ApplicationError(
+                f"input: PositionWorkflow takes exactly one trade intent, a JSON object "
+                f"(--input '{{\"symbol\": ...}}'); {given} given", type="InvalidIntent", non_retryable=True)
+        inp = raw if isinstance(raw, PositionInput) else PositionInput.model_validate(raw)
+        self.input = inp
         carry = inp.carry
         self.intent: TradeIntent = inp
         self.options = inp.options
@@ -117,7 +134,8 @@ class PositionWorkflow:
 
     # ------------------------------------------------------------------ run
     @workflow.run
-    async def run(self, inp: PositionInput) -> PositionResult:
+    async def run(self, raw: object = _NO_INPUT, *extra: object) -> PositionResult:
+        inp = self.input
         if inp.carry is not None and workflow.info().continued_run_id is None:
             raise ApplicationError("carry: only set by the workflow's own continue-as-new",
                                    type="InvalidIntent", non_retryable=True)
@@ -132,7 +150,7 @@ class PositionWorkflow:
                 self._set_status(PositionStatus.ENTERING)
                 await self._enter(await self._prepare_entry())
                 if self.denial is not None:  # the grant was too small for the venue: nothing was sent
-                    await self._release("below exchange minimum")
+                    await self._release("below exchange minimum", traded=False)
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
             if self._tally().open_qty > 0 and not self._venue_flat:
@@ -167,8 +185,9 @@ class PositionWorkflow:
                 "check_symbol", SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
                 result_type=SymbolCheck, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
             )
-        except ActivityError as err:
-            cause = err.cause
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's failure arrives as the activity's own ApplicationError, not wrapped.
+            cause = err.cause if isinstance(err, ActivityError) else err
             if isinstance(cause, ApplicationError) and cause.type == "UnknownSymbol":
                 self._set_status(PositionStatus.FAILED)
                 raise ApplicationError(f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True) from None
@@ -188,7 +207,7 @@ class PositionWorkflow:
             except FailureError:
                 # No portfolio running yet: signal-with-start it (the stack normally starts it first).
                 await workflow.execute_activity(
-                    "request_reservation", args=[self.options.portfolio_id, request],
+                    "request_reservation", args=[DEFAULT_PORTFOLIO_ID, request],
                     task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
                     retry_policy=QUICK_RETRY,
                 )
@@ -369,13 +388,15 @@ class PositionWorkflow:
 
     # ------------------------------------------------------------------ portfolio
     async def _portfolio_signal(self, name: str, arg: object) -> None:
-        await workflow.get_external_workflow_handle(self.options.portfolio_id).signal(name, arg)
+        await workflow.get_external_workflow_handle(DEFAULT_PORTFOLIO_ID).signal(name, arg)
 
-    async def _release(self, reason: str) -> None:
+    async def _release(self, reason: str, *, traded: bool | None = None) -> None:
         assert self.grant is not None
         self._released = True
-        await self._portfolio_signal("release_reservation", ReleaseRequest(holder_id=self.grant.holder_id,
-                                                                           reason=reason))
+        if traded is None:
+            traded = bool(self.fills)
+        await self._portfolio_signal("release_reservation", ReleaseRequest(
+            holder_id=self.grant.holder_id, reason=reason, cooldown=traded))
 
     # ------------------------------------------------------------------ continue-as-new
     def _should_continue_as_new(self) -> bool:
@@ -469,6 +490,9 @@ class PositionWorkflow:
 
     def _set_status(self, status: PositionStatus) -> None:
         self.status = status
+        self._update_details()
+        if status in TRANSIENT_STATUSES:
+            return  # seen in queries and details; not worth a visibility write per intent in a burst
         t = self._tally()
         pairs = [
             SearchAttributePair(SA_SYMBOL, self.intent.symbol),
@@ -481,7 +505,6 @@ class PositionWorkflow:
         if self.opened_at_ms:
             pairs.append(SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC)))
         workflow.upsert_search_attributes(pairs)
-        self._update_details()
 
     def _update_details(self) -> None:
         v = self.state()

@@ -39,7 +39,7 @@ async def count(stack: Stack, status: str) -> int:
 async def test_thousand_intents_hundred_symbols_limit_ten(stack: Stack) -> None:
     assert len(SYMBOLS) == 100
     intents = [PositionInput(symbol=SYMBOLS[i % 100], side=Side.LONG if i % 2 else Side.SHORT,
-                             notional_usdt=D(150), intent_id=f"burst-{i}",
+                             notional_usdt=D(200), intent_id=f"burst-{i}",
                              options=PositionOptions(mark_check_seconds=3600))
                for i in range(1000)]
     peaks = {"slots": 0, "notional": D(0)}

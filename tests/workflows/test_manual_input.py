@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 

@@ -129,21 +129,21 @@ class StubHolder:
 
 
 async def test_continue_as_new_keeps_reservations_and_pending_requests(stack: Stack) -> None:
-    """The portfolio continues-as-new every ~200 events while 120 requests stream in: every holder
+    """The portfolio continues-as-new every ~100 events while 120 requests stream in: every holder
     gets exactly one answer, and the book after the runs equals the grants."""
     policy = RiskPolicy(max_open_positions=40, allowlist=("*",), max_exec_per_hour=1000, max_exec_per_5min=1000,
                         max_total_notional_usdt=D(100000))
     async with stack.workers(exchange=False), Worker(stack.client, task_queue="stub-holders",
                                                       workflows=[StubHolder]):
         first = await stack.client.start_workflow(
-            "PortfolioWorkflow", PortfolioInput(policy=policy, max_history_events=200),
+            "PortfolioWorkflow", PortfolioInput(policy=policy, max_history_events=100),
             id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE)
         holders = [await stack.client.start_workflow(StubHolder.run, id=f"holder-{i}", task_queue="stub-holders")
                    for i in range(120)]
         portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
-        await asyncio.gather(*(portfolio.signal("request_reservation", ReservationRequest(
-            holder_id=h.id, symbol=f"S{i % 60}USDT", side=Side.LONG, notional_usdt=D(10)))
-            for i, h in enumerate(holders)))
+        for i, h in enumerate(holders):  # one by one: many small batches, many events
+            await portfolio.signal("request_reservation", ReservationRequest(
+                holder_id=h.id, symbol=f"S{i % 60}USDT", side=Side.LONG, notional_usdt=D(10)))
         answers = await asyncio.wait_for(asyncio.gather(*(h.result() for h in holders)), 60)
         view = await portfolio_view(stack)
         latest = await portfolio.describe()
