@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_ui_port: int = Field(8233, ge=1, le=65535)
+    # Loopback unless told otherwise (a container publishes its endpoint with 0.0.0.0).
+    prometheus_bind_host: str = "127.0.0.1"
     lifecycle_metrics_port: int = Field(9464, ge=1, le=65535)
     exchange_metrics_port: int = Field(9465, ge=1, le=65535)
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)

@@ -30,7 +30,7 @@ def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
 async def run(settings: Settings, metrics_port: int | None) -> None:
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise SystemExit("BINANCE_API_KEY and BINANCE_API_SECRET must be set for the exchange worker")
-    client = await connect(settings, metrics_runtime(metrics_port))
+    client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
     async with BinanceFuturesClient.from_settings(settings) as exchange:
         await exchange.sync_time()
         await run_until_sigterm(exchange_worker(client, exchange), "exchange", metrics_port)

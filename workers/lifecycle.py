@@ -44,7 +44,7 @@ def lifecycle_worker(client: Client, settings: Settings, redis: aioredis.Redis,
 
 
 async def run(settings: Settings, metrics_port: int | None) -> None:
-    client = await connect(settings, metrics_runtime(metrics_port))
+    client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
     await ensure_search_attributes(client)
     redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=2,
                            socket_connect_timeout=2)

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from trading.governor import (
@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 HOLDER_CHECK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+PROJECTION_RETRY = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(seconds=1))
+PROJECTION_INTERVAL_S = 2.0
 DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 LAST_DECISIONS_KEPT = 50
 
@@ -59,6 +61,9 @@ class PortfolioWorkflow:
         self.denied_total = inp.denied_total
         self._flatten: list[FlattenRequest] = []
         self._deliveries: list[asyncio.Future[None]] = []
+        self._projections: list[asyncio.Future[None]] = []
+        self._dirty = True
+        self._projected_at = -PROJECTION_INTERVAL_S
         self._meter = workflow.metric_meter()
         self._allow = self._meter.create_counter("quantum_govern_allow", "reservations granted")
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
@@ -71,22 +76,28 @@ class PortfolioWorkflow:
     async def run(self, inp: PortfolioInput) -> None:
         next_check = workflow.time() + inp.holder_check_seconds
         while True:
-            wait = max(0.0, next_check - workflow.time())
-            try:
-                await workflow.wait_condition(lambda: bool(self.pending or self._flatten),
-                                              timeout=timedelta(seconds=wait) if wait > 0 else None)
-            except TimeoutError:
-                pass
+            wake = next_check
+            if self._dirty:
+                wake = min(wake, self._projected_at + PROJECTION_INTERVAL_S)
+            wait = max(0.0, wake - workflow.time())
+            was_dirty = self._dirty  # a change during the wait moves the wake-up to the projection time
+            if wait > 0:
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self.pending or self._flatten or (self._dirty and not was_dirty)),
+                        timeout=timedelta(seconds=wait))
+                except TimeoutError:
+                    pass
             await self._decide_pending()
             await self._flatten_holders()
             if workflow.time() >= next_check:
                 await self._release_stopped_holders()
                 prune(self.book, self._now_ms())
                 next_check = workflow.time() + inp.holder_check_seconds
-            self._record_gauges()
+            self._project_if_due()
             info = workflow.info()
             if info.is_continue_as_new_suggested() or info.get_current_history_length() > inp.max_history_events:
-                await asyncio.gather(*self._deliveries)
+                await asyncio.gather(*self._deliveries, *self._projections)
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(PortfolioInput(
                     policy=self.policy, book=self.book, pending=self.pending,
@@ -110,6 +121,7 @@ class PortfolioWorkflow:
                     self._deny.add(1, {"gate": decision.gate.value})
                 decisions.append(decision)
             self.last_decisions = [*self.last_decisions, *decisions][-LAST_DECISIONS_KEPT:]
+            self._changed()
             # Delivered by one activity per batch; decisions go on while it runs.
             self._deliveries.append(asyncio.ensure_future(self._deliver(decisions)))
         self._deliveries = [d for d in self._deliveries if not d.done()]
@@ -122,6 +134,7 @@ class PortfolioWorkflow:
         )
         for holder in gone:  # terminated between asking and hearing back: take the slot back
             release(self.book, self.policy, holder, self._now_ms())
+            self._changed()
 
     async def _flatten_holders(self) -> None:
         while self._flatten:
@@ -144,6 +157,7 @@ class PortfolioWorkflow:
         )
         for holder in stopped:
             if release(self.book, self.policy, holder, self._now_ms()) is not None:
+                self._changed()
                 workflow.logger.warning("released the slot of %s: its workflow is no longer running", holder)
 
     # ------------------------------------------------------------------ messages
@@ -156,12 +170,12 @@ class PortfolioWorkflow:
         release(self.book, self.policy, req.holder_id, self._now_ms(), cooldown=req.cooldown)
         # A request still waiting from the same holder must not be granted after its release.
         self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
-        self._record_gauges()
+        self._changed()
 
     @workflow.signal(name="adjust_reservation")
     def adjust_reservation(self, req: AdjustRequest) -> None:
         adjust(self.book, req.holder_id, req.notional_usdt)
-        self._record_gauges()
+        self._changed()
 
     # Operator updates take raw JSON and are parsed in their validators, so a bad field is rejected
     # with its name before anything reaches history.
@@ -170,6 +184,7 @@ class PortfolioWorkflow:
         """Change the fields given; the others keep their current values (so a concurrent kill switch
         is never undone by a policy edit made from an older copy)."""
         self.policy = self._patched_policy(raw)
+        self._changed()
         return self.policy
 
     @set_policy.validator
@@ -189,6 +204,7 @@ class PortfolioWorkflow:
         req = parse_message(KillSwitchRequest, raw)
         self.policy = self.policy.model_copy(update={"kill_switch": req.on})
         workflow.logger.warning("kill switch %s: %s", "ON" if req.on else "off", req.reason)
+        self._changed()
         return self.policy
 
     @set_kill_switch.validator
@@ -198,6 +214,7 @@ class PortfolioWorkflow:
     @workflow.update(name="set_emergency_state")
     def set_emergency_state(self, state: str) -> EmergencyState:
         self.book.emergency = EmergencyState(state)
+        self._changed()
         return self.book.emergency
 
     @set_emergency_state.validator
@@ -211,6 +228,7 @@ class PortfolioWorkflow:
         holders = sorted(self.book.reservations)
         self.book.emergency = EmergencyState.HALTED
         self._flatten.append(req)
+        self._changed()
         return holders
 
     @emergency_flatten.validator
@@ -228,6 +246,28 @@ class PortfolioWorkflow:
     # ------------------------------------------------------------------ helpers
     def _now_ms(self) -> int:
         return int(workflow.now().timestamp() * 1000)
+
+    def _project_if_due(self) -> None:
+        """Write `quantum:portfolio:state` at most every PROJECTION_INTERVAL_S, when something changed.
+        Redis is a read model: a failed write is simply superseded by the next one."""
+        self._projections = [p for p in self._projections if not p.done()]
+        if not self._dirty or self._projections or workflow.time() < self._projected_at + PROJECTION_INTERVAL_S:
+            return
+        self._dirty = False
+        self._projected_at = workflow.time()
+        self._projections.append(asyncio.ensure_future(self._project(self.state())))
+
+    async def _project(self, view: PortfolioView) -> None:
+        try:
+            await workflow.execute_activity(
+                "project_portfolio", view, task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5), retry_policy=PROJECTION_RETRY)
+        except ActivityError:
+            self._dirty = True  # try again with the next state
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self._record_gauges()
 
     def _record_gauges(self) -> None:
         self._slots.set(len(self.book.reservations))

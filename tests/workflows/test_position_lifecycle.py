@@ -6,16 +6,19 @@ import asyncio
 import uuid
 from decimal import Decimal
 
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 
 from exchange.client import BinanceFuturesClient
 from tests.workflows.conftest import Stack
 from trading.intents import ExitOverrides, Side, TradeIntent
 from trading.pnl import cents
 from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
     ClosePositionRequest,
     CloseResult,
+    PortfolioView,
     PositionInput,
     PositionOptions,
     PositionResult,
@@ -172,3 +175,21 @@ async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: S
     assert [f.side for f in result.fills] == ["BUY", "SELL"]
     assert cents(result.gross_pnl) == cents((D("63100") - D("60000")) * D("0.002"))
     assert len(stack.exchange.admin("GET", "orders?symbol=BTCUSDT")) == 2
+
+
+async def test_cancelled_position_is_flattened_and_released(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    async with stack.workers():
+        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        await wait_status(handle, PositionStatus.OPEN)
+        await handle.cancel()
+        try:
+            await asyncio.wait_for(handle.result(), 15)
+            raise AssertionError("a cancelled position completed normally")
+        except WorkflowFailureError as err:
+            assert isinstance(err.cause, CancelledError)
+        portfolio = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
+            "state", result_type=PortfolioView)
+    assert portfolio.slots_used == 0
+    orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
+    assert [(o["side"], o["reduceOnly"]) for o in orders] == [("BUY", False), ("SELL", True)]

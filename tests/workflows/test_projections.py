@@ -52,3 +52,29 @@ async def test_redis_outage_does_not_stop_a_trade(stack: Stack) -> None:
     closed_events = await stack.redis.xrange("quantum:stream:trade.closed")
     assert [e[b"workflow_id"] for _, e in closed_events] == [handle.id.encode()]
     assert len(await stack.redis.xrange("quantum:stream:apply.result")) == 2
+
+
+async def test_portfolio_state_is_projected(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    async with stack.workers():
+        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        await wait_status(handle, PositionStatus.OPEN)
+
+        async def projected(slots: int, notional: str) -> bool:
+            state = await stack.redis.hgetall("quantum:portfolio:state")
+            return (int(state.get(b"slots_used", -1)), D(state.get(b"notional_used", b"-1").decode())) == (
+                slots, D(notional))
+
+        # Granted 150 USDT, filled 0.002 BTC = 120 USDT: the reservation shrinks to the fill.
+        async with asyncio.timeout(10):
+            while not await projected(1, "120"):
+                await asyncio.sleep(0.2)
+        assert (await stack.redis.hget("quantum:portfolio:state", "kill_switch")) == b"false"
+        await handle.execute_update("close", {})
+        await asyncio.wait_for(handle.result(), 15)
+        try:
+            async with asyncio.timeout(10):
+                while not await projected(0, "0"):
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(await stack.redis.hgetall("quantum:portfolio:state")) from None

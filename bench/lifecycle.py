@@ -1,0 +1,586 @@
+"""Benchmark: the position lifecycle on Temporal against a local stack.
+
+`python -m bench.lifecycle [--quick] [--intents N] [--lifecycles N] [--burst N] [--budget-s S]`
+
+Starts its own stack for each measurement (bench/stack.py: Temporal dev server with the search
+attributes, Redis, the paper exchange with manual prices and synthetic T001USDT... symbols, the
+lifecycle and exchange workers in this process, the portfolio started first) and measures:
+
+1. floor: start of a no-op workflow + one update whose handler runs one activity (on a second task
+   queue, like the exchange activities), p50 over >= 100 sequential iterations, interleaved with (2);
+2. intent-to-order: N sequential PositionWorkflows, from the client's `start_workflow` call to the entry
+   fill's time at the exchange (the venue's wall clock, ms; same host); each position is closed before
+   the next intent; plus the median of each step, read from the workflow histories;
+3. lifecycles/s: N concurrent open -> `close` update -> completed, one T-symbol each;
+4. burst: N intents at once over 100 symbols with max 10 open positions and 2,000 USDT in total, as in
+   tests/workflows/test_burst.py: time from the first start to all decided (OPEN / REJECTED / FAILED in
+   visibility), errors, and violations (a watcher querying the portfolio, and the venue's positions).
+
+Progress goes to stderr; the last stdout line is one JSON object. Every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from temporalio import activity, workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from bench.stack import LocalStack, local_stack
+from trading.instruments import DEFAULT_RULES
+from trading.intents import Side
+from trading.pnl import Fill
+from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
+    LIFECYCLE_TASK_QUEUE,
+    CloseResult,
+    PortfolioView,
+    PositionInput,
+    PositionOptions,
+    PositionResult,
+    PositionView,
+)
+
+D = Decimal
+BENCH_WF_QUEUE = "bench-floor"
+BENCH_ACT_QUEUE = "bench-floor-activities"
+APPLY_RESULT_STREAM = "quantum:stream:apply.result"
+BURST_SYMBOLS = sorted(DEFAULT_RULES) + [f"T{i:03d}USDT" for i in range(1, 91)]
+BURST_LIMITS = dict(gov_max_open_positions=10, gov_max_total_notional_usdt=D(2000),
+                    gov_max_notional_per_trade_usdt=D(200))
+WIDE_LIMITS = dict(gov_max_open_positions=1000, gov_max_total_notional_usdt=D(100_000_000),
+                   gov_max_notional_per_trade_usdt=D(1000))
+NOTIONAL = D(50)  # T-symbols trade at 100.00 with a 5 USDT minimum
+QUIET = PositionOptions(mark_check_seconds=3600)  # no mark checks during a measurement
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench.lifecycle {time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def ms(x: float) -> float:
+    return round(x, 2)
+
+
+# --------------------------------------------------------------------------- the floor workflow
+@activity.defn(name="bench_echo")
+async def bench_echo(value: int) -> int:
+    return value
+
+
+@workflow.defn(name="BenchFloorWorkflow", sandboxed=False)
+class BenchFloorWorkflow:
+    """No-op: waits for one `go` update, whose handler runs one activity on another task queue."""
+
+    def __init__(self) -> None:
+        self._done = False
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self._done and workflow.all_handlers_finished())
+
+    @workflow.update(name="go")
+    async def go(self, value: int) -> int:
+        out = await workflow.execute_activity(bench_echo, value, task_queue=BENCH_ACT_QUEUE,
+                                              start_to_close_timeout=timedelta(seconds=10))
+        self._done = True
+        return out
+
+
+def floor_workflow_worker(client: Client) -> Worker:
+    return Worker(client, task_queue=BENCH_WF_QUEUE, workflows=[BenchFloorWorkflow])
+
+
+def floor_activity_worker(client: Client) -> Worker:
+    return Worker(client, task_queue=BENCH_ACT_QUEUE, activities=[bench_echo])
+
+
+# --------------------------------------------------------------------------- helpers
+class CpuMeter:
+    """CPU seconds of our processes between two points (from /proc/<pid>/stat: user + system)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {**pids, "bench+workers": os.getpid()}
+        self._t0 = time.monotonic()
+        self._c0 = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    rest = fh.read().rpartition(")")[2].split()
+                out[name] = (int(rest[11]) + int(rest[12])) / self.TICK
+            except (OSError, IndexError, ValueError):
+                out[name] = 0.0
+        return out
+
+    def percent(self) -> dict[str, float]:
+        wall = max(1e-6, time.monotonic() - self._t0)
+        now = self._read()
+        return {name: round(100 * (now[name] - self._c0.get(name, 0.0)) / wall, 1) for name in now}
+
+
+class EntryWatcher:
+    """Learns that a position's entry is done from the projection's `apply.result` stream entry (one
+    blocking XREAD for all positions, instead of polling every workflow)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis = aioredis.Redis(port=redis_port)
+        self.arrived: set[str] = set()
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EntryWatcher:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self.redis.aclose()
+
+    async def _run(self) -> None:
+        last = "0-0"
+        while True:
+            try:
+                resp = await self.redis.xread({APPLY_RESULT_STREAM: last}, count=1000, block=500)
+            except (aioredis.ConnectionError, aioredis.TimeoutError):
+                await asyncio.sleep(0.1)
+                continue
+            for _stream, entries in resp or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get(b"action") != b"entry":
+                        continue
+                    wid = fields[b"workflow_id"].decode()
+                    self.arrived.add(wid)
+                    fut = self.waiting.pop(wid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+
+    async def wait(self, handle: WorkflowHandle[Any, Any], timeout: float) -> bool:
+        """True once the entry is done. On a timeout, asks the workflow itself (projection late?)."""
+        wid = handle.id
+        if wid not in self.arrived:
+            fut = self.waiting.setdefault(wid, asyncio.get_running_loop().create_future())
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                view = await handle.query("state", result_type=PositionView)
+                return view.status.value in ("OPEN", "CLOSING")
+        return True
+
+
+def intent(symbol: str, i: int, wid: str, notional: Decimal = NOTIONAL) -> PositionInput:
+    return PositionInput(symbol=symbol, side=Side.LONG if i % 2 else Side.SHORT, notional_usdt=notional,
+                         intent_id=wid, strategy="bench", options=QUIET)
+
+
+async def start_position(client: Client, inp: PositionInput, wid: str) -> WorkflowHandle[Any, PositionResult]:
+    return await client.start_workflow("PositionWorkflow", inp, id=wid, task_queue=LIFECYCLE_TASK_QUEUE,
+                                       result_type=PositionResult)
+
+
+async def open_and_close(stack: LocalStack, watcher: EntryWatcher, symbol: str, i: int, wid: str) -> PositionResult:
+    h = await start_position(stack.client, intent(symbol, i, wid), wid)
+    if not await watcher.wait(h, 30):
+        raise RuntimeError(f"{wid} did not open")
+    await h.execute_update("close", {"reason": "bench"}, result_type=CloseResult)
+    return await h.result()
+
+
+# --------------------------------------------------------------------------- 1 + 2
+async def floor_once(client: Client, i: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    h = await client.start_workflow(BenchFloorWorkflow.run, id=f"bench-floor-{i}", task_queue=BENCH_WF_QUEUE)
+    t1 = time.perf_counter()
+    await h.execute_update(BenchFloorWorkflow.go, i)
+    t2 = time.perf_counter()
+    return (t2 - t0) * 1000, (t1 - t0) * 1000
+
+
+STEPS = ("start_rpc", "first_task+symbol_check", "portfolio_round_trip", "task_after_grant", "prepare_entry",
+         "task_after_prepare", "set_leverage", "task_after_leverage", "place_order_to_fill")
+
+
+def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | None:
+    """Where one intent's time went, from its history's event times (ms)."""
+    def at(ev: Any) -> float:
+        return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
+
+    started = sig_out = sig_in = None
+    sched: dict[str, tuple[float, int]] = {}
+    done: dict[int, float] = {}
+    for ev in history.events:
+        et = ev.event_type
+        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started = at(ev)
+        elif et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED and sig_out is None:
+            sig_out = at(ev)
+        elif (et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and sig_in is None
+              and ev.workflow_execution_signaled_event_attributes.signal_name == "reservation_decided"):
+            sig_in = at(ev)
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = ev.activity_task_scheduled_event_attributes.activity_type.name
+            sched.setdefault(name, (at(ev), ev.event_id))
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done[ev.activity_task_completed_event_attributes.scheduled_event_id] = at(ev)
+    try:
+        prep, lev, order = sched["prepare_entry"], sched["set_leverage"], sched["place_order"]
+        assert started and sig_out and sig_in
+        return {
+            "start_rpc": started - t0_ms,
+            "first_task+symbol_check": sig_out - started,
+            "portfolio_round_trip": sig_in - sig_out,
+            "task_after_grant": prep[0] - sig_in,
+            "prepare_entry": done[prep[1]] - prep[0],
+            "task_after_prepare": lev[0] - done[prep[1]],
+            "set_leverage": done[lev[1]] - lev[0],
+            "task_after_leverage": order[0] - done[lev[1]],
+            "place_order_to_fill": fill_ms - order[0],
+        }
+    except (KeyError, AssertionError):
+        return None
+
+
+async def phase_floor_and_intents(stack: LocalStack, n_intents: int, n_floor: int, deadline: float) -> dict[str, Any]:
+    client = stack.client
+    t_symbols = [f"T{i:03d}USDT" for i in range(1, 91)]
+    async with EntryWatcher(stack.settings.redis_port) as watcher:
+        log("warm-up: 5 floor iterations, 3 open/close lifecycles")
+        for i in range(5):
+            await floor_once(client, -1 - i)
+        for i in range(3):
+            await open_and_close(stack, watcher, t_symbols[-1 - i], i, f"bench-warm-{i}")
+
+        floor: list[float] = []
+        floor_start: list[float] = []
+
+        async def one_floor() -> None:
+            total, start = await floor_once(client, len(floor))
+            floor.append(total)
+            floor_start.append(start)
+
+        for _ in range(max(0, n_floor - n_intents)):
+            await one_floor()
+        log(f"floor: {len(floor)} iterations alone, p50 {statistics.median(floor) if floor else 0:.1f} ms; "
+            f"now {n_intents} sequential intents, each after one more floor iteration")
+        lat: list[float] = []
+        samples: list[tuple[WorkflowHandle[Any, PositionResult], float, int]] = []
+        problems = 0
+        meter = CpuMeter(stack.pids())
+        for i in range(n_intents):
+            if time.monotonic() > deadline:
+                log(f"time budget reached after {i} intents")
+                break
+            await one_floor()
+            wid = f"bench-i2o-{i}"
+            inp = intent(t_symbols[i % len(t_symbols)], i, wid)
+            t0_ms = time.time() * 1000
+            h = await start_position(client, inp, wid)
+            if not await watcher.wait(h, 30):
+                problems += 1
+                log(f"  {wid}: not open ({(await h.query('state', result_type=PositionView)).status})")
+                continue
+            fills = await h.query("fills", result_type=list[Fill])
+            fill_ms = min(f.time_ms for f in fills)
+            lat.append(fill_ms - t0_ms)
+            samples.append((h, t0_ms, fill_ms))
+            await h.execute_update("close", {"reason": "bench"}, result_type=CloseResult)
+            result = await h.result()
+            if result.status.value != "CLOSED":
+                problems += 1
+            if (i + 1) % max(1, n_intents // 5) == 0:
+                log(f"  {i + 1}/{n_intents}: intent-to-order p50 {statistics.median(lat):.1f} ms, "
+                    f"p99 {pct(lat, 0.99):.1f} ms; floor p50 {statistics.median(floor):.1f} ms")
+        cpu = meter.percent()
+    steps: dict[str, list[float]] = {k: [] for k in STEPS}
+    for h, t0_ms, fill_ms in samples:
+        b = breakdown(await h.fetch_history(), t0_ms, fill_ms)
+        if b:
+            for k, v in b.items():
+                steps[k].append(v)
+    p50 = statistics.median(lat) if lat else float("nan")
+    floor_p50 = statistics.median(floor)
+    return {
+        "intent_to_order_p50_ms": ms(p50),
+        "intent_to_order_p99_ms": ms(pct(lat, 0.99)) if lat else None,
+        "intent_to_order_max_ms": ms(max(lat)) if lat else None,
+        "floor_p50_ms": ms(floor_p50),
+        "floor_p99_ms": ms(pct(floor, 0.99)),
+        "floor_start_p50_ms": ms(statistics.median(floor_start)),
+        "ratio_p50": round(p50 / floor_p50, 2),
+        "intents_measured": len(lat),
+        "floor_iterations": len(floor),
+        "intent_problems": problems,
+        "intent_to_order_steps_p50_ms": {k: ms(statistics.median(v)) for k, v in steps.items() if v},
+        "cpu_pct_intents": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- 3
+async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[str, Any]:
+    client = stack.client
+    gate = asyncio.Semaphore(64)
+    failures: list[str] = []
+    async with EntryWatcher(stack.settings.redis_port) as watcher:
+        log("warm-up: 3 open/close lifecycles")
+        for i in range(3):
+            await open_and_close(stack, watcher, f"T{n + 1 + i:03d}USDT", i, f"bench-lc-warm-{i}")
+        done = 0
+
+        async def lifecycle(i: int) -> None:
+            nonlocal done
+            wid = f"bench-lc-{i}"
+            try:
+                async with gate:
+                    h = await start_position(client, intent(f"T{i + 1:03d}USDT", i, wid), wid)
+                if not await watcher.wait(h, max(5.0, deadline - time.monotonic())):
+                    raise RuntimeError("did not open")
+                async with gate:
+                    await h.execute_update("close", {"reason": "bench"}, result_type=CloseResult)
+                result = await h.result()
+                if result.status.value != "CLOSED":
+                    raise RuntimeError(f"ended {result.status.value}")
+                done += 1
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                failures.append(f"{wid}: {type(exc).__name__}: {exc}")
+
+        log(f"{n} concurrent lifecycles (open -> close update -> completed), one symbol each")
+        meter = CpuMeter(stack.pids())
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(lifecycle(i)) for i in range(n)]
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(5)
+                log(f"  {done}/{n} lifecycles completed")
+
+        prog = asyncio.create_task(progress())
+        _, pending = await asyncio.wait(tasks, timeout=max(1.0, deadline - time.monotonic()))
+        wall = time.monotonic() - t0
+        prog.cancel()
+        cpu = meter.percent()
+        for t in pending:
+            t.cancel()
+        if pending:
+            log(f"time budget reached: {len(pending)} lifecycles unfinished")
+    for f in failures[:5]:
+        log(f"  failure: {f}")
+    return {
+        "lifecycles_per_s": round(done / wall, 1),
+        "lifecycles": n,
+        "lifecycles_completed": done,
+        "lifecycles_failed": len(failures),
+        "lifecycles_unfinished": len(pending),
+        "lifecycles_wall_s": round(wall, 2),
+        "cpu_pct_lifecycles": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- 4
+DECIDED = ("WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
+           "(PositionStatus IN ('OPEN','REJECTED','FAILED') OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))")
+
+
+async def count(client: Client, query: str) -> int:
+    return (await client.count_workflows(query)).count
+
+
+async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, Any]:
+    client = stack.client
+    max_open, max_notional = BURST_LIMITS["gov_max_open_positions"], BURST_LIMITS["gov_max_total_notional_usdt"]
+    async with EntryWatcher(stack.settings.redis_port) as watcher:
+        log("warm-up: 1 open/close lifecycle")
+        await open_and_close(stack, watcher, "T090USDT", 0, "bench-burst-warm")
+    intents = [PositionInput(symbol=BURST_SYMBOLS[i % 100], side=Side.LONG if i % 2 else Side.SHORT,
+                             notional_usdt=D(200), intent_id=f"burst-{i}", strategy="bench", options=QUIET)
+               for i in range(n)]
+    watch = {"queries": 0, "violations": 0, "peak_slots": 0, "peak_notional": D(0), "decided_by_portfolio_s": None}
+    base_totals: list[int] = []
+    stop = asyncio.Event()
+    t0 = 0.0
+
+    async def watcher_task() -> None:
+        handle = client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+        while not stop.is_set():
+            try:
+                view = await handle.query("state", result_type=PortfolioView)
+            except Exception:  # noqa: BLE001 - a query can time out under load; try again
+                await asyncio.sleep(0.05)
+                continue
+            watch["queries"] += 1
+            if not base_totals:
+                base_totals.append(view.granted_total + view.denied_total)
+            watch["peak_slots"] = max(watch["peak_slots"], view.slots_used)
+            watch["peak_notional"] = max(watch["peak_notional"], view.notional_used)
+            if view.slots_used > max_open or view.notional_used > max_notional:
+                watch["violations"] += 1
+            if (watch["decided_by_portfolio_s"] is None and t0
+                    and view.granted_total + view.denied_total - base_totals[0] >= n):
+                watch["decided_by_portfolio_s"] = round(time.monotonic() - t0, 2)
+            await asyncio.sleep(0.05)
+
+    gate = asyncio.Semaphore(64)
+    submit_errors: list[str] = []
+
+    async def submit(inp: PositionInput) -> None:
+        try:
+            async with gate:
+                await start_position(client, inp, f"bench-{inp.intent_id}")
+        except Exception as exc:  # noqa: BLE001 - counted as an error
+            submit_errors.append(f"{inp.intent_id}: {type(exc).__name__}: {exc}")
+
+    watcher = asyncio.create_task(watcher_task())
+    await asyncio.sleep(0.2)
+    log(f"burst: {n} intents at once over 100 symbols, max {max_open} open, {max_notional} USDT in total")
+    meter = CpuMeter(stack.pids())
+    t0 = time.monotonic()
+    await asyncio.gather(*(submit(i) for i in intents))
+    submitted_s = time.monotonic() - t0
+    log(f"  all {n} starts accepted in {submitted_s:.2f} s")
+    decided = 0
+    last_log = time.monotonic()
+    while time.monotonic() < deadline:
+        decided = await count(client, DECIDED)
+        if decided >= n - len(submit_errors):
+            break
+        if time.monotonic() - last_log > 5:
+            log(f"  {decided}/{n} decided")
+            last_log = time.monotonic()
+        await asyncio.sleep(0.1)
+    burst_s = time.monotonic() - t0
+    cpu = meter.percent()
+    stop.set()
+    await watcher
+    prefix = "WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
+    opened = await count(client, prefix + "PositionStatus='OPEN'")
+    rejected = await count(client, prefix + "PositionStatus='REJECTED'")
+    failed = await count(client, prefix + "(PositionStatus='FAILED' OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))")
+    assert stack.exchange_client is not None
+    venue_open = [p for p in await stack.exchange_client.position_risk() if p.position_amt != 0]
+    entry_orders = [o for o in stack.venue.admin("GET", "orders") if not o["reduceOnly"]]
+    venue_notional = sum((abs(p.notional) for p in venue_open), D(0))
+    # The warm-up's one entry order is not part of the burst.
+    burst_entry_orders = len(entry_orders) - 1
+    violations = (watch["violations"] + max(0, len(venue_open) - max_open)
+                  + (1 if venue_notional > max_notional else 0) + max(0, burst_entry_orders - opened))
+    for e in submit_errors[:5]:
+        log(f"  submit error: {e}")
+    log(f"  decided {decided}/{n} in {burst_s:.2f} s: opened {opened}, rejected {rejected}, failed {failed}; "
+        f"venue open {len(venue_open)} ({venue_notional:.2f} USDT), {burst_entry_orders} entry orders; "
+        f"peak slots {watch['peak_slots']}, {watch['queries']} portfolio queries")
+    return {
+        "burst_intents": n,
+        "burst_opened": opened,
+        "burst_rejected": rejected,
+        "burst_errors": failed + len(submit_errors),
+        "burst_violations": violations,
+        "burst_seconds": round(burst_s, 2),
+        "burst_undecided": max(0, n - decided),
+        "burst_submit_seconds": round(submitted_s, 2),
+        "burst_portfolio_decided_seconds": watch["decided_by_portfolio_s"],
+        "burst_peak_slots": watch["peak_slots"],
+        "burst_peak_notional": float(watch["peak_notional"]),
+        "burst_venue_open": len(venue_open),
+        "burst_entry_orders": burst_entry_orders,
+        "cpu_pct_burst": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+async def with_stack(tmp: Path, name: str, extra_symbols: int, limits: dict[str, Any],
+                     body: Callable[[LocalStack], Awaitable[dict[str, Any]]], **kwargs: Any) -> dict[str, Any]:
+    log(f"--- {name}: starting a fresh stack")
+    async with local_stack(tmp / name, extra_symbols=extra_symbols, log=log, **limits, **kwargs) as stack:
+        return await body(stack)
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    out: dict[str, Any] = {}
+    budget_end = started + args.budget_s
+    # Shares of the budget for the three stacks (each also spends a few seconds starting and stopping).
+    end_2 = started + 0.40 * args.budget_s
+    out.update(await with_stack(tmp, "intents", 90, WIDE_LIMITS,
+                                lambda s: phase_floor_and_intents(s, args.intents, max(100, args.intents), end_2),
+                                extra_workers=[floor_workflow_worker, floor_activity_worker]))
+    log(f"intent-to-order p50 {out['intent_to_order_p50_ms']} ms, p99 {out['intent_to_order_p99_ms']} ms; "
+        f"floor p50 {out['floor_p50_ms']} ms; ratio {out['ratio_p50']}")
+    end_3 = time.monotonic() + 0.45 * (budget_end - time.monotonic())
+    out.update(await with_stack(tmp, "lifecycles", max(90, args.lifecycles + 3), WIDE_LIMITS,
+                                lambda s: phase_lifecycles(s, args.lifecycles, end_3)))
+    log(f"lifecycles/s {out['lifecycles_per_s']}")
+    end_4 = budget_end - 10
+    out.update(await with_stack(tmp, "burst", 90, BURST_LIMITS, lambda s: phase_burst(s, args.burst, end_4)))
+    out["total_s"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 30 intents, 50 lifecycles, 200-intent burst")
+    ap.add_argument("--intents", type=int, help="sequential intents (default 200)")
+    ap.add_argument("--lifecycles", type=int, help="concurrent lifecycles (default 500, at most 996)")
+    ap.add_argument("--burst", type=int, help="intents in the burst (default 1000)")
+    ap.add_argument("--budget-s", type=float, help="stop measuring after this long (default 330; quick 80)")
+    args = ap.parse_args(argv)
+    args.intents = args.intents or (30 if args.quick else 200)
+    args.lifecycles = args.lifecycles or (50 if args.quick else 500)
+    args.burst = args.burst or (200 if args.quick else 1000)
+    args.budget_s = args.budget_s or (80.0 if args.quick else 330.0)
+    if min(args.intents, args.lifecycles, args.burst) < 1 or args.lifecycles > 996:
+        ap.error("--intents, --lifecycles and --burst must be positive; --lifecycles at most 996")
+    load_before = os.getloadavg()
+    log(f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+        f"{args.intents} intents, {args.lifecycles} lifecycles, burst {args.burst}, budget {args.budget_s:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="qt-bench-lifecycle-") as tmp:
+        try:
+            result = asyncio.run(run(args, Path(tmp)))
+        except Exception as exc:
+            log(f"failed: {type(exc).__name__}: {exc}")
+            for log_file in sorted(Path(tmp).rglob("*.log")):
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+                if tail:
+                    log(f"{log_file.relative_to(tmp)} tail:\n{tail}")
+            return 1
+    load_after = os.getloadavg()
+    result["load_avg_start"] = round(load_before[0], 2)
+    result["load_avg_end"] = round(load_after[0], 2)
+    result["cpus"] = os.cpu_count()
+    result["mode"] = "quick" if args.quick else "full"
+    print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

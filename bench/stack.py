@@ -1,0 +1,175 @@
+"""A throw-away local stack for the benchmarks: Temporal dev server, Redis and the paper exchange as real
+processes on free loopback ports (stopped by PID), plus the lifecycle and exchange workers in this
+process, the portfolio started the way the stack starts it.
+
+Unlike the test harness (tests/workflows/conftest.py) the venue's and the client's rate limits are
+raised, so a benchmark measures our path and not Binance's order-count limits (see `BIG`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
+
+from exchange.client import BinanceFuturesClient
+from trading.config import Settings, load_settings
+from trading.governor import RiskPolicy
+from workers.exchange_worker import exchange_worker
+from workers.lifecycle import lifecycle_worker
+from workers.processes import ManagedProcess, free_port, http_ok, port_open
+from workers.stack import temporal_binary
+from workers.temporal_client import CLI_SEARCH_ATTRIBUTES, connect
+from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, PortfolioInput
+
+REPO = Path(__file__).resolve().parents[1]
+BIG = 10_000_000  # venue and client rate limits for a benchmark (weight / orders per window)
+
+
+def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    sa = [a for name, kind in CLI_SEARCH_ATTRIBUTES.items() for a in ("--search-attribute", f"{name}={kind}")]
+    proc = ManagedProcess(
+        name="temporal",
+        argv=[temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
+              "--log-level", "error", *sa, *extra],
+        log_path=tmp / "temporal.log",
+    )
+    proc.start()
+    proc.wait_ready(lambda: port_open("127.0.0.1", port), 30, f"on port {port}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    proc = ManagedProcess(
+        name="redis",
+        argv=[shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
+              "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        log_path=tmp / "redis.log",
+    )
+    proc.start()
+    proc.wait_ready(lambda: port_open("127.0.0.1", port), 10, f"on port {port}")
+    return proc, port
+
+
+@dataclass
+class Venue:
+    process: ManagedProcess
+    port: int
+    api_key: str
+    api_secret: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def admin(self, method: str, path: str, json: Any = None) -> Any:
+        resp = httpx.request(method, f"{self.base_url}/admin/{path.lstrip('/')}", json=json,
+                             headers={"X-MBX-APIKEY": self.api_key}, timeout=30)
+        resp.raise_for_status()
+        return resp.json() if resp.content else None
+
+
+def start_paper_exchange(tmp: Path, extra_symbols: int) -> Venue:
+    port = free_port()
+    key, secret = secrets.token_hex(32), secrets.token_hex(32)
+    proc = ManagedProcess(
+        name="paper-exchange",
+        argv=[sys.executable, "-m", "exchange.paper", "--host", "127.0.0.1", "--port", str(port),
+              "--state", str(tmp / "paper.sqlite"), "--prices", "manual", "--extra-symbols", str(extra_symbols),
+              "--start-balance", "100000000", "--weight-limit", str(BIG), "--order-limit-10s", str(BIG),
+              "--order-limit-1m", str(BIG)],
+        log_path=tmp / "paper.log",
+        env={**os.environ, "BINANCE_API_KEY": key, "BINANCE_API_SECRET": secret},
+        cwd=REPO,
+    )
+    proc.start()
+    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/fapi/v1/time"), 30, "GET /fapi/v1/time")
+    return Venue(proc, port, key, secret)
+
+
+@dataclass
+class LocalStack:
+    tmp: Path
+    processes: dict[str, ManagedProcess]
+    venue: Venue
+    settings: Settings
+    client: Client
+    redis: aioredis.Redis
+    exchange_client: BinanceFuturesClient | None = None
+    workers: list[Worker] = field(default_factory=list)
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.processes.items()}
+
+
+@contextlib.asynccontextmanager
+async def local_stack(tmp: Path, *, extra_symbols: int = 90, extra_workers: Sequence[Any] = (),
+                      log: Any = None, **overrides: Any) -> AsyncIterator[LocalStack]:
+    """Start everything, yield, stop everything we started (by PID), whatever happens in between.
+
+    `extra_workers`: callables `client -> Worker` run next to the two lifecycle workers.
+    `overrides`: Settings fields (risk limits etc.)."""
+    say = log or (lambda _msg: None)
+    tmp.mkdir(parents=True, exist_ok=True)
+    started: dict[str, ManagedProcess] = {}
+    try:
+        temporal, address = start_temporal(tmp)
+        started["temporal"] = temporal
+        redis_proc, redis_port = start_redis(tmp)
+        started["redis"] = redis_proc
+        venue = start_paper_exchange(tmp, extra_symbols)
+        started["paper-exchange"] = venue.process
+        say(f"stack up: temporal pid {temporal.pid} {address}, redis pid {redis_proc.pid} :{redis_port}, "
+            f"paper exchange pid {venue.process.pid} {venue.base_url} ({extra_symbols} extra symbols)")
+        base: dict[str, Any] = dict(
+            temporal_address=address, redis_port=redis_port, paper_rest_url=venue.base_url,
+            binance_api_key=venue.api_key, binance_api_secret=venue.api_secret, apply_allowlist=["*"],
+            gov_max_exec_per_hour=1000, gov_max_exec_per_5min=1000, gov_symbol_cooldown_seconds=0,
+            binance_weight_limit_1m=BIG,
+        )
+        base.update(overrides)
+        settings = load_settings(**base)
+        client = await connect(settings)
+        redis = aioredis.Redis(port=redis_port)
+        stack = LocalStack(tmp, started, venue, settings, client, redis)
+        try:
+            async with contextlib.AsyncExitStack() as es:
+                venue_client = await es.enter_async_context(
+                    BinanceFuturesClient.from_settings(settings, order_limit_10s=BIG, order_limit_1m=BIG))
+                await venue_client.sync_time()
+                stack.exchange_client = venue_client
+                market = await es.enter_async_context(BinanceFuturesClient(venue.base_url, None, None))
+                workers = [exchange_worker(client, venue_client),
+                           lifecycle_worker(client, settings, redis, market),
+                           *(make(client) for make in extra_workers)]
+                for w in workers:
+                    await es.enter_async_context(w)
+                stack.workers = workers
+                # The stack starts the portfolio before any position (positions fall back to signal-with-start).
+                await client.start_workflow(
+                    "PortfolioWorkflow",
+                    PortfolioInput(policy=RiskPolicy.from_settings(settings),
+                                   holder_check_seconds=settings.portfolio_holder_check_seconds),
+                    id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+                yield stack
+        finally:
+            await redis.aclose()
+    finally:
+        for name, proc in reversed(list(started.items())):
+            proc.stop()
+            say(f"stopped {name} pid {proc.pid}")
