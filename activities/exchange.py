@@ -70,8 +70,11 @@ class ExchangeActivities:
             rules = await self.client.exchange_info()
             found = rules.get(inp.symbol)
             if found is None or found.status != "TRADING":
-                raise ApplicationError(f"{inp.symbol} is not a trading symbol on the exchange",
-                                       type="UnknownSymbol", non_retryable=True)
+                raise ApplicationError(
+                    f"{inp.symbol} is not a trading symbol on the exchange",
+                    type="UnknownSymbol",
+                    non_retryable=True,
+                )
             index = await self.client.premium_index(inp.symbol)
         return EntryMarket(rules=found, mark_price=index.mark_price)
 
@@ -91,24 +94,32 @@ class ExchangeActivities:
             rows = await self.client.position_risk(inp.symbol)
         row = next((r for r in rows if r.symbol == inp.symbol), None)
         if row is None:
-            return ExchangePosition(symbol=inp.symbol, position_amt=Decimal(0), entry_price=Decimal(0),
-                                    mark_price=Decimal(0))
-        return ExchangePosition(symbol=inp.symbol, position_amt=row.position_amt, entry_price=row.entry_price,
-                                mark_price=row.mark_price)
+            return ExchangePosition(
+                symbol=inp.symbol, position_amt=Decimal(0), entry_price=Decimal(0), mark_price=Decimal(0)
+            )
+        return ExchangePosition(
+            symbol=inp.symbol,
+            position_amt=row.position_amt,
+            entry_price=row.entry_price,
+            mark_price=row.mark_price,
+        )
 
     @activity.defn(name="place_order")
     async def place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
         meter = activity.metric_meter()
         action = "close" if inp.reduce_only else "open"
         meter.create_counter("apply_layer_exec", "orders sent to the venue").add(
-            1, {"symbol": inp.symbol, "action": action})
+            1, {"symbol": inp.symbol, "action": action}
+        )
         outcome = await self._place_order(inp)
         if outcome.executed_qty > 0:
             meter.create_counter("apply_layer_exec_success", "orders that executed").add(
-                1, {"symbol": inp.symbol, "action": action})
+                1, {"symbol": inp.symbol, "action": action}
+            )
         if inp.intent_at_ms is not None and not inp.reduce_only:
-            meter.create_histogram_float("quantum_intent_to_order_seconds", "intent to entry order acknowledged",
-                                         "s").record(max(0.0, time.time() - inp.intent_at_ms / 1000))
+            meter.create_histogram_float(
+                "quantum_intent_to_order_seconds", "intent to entry order acknowledged", "s"
+            ).record(max(0.0, time.time() - inp.intent_at_ms / 1000))
         return outcome
 
     async def _place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
@@ -121,8 +132,13 @@ class ExchangeActivities:
             if order is None:
                 try:
                     order = await self.client.new_order(
-                        inp.symbol, inp.side, "MARKET", inp.quantity, reduce_only=inp.reduce_only,
-                        client_order_id=inp.client_order_id)
+                        inp.symbol,
+                        inp.side,
+                        "MARKET",
+                        inp.quantity,
+                        reduce_only=inp.reduce_only,
+                        client_order_id=inp.client_order_id,
+                    )
                 except UnknownOutcomeError:
                     order = await self._look_up(inp.symbol, inp.client_order_id)
                     if order is None:
@@ -131,31 +147,53 @@ class ExchangeActivities:
                 except RejectedError as err:
                     if inp.reduce_only and err.code == -2022:
                         # Nothing left to reduce: the venue closed the position (hard stop, liquidation).
-                        return OrderOutcome(client_order_id=inp.client_order_id, order_id=0,
-                                            status=OrderStatus.REJECTED, executed_qty=Decimal(0),
-                                            avg_price=Decimal(0))
+                        return OrderOutcome(
+                            client_order_id=inp.client_order_id,
+                            order_id=0,
+                            status=OrderStatus.REJECTED,
+                            executed_qty=Decimal(0),
+                            avg_price=Decimal(0),
+                        )
                     raise
             order = await self._until_final(inp.symbol, order)
             fills = await self._fills(inp.symbol, order)
-        return OrderOutcome(client_order_id=order.client_order_id, order_id=order.order_id,
-                            status=OrderStatus(order.status), executed_qty=order.executed_qty,
-                            avg_price=order.avg_price, fills=fills, recovered=recovered)
+        return OrderOutcome(
+            client_order_id=order.client_order_id,
+            order_id=order.order_id,
+            status=OrderStatus(order.status),
+            executed_qty=order.executed_qty,
+            avg_price=order.avg_price,
+            fills=fills,
+            recovered=recovered,
+        )
 
     @activity.defn(name="place_stop")
     async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
         with venue_errors():
-            algo = await self.client.find_algo_order(inp.client_algo_id) if activity.info().attempt > 1 else None
+            algo = (
+                await self.client.find_algo_order(inp.client_algo_id) if activity.info().attempt > 1 else None
+            )
             if algo is None:
                 try:
                     algo = await self.client.new_algo_order(
-                        inp.symbol, inp.side, "STOP_MARKET", inp.trigger_price, close_position=True,
-                        working_type=inp.working_type, client_algo_id=inp.client_algo_id)
+                        inp.symbol,
+                        inp.side,
+                        "STOP_MARKET",
+                        inp.trigger_price,
+                        close_position=True,
+                        working_type=inp.working_type,
+                        client_algo_id=inp.client_algo_id,
+                    )
                 except UnknownOutcomeError:
                     algo = await self.client.find_algo_order(inp.client_algo_id)
                     if algo is None:
                         raise
-        return StopOutcome(client_algo_id=algo.client_algo_id, algo_id=algo.algo_id, status=algo.algo_status,
-                           trigger_price=algo.trigger_price or inp.trigger_price)
+        return StopOutcome(
+            client_algo_id=algo.client_algo_id,
+            algo_id=algo.algo_id,
+            status=algo.algo_status,
+            trigger_price=algo.trigger_price or inp.trigger_price,
+        )
 
     @activity.defn(name="cancel_stop")
     async def cancel_stop(self, inp: CancelStopInput) -> bool:
@@ -183,9 +221,19 @@ class ExchangeActivities:
                 if cid is None:
                     order = await self.client.query_order(inp.symbol, order_id=t.order_id)
                     cid = order.client_order_id
-                fills.append(Fill(client_order_id=cid, side=t.side, price=t.price, qty=t.qty,  # type: ignore[arg-type]
-                                  fee=t.commission, time_ms=t.time, order_id=t.order_id, trade_id=t.id,
-                                  maker=t.maker))
+                fills.append(
+                    Fill(
+                        client_order_id=cid,
+                        side=t.side,
+                        price=t.price,
+                        qty=t.qty,  # type: ignore[arg-type]
+                        fee=t.commission,
+                        time_ms=t.time,
+                        order_id=t.order_id,
+                        trade_id=t.id,
+                        maker=t.maker,
+                    )
+                )
         return fills
 
     # --- helpers ---
@@ -212,7 +260,17 @@ class ExchangeActivities:
             return []
         trades = await self.client.user_trades(symbol, order_id=order.order_id)
         return [
-            Fill(client_order_id=order.client_order_id, side=t.side, price=t.price, qty=t.qty,  # type: ignore[arg-type]
-                 fee=t.commission, time_ms=t.time, order_id=t.order_id, trade_id=t.id, maker=t.maker)
-            for t in trades if t.order_id == order.order_id
+            Fill(
+                client_order_id=order.client_order_id,
+                side=t.side,
+                price=t.price,
+                qty=t.qty,  # type: ignore[arg-type]
+                fee=t.commission,
+                time_ms=t.time,
+                order_id=t.order_id,
+                trade_id=t.id,
+                maker=t.maker,
+            )
+            for t in trades
+            if t.order_id == order.order_id
         ]

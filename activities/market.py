@@ -34,7 +34,10 @@ class MarketActivities:
         with venue_errors():
             rules = (await self._all_rules()).get(inp.symbol)
             if rules is None or rules.status != "TRADING":
-                raise ApplicationError(f"{inp.symbol} is not a trading symbol on the exchange",
-                                       type="UnknownSymbol", non_retryable=True)
+                raise ApplicationError(
+                    f"{inp.symbol} is not a trading symbol on the exchange",
+                    type="UnknownSymbol",
+                    non_retryable=True,
+                )
             mark = (await self.client.premium_index(inp.symbol)).mark_price if inp.want_price else None
         return SymbolCheck(rules=rules, mark_price=mark)

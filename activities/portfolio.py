@@ -15,7 +15,9 @@ from workflows.messages import LIFECYCLE_TASK_QUEUE, DecisionBatch, PortfolioInp
 
 
 class PortfolioActivities:
-    def __init__(self, client: Client, default_policy: RiskPolicy, holder_check_seconds: float = 30.0) -> None:
+    def __init__(
+        self, client: Client, default_policy: RiskPolicy, holder_check_seconds: float = 30.0
+    ) -> None:
         self.client = client
         self.default_policy = default_policy
         self.holder_check_seconds = holder_check_seconds
@@ -27,9 +29,11 @@ class PortfolioActivities:
         await self.client.start_workflow(
             "PortfolioWorkflow",
             PortfolioInput(policy=self.default_policy, holder_check_seconds=self.holder_check_seconds),
-            id=portfolio_id, task_queue=LIFECYCLE_TASK_QUEUE,
+            id=portfolio_id,
+            task_queue=LIFECYCLE_TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="request_reservation", start_signal_args=[request],
+            start_signal="request_reservation",
+            start_signal_args=[request],
             static_summary="Portfolio: position slots, notional budget and risk limits",
         )
 
@@ -45,7 +49,8 @@ class PortfolioActivities:
             async with limit:
                 try:
                     await self.client.get_workflow_handle(decision.holder_id).signal(
-                        "reservation_decided", decision)
+                        "reservation_decided", decision
+                    )
                 except RPCError as err:
                     if err.status == RPCStatusCode.NOT_FOUND:
                         return decision.holder_id

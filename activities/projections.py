@@ -51,46 +51,91 @@ class ProjectionActivities:
         v = inp.view
         now_ms = int(time.time() * 1000)
         snapshot = {
-            "symbol": v.symbol, "side": v.side.value, "status": v.status.value, "workflow_id": v.workflow_id,
-            "qty": _s(v.open_qty), "entry_price": _s(v.entry_price), "mark_price": _s(v.mark_price),
-            "unrealized_pnl": _s(v.unrealized_pnl), "realized_pnl": _s(v.realized_pnl), "fees": _s(v.fees),
-            "stop_loss": _s(v.stop_loss_price), "take_profit": _s(v.take_profit_price),
-            "hard_stop": _s(v.hard_stop_price), "strategy": inp.intent.strategy,
-            "source": inp.intent.source.value, "updated_at": str(now_ms),
+            "symbol": v.symbol,
+            "side": v.side.value,
+            "status": v.status.value,
+            "workflow_id": v.workflow_id,
+            "qty": _s(v.open_qty),
+            "entry_price": _s(v.entry_price),
+            "mark_price": _s(v.mark_price),
+            "unrealized_pnl": _s(v.unrealized_pnl),
+            "realized_pnl": _s(v.realized_pnl),
+            "fees": _s(v.fees),
+            "stop_loss": _s(v.stop_loss_price),
+            "take_profit": _s(v.take_profit_price),
+            "hard_stop": _s(v.hard_stop_price),
+            "strategy": inp.intent.strategy,
+            "source": inp.intent.source.value,
+            "updated_at": str(now_ms),
         }
         await self.redis.hset(SNAPSHOT_KEY.format(symbol=v.symbol), mapping=snapshot)
         if inp.kind == "apply_result" and inp.outcome is not None:
             o = inp.outcome
             fields = {
-                "workflow_id": v.workflow_id, "symbol": v.symbol, "action": inp.action or "",
-                "side": v.side.value, "client_order_id": o.client_order_id, "order_id": str(o.order_id),
-                "status": o.status.value, "executed_qty": str(o.executed_qty), "avg_price": str(o.avg_price),
-                "fees": str(sum(f.fee for f in o.fills)), "recovered": str(o.recovered).lower(),
-                "intent_id": _s(inp.intent.intent_id), "timestamp": str(now_ms),
+                "workflow_id": v.workflow_id,
+                "symbol": v.symbol,
+                "action": inp.action or "",
+                "side": v.side.value,
+                "client_order_id": o.client_order_id,
+                "order_id": str(o.order_id),
+                "status": o.status.value,
+                "executed_qty": str(o.executed_qty),
+                "avg_price": str(o.avg_price),
+                "fees": str(sum(f.fee for f in o.fills)),
+                "recovered": str(o.recovered).lower(),
+                "intent_id": _s(inp.intent.intent_id),
+                "timestamp": str(now_ms),
             }
             await self._append_once(f"apply:{o.client_order_id}", APPLY_RESULT_STREAM, fields)
         elif inp.kind == "trade_closed":
             fields = {
-                "workflow_id": v.workflow_id, "symbol": v.symbol, "side": v.side.value,
-                "status": v.status.value, "realized_pnl": str(v.realized_pnl), "fees": str(v.fees),
-                "reason": _s(v.reason), "strategy": inp.intent.strategy, "source": inp.intent.source.value,
-                "intent_id": _s(inp.intent.intent_id), "timestamp": str(now_ms),
+                "workflow_id": v.workflow_id,
+                "symbol": v.symbol,
+                "side": v.side.value,
+                "status": v.status.value,
+                "realized_pnl": str(v.realized_pnl),
+                "fees": str(v.fees),
+                "reason": _s(v.reason),
+                "strategy": inp.intent.strategy,
+                "source": inp.intent.source.value,
+                "intent_id": _s(inp.intent.intent_id),
+                "timestamp": str(now_ms),
             }
-            await self._append_once(f"closed:{v.workflow_id}", TRADE_CLOSED_STREAM, fields,
-                                    ledger=LEDGER_KEY.format(symbol=v.symbol), pnl=v.realized_pnl, fees=v.fees)
+            await self._append_once(
+                f"closed:{v.workflow_id}",
+                TRADE_CLOSED_STREAM,
+                fields,
+                ledger=LEDGER_KEY.format(symbol=v.symbol),
+                pnl=v.realized_pnl,
+                fees=v.fees,
+            )
 
     @activity.defn(name="project_portfolio")
     async def project_portfolio(self, view: PortfolioView) -> None:
-        await self.redis.hset(PORTFOLIO_KEY, mapping={
-            "slots_used": view.slots_used, "max_open_positions": view.policy.max_open_positions,
-            "notional_used": str(view.notional_used),
-            "max_total_notional": str(view.policy.max_total_notional_usdt),
-            "kill_switch": str(view.policy.kill_switch).lower(), "emergency": view.book.emergency.value,
-            "holders": json.dumps(sorted(view.book.reservations)), "updated_at": int(time.time() * 1000),
-        })
+        await self.redis.hset(
+            PORTFOLIO_KEY,
+            mapping={
+                "slots_used": view.slots_used,
+                "max_open_positions": view.policy.max_open_positions,
+                "notional_used": str(view.notional_used),
+                "max_total_notional": str(view.policy.max_total_notional_usdt),
+                "kill_switch": str(view.policy.kill_switch).lower(),
+                "emergency": view.book.emergency.value,
+                "holders": json.dumps(sorted(view.book.reservations)),
+                "updated_at": int(time.time() * 1000),
+            },
+        )
 
-    async def _append_once(self, event_id: str, stream: str, fields: dict[str, str], *, ledger: str = "",
-                           pnl: object = None, fees: object = None) -> None:
+    async def _append_once(
+        self,
+        event_id: str,
+        stream: str,
+        fields: dict[str, str],
+        *,
+        ledger: str = "",
+        pnl: object = None,
+        fees: object = None,
+    ) -> None:
         args: list[str] = [str(DEDUPE_TTL_S), str(STREAM_MAXLEN), _s(pnl), _s(fees)]
         for key, value in fields.items():
             args += [key, value]

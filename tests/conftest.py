@@ -40,8 +40,11 @@ class PaperExchange:
     def admin(self, method: str, path: str, json: Any = None) -> Any:
         """Call an `/admin/...` endpoint (prices, faults, clock), authenticated with the paper key."""
         resp = httpx.request(
-            method, f"{self.base_url}/admin/{path.lstrip('/')}", json=json,
-            headers={"X-MBX-APIKEY": self.api_key}, timeout=10,
+            method,
+            f"{self.base_url}/admin/{path.lstrip('/')}",
+            json=json,
+            headers={"X-MBX-APIKEY": self.api_key},
+            timeout=10,
         )
         resp.raise_for_status()
         return resp.json() if resp.content else None
@@ -56,9 +59,14 @@ class PaperExchange:
         self.admin("DELETE", "faults")
 
 
-def start_paper_exchange(tmp: Path, *extra: str, state_path: Path | None = None,
-                         port: int | None = None, api_key: str | None = None,
-                         api_secret: str | None = None) -> PaperExchange:
+def start_paper_exchange(
+    tmp: Path,
+    *extra: str,
+    state_path: Path | None = None,
+    port: int | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+) -> PaperExchange:
     port = port or free_port()
     api_key = api_key or secrets.token_hex(32)
     api_secret = api_secret or secrets.token_hex(32)
@@ -66,8 +74,20 @@ def start_paper_exchange(tmp: Path, *extra: str, state_path: Path | None = None,
     env = {**os.environ, "BINANCE_API_KEY": api_key, "BINANCE_API_SECRET": api_secret}
     proc = ManagedProcess(
         name="paper-exchange",
-        argv=[sys.executable, "-m", "exchange.paper", "--host", "127.0.0.1", "--port", str(port),
-              "--state", str(state_path), "--prices", "manual", *extra],
+        argv=[
+            sys.executable,
+            "-m",
+            "exchange.paper",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state",
+            str(state_path),
+            "--prices",
+            "manual",
+            *extra,
+        ],
         log_path=tmp / f"paper-{port}.log",
         env=env,
         cwd=REPO,

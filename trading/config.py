@@ -112,9 +112,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.gov_max_notional_per_trade_usdt > self.gov_max_total_notional_usdt:
-            raise ValueError(
-                "GOV_MAX_NOTIONAL_PER_TRADE_USDT must not exceed GOV_MAX_TOTAL_NOTIONAL_USDT"
-            )
+            raise ValueError("GOV_MAX_NOTIONAL_PER_TRADE_USDT must not exceed GOV_MAX_TOTAL_NOTIONAL_USDT")
         if self.trading_mode is TradingMode.LIVE and not self.live_trading_enabled:
             raise ValueError(
                 "TRADING_MODE=live needs LIVE_TRADING_ENABLED=true as well: live mode must be asked for "

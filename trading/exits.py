@@ -34,8 +34,9 @@ def _away(entry: Decimal, pct: Decimal, side: Side, *, adverse: bool) -> Decimal
     return entry * (1 + direction * pct / HUNDRED)
 
 
-def exit_levels(side: Side, entry: Decimal, rules: SymbolRules, overrides: ExitOverrides | None,
-                hard_stop_pct: Decimal) -> ExitLevels:
+def exit_levels(
+    side: Side, entry: Decimal, rules: SymbolRules, overrides: ExitOverrides | None, hard_stop_pct: Decimal
+) -> ExitLevels:
     """Price levels from the intent's overrides (absolute prices win over percentages), rounded to tick.
     The hard stop is never inside the stop-loss: it is the venue-side safety net behind it."""
     o = overrides or ExitOverrides()
@@ -53,8 +54,14 @@ def exit_levels(side: Side, entry: Decimal, rules: SymbolRules, overrides: ExitO
     )
 
 
-def check_exit(side: Side, entry: Decimal, open_qty: Decimal, mark: Decimal, levels: ExitLevels,
-               max_unrealized_loss_pct: Decimal) -> ExitSignal | None:
+def check_exit(
+    side: Side,
+    entry: Decimal,
+    open_qty: Decimal,
+    mark: Decimal,
+    levels: ExitLevels,
+    max_unrealized_loss_pct: Decimal,
+) -> ExitSignal | None:
     """The first exit the mark price calls for, or None. Emergency first, then stop, then target."""
     if open_qty <= 0 or entry <= 0:
         return None
@@ -85,7 +92,9 @@ def close_quantity(requested: Decimal | None, open_qty: Decimal, rules: SymbolRu
     return qty
 
 
-def entry_quantity(notional: Decimal, mark: Decimal, rules: SymbolRules, asked_qty: Decimal | None) -> Decimal:
+def entry_quantity(
+    notional: Decimal, mark: Decimal, rules: SymbolRules, asked_qty: Decimal | None
+) -> Decimal:
     """Quantity for a granted notional at the mark price, never above what was asked, on the step grid."""
     qty = rules.round_qty(notional / mark, market=True)
     if asked_qty is not None:

@@ -163,8 +163,12 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
     """Grant (possibly reduced to fit the limits) or deny naming the gate. Does not change the book."""
     existing = book.reservations.get(req.holder_id)
     if existing is not None:  # a repeated request from the same holder gets its original answer
-        return Grant(holder_id=req.holder_id, notional_usdt=existing.notional_usdt,
-                     max_unrealized_loss_pct=policy.max_unrealized_loss_pct, hard_stop_pct=policy.hard_stop_pct)
+        return Grant(
+            holder_id=req.holder_id,
+            notional_usdt=existing.notional_usdt,
+            max_unrealized_loss_pct=policy.max_unrealized_loss_pct,
+            hard_stop_pct=policy.hard_stop_pct,
+        )
 
     def deny(gate: Gate, reason: str) -> Denial:
         return Denial(holder_id=req.holder_id, gate=gate, reason=reason)
@@ -239,8 +243,9 @@ def adjust(book: PortfolioBook, holder_id: str, notional_usdt: Decimal) -> bool:
     return True
 
 
-def release(book: PortfolioBook, policy: RiskPolicy, holder_id: str, now_ms: int, *,
-            cooldown: bool = True) -> Reservation | None:
+def release(
+    book: PortfolioBook, policy: RiskPolicy, holder_id: str, now_ms: int, *, cooldown: bool = True
+) -> Reservation | None:
     """Free the holder's slot and notional (idempotent: a second release returns None). The symbol
     cools down after a position that traded, not after an entry that never filled."""
     res = book.reservations.pop(holder_id, None)

@@ -74,7 +74,9 @@ class PositionTally(BaseModel):
             self.cost_basis += fill.price * fill.qty
             return
         if fill.qty > self.open_qty:
-            raise OverfillError(f"fill {fill.client_order_id} closes {fill.qty} but only {self.open_qty} is open")
+            raise OverfillError(
+                f"fill {fill.client_order_id} closes {fill.qty} but only {self.open_qty} is open"
+            )
         released = self.cost_basis * fill.qty / self.open_qty
         self.realized_gross += (fill.price * fill.qty - released) * self.side.sign
         self.cost_basis -= released

@@ -43,9 +43,17 @@ def _cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_addresses(found: dict[str, str]) -> None:
-    labels = {"temporal": "Temporal", "ui": "Web UI", "redis": "Redis", "exchange": "Exchange",
-              "exchange_ws": "Exchange WS", "lifecycle_metrics": "Metrics", "exchange_metrics": "Metrics",
-              "mode": "Mode", "home": "Data folder"}
+    labels = {
+        "temporal": "Temporal",
+        "ui": "Web UI",
+        "redis": "Redis",
+        "exchange": "Exchange",
+        "exchange_ws": "Exchange WS",
+        "lifecycle_metrics": "Metrics",
+        "exchange_metrics": "Metrics",
+        "mode": "Mode",
+        "home": "Data folder",
+    }
     for key, value in found.items():
         print(f"{labels.get(key, key):<12} {value}")
 
@@ -55,8 +63,6 @@ def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     argv = ["--host", args.host, "--port", str(args.port or settings.paper_exchange_port), *args.rest]
     return run(argv)
-
-
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,13 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     stack_p = sub.add_parser("stack", help="the local stack: Temporal dev server, Redis, paper exchange")
     stack_sub = stack_p.add_subparsers(dest="stack_command", required=True)
     up = stack_sub.add_parser("up", help="start the local stack and wait until every part answers")
-    up.add_argument("--prices", choices=["replay", "synthetic", "manual"], default="replay",
-                    help="paper exchange price source (default: replay of the shipped real klines)")
+    up.add_argument(
+        "--prices",
+        choices=["replay", "synthetic", "manual"],
+        default="replay",
+        help="paper exchange price source (default: replay of the shipped real klines)",
+    )
     up.add_argument("--speed", type=float, default=1.0, help="market clock speed of the replay")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each service")
     up.set_defaults(func=_cmd_stack_up)
     stack_sub.add_parser("down", help="stop exactly the processes `stack up` started").set_defaults(
-        func=_cmd_stack_down)
+        func=_cmd_stack_down
+    )
     st = stack_sub.add_parser("status", help="addresses and liveness of the stack")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(func=_cmd_stack_status)
@@ -123,16 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exchange", help="the paper exchange")
     ex_sub = ex.add_subparsers(dest="exchange_command", required=True)
     serve = ex_sub.add_parser(
-        "serve", help="run the Binance-compatible paper exchange in the foreground",
+        "serve",
+        help="run the Binance-compatible paper exchange in the foreground",
         epilog="Further options of `python -m exchange.paper --help` (--prices, --state, --speed, ...) are "
-               "passed through.")
+        "passed through.",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: PAPER_EXCHANGE_PORT (8765)")
     serve.set_defaults(func=_cmd_exchange_serve, rest=[])
 
-    worker = sub.add_parser("worker", help="run a Temporal worker in the foreground (SIGTERM stops it gracefully)")
-    worker.add_argument("kind", choices=["lifecycle", "exchange"],
-                        help="lifecycle: position + portfolio workflows; exchange: Binance activities")
+    worker = sub.add_parser(
+        "worker", help="run a Temporal worker in the foreground (SIGTERM stops it gracefully)"
+    )
+    worker.add_argument(
+        "kind",
+        choices=["lifecycle", "exchange"],
+        help="lifecycle: position + portfolio workflows; exchange: Binance activities",
+    )
     worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     worker.set_defaults(func=_cmd_worker)
 

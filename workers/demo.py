@@ -12,7 +12,13 @@ from exchange.client import BinanceFuturesClient
 from trading.config import Settings
 from trading.intents import Side
 from workers.stack import paper_keys
-from workflows.messages import LIFECYCLE_TASK_QUEUE, PositionInput, PositionResult, PositionStatus, PositionView
+from workflows.messages import (
+    LIFECYCLE_TASK_QUEUE,
+    PositionInput,
+    PositionResult,
+    PositionStatus,
+    PositionView,
+)
 
 
 def _paper_settings(settings: Settings) -> Settings:
@@ -20,7 +26,9 @@ def _paper_settings(settings: Settings) -> Settings:
     if settings.binance_api_key and settings.binance_api_secret:
         return settings
     key, secret = paper_keys(settings)
-    return settings.model_copy(update={"binance_api_key": SecretStr(key), "binance_api_secret": SecretStr(secret)})
+    return settings.model_copy(
+        update={"binance_api_key": SecretStr(key), "binance_api_secret": SecretStr(secret)}
+    )
 
 
 async def client_round_trip(settings: Settings, symbol: str, notional: Decimal) -> None:
@@ -35,17 +43,27 @@ async def client_round_trip(settings: Settings, symbol: str, notional: Decimal) 
         tag = str(int(time.time()))
         entry = await client.new_order(symbol, "BUY", "MARKET", qty, client_order_id=f"demo-{tag}-open")
         print(f"opened   {entry.executed_qty} @ {entry.avg_price} ({entry.status})")
-        stop = await client.new_algo_order(symbol, "SELL", "STOP_MARKET", rules.round_price(mark * Decimal("0.97")),
-                                           close_position=True, client_algo_id=f"demo-{tag}-stop")
+        stop = await client.new_algo_order(
+            symbol,
+            "SELL",
+            "STOP_MARKET",
+            rules.round_price(mark * Decimal("0.97")),
+            close_position=True,
+            client_algo_id=f"demo-{tag}-stop",
+        )
         print(f"stop     STOP_MARKET close-position at {stop.trigger_price} ({stop.algo_status})")
         position = next(p for p in await client.position_risk(symbol) if p.position_amt != 0)
-        print(f"position {position.position_amt} @ {position.entry_price}, uPnL {position.un_realized_profit}")
+        print(
+            f"position {position.position_amt} @ {position.entry_price}, uPnL {position.un_realized_profit}"
+        )
         half = rules.round_qty(qty / 2, market=True)
-        reduce = await client.new_order(symbol, "SELL", "MARKET", half, reduce_only=True,
-                                        client_order_id=f"demo-{tag}-reduce")
+        reduce = await client.new_order(
+            symbol, "SELL", "MARKET", half, reduce_only=True, client_order_id=f"demo-{tag}-reduce"
+        )
         print(f"reduced  {reduce.executed_qty} @ {reduce.avg_price}")
-        close = await client.new_order(symbol, "SELL", "MARKET", qty - half, reduce_only=True,
-                                       client_order_id=f"demo-{tag}-close")
+        close = await client.new_order(
+            symbol, "SELL", "MARKET", qty - half, reduce_only=True, client_order_id=f"demo-{tag}-close"
+        )
         print(f"closed   {close.executed_qty} @ {close.avg_price}")
         ids = {entry.order_id, reduce.order_id, close.order_id}
         trades = [t for t in await client.user_trades(symbol, limit=100) if t.order_id in ids]
@@ -63,21 +81,34 @@ async def workflow_round_trip(settings: Settings, symbol: str, notional: Decimal
     wf_id = f"position-{symbol}-demo-{int(time.time())}"
     print(f"\n== position workflow {wf_id}")
     handle = await client.start_workflow(
-        "PositionWorkflow", PositionInput(symbol=symbol, side=Side.LONG, notional_usdt=notional, strategy="demo"),
-        id=wf_id, task_queue=LIFECYCLE_TASK_QUEUE, result_type=PositionResult,
-        static_summary=f"LONG {symbol} {notional} USDT (demo)")
+        "PositionWorkflow",
+        PositionInput(symbol=symbol, side=Side.LONG, notional_usdt=notional, strategy="demo"),
+        id=wf_id,
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        result_type=PositionResult,
+        static_summary=f"LONG {symbol} {notional} USDT (demo)",
+    )
     async with asyncio.timeout(60):
         while True:
             view = await handle.query("state", result_type=PositionView)
-            if view.status not in (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING):
+            if view.status not in (
+                PositionStatus.VALIDATING,
+                PositionStatus.GOVERNING,
+                PositionStatus.ENTERING,
+            ):
                 break
             await asyncio.sleep(0.2)
-    print(f"state    {view.status.value} {view.open_qty} @ {view.entry_price}; next trigger: {view.next_trigger}")
+    print(
+        f"state    {view.status.value} {view.open_qty} @ {view.entry_price}; "
+        f"next trigger: {view.next_trigger}"
+    )
     if view.status is PositionStatus.OPEN:
         await handle.execute_update("close", {"reason": "demo"})
     result = await asyncio.wait_for(handle.result(), 60)
-    print(f"result   {result.status.value}: entry {result.entry_price} exit {result.exit_price:.2f} "
-          f"net PnL {result.realized_pnl:.4f} USDT (fees {result.fees:.4f}) {result.rejection_reason or ''}")
+    print(
+        f"result   {result.status.value}: entry {result.entry_price} exit {result.exit_price:.2f} "
+        f"net PnL {result.realized_pnl:.4f} USDT (fees {result.fees:.4f}) {result.rejection_reason or ''}"
+    )
     ui = f"http://127.0.0.1:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}/workflows/{wf_id}"
     print(f"see it   {ui}")
     return 0 if result.status in (PositionStatus.CLOSED, PositionStatus.REJECTED) else 1

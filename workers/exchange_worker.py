@@ -20,8 +20,16 @@ def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
     return Worker(
         client,
         task_queue=EXCHANGE_TASK_QUEUE,
-        activities=[acts.prepare_entry, acts.set_leverage, acts.get_mark_price, acts.get_position,
-                    acts.place_order, acts.place_stop, acts.cancel_stop, acts.sync_fills],
+        activities=[
+            acts.prepare_entry,
+            acts.set_leverage,
+            acts.get_mark_price,
+            acts.get_position,
+            acts.place_order,
+            acts.place_stop,
+            acts.cancel_stop,
+            acts.sync_fills,
+        ],
         graceful_shutdown_timeout=timedelta(seconds=10),
         max_concurrent_activities=200,
     )

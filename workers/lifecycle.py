@@ -26,19 +26,27 @@ from workflows.position import PositionWorkflow
 log = logging.getLogger("qtrader.worker.lifecycle")
 
 
-def lifecycle_worker(client: Client, settings: Settings, redis: aioredis.Redis,
-                     market: BinanceFuturesClient) -> Worker:
+def lifecycle_worker(
+    client: Client, settings: Settings, redis: aioredis.Redis, market: BinanceFuturesClient
+) -> Worker:
     """`market` is a keyless exchange client: the lifecycle worker reads public market data only."""
-    portfolio = PortfolioActivities(client, RiskPolicy.from_settings(settings),
-                                    settings.portfolio_holder_check_seconds)
+    portfolio = PortfolioActivities(
+        client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
+    )
     projections = ProjectionActivities(redis)
     symbols = MarketActivities(market)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
         workflows=[PositionWorkflow, PortfolioWorkflow],
-        activities=[portfolio.request_reservation, portfolio.deliver_decisions, portfolio.find_stopped_holders,
-                    projections.project_position, projections.project_portfolio, symbols.check_symbol],
+        activities=[
+            portfolio.request_reservation,
+            portfolio.deliver_decisions,
+            portfolio.find_stopped_holders,
+            projections.project_position,
+            projections.project_portfolio,
+            symbols.check_symbol,
+        ],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
@@ -46,8 +54,9 @@ def lifecycle_worker(client: Client, settings: Settings, redis: aioredis.Redis,
 async def run(settings: Settings, metrics_port: int | None) -> None:
     client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
     await ensure_search_attributes(client)
-    redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=2,
-                           socket_connect_timeout=2)
+    redis = aioredis.Redis(
+        host=settings.redis_host, port=settings.redis_port, socket_timeout=2, socket_connect_timeout=2
+    )
     async with BinanceFuturesClient(settings.rest_url, None, None) as market:
         worker = lifecycle_worker(client, settings, redis, market)
         await run_until_sigterm(worker, "lifecycle", metrics_port)
@@ -61,9 +70,14 @@ async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(worker.run())
-    print(f"{name} worker polling task queue {worker.task_queue!r}"
-          + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""), flush=True)
-    done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    print(
+        f"{name} worker polling task queue {worker.task_queue!r}"
+        + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""),
+        flush=True,
+    )
+    done, _ = await asyncio.wait(
+        {task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
     if task not in done:
         log.info("%s worker: shutting down", name)
         await worker.shutdown()

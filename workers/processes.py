@@ -111,9 +111,7 @@ class ManagedProcess:
         raise StartupError(f"{self.name} did not answer {what} within {timeout:.0f} s:\n{self.log_tail()}")
 
 
-def stop_pid(
-    pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None
-) -> None:
+def stop_pid(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM the process (and its group, which it leads), then SIGKILL after `timeout`."""
     if not pid_alive(pid):
         return

@@ -24,8 +24,13 @@ SEARCH_ATTRIBUTES = {
 
 # For `temporal server start-dev --search-attribute NAME=TYPE`.
 CLI_SEARCH_ATTRIBUTES = {
-    "Symbol": "Keyword", "Side": "Keyword", "PositionStatus": "Keyword", "Strategy": "Keyword",
-    "Source": "Keyword", "RealizedPnl": "Double", "OpenedAt": "Datetime",
+    "Symbol": "Keyword",
+    "Side": "Keyword",
+    "PositionStatus": "Keyword",
+    "Strategy": "Keyword",
+    "Source": "Keyword",
+    "RealizedPnl": "Double",
+    "OpenedAt": "Datetime",
 }
 
 
@@ -33,21 +38,32 @@ def metrics_runtime(port: int | None, host: str = "127.0.0.1") -> Runtime | None
     """A runtime whose Prometheus endpoint serves the SDK's metrics and ours (created through its meter)."""
     if not port:  # None or 0: no metrics endpoint
         return None
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
-        bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True)))
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True
+            )
+        )
+    )
 
 
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     kwargs = {"runtime": runtime} if runtime is not None else {}
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                data_converter=pydantic_data_converter, **kwargs)
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        **kwargs,
+    )
 
 
 async def ensure_search_attributes(client: Client) -> None:
     """Register the position search attributes if the server lacks them (e.g. a fresh compose stack)."""
     existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace))
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
     missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in existing.custom_attributes}
     if missing:
         await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing))
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )

@@ -51,15 +51,30 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
 _CLIENTS_MADE: list[object] = []
 POSITION_TYPE = "PositionWorkflow"
 # Statuses after which `trade open --wait` stops waiting.
-SETTLED = {PositionStatus.OPEN, PositionStatus.REJECTED, PositionStatus.FAILED, PositionStatus.CLOSED,
-           PositionStatus.CANCELLED}
+SETTLED = {
+    PositionStatus.OPEN,
+    PositionStatus.REJECTED,
+    PositionStatus.FAILED,
+    PositionStatus.CLOSED,
+    PositionStatus.CANCELLED,
+}
 # Statuses that mean the venue check (the workflow's first step) has passed.
 VALIDATED = SETTLED | {PositionStatus.GOVERNING, PositionStatus.ENTERING, PositionStatus.CLOSING}
 # Command-line flag of each intent field, for error messages.
-FLAGS = {"symbol": "--symbol", "side": "--side", "quantity": "--quantity", "notional_usdt": "--notional",
-         "leverage": "--leverage", "strategy": "--strategy", "intent_id": "--intent-id",
-         "confidence": "--confidence", "kill_score": "--kill-score", "regime": "--regime",
-         "exits.stop_loss_pct": "--stop-loss-pct", "exits.take_profit_pct": "--take-profit-pct"}
+FLAGS = {
+    "symbol": "--symbol",
+    "side": "--side",
+    "quantity": "--quantity",
+    "notional_usdt": "--notional",
+    "leverage": "--leverage",
+    "strategy": "--strategy",
+    "intent_id": "--intent-id",
+    "confidence": "--confidence",
+    "kill_score": "--kill-score",
+    "regime": "--regime",
+    "exits.stop_loss_pct": "--stop-loss-pct",
+    "exits.take_profit_pct": "--take-profit-pct",
+}
 
 
 class CliError(Exception):
@@ -74,14 +89,21 @@ class CliError(Exception):
 def add_subcommands(sub: Any, trade: Callable[..., int], portfolio: Callable[..., int]) -> None:
     """Register `trade ...` and `portfolio ...` on the top-level subparsers; `trade` / `portfolio` are the
     handlers `workers.cli` dispatches to (they call `run_trade` / `run_portfolio`)."""
-    tr = sub.add_parser("trade", help="manual trades: open, close, list and show position workflows",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr = sub.add_parser(
+        "trade",
+        help="manual trades: open, close, list and show position workflows",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tr_sub = tr.add_subparsers(dest="trade_command", required=True)
 
-    op = tr_sub.add_parser("open", help="start a PositionWorkflow for one trade intent",
-                           epilog="Give the size as exactly one of --notional (USDT) or --quantity (base "
-                                  "asset); or give the whole intent as --json '{...}' (the same JSON as "
-                                  "`temporal workflow start --input`).")
+    op = tr_sub.add_parser(
+        "open",
+        help="start a PositionWorkflow for one trade intent",
+        epilog="Give the size as exactly one of --notional (USDT) or --quantity (base "
+        "asset); or give the whole intent as --json '{...}' (the same JSON as "
+        "`temporal workflow start --input`).",
+    )
     op.add_argument("--symbol", help="USD-M perpetual, e.g. BTCUSDT")
     op.add_argument("--side", help="LONG or SHORT")
     op.add_argument("--notional", help="size in USDT at entry")
@@ -94,10 +116,17 @@ def add_subcommands(sub: Any, trade: Callable[..., int], portfolio: Callable[...
     op.add_argument("--kill-score", help="0..1 (default 0)")
     op.add_argument("--regime", help="market regime tag (default unknown)")
     op.add_argument("--intent-id", help="your own idempotency / reference id")
-    op.add_argument("--json", dest="json_input", metavar="JSON",
-                    help="the whole intent as one JSON object (instead of the flags above)")
-    op.add_argument("--id", dest="workflow_id",
-                    help="workflow id (default position-SYMBOL-STRATEGY-<random>); an existing id is refused")
+    op.add_argument(
+        "--json",
+        dest="json_input",
+        metavar="JSON",
+        help="the whole intent as one JSON object (instead of the flags above)",
+    )
+    op.add_argument(
+        "--id",
+        dest="workflow_id",
+        help="workflow id (default position-SYMBOL-STRATEGY-<random>); an existing id is refused",
+    )
     op.add_argument("--wait", action="store_true", help="wait until the position is OPEN, REJECTED or FAILED")
     op.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     op.set_defaults(func=trade, trade_run=_open)
@@ -136,9 +165,11 @@ def add_subcommands(sub: Any, trade: Callable[..., int], portfolio: Callable[...
     em = pf_sub.add_parser("emergency", help="set the emergency-stop state (NORMAL resumes after a flatten)")
     em.add_argument("state", choices=["NORMAL", "WARNING", "CRITICAL", "HALTED"])
     em.set_defaults(func=portfolio, portfolio_run=_emergency)
-    po = pf_sub.add_parser("policy", help="show the active risk policy, or change fields of it",
-                           epilog="Values are JSON (5, 2.5, true) or text; allowlist takes BTCUSDT,ETHUSDT "
-                                  "or *.")
+    po = pf_sub.add_parser(
+        "policy",
+        help="show the active risk policy, or change fields of it",
+        epilog="Values are JSON (5, 2.5, true) or text; allowlist takes BTCUSDT,ETHUSDT or *.",
+    )
     po.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     po.add_argument("--json", action="store_true")
     po.set_defaults(func=portfolio, portfolio_run=_policy)
@@ -201,10 +232,18 @@ def parse_intent(raw: object, flags: dict[str, str] | None = None) -> PositionIn
 
 
 def intent_from_args(args: argparse.Namespace) -> PositionInput:
-    flag_values = {"symbol": args.symbol, "side": args.side, "notional_usdt": args.notional,
-                   "quantity": args.quantity, "leverage": args.leverage, "strategy": args.strategy,
-                   "confidence": args.confidence, "kill_score": args.kill_score, "regime": args.regime,
-                   "intent_id": args.intent_id}
+    flag_values = {
+        "symbol": args.symbol,
+        "side": args.side,
+        "notional_usdt": args.notional,
+        "quantity": args.quantity,
+        "leverage": args.leverage,
+        "strategy": args.strategy,
+        "confidence": args.confidence,
+        "kill_score": args.kill_score,
+        "regime": args.regime,
+        "intent_id": args.intent_id,
+    }
     exits = {"stop_loss_pct": args.stop_loss_pct, "take_profit_pct": args.take_profit_pct}
     given = {k: v for k, v in flag_values.items() if v is not None}
     given_exits = {k: v for k, v in exits.items() if v is not None}
@@ -236,8 +275,10 @@ def default_workflow_id(intent: PositionInput) -> str:
 
 def ui_link(settings: Settings, workflow_id: str) -> str:
     host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
-    return (f"http://{host}:{settings.temporal_ui_port}/namespaces/{quote(settings.temporal_namespace)}"
-            f"/workflows/{quote(workflow_id, safe='')}")
+    return (
+        f"http://{host}:{settings.temporal_ui_port}/namespaces/{quote(settings.temporal_namespace)}"
+        f"/workflows/{quote(workflow_id, safe='')}"
+    )
 
 
 def _parse_model(model: type[BaseModel], raw: dict[str, Any], what: str) -> Any:
@@ -255,8 +296,10 @@ async def _client(settings: Settings) -> Client:
     try:
         return await asyncio.wait_for(connect(settings), timeout=10)
     except (TimeoutError, RuntimeError, OSError) as err:
-        raise CliError(f"cannot reach Temporal at {settings.temporal_address} ({err or 'timed out'}); "
-                       "is the stack up (`qtrader stack up`)?") from None
+        raise CliError(
+            f"cannot reach Temporal at {settings.temporal_address} ({err or 'timed out'}); "
+            "is the stack up (`qtrader stack up`)?"
+        ) from None
 
 
 def _failure_text(err: BaseException) -> tuple[str, str | None]:
@@ -311,7 +354,10 @@ async def _open(args: argparse.Namespace, settings: Settings) -> int:
     client = await _client(settings)
     try:
         handle = await client.start_workflow(
-            POSITION_TYPE, intent, id=workflow_id, task_queue=LIFECYCLE_TASK_QUEUE,
+            POSITION_TYPE,
+            intent,
+            id=workflow_id,
+            task_queue=LIFECYCLE_TASK_QUEUE,
             result_type=PositionResult,
             # A position id is never reused: client order ids derive from it.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -319,8 +365,10 @@ async def _open(args: argparse.Namespace, settings: Settings) -> int:
             static_summary=summary(intent),
         )
     except WorkflowAlreadyStartedError:
-        raise CliError(f"workflow id {workflow_id!r} already exists (running or closed): nothing was "
-                       "started; choose another --id") from None
+        raise CliError(
+            f"workflow id {workflow_id!r} already exists (running or closed): nothing was "
+            "started; choose another --id"
+        ) from None
     print(f"started {workflow_id}: {summary(intent)}")
     print(f"Web UI  {ui_link(settings, workflow_id)}")
     sys.stdout.flush()
@@ -340,10 +388,14 @@ async def _open(args: argparse.Namespace, settings: Settings) -> int:
         await asyncio.sleep(0.1)
     else:
         if args.wait:
-            raise CliError(f"{workflow_id}: still {status.value if status else 'VALIDATING'} after "
-                           f"{args.timeout:g} s (are both workers running?)")
-        print(f"status  {status.value if status else 'VALIDATING'} (not validated yet; "
-              "is the lifecycle worker running?)")
+            raise CliError(
+                f"{workflow_id}: still {status.value if status else 'VALIDATING'} after "
+                f"{args.timeout:g} s (are both workers running?)"
+            )
+        print(
+            f"status  {status.value if status else 'VALIDATING'} (not validated yet; "
+            "is the lifecycle worker running?)"
+        )
         return EXIT_OK
     run_status, status = await _position_status(handle)
     if run_status == WorkflowExecutionStatus.COMPLETED:
@@ -357,8 +409,10 @@ async def _open(args: argparse.Namespace, settings: Settings) -> int:
         view: PositionView = await handle.query("state", result_type=PositionView)
         print(_format_view(view))
     else:
-        print(f"status  {status.value if status else 'VALIDATING'} (follow it with `qtrader trade show "
-              f"{workflow_id}`)")
+        print(
+            f"status  {status.value if status else 'VALIDATING'} (follow it with `qtrader trade show "
+            f"{workflow_id}`)"
+        )
     return EXIT_OK
 
 
@@ -376,14 +430,19 @@ async def _close(args: argparse.Namespace, settings: Settings) -> int:
     handle = client.get_workflow_handle(args.workflow_id, result_type=PositionResult)
     try:
         result: CloseResult = await handle.execute_update(
-            "close", request.model_dump(mode="json", exclude_none=True), result_type=CloseResult,
-            rpc_timeout=timedelta(seconds=args.timeout))
+            "close",
+            request.model_dump(mode="json", exclude_none=True),
+            result_type=CloseResult,
+            rpc_timeout=timedelta(seconds=args.timeout),
+        )
     except WorkflowUpdateFailedError as err:
         raise CliError(f"close refused: {_failure_text(err)[0]}") from None
     except RPCError as err:
         if _not_found(err) and "completed" in err.message:
-            raise CliError(f"close refused: {args.workflow_id} has already finished; see `qtrader trade show "
-                           f"{args.workflow_id}`") from None
+            raise CliError(
+                f"close refused: {args.workflow_id} has already finished; see `qtrader trade show "
+                f"{args.workflow_id}`"
+            ) from None
         if _not_found(err):
             raise CliError(f"close refused: no position workflow {args.workflow_id!r}") from None
         raise CliError(f"close failed: {err.message}") from None
@@ -393,8 +452,10 @@ async def _close(args: argparse.Namespace, settings: Settings) -> int:
         print(f"closed {result.closed_qty} @ {result.avg_price}; remaining {result.remaining_qty}")
     if args.wait and result.remaining_qty == 0:
         final: PositionResult = await asyncio.wait_for(handle.result(), args.timeout)
-        print(f"result  {final.status.value}: {final.quantity} {final.symbol} entry {final.entry_price} exit "
-              f"{final.exit_price}; realized {final.realized_pnl} USDT (fees {final.fees})")
+        print(
+            f"result  {final.status.value}: {final.quantity} {final.symbol} entry {final.entry_price} exit "
+            f"{final.exit_price}; realized {final.realized_pnl} USDT (fees {final.fees})"
+        )
     return EXIT_OK
 
 
@@ -407,14 +468,17 @@ def _fmt(value: Any) -> str:
 
 
 def _format_view(v: PositionView) -> str:
-    return "\n".join([
-        f"status  {v.status.value}  {v.side.value} {_fmt(v.open_qty)} {v.symbol} @ {_fmt(v.entry_price)}",
-        f"mark    {_fmt(v.mark_price)}  unrealized {_fmt(v.unrealized_pnl)}  realized {_fmt(v.realized_pnl)}"
-        f"  fees {_fmt(v.fees)}",
-        f"stops   stop-loss {_fmt(v.stop_loss_price)}  take-profit {_fmt(v.take_profit_price)}  "
-        f"hard stop {_fmt(v.hard_stop_price)}",
-        *([f"reason  {v.reason}"] if v.reason else []),
-    ])
+    return "\n".join(
+        [
+            f"status  {v.status.value}  {v.side.value} {_fmt(v.open_qty)} {v.symbol} @ {_fmt(v.entry_price)}",
+            f"mark    {_fmt(v.mark_price)}  unrealized {_fmt(v.unrealized_pnl)}  "
+            f"realized {_fmt(v.realized_pnl)}"
+            f"  fees {_fmt(v.fees)}",
+            f"stops   stop-loss {_fmt(v.stop_loss_price)}  take-profit {_fmt(v.take_profit_price)}  "
+            f"hard stop {_fmt(v.hard_stop_price)}",
+            *([f"reason  {v.reason}"] if v.reason else []),
+        ]
+    )
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
@@ -426,16 +490,21 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     async def row(e: Any) -> dict[str, Any]:
         sa = e.search_attributes
-        base = {"workflow_id": e.id, "run_status": e.status.name if e.status else None,
-                "symbol": (sa.get("Symbol") or [None])[0], "side": (sa.get("Side") or [None])[0],
-                "status": (sa.get("PositionStatus") or ["VALIDATING"])[0],
-                "realized_pnl": (sa.get("RealizedPnl") or [None])[0],
-                "started": e.start_time.isoformat() if e.start_time else None}
+        base = {
+            "workflow_id": e.id,
+            "run_status": e.status.name if e.status else None,
+            "symbol": (sa.get("Symbol") or [None])[0],
+            "side": (sa.get("Side") or [None])[0],
+            "status": (sa.get("PositionStatus") or ["VALIDATING"])[0],
+            "realized_pnl": (sa.get("RealizedPnl") or [None])[0],
+            "started": e.start_time.isoformat() if e.start_time else None,
+        }
         if e.status != WorkflowExecutionStatus.RUNNING:
             return base
         try:
             v: PositionView = await client.get_workflow_handle(e.id).query(
-                "state", result_type=PositionView, rpc_timeout=timedelta(seconds=5))
+                "state", result_type=PositionView, rpc_timeout=timedelta(seconds=5)
+            )
         except Exception as err:  # no worker, or the run just ended: keep what visibility knows
             return {**base, "error": str(err)}
         return {**base, **v.model_dump(mode="json", exclude={"workflow_id"})}
@@ -448,11 +517,21 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
         print("no position workflows" + ("" if args.all else " running"))
         return EXIT_OK
     header = ("WORKFLOW ID", "SYMBOL", "SIDE", "STATUS", "QTY", "ENTRY", "MARK", "UPNL", "STOP", "REALIZED")
-    table = [header] + [(
-        r["workflow_id"], _fmt(r.get("symbol")), _fmt(r.get("side")), _fmt(r.get("status")),
-        _fmt(r.get("open_qty")), _fmt(r.get("entry_price")), _fmt(r.get("mark_price")),
-        _fmt(r.get("unrealized_pnl")), _fmt(r.get("stop_loss_price") or r.get("hard_stop_price")),
-        _fmt(r.get("realized_pnl"))) for r in rows]
+    table = [header] + [
+        (
+            r["workflow_id"],
+            _fmt(r.get("symbol")),
+            _fmt(r.get("side")),
+            _fmt(r.get("status")),
+            _fmt(r.get("open_qty")),
+            _fmt(r.get("entry_price")),
+            _fmt(r.get("mark_price")),
+            _fmt(r.get("unrealized_pnl")),
+            _fmt(r.get("stop_loss_price") or r.get("hard_stop_price")),
+            _fmt(r.get("realized_pnl")),
+        )
+        for r in rows
+    ]
     widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
@@ -473,14 +552,20 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         if _not_found(err):
             raise CliError(f"no position workflow {args.workflow_id!r}") from None
         raise CliError(str(err)) from None
-    out: dict[str, Any] = {"workflow_id": handle.id, "run_status": desc.status.name if desc.status else None,
-                           "link": ui_link(settings, handle.id)}
+    out: dict[str, Any] = {
+        "workflow_id": handle.id,
+        "run_status": desc.status.name if desc.status else None,
+        "link": ui_link(settings, handle.id),
+    }
     if desc.status == WorkflowExecutionStatus.RUNNING:
         view = await handle.query("state", result_type=PositionView)
         fills = await handle.query("fills", result_type=list[Fill])
         pnl = await handle.query("pnl", result_type=dict[str, Decimal])
-        out.update(state=view.model_dump(mode="json"), fills=[f.model_dump(mode="json") for f in fills],
-                   pnl={k: str(v) for k, v in pnl.items()})
+        out.update(
+            state=view.model_dump(mode="json"),
+            fills=[f.model_dump(mode="json") for f in fills],
+            pnl={k: str(v) for k, v in pnl.items()},
+        )
     elif desc.status == WorkflowExecutionStatus.COMPLETED:
         result = await handle.result()
         out["result"] = result.model_dump(mode="json")
@@ -502,8 +587,10 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         print("pnl     " + "  ".join(f"{k} {v}" for k, v in out["pnl"].items()))
     elif "result" in out:
         r = out["result"]
-        print(f"result  {r['status']} {r['side']} {r['quantity']} {r['symbol']}  entry {r['entry_price']}  "
-              f"exit {r['exit_price']}  realized {r['realized_pnl']} (fees {r['fees']})")
+        print(
+            f"result  {r['status']} {r['side']} {r['quantity']} {r['symbol']}  entry {r['entry_price']}  "
+            f"exit {r['exit_price']}  realized {r['realized_pnl']} (fees {r['fees']})"
+        )
         reason = r.get("exit_reason") or r.get("rejection_reason")
         if reason:
             print(f"reason  {reason}")
@@ -521,24 +608,32 @@ def _portfolio_start(args: argparse.Namespace, settings: Settings) -> Any:
 
     return WithStartWorkflowOperation(
         "PortfolioWorkflow",
-        PortfolioInput(policy=RiskPolicy.from_settings(settings),
-                       holder_check_seconds=getattr(settings, "portfolio_holder_check_seconds", 30.0)),
-        id=args.portfolio_id, task_queue=LIFECYCLE_TASK_QUEUE,
+        PortfolioInput(
+            policy=RiskPolicy.from_settings(settings),
+            holder_check_seconds=getattr(settings, "portfolio_holder_check_seconds", 30.0),
+        ),
+        id=args.portfolio_id,
+        task_queue=LIFECYCLE_TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary="Portfolio: position slots, notional budget and risk limits",
     )
 
 
-async def _portfolio_update(args: argparse.Namespace, settings: Settings, name: str, arg: Any,
-                            result_type: type) -> Any:
+async def _portfolio_update(
+    args: argparse.Namespace, settings: Settings, name: str, arg: Any, result_type: type
+) -> Any:
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
     client = await _client(settings)
     try:
         return await client.execute_update_with_start_workflow(
-            name, arg, start_workflow_operation=_portfolio_start(args, settings), result_type=result_type,
-            rpc_timeout=timedelta(seconds=30))
+            name,
+            arg,
+            start_workflow_operation=_portfolio_start(args, settings),
+            result_type=result_type,
+            rpc_timeout=timedelta(seconds=30),
+        )
     except WorkflowUpdateFailedError as err:
         raise CliError(f"{name} refused: {_failure_text(err)[0]}") from None
     except RPCError as err:
@@ -551,7 +646,8 @@ async def _portfolio_view(args: argparse.Namespace, settings: Settings) -> Portf
     client = await _client(settings)
     try:
         return await client.get_workflow_handle(args.portfolio_id).query(
-            "state", result_type=PortfolioView, rpc_timeout=timedelta(seconds=10))
+            "state", result_type=PortfolioView, rpc_timeout=timedelta(seconds=10)
+        )
     except RPCError as err:
         if _not_found(err):
             return None
@@ -570,8 +666,10 @@ async def _portfolio_show(args: argparse.Namespace, settings: Settings) -> int:
             policy = RiskPolicy.from_settings(settings).model_dump(mode="json")
             print(json.dumps({"running": False, "policy": policy}))
         else:
-            print(f"{args.portfolio_id} is not running yet (the first position, or `qtrader portfolio "
-                  "kill-switch`, starts it); it would start with this policy:")
+            print(
+                f"{args.portfolio_id} is not running yet (the first position, or `qtrader portfolio "
+                "kill-switch`, starts it); it would start with this policy:"
+            )
             _print_policy(RiskPolicy.from_settings(settings))
         return EXIT_OK
     if args.json:
@@ -579,9 +677,11 @@ async def _portfolio_show(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     switch = "ON" if view.policy.kill_switch else "off"
     print(f"{args.portfolio_id}: {view.book.emergency.value}, kill switch {switch}")
-    print(f"slots   {view.slots_used}/{view.policy.max_open_positions}   notional {_fmt(view.notional_used)}"
-          f"/{_fmt(view.policy.max_total_notional_usdt)} USDT   granted {view.granted_total}  "
-          f"denied {view.denied_total}")
+    print(
+        f"slots   {view.slots_used}/{view.policy.max_open_positions}   notional {_fmt(view.notional_used)}"
+        f"/{_fmt(view.policy.max_total_notional_usdt)} USDT   granted {view.granted_total}  "
+        f"denied {view.denied_total}"
+    )
     for holder, r in sorted(view.book.reservations.items()):
         print(f"  {holder:<40} {r.symbol:<12} {r.side.value:<5} {_fmt(r.notional_usdt)} USDT")
     print("policy")
@@ -590,19 +690,24 @@ async def _portfolio_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _kill_switch(args: argparse.Namespace, settings: Settings) -> int:
-    request = _parse_model(KillSwitchRequest, {"on": args.state == "on", "reason": args.reason},
-                           "kill switch")
-    policy = await _portfolio_update(args, settings, "set_kill_switch", request.model_dump(mode="json"),
-                                     RiskPolicy)
-    print(f"kill switch {'ON: new entries are denied' if policy.kill_switch else 'off: entries allowed'} "
-          f"({args.portfolio_id})")
+    request = _parse_model(
+        KillSwitchRequest, {"on": args.state == "on", "reason": args.reason}, "kill switch"
+    )
+    policy = await _portfolio_update(
+        args, settings, "set_kill_switch", request.model_dump(mode="json"), RiskPolicy
+    )
+    print(
+        f"kill switch {'ON: new entries are denied' if policy.kill_switch else 'off: entries allowed'} "
+        f"({args.portfolio_id})"
+    )
     return EXIT_OK
 
 
 async def _flatten(args: argparse.Namespace, settings: Settings) -> int:
     request = _parse_model(FlattenRequest, {"reason": args.reason}, "flatten request")
-    holders = await _portfolio_update(args, settings, "emergency_flatten", request.model_dump(mode="json"),
-                                      list[str])
+    holders = await _portfolio_update(
+        args, settings, "emergency_flatten", request.model_dump(mode="json"), list[str]
+    )
     print(f"{args.portfolio_id} HALTED; told {len(holders)} position(s) to close:")
     for holder in holders:
         print(f"  {holder}")

@@ -215,5 +215,6 @@ def parse_message(model: type[M], raw: object) -> M:
         return model.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}" for e in err.errors())
+            f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}" for e in err.errors()
+        )
         raise ValueError(f"invalid {model.__name__}: {problems}") from None

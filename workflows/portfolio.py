@@ -44,7 +44,9 @@ with workflow.unsafe.imports_passed_through():
 HOLDER_CHECK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 PROJECTION_RETRY = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(seconds=1))
 PROJECTION_INTERVAL_S = 2.0
-DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
+)
 LAST_DECISIONS_KEPT = 50
 
 
@@ -69,8 +71,9 @@ class PortfolioWorkflow:
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
         self._slots = self._meter.create_gauge("quantum_portfolio_slots_used", "position slots in use")
         self._open = self._meter.create_gauge("quantum_open_positions", "positions holding a reservation")
-        self._notional = self._meter.create_gauge_float("quantum_portfolio_notional_used_usdt",
-                                                        "reserved notional")
+        self._notional = self._meter.create_gauge_float(
+            "quantum_portfolio_notional_used_usdt", "reserved notional"
+        )
 
     @workflow.run
     async def run(self, inp: PortfolioInput) -> None:
@@ -84,8 +87,11 @@ class PortfolioWorkflow:
             if wait > 0:
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self.pending or self._flatten or (self._dirty and not was_dirty)),
-                        timeout=timedelta(seconds=wait))
+                        lambda was=was_dirty: bool(
+                            self.pending or self._flatten or (self._dirty and not was)
+                        ),
+                        timeout=timedelta(seconds=wait),
+                    )
                 except TimeoutError:
                     pass
             await self._decide_pending()
@@ -96,13 +102,23 @@ class PortfolioWorkflow:
                 next_check = workflow.time() + inp.holder_check_seconds
             self._project_if_due()
             info = workflow.info()
-            if info.is_continue_as_new_suggested() or info.get_current_history_length() > inp.max_history_events:
+            if (
+                info.is_continue_as_new_suggested()
+                or info.get_current_history_length() > inp.max_history_events
+            ):
                 await asyncio.gather(*self._deliveries, *self._projections)
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(PortfolioInput(
-                    policy=self.policy, book=self.book, pending=self.pending,
-                    holder_check_seconds=inp.holder_check_seconds, max_history_events=inp.max_history_events,
-                    granted_total=self.granted_total, denied_total=self.denied_total))
+                workflow.continue_as_new(
+                    PortfolioInput(
+                        policy=self.policy,
+                        book=self.book,
+                        pending=self.pending,
+                        holder_check_seconds=inp.holder_check_seconds,
+                        max_history_events=inp.max_history_events,
+                        granted_total=self.granted_total,
+                        denied_total=self.denied_total,
+                    )
+                )
 
     # ------------------------------------------------------------------ decisions
     async def _decide_pending(self) -> None:
@@ -128,8 +144,11 @@ class PortfolioWorkflow:
 
     async def _deliver(self, decisions: list[Grant | Denial]) -> None:
         gone: list[str] = await workflow.execute_activity(
-            "deliver_decisions", DecisionBatch(decisions=decisions), result_type=list[str],
-            task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=30),
+            "deliver_decisions",
+            DecisionBatch(decisions=decisions),
+            result_type=list[str],
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DELIVERY_RETRY,
         )
         for holder in gone:  # terminated between asking and hearing back: take the slot back
@@ -139,7 +158,9 @@ class PortfolioWorkflow:
     async def _flatten_holders(self) -> None:
         while self._flatten:
             req = self._flatten.pop(0)
-            await asyncio.gather(*(self._tell_flatten(holder, req) for holder in list(self.book.reservations)))
+            await asyncio.gather(
+                *(self._tell_flatten(holder, req) for holder in list(self.book.reservations))
+            )
 
     async def _tell_flatten(self, holder: str, req: FlattenRequest) -> None:
         try:
@@ -152,8 +173,12 @@ class PortfolioWorkflow:
         if not holders:
             return
         stopped: list[str] = await workflow.execute_activity(
-            "find_stopped_holders", holders, result_type=list[str], task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=HOLDER_CHECK_RETRY,
+            "find_stopped_holders",
+            holders,
+            result_type=list[str],
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=HOLDER_CHECK_RETRY,
         )
         for holder in stopped:
             if release(self.book, self.policy, holder, self._now_ms()) is not None:
@@ -238,9 +263,13 @@ class PortfolioWorkflow:
     @workflow.query(name="state")
     def state(self) -> PortfolioView:
         return PortfolioView(
-            policy=self.policy, book=self.book, slots_used=len(self.book.reservations),
-            notional_used=self.book.total_notional, granted_total=self.granted_total,
-            denied_total=self.denied_total, last_decisions=self.last_decisions,
+            policy=self.policy,
+            book=self.book,
+            slots_used=len(self.book.reservations),
+            notional_used=self.book.total_notional,
+            granted_total=self.granted_total,
+            denied_total=self.denied_total,
+            last_decisions=self.last_decisions,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -251,7 +280,11 @@ class PortfolioWorkflow:
         """Write `quantum:portfolio:state` at most every PROJECTION_INTERVAL_S, when something changed.
         Redis is a read model: a failed write is simply superseded by the next one."""
         self._projections = [p for p in self._projections if not p.done()]
-        if not self._dirty or self._projections or workflow.time() < self._projected_at + PROJECTION_INTERVAL_S:
+        if (
+            not self._dirty
+            or self._projections
+            or workflow.time() < self._projected_at + PROJECTION_INTERVAL_S
+        ):
             return
         self._dirty = False
         self._projected_at = workflow.time()
@@ -260,8 +293,12 @@ class PortfolioWorkflow:
     async def _project(self, view: PortfolioView) -> None:
         try:
             await workflow.execute_activity(
-                "project_portfolio", view, task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5), retry_policy=PROJECTION_RETRY)
+                "project_portfolio",
+                view,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=PROJECTION_RETRY,
+            )
         except ActivityError:
             self._dirty = True  # try again with the next state
 
@@ -273,5 +310,3 @@ class PortfolioWorkflow:
         self._slots.set(len(self.book.reservations))
         self._open.set(len(self.book.reservations))
         self._notional.set(float(self.book.total_notional))
-
-

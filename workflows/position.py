@@ -23,10 +23,9 @@ with workflow.unsafe.imports_passed_through():
         EntryMarket,
         ExchangePosition,
         ExchangePositionInput,
-        OrderStatus,
-        SyncFillsInput,
         MarkPriceInput,
         OrderOutcome,
+        OrderStatus,
         PlaceOrderInput,
         PlaceStopInput,
         PrepareEntryInput,
@@ -34,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         StopOutcome,
         SymbolCheck,
         SymbolCheckInput,
+        SyncFillsInput,
     )
     from trading.exits import ExitLevels, check_exit, close_quantity, entry_quantity, exit_levels
     from trading.governor import Denial, Gate, Grant, ReservationRequest
@@ -70,12 +70,21 @@ SEARCH_ATTRIBUTES = [SA_SYMBOL, SA_SIDE, SA_STATUS, SA_STRATEGY, SA_SOURCE, SA_R
 
 # Reads and idempotent writes retry briefly; orders retry only after the activity has looked the order
 # up by its client id (the activity does that on every attempt after the first).
-QUICK_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
-                          maximum_attempts=10, non_retryable_error_types=["Rejected", "UnknownSymbol"])
-ORDER_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10),
-                          maximum_attempts=0, non_retryable_error_types=["Rejected", "UnknownSymbol"])
-PROJECTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15),
-                               maximum_attempts=0)
+QUICK_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=10,
+    non_retryable_error_types=["Rejected", "UnknownSymbol"],
+)
+ORDER_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=0,
+    non_retryable_error_types=["Rejected", "UnknownSymbol"],
+)
+PROJECTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
+)
 
 
 _NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
@@ -103,7 +112,10 @@ class PositionWorkflow:
             given = 0 if raw is _NO_INPUT else 1 + len(extra)
             raise ApplicationError(
                 f"input: PositionWorkflow takes exactly one trade intent, a JSON object "
-                f"(--input '{{\"symbol\": ...}}'); {given} given", type="InvalidIntent", non_retryable=True)
+                f"(--input '{{\"symbol\": ...}}'); {given} given",
+                type="InvalidIntent",
+                non_retryable=True,
+            )
         inp = raw if isinstance(raw, PositionInput) else PositionInput.model_validate(raw)
         self.input = inp
         carry = inp.carry
@@ -116,8 +128,11 @@ class PositionWorkflow:
         self.fills: list[Fill] = list(carry.fills) if carry else []
         self.levels: ExitLevels | None = None
         if carry and carry.hard_stop_price is not None:
-            self.levels = ExitLevels(stop_loss=carry.stop_loss_price, take_profit=carry.take_profit_price,
-                                     hard_stop=carry.hard_stop_price)
+            self.levels = ExitLevels(
+                stop_loss=carry.stop_loss_price,
+                take_profit=carry.take_profit_price,
+                hard_stop=carry.hard_stop_price,
+            )
         self.hard_stop_id: str | None = carry.hard_stop_id if carry else None
         self.exit_seq = carry.exit_seq if carry else 0
         self.opened_at_ms = carry.opened_at_ms if carry else 0
@@ -137,8 +152,11 @@ class PositionWorkflow:
     async def run(self, raw: object = _NO_INPUT, *extra: object) -> PositionResult:
         inp = self.input
         if inp.carry is not None and workflow.info().continued_run_id is None:
-            raise ApplicationError("carry: only set by the workflow's own continue-as-new",
-                                   type="InvalidIntent", non_retryable=True)
+            raise ApplicationError(
+                "carry: only set by the workflow's own continue-as-new",
+                type="InvalidIntent",
+                non_retryable=True,
+            )
         try:
             if inp.carry is None:
                 check = await self._validate()
@@ -182,23 +200,32 @@ class PositionWorkflow:
     async def _validate(self) -> SymbolCheck:
         try:
             return await workflow.execute_local_activity(
-                "check_symbol", SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
-                result_type=SymbolCheck, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
+                "check_symbol",
+                SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
+                result_type=SymbolCheck,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=QUICK_RETRY,
             )
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as the activity's own ApplicationError, not wrapped.
             cause = err.cause if isinstance(err, ActivityError) else err
             if isinstance(cause, ApplicationError) and cause.type == "UnknownSymbol":
                 self._set_status(PositionStatus.FAILED)
-                raise ApplicationError(f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True) from None
+                raise ApplicationError(
+                    f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True
+                ) from None
             raise
 
     async def _govern(self, check: SymbolCheck) -> Grant | Denial:
         self._set_status(PositionStatus.GOVERNING)
         notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * (check.mark_price or 0)
         request = ReservationRequest(
-            holder_id=workflow.info().workflow_id, symbol=self.intent.symbol, side=self.intent.side,
-            notional_usdt=notional, kill_score=self.intent.kill_score, intent_id=self.intent.intent_id,
+            holder_id=workflow.info().workflow_id,
+            symbol=self.intent.symbol,
+            side=self.intent.side,
+            notional_usdt=notional,
+            kill_score=self.intent.kill_score,
+            intent_id=self.intent.intent_id,
         )
         self._decision: Grant | Denial | None = None
         while self._decision is None:
@@ -207,12 +234,16 @@ class PositionWorkflow:
             except FailureError:
                 # No portfolio running yet: signal-with-start it (the stack normally starts it first).
                 await workflow.execute_activity(
-                    "request_reservation", args=[DEFAULT_PORTFOLIO_ID, request],
-                    task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                    "request_reservation",
+                    args=[DEFAULT_PORTFOLIO_ID, request],
+                    task_queue=LIFECYCLE_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=10),
                     retry_policy=QUICK_RETRY,
                 )
             try:
-                await workflow.wait_condition(lambda: self._decision is not None, timeout=timedelta(minutes=2))
+                await workflow.wait_condition(
+                    lambda: self._decision is not None, timeout=timedelta(minutes=2)
+                )
             except TimeoutError:
                 continue  # the portfolio answers a repeated request with its first decision
         if isinstance(self._decision, Grant):
@@ -222,8 +253,12 @@ class PositionWorkflow:
     async def _prepare_entry(self) -> EntryMarket:
         """Fresh rules and mark price for sizing, once a slot is granted."""
         return await workflow.execute_activity(
-            "prepare_entry", PrepareEntryInput(symbol=self.intent.symbol), result_type=EntryMarket,
-            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
+            "prepare_entry",
+            PrepareEntryInput(symbol=self.intent.symbol),
+            result_type=EntryMarket,
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=QUICK_RETRY,
         )
 
     async def _enter(self, market: EntryMarket) -> None:
@@ -232,13 +267,19 @@ class PositionWorkflow:
         qty = entry_quantity(self.grant.notional_usdt, market.mark_price, market.rules, self.intent.quantity)
         if qty < market.rules.market_min_qty or qty * market.mark_price < market.rules.min_notional:
             self.exit_reason = ExitReason.ENTRY_UNFILLED.value
-            self.denial = Denial(holder_id=self.grant.holder_id, gate=Gate.EXCHANGE_MINIMUM,
-                                 reason=f"granted {self.grant.notional_usdt} USDT is below the exchange minimum "
-                                        f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)")
+            self.denial = Denial(
+                holder_id=self.grant.holder_id,
+                gate=Gate.EXCHANGE_MINIMUM,
+                reason=f"granted {self.grant.notional_usdt} USDT is below the exchange minimum "
+                f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)",
+            )
             return
         await workflow.execute_activity(
-            "set_leverage", SetLeverageInput(symbol=self.intent.symbol, leverage=self.intent.leverage),
-            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10), retry_policy=QUICK_RETRY,
+            "set_leverage",
+            SetLeverageInput(symbol=self.intent.symbol, leverage=self.intent.leverage),
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=QUICK_RETRY,
         )
         outcome = await self._order(self.intent.side.entry_order_side, qty, "entry", reduce_only=False)
         self.opened_at_ms = int(workflow.now().timestamp() * 1000)
@@ -248,10 +289,13 @@ class PositionWorkflow:
             return
         filled_notional = filled.entry_notional
         if filled_notional < self.grant.notional_usdt:
-            await self._portfolio_signal("adjust_reservation", AdjustRequest(
-                holder_id=self.grant.holder_id, notional_usdt=filled_notional))
-        self.levels = exit_levels(self.intent.side, filled.avg_entry, market.rules, self.intent.exits,
-                                  self.grant.hard_stop_pct)
+            await self._portfolio_signal(
+                "adjust_reservation",
+                AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
+            )
+        self.levels = exit_levels(
+            self.intent.side, filled.avg_entry, market.rules, self.intent.exits, self.grant.hard_stop_pct
+        )
         self.mark = outcome.avg_price
         await self._place_hard_stop()
         self._project("apply_result", action="entry", outcome=outcome)
@@ -262,10 +306,16 @@ class PositionWorkflow:
         try:
             await workflow.execute_activity(
                 "place_stop",
-                PlaceStopInput(symbol=self.intent.symbol, side=self.intent.side.exit_order_side,
-                               trigger_price=self.levels.hard_stop, client_algo_id=self.hard_stop_id),
-                result_type=StopOutcome, task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=15), retry_policy=ORDER_RETRY,
+                PlaceStopInput(
+                    symbol=self.intent.symbol,
+                    side=self.intent.side.exit_order_side,
+                    trigger_price=self.levels.hard_stop,
+                    client_algo_id=self.hard_stop_id,
+                ),
+                result_type=StopOutcome,
+                task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=15),
+                retry_policy=ORDER_RETRY,
             )
         except ActivityError as err:
             # The venue refused the stop (e.g. it would trigger at once): the internal checks still
@@ -278,7 +328,8 @@ class PositionWorkflow:
             if not self._queue:
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self._queue), timeout=timedelta(seconds=self.options.mark_check_seconds))
+                        lambda: bool(self._queue), timeout=timedelta(seconds=self.options.mark_check_seconds)
+                    )
                 except TimeoutError:
                     await self._check_mark()
             await self._process_exits()
@@ -288,12 +339,22 @@ class PositionWorkflow:
     async def _check_mark(self) -> None:
         assert self.levels is not None and self.grant is not None
         self.mark = await workflow.execute_activity(
-            "get_mark_price", MarkPriceInput(symbol=self.intent.symbol), result_type=Decimal,
-            task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=5), retry_policy=QUICK_RETRY,
+            "get_mark_price",
+            MarkPriceInput(symbol=self.intent.symbol),
+            result_type=Decimal,
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=5),
+            retry_policy=QUICK_RETRY,
         )
         t = self._tally()
-        signal = check_exit(self.intent.side, t.open_entry_price, t.open_qty, self.mark, self.levels,
-                            self.grant.max_unrealized_loss_pct)
+        signal = check_exit(
+            self.intent.side,
+            t.open_entry_price,
+            t.open_qty,
+            self.mark,
+            self.levels,
+            self.grant.max_unrealized_loss_pct,
+        )
         if signal is not None and not self._queue:
             self._enqueue(None, signal.reason, "internal")
         self._update_details()
@@ -306,24 +367,34 @@ class PositionWorkflow:
             qty = close_quantity(ticket.quantity, t.open_qty, self.rules)
             if qty <= 0:
                 self._results[ticket.ticket] = CloseResult(
-                    closed_qty=Decimal(0), avg_price=Decimal(0), remaining_qty=t.open_qty, noop=True,
-                    detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero")
+                    closed_qty=Decimal(0),
+                    avg_price=Decimal(0),
+                    remaining_qty=t.open_qty,
+                    noop=True,
+                    detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero",
+                )
                 continue
             self._set_status(PositionStatus.CLOSING)
             self.exit_seq += 1
-            outcome = await self._order(self.intent.side.exit_order_side, qty, f"x{self.exit_seq}",
-                                        reduce_only=True)
+            outcome = await self._order(
+                self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
+            )
             if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
                 # Nothing left to reduce at the venue: its hard stop or a liquidation closed the position.
                 await self._settle_with_venue()
                 self._results[ticket.ticket] = CloseResult(
-                    closed_qty=Decimal(0), avg_price=Decimal(0), remaining_qty=self._tally().open_qty, noop=True,
-                    detail=f"the exchange had already closed the position ({self.exit_reason})")
+                    closed_qty=Decimal(0),
+                    avg_price=Decimal(0),
+                    remaining_qty=self._tally().open_qty,
+                    noop=True,
+                    detail=f"the exchange had already closed the position ({self.exit_reason})",
+                )
                 self._queue.clear()
                 return
             remaining = self._tally().open_qty
             self._results[ticket.ticket] = CloseResult(
-                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price, remaining_qty=remaining)
+                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price, remaining_qty=remaining
+            )
             self.exit_reason, self.exit_controller = ticket.reason, ticket.controller
             self._project("apply_result", action="exit", outcome=outcome)
             if remaining > 0:
@@ -333,23 +404,30 @@ class PositionWorkflow:
         """Take the venue's fills for this position (one position per symbol) and its word on the size."""
         known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
         fills = await workflow.execute_activity(
-            "sync_fills", SyncFillsInput(symbol=self.intent.symbol, since_ms=self.opened_at_ms - 5_000,
-                                         order_ids=known),
-            result_type=list[Fill], task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=20),
+            "sync_fills",
+            SyncFillsInput(symbol=self.intent.symbol, since_ms=self.opened_at_ms - 5_000, order_ids=known),
+            result_type=list[Fill],
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=20),
             retry_policy=QUICK_RETRY,
         )
         seen = {f.trade_id for f in self.fills}
         new = [f for f in fills if f.trade_id not in seen and f.side == self.intent.side.exit_order_side]
         self.fills.extend(new)
-        hard_stop_hit = self.hard_stop_id is not None and any(f.client_order_id == self.hard_stop_id for f in new)
+        hard_stop_hit = self.hard_stop_id is not None and any(
+            f.client_order_id == self.hard_stop_id for f in new
+        )
         self.exit_reason = ExitReason.HARD_STOP.value if hard_stop_hit else ExitReason.EXCHANGE_CLOSED.value
         self.exit_controller = "exchange"
         if hard_stop_hit:
             self.hard_stop_id = None  # it has fired: nothing left to cancel
         if self._tally().open_qty > 0:
             venue = await workflow.execute_activity(
-                "get_position", ExchangePositionInput(symbol=self.intent.symbol), result_type=ExchangePosition,
-                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                "get_position",
+                ExchangePositionInput(symbol=self.intent.symbol),
+                result_type=ExchangePosition,
+                task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=QUICK_RETRY,
             )
             self._venue_flat = venue.position_amt == 0
@@ -359,8 +437,10 @@ class PositionWorkflow:
     async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
         if self.hard_stop_id is not None:
             await workflow.execute_activity(
-                "cancel_stop", CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
-                task_queue=EXCHANGE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+                "cancel_stop",
+                CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
+                task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=QUICK_RETRY,
             )
             self.hard_stop_id = None
@@ -375,12 +455,18 @@ class PositionWorkflow:
     async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
         outcome = await workflow.execute_activity(
             "place_order",
-            PlaceOrderInput(symbol=self.intent.symbol, side=side, quantity=qty,  # type: ignore[arg-type]
-                            client_order_id=client_order_id(workflow.info().workflow_id, step),
-                            reduce_only=reduce_only,
-                            intent_at_ms=int(workflow.info().start_time.timestamp() * 1000)),
-            result_type=OrderOutcome, task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=20), retry_policy=ORDER_RETRY,
+            PlaceOrderInput(
+                symbol=self.intent.symbol,
+                side=side,
+                quantity=qty,  # type: ignore[arg-type]
+                client_order_id=client_order_id(workflow.info().workflow_id, step),
+                reduce_only=reduce_only,
+                intent_at_ms=int(workflow.info().start_time.timestamp() * 1000),
+            ),
+            result_type=OrderOutcome,
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=20),
+            retry_policy=ORDER_RETRY,
         )
         known = {(f.client_order_id, f.trade_id) for f in self.fills}
         self.fills.extend(f for f in outcome.fills if (f.client_order_id, f.trade_id) not in known)
@@ -395,26 +481,46 @@ class PositionWorkflow:
         self._released = True
         if traded is None:
             traded = bool(self.fills)
-        await self._portfolio_signal("release_reservation", ReleaseRequest(
-            holder_id=self.grant.holder_id, reason=reason, cooldown=traded))
+        await self._portfolio_signal(
+            "release_reservation",
+            ReleaseRequest(holder_id=self.grant.holder_id, reason=reason, cooldown=traded),
+        )
 
     # ------------------------------------------------------------------ continue-as-new
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.options.max_history_events
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self.options.max_history_events
+        )
 
     async def _continue_as_new(self) -> None:
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._queue)
         await asyncio.gather(*self._projections, return_exceptions=True)
         assert self.rules is not None and self.grant is not None and self.levels is not None
         self._continuing = True
-        carried = PositionInput.model_validate({**self.intent.model_dump(exclude={"options", "carry"}),
-                                                 "options": self.options})
-        workflow.continue_as_new(carried.model_copy(update={"carry": PositionCarry(
-            status=self.status, rules=self.rules, grant=self.grant, fills=self.fills,
-            stop_loss_price=self.levels.stop_loss, take_profit_price=self.levels.take_profit,
-            hard_stop_price=self.levels.hard_stop, hard_stop_id=self.hard_stop_id, exit_seq=self.exit_seq,
-            opened_at_ms=self.opened_at_ms, last_mark=self.mark)}))
+        carried = PositionInput.model_validate(
+            {**self.intent.model_dump(exclude={"options", "carry"}), "options": self.options}
+        )
+        workflow.continue_as_new(
+            carried.model_copy(
+                update={
+                    "carry": PositionCarry(
+                        status=self.status,
+                        rules=self.rules,
+                        grant=self.grant,
+                        fills=self.fills,
+                        stop_loss_price=self.levels.stop_loss,
+                        take_profit_price=self.levels.take_profit,
+                        hard_stop_price=self.levels.hard_stop,
+                        hard_stop_id=self.hard_stop_id,
+                        exit_seq=self.exit_seq,
+                        opened_at_ms=self.opened_at_ms,
+                        last_mark=self.mark,
+                    )
+                }
+            )
+        )
 
     # ------------------------------------------------------------------ messages
     @workflow.signal(name="reservation_decided")
@@ -448,14 +554,21 @@ class PositionWorkflow:
     def state(self) -> PositionView:
         t = self._tally()
         return PositionView(
-            workflow_id=workflow.info().workflow_id, status=self.status, symbol=self.intent.symbol,
-            side=self.intent.side, open_qty=t.open_qty, entry_price=t.open_entry_price or t.avg_entry,
-            mark_price=self.mark, unrealized_pnl=t.unrealized(self.mark) if self.mark and t.open_qty else None,
-            realized_pnl=t.realized_net, fees=t.fees,
+            workflow_id=workflow.info().workflow_id,
+            status=self.status,
+            symbol=self.intent.symbol,
+            side=self.intent.side,
+            open_qty=t.open_qty,
+            entry_price=t.open_entry_price or t.avg_entry,
+            mark_price=self.mark,
+            unrealized_pnl=t.unrealized(self.mark) if self.mark and t.open_qty else None,
+            realized_pnl=t.realized_net,
+            fees=t.fees,
             stop_loss_price=self.levels.stop_loss if self.levels else None,
             take_profit_price=self.levels.take_profit if self.levels else None,
             hard_stop_price=self.levels.hard_stop if self.levels else None,
-            next_trigger=self._next_trigger(), reason=self.exit_reason or (self.denial.reason if self.denial else None),
+            next_trigger=self._next_trigger(),
+            reason=self.exit_reason or (self.denial.reason if self.denial else None),
         )
 
     @workflow.query(name="fills")
@@ -465,8 +578,12 @@ class PositionWorkflow:
     @workflow.query(name="pnl")
     def pnl(self) -> dict[str, Decimal]:
         t = self._tally()
-        return {"realized_gross": t.realized_gross, "fees": t.fees, "realized_net": t.realized_net,
-                "unrealized": t.unrealized(self.mark) if self.mark else Decimal(0)}
+        return {
+            "realized_gross": t.realized_gross,
+            "fees": t.fees,
+            "realized_net": t.realized_net,
+            "unrealized": t.unrealized(self.mark) if self.mark else Decimal(0),
+        }
 
     # ------------------------------------------------------------------ helpers
     def _enqueue(self, quantity: Decimal | None, reason: str, controller: str) -> int:
@@ -503,7 +620,9 @@ class PositionWorkflow:
             SearchAttributePair(SA_REALIZED_PNL, float(t.realized_net)),
         ]
         if self.opened_at_ms:
-            pairs.append(SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC)))
+            pairs.append(
+                SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC))
+            )
         workflow.upsert_search_attributes(pairs)
 
     def _update_details(self) -> None:
@@ -518,19 +637,31 @@ class PositionWorkflow:
         workflow.set_current_details("\n\n".join(lines))
 
     def _project(self, kind: str, *, action: str | None = None, outcome: OrderOutcome | None = None) -> None:
-        self._projections.append(workflow.start_activity(
-            "project_position", ProjectionInput(kind=kind, action=action, view=self.state(),
-                                                outcome=outcome, intent=self.intent),
-            task_queue=LIFECYCLE_TASK_QUEUE, start_to_close_timeout=timedelta(seconds=5),
-            schedule_to_close_timeout=timedelta(hours=1), retry_policy=PROJECTION_RETRY,
-        ))
+        self._projections.append(
+            workflow.start_activity(
+                "project_position",
+                ProjectionInput(
+                    kind=kind, action=action, view=self.state(), outcome=outcome, intent=self.intent
+                ),
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5),
+                schedule_to_close_timeout=timedelta(hours=1),
+                retry_policy=PROJECTION_RETRY,
+            )
+        )
 
     def _result(self) -> PositionResult:
         base = dict(
-            workflow_id=workflow.info().workflow_id, status=self.status, symbol=self.intent.symbol,
-            side=self.intent.side, intent_id=self.intent.intent_id, strategy=self.intent.strategy,
-            exit_reason=self.exit_reason, exit_controller=self.exit_controller,
+            workflow_id=workflow.info().workflow_id,
+            status=self.status,
+            symbol=self.intent.symbol,
+            side=self.intent.side,
+            intent_id=self.intent.intent_id,
+            strategy=self.intent.strategy,
+            exit_reason=self.exit_reason,
+            exit_controller=self.exit_controller,
             rejection_gate=self.denial.gate if self.denial else None,
-            rejection_reason=self.denial.reason if self.denial else None, fills=self.fills,
+            rejection_reason=self.denial.reason if self.denial else None,
+            fills=self.fills,
         )
         return PositionResult.from_tally(base, self._tally())

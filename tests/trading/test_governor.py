@@ -30,8 +30,9 @@ ALL = RiskPolicy(allowlist=("*",), max_exec_per_hour=100, max_exec_per_5min=100,
 
 
 def req(holder: str, symbol: str = "BTCUSDT", notional: str = "100", kill: float = 0.0) -> ReservationRequest:
-    return ReservationRequest(holder_id=holder, symbol=symbol, side=Side.LONG, notional_usdt=Decimal(notional),
-                              kill_score=kill)
+    return ReservationRequest(
+        holder_id=holder, symbol=symbol, side=Side.LONG, notional_usdt=Decimal(notional), kill_score=kill
+    )
 
 
 def take(book: PortfolioBook, policy: RiskPolicy, r: ReservationRequest, now: int = 0) -> Grant | Denial:
@@ -49,7 +50,13 @@ def test_slots_are_a_hard_limit() -> None:
     book = PortfolioBook()
     policy = ALL.model_copy(update={"max_open_positions": 3})
     decisions = [take(book, policy, req(f"h{i}", f"S{i}USDT", "10")) for i in range(5)]
-    assert [gate_of(d) for d in decisions] == [None, None, None, Gate.MAX_OPEN_POSITIONS, Gate.MAX_OPEN_POSITIONS]
+    assert [gate_of(d) for d in decisions] == [
+        None,
+        None,
+        None,
+        Gate.MAX_OPEN_POSITIONS,
+        Gate.MAX_OPEN_POSITIONS,
+    ]
     assert "3/3" in decisions[3].reason  # type: ignore[union-attr]
     release(book, policy, "h0", 1)
     assert isinstance(take(book, policy, req("h9", "S9USDT", "10"), 2), Grant)
@@ -76,8 +83,9 @@ def test_one_position_per_symbol_and_repeat_is_idempotent() -> None:
 
 def test_per_trade_cap_reduces_and_total_budget_fills_up() -> None:
     book = PortfolioBook()
-    policy = ALL.model_copy(update={"max_notional_per_trade_usdt": Decimal(200),
-                                    "max_total_notional_usdt": Decimal(450)})
+    policy = ALL.model_copy(
+        update={"max_notional_per_trade_usdt": Decimal(200), "max_total_notional_usdt": Decimal(450)}
+    )
     g1 = take(book, policy, req("a", "AUSDT", "500"))
     assert isinstance(g1, Grant) and g1.notional_usdt == 200 and g1.reduced_from == 500
     take(book, policy, req("b", "BUSDT", "200"))
@@ -130,9 +138,13 @@ ops = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(ops, st.integers(1, 12), st.integers(50, 3000))
 def test_no_sequence_exceeds_the_limits(seq: list[tuple[str, int, int]], slots: int, total: int) -> None:
-    policy = ALL.model_copy(update={"max_open_positions": slots,
-                                    "max_notional_per_trade_usdt": Decimal(min(200, total)),
-                                    "max_total_notional_usdt": Decimal(total)})
+    policy = ALL.model_copy(
+        update={
+            "max_open_positions": slots,
+            "max_notional_per_trade_usdt": Decimal(min(200, total)),
+            "max_total_notional_usdt": Decimal(total),
+        }
+    )
     book = PortfolioBook()
     for step, (op, n, size) in enumerate(seq):
         if op == "req":

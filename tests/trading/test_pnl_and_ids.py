@@ -19,12 +19,15 @@ def fill(side: str, price: str, qty: str, fee: str = "0") -> Fill:
 
 def test_long_round_trip_by_hand() -> None:
     # open 0.010 @ 60000, reduce 0.004 @ 61000, close 0.006 @ 59500; taker 0.04 %
-    fills = [fill("BUY", "60000", "0.010", "0.24"), fill("SELL", "61000", "0.004", "0.0976"),
-             fill("SELL", "59500", "0.006", "0.1428")]
+    fills = [
+        fill("BUY", "60000", "0.010", "0.24"),
+        fill("SELL", "61000", "0.004", "0.0976"),
+        fill("SELL", "59500", "0.006", "0.1428"),
+    ]
     t = tally(Side.LONG, fills)
     assert t.open_qty == 0
     assert t.realized_gross == D("4") - D("3")  # +1000*0.004 - 500*0.006
-    assert cents(t.realized_net) == D("0.52")   # 1 - 0.4804
+    assert cents(t.realized_net) == D("0.52")  # 1 - 0.4804
     assert t.avg_entry == 60000 and cents(t.avg_exit) == D("60100.00")  # (244 + 357) / 0.010
 
 
@@ -35,8 +38,10 @@ def test_short_unrealized_and_overfill() -> None:
         t.add(fill("BUY", "2900", "1.5"))
 
 
-@given(st.text(alphabet="abcXYZ019-_.:/ é", min_size=1, max_size=120),
-       st.sampled_from(["entry", "stop", "exit1", "exit22"]))
+@given(
+    st.text(alphabet="abcXYZ019-_.:/ é", min_size=1, max_size=120),
+    st.sampled_from(["entry", "stop", "exit1", "exit22"]),
+)
 def test_client_ids_fit_binance_and_are_stable(workflow_id: str, step: str) -> None:
     cid = client_order_id(workflow_id, step)
     assert CLIENT_ID_RE.match(cid)

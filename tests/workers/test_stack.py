@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def qtrader(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "workers.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -85,7 +89,10 @@ def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> No
     # Up again: nothing new is started.
     again = qtrader(stack_env, "stack", "up")
     assert again.returncode == 0 and again.stdout.count("already running") == 5, again.stdout
-    assert json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"] == pids["redis"]
+    assert (
+        json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"]
+        == pids["redis"]
+    )
 
     down = qtrader(stack_env, "stack", "down")
     assert down.returncode == 0, down.stderr

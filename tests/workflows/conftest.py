@@ -27,11 +27,27 @@ from workers.temporal_client import CLI_SEARCH_ATTRIBUTES, connect
 
 def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
     port = free_port()
-    sa = [arg for name, kind in CLI_SEARCH_ATTRIBUTES.items() for arg in ("--search-attribute", f"{name}={kind}")]
+    sa = [
+        arg
+        for name, kind in CLI_SEARCH_ATTRIBUTES.items()
+        for arg in ("--search-attribute", f"{name}={kind}")
+    ]
     proc = ManagedProcess(
         name="temporal",
-        argv=[temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
-              "--log-level", "error", *sa, *extra],
+        argv=[
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--headless",
+            "--log-level",
+            "error",
+            *sa,
+            *extra,
+        ],
         log_path=tmp / "temporal.log",
     )
     proc.start()
@@ -47,8 +63,19 @@ def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
 def start_redis_on(tmp: Path, port: int) -> ManagedProcess:
     proc = ManagedProcess(
         name="redis",
-        argv=[shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
-              "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        argv=[
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
         log_path=tmp / "redis.log",
     )
     proc.start()
@@ -69,30 +96,39 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """Environment for a worker child process."""
-        return {**os.environ, "TEMPORAL_ADDRESS": self.settings.temporal_address,
-                "REDIS_PORT": str(self.settings.redis_port), "PAPER_REST_URL": self.exchange.base_url,
-                "BINANCE_API_KEY": self.exchange.api_key, "BINANCE_API_SECRET": self.exchange.api_secret,
-                "APPLY_ALLOWLIST": ",".join(self.settings.apply_allowlist),
-                "GOV_MAX_OPEN_POSITIONS": str(self.settings.gov_max_open_positions),
-                "GOV_MAX_EXEC_PER_HOUR": str(self.settings.gov_max_exec_per_hour),
-                "GOV_MAX_EXEC_PER_5MIN": str(self.settings.gov_max_exec_per_5min),
-                "GOV_SYMBOL_COOLDOWN_SECONDS": str(self.settings.gov_symbol_cooldown_seconds),
-                "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(self.settings.gov_max_notional_per_trade_usdt),
-                "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt),
-                "PORTFOLIO_HOLDER_CHECK_SECONDS": str(self.settings.portfolio_holder_check_seconds)}
+        return {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.settings.temporal_address,
+            "REDIS_PORT": str(self.settings.redis_port),
+            "PAPER_REST_URL": self.exchange.base_url,
+            "BINANCE_API_KEY": self.exchange.api_key,
+            "BINANCE_API_SECRET": self.exchange.api_secret,
+            "APPLY_ALLOWLIST": ",".join(self.settings.apply_allowlist),
+            "GOV_MAX_OPEN_POSITIONS": str(self.settings.gov_max_open_positions),
+            "GOV_MAX_EXEC_PER_HOUR": str(self.settings.gov_max_exec_per_hour),
+            "GOV_MAX_EXEC_PER_5MIN": str(self.settings.gov_max_exec_per_5min),
+            "GOV_SYMBOL_COOLDOWN_SECONDS": str(self.settings.gov_symbol_cooldown_seconds),
+            "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(self.settings.gov_max_notional_per_trade_usdt),
+            "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt),
+            "PORTFOLIO_HOLDER_CHECK_SECONDS": str(self.settings.portfolio_holder_check_seconds),
+        }
 
     def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:
         proc = ManagedProcess(
-            name=f"{kind}-worker", argv=[sys.executable, "-m", "workers.cli", "worker", kind, *extra],
-            log_path=self.tmp / f"{kind}-worker-{len(self.children)}.log", env=self.env(), cwd=REPO,
+            name=f"{kind}-worker",
+            argv=[sys.executable, "-m", "workers.cli", "worker", kind, *extra],
+            log_path=self.tmp / f"{kind}-worker-{len(self.children)}.log",
+            env=self.env(),
+            cwd=REPO,
         )
         proc.start()
         self.children.append(proc)
         return proc
 
     @contextlib.asynccontextmanager
-    async def workers(self, *, holder_check_seconds: float | None = None, lifecycle: bool = True,
-                      exchange: bool = True) -> AsyncIterator[None]:
+    async def workers(
+        self, *, holder_check_seconds: float | None = None, lifecycle: bool = True, exchange: bool = True
+    ) -> AsyncIterator[None]:
         """Both workers in this process (real gRPC to the dev server, real HTTP to the exchange)."""
         async with contextlib.AsyncExitStack() as stack:
             if exchange:
@@ -101,17 +137,26 @@ class Stack:
             if lifecycle:
                 settings = self.settings
                 if holder_check_seconds is not None:
-                    settings = settings.model_copy(update={"portfolio_holder_check_seconds": holder_check_seconds})
-                market = await stack.enter_async_context(BinanceFuturesClient(self.exchange.base_url, None, None))
+                    settings = settings.model_copy(
+                        update={"portfolio_holder_check_seconds": holder_check_seconds}
+                    )
+                market = await stack.enter_async_context(
+                    BinanceFuturesClient(self.exchange.base_url, None, None)
+                )
                 await stack.enter_async_context(lifecycle_worker(self.client, settings, self.redis, market))
             yield
 
 
 def stack_settings(temporal: str, redis_port: int, exchange: PaperExchange, **overrides: object) -> Settings:
     base = dict(
-        temporal_address=temporal, redis_port=redis_port, paper_rest_url=exchange.base_url,
-        binance_api_key=exchange.api_key, binance_api_secret=exchange.api_secret,
-        apply_allowlist=["*"], gov_max_exec_per_hour=1000, gov_max_exec_per_5min=1000,
+        temporal_address=temporal,
+        redis_port=redis_port,
+        paper_rest_url=exchange.base_url,
+        binance_api_key=exchange.api_key,
+        binance_api_secret=exchange.api_secret,
+        apply_allowlist=["*"],
+        gov_max_exec_per_hour=1000,
+        gov_max_exec_per_5min=1000,
         gov_symbol_cooldown_seconds=0,
     )
     base.update(overrides)

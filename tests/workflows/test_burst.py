@@ -26,8 +26,12 @@ from workflows.messages import (
 
 D = Decimal
 SYMBOLS = sorted(DEFAULT_RULES) + [f"T{i:03d}USDT" for i in range(1, 91)]
-LIMITS = {"gov_max_open_positions": 10, "gov_max_total_notional_usdt": D(2000),
-          "gov_max_notional_per_trade_usdt": D(200), "exchange_args": ["--extra-symbols", "90"]}
+LIMITS = {
+    "gov_max_open_positions": 10,
+    "gov_max_total_notional_usdt": D(2000),
+    "gov_max_notional_per_trade_usdt": D(200),
+    "exchange_args": ["--extra-symbols", "90"],
+}
 
 
 async def count(stack: Stack, status: str) -> int:
@@ -38,10 +42,16 @@ async def count(stack: Stack, status: str) -> int:
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)
 async def test_thousand_intents_hundred_symbols_limit_ten(stack: Stack) -> None:
     assert len(SYMBOLS) == 100
-    intents = [PositionInput(symbol=SYMBOLS[i % 100], side=Side.LONG if i % 2 else Side.SHORT,
-                             notional_usdt=D(200), intent_id=f"burst-{i}",
-                             options=PositionOptions(mark_check_seconds=3600))
-               for i in range(1000)]
+    intents = [
+        PositionInput(
+            symbol=SYMBOLS[i % 100],
+            side=Side.LONG if i % 2 else Side.SHORT,
+            notional_usdt=D(200),
+            intent_id=f"burst-{i}",
+            options=PositionOptions(mark_check_seconds=3600),
+        )
+        for i in range(1000)
+    ]
     peaks = {"slots": 0, "notional": D(0)}
     done = asyncio.Event()
 
@@ -64,20 +74,33 @@ async def test_thousand_intents_hundred_symbols_limit_ten(stack: Stack) -> None:
 
         async def submit(intent: PositionInput) -> None:
             async with gate:
-                await stack.client.start_workflow("PositionWorkflow", intent, id=f"position-{intent.intent_id}",
-                                                  task_queue=LIFECYCLE_TASK_QUEUE)
+                await stack.client.start_workflow(
+                    "PositionWorkflow",
+                    intent,
+                    id=f"position-{intent.intent_id}",
+                    task_queue=LIFECYCLE_TASK_QUEUE,
+                )
 
         started = time.monotonic()
         await asyncio.gather(*(submit(i) for i in intents))
         async with asyncio.timeout(240):
-            while await count(stack, "OPEN") + await count(stack, "REJECTED") + await count(stack, "FAILED") < 1000:
+            while (
+                await count(stack, "OPEN") + await count(stack, "REJECTED") + await count(stack, "FAILED")
+                < 1000
+            ):
                 await asyncio.sleep(0.5)
         decided_s = time.monotonic() - started
         done.set()
         await watcher
-        opened, rejected, failed = await count(stack, "OPEN"), await count(stack, "REJECTED"), await count(stack, "FAILED")
+        opened, rejected, failed = (
+            await count(stack, "OPEN"),
+            await count(stack, "REJECTED"),
+            await count(stack, "FAILED"),
+        )
         reasons: Counter[str] = Counter()
-        async for wf in stack.client.list_workflows("WorkflowType='PositionWorkflow' AND PositionStatus='REJECTED'"):
+        async for wf in stack.client.list_workflows(
+            "WorkflowType='PositionWorkflow' AND PositionStatus='REJECTED'"
+        ):
             result = await stack.client.get_workflow_handle(wf.id, result_type=PositionResult).result()
             assert result.rejection_gate and result.rejection_reason
             reasons[result.rejection_gate] += 1

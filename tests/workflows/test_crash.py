@@ -11,13 +11,12 @@ from decimal import Decimal
 from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import start_position, wait_status
 from trading.intents import Side, TradeIntent
-from workers.processes import http_ok
 from workflows.messages import PositionStatus
 
 D = Decimal
 
 
-async def wait_for_event(handle, activity_type: str, timeout: float = 15) -> None:  # noqa: ANN001
+async def wait_for_event(handle, activity_type: str, timeout: float = 15) -> None:
     async with asyncio.timeout(timeout):
         while True:
             history = await handle.fetch_history()
@@ -35,7 +34,9 @@ async def test_sigkill_lifecycle_worker_mid_entry(stack: Stack) -> None:
     worker = stack.start_worker_process("lifecycle", "--metrics-port", "0")
     async with stack.workers(lifecycle=False):
         await asyncio.sleep(1.0)  # the child connects and polls
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_for_event(handle, "place_order")
         os.kill(worker.pid, signal.SIGKILL)
         worker.popen.wait(timeout=5)  # type: ignore[union-attr]

@@ -9,14 +9,47 @@ from pathlib import Path
 import pytest
 
 WORKFLOW_FILES = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.py"))
-ALLOWED_IMPORTS = ("__future__", "asyncio", "dataclasses", "datetime", "decimal", "enum", "typing", "pydantic",
-                   "temporalio.workflow", "temporalio.common", "temporalio.exceptions", "temporalio",
-                   "trading", "workflows")
+ALLOWED_IMPORTS = (
+    "__future__",
+    "asyncio",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "typing",
+    "pydantic",
+    "temporalio.workflow",
+    "temporalio.common",
+    "temporalio.exceptions",
+    "temporalio",
+    "trading",
+    "workflows",
+)
 FORBIDDEN_TRADING = ("trading.config",)  # pydantic-settings reads the environment
-FORBIDDEN_CALLS = {"now", "utcnow", "today", "time", "perf_counter", "monotonic", "random", "randint", "uuid4",
-                   "sleep", "open", "getenv", "urandom"}
-FORBIDDEN_ATTRS = {("os", "environ"), ("datetime", "now"), ("datetime", "utcnow"), ("time", "time"),
-                   ("asyncio", "sleep"), ("random", "random"), ("uuid", "uuid4")}
+FORBIDDEN_CALLS = {
+    "now",
+    "utcnow",
+    "today",
+    "time",
+    "perf_counter",
+    "monotonic",
+    "random",
+    "randint",
+    "uuid4",
+    "sleep",
+    "open",
+    "getenv",
+    "urandom",
+}
+FORBIDDEN_ATTRS = {
+    ("os", "environ"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("time", "time"),
+    ("asyncio", "sleep"),
+    ("random", "random"),
+    ("uuid", "uuid4"),
+}
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
@@ -37,6 +70,9 @@ def test_workflow_module_stays_deterministic(path: Path) -> None:
 
 def test_the_rules_catch_a_wall_clock() -> None:
     bad = ast.parse("import time\nx = time.time()\n")
-    pairs = {(n.value.id, n.attr) for n in ast.walk(bad) if isinstance(n, ast.Attribute)
-             and isinstance(n.value, ast.Name)}
+    pairs = {
+        (n.value.id, n.attr)
+        for n in ast.walk(bad)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+    }
     assert pairs & FORBIDDEN_ATTRS

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -43,15 +42,34 @@ OK = {"symbol": "BTCUSDT", "side": "LONG", "notional_usdt": 150}
 
 
 def _carry() -> dict:
-    rules = SymbolRules(symbol="BTCUSDT", base_asset="BTC", price_precision=2, quantity_precision=3,
-                        tick_size=Decimal("0.1"), min_price=Decimal("0.1"), max_price=Decimal("1000000"),
-                        step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal("1000"),
-                        market_step_size=Decimal("0.001"), market_min_qty=Decimal("0.001"),
-                        market_max_qty=Decimal("120"), min_notional=Decimal("100"))
-    carry = PositionCarry(status=PositionStatus.OPEN, rules=rules,
-                          grant=Grant(holder_id="someone-else", notional_usdt=Decimal(100)), fills=[],
-                          stop_loss_price=None, take_profit_price=None, hard_stop_price=Decimal("50000"),
-                          hard_stop_id=None, exit_seq=0, opened_at_ms=1)
+    rules = SymbolRules(
+        symbol="BTCUSDT",
+        base_asset="BTC",
+        price_precision=2,
+        quantity_precision=3,
+        tick_size=Decimal("0.1"),
+        min_price=Decimal("0.1"),
+        max_price=Decimal("1000000"),
+        step_size=Decimal("0.001"),
+        min_qty=Decimal("0.001"),
+        max_qty=Decimal("1000"),
+        market_step_size=Decimal("0.001"),
+        market_min_qty=Decimal("0.001"),
+        market_max_qty=Decimal("120"),
+        min_notional=Decimal("100"),
+    )
+    carry = PositionCarry(
+        status=PositionStatus.OPEN,
+        rules=rules,
+        grant=Grant(holder_id="someone-else", notional_usdt=Decimal(100)),
+        fills=[],
+        stop_loss_price=None,
+        take_profit_price=None,
+        hard_stop_price=Decimal("50000"),
+        hard_stop_id=None,
+        exit_seq=0,
+        opened_at_ms=1,
+    )
     return carry.model_dump(mode="json")
 
 
@@ -125,9 +143,21 @@ FLAG_CASES = [
 
 def temporal_start(address: str, workflow_id: str, *inputs: str) -> list[str]:
     """`temporal workflow start` exactly as the README documents it."""
-    return [temporal_binary(), "workflow", "start", "--address", address, "--type", "PositionWorkflow",
-            "--task-queue", LIFECYCLE_TASK_QUEUE, "--workflow-id", workflow_id,
-            *(arg for text in inputs for arg in ("--input", text)), "--fail-existing"]
+    return [
+        temporal_binary(),
+        "workflow",
+        "start",
+        "--address",
+        address,
+        "--type",
+        "PositionWorkflow",
+        "--task-queue",
+        LIFECYCLE_TASK_QUEUE,
+        "--workflow-id",
+        workflow_id,
+        *(arg for text in inputs for arg in ("--input", text)),
+        "--fail-existing",
+    ]
 
 
 def qtrader(*args: str) -> list[str]:
@@ -135,8 +165,9 @@ def qtrader(*args: str) -> list[str]:
 
 
 async def _exec(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO
+    )
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -190,8 +221,11 @@ async def test_malformed_manual_trades_fail_fast_through_both_clis(stack: Stack)
     async with stack.workers():
         # The portfolio runs from the start, so we can prove that no request ever reached it.
         portfolio = await stack.client.start_workflow(
-            "PortfolioWorkflow", PortfolioInput(policy=RiskPolicy.from_settings(stack.settings)),
-            id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE)
+            "PortfolioWorkflow",
+            PortfolioInput(policy=RiskPolicy.from_settings(stack.settings)),
+            id=DEFAULT_PORTFOLIO_ID,
+            task_queue=LIFECYCLE_TASK_QUEUE,
+        )
 
         for i, case in enumerate(CASES):
             # --- the Temporal CLI ---
@@ -206,11 +240,14 @@ async def test_malformed_manual_trades_fail_fast_through_both_clis(stack: Stack)
                 if desc.status != WorkflowExecutionStatus.FAILED:
                     problems.append(f"temporal CLI / {case.name}: status {desc.status}")
                 # The operator's own view of the outcome.
-                _, res_out, res_err = await _exec([temporal, "workflow", "result", "--address", address,
-                                                   "--workflow-id", wf_id])
+                _, res_out, res_err = await _exec(
+                    [temporal, "workflow", "result", "--address", address, "--workflow-id", wf_id]
+                )
                 if not _names_field(res_out + res_err, case.expect):
-                    problems.append(f"temporal CLI / {case.name}: `workflow result` lacks {case.expect}: "
-                                    f"{(res_out + res_err)[:300]!r}")
+                    problems.append(
+                        f"temporal CLI / {case.name}: `workflow result` lacks {case.expect}: "
+                        f"{(res_out + res_err)[:300]!r}"
+                    )
             rows.append(("temporal", case.name, elapsed, message))
             if elapsed >= BOUND_S:
                 problems.append(f"temporal CLI / {case.name}: {elapsed:.2f} s ({message[:200]})")

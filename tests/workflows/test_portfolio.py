@@ -29,7 +29,9 @@ D = Decimal
 
 
 async def portfolio_view(stack: Stack) -> PortfolioView:
-    return await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query("state", result_type=PortfolioView)
+    return await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
+        "state", result_type=PortfolioView
+    )
 
 
 async def eventually(check, timeout: float = 15.0) -> None:
@@ -41,7 +43,9 @@ async def eventually(check, timeout: float = 15.0) -> None:
 async def test_terminated_holder_gets_its_slot_back(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers(holder_check_seconds=1):
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_status(handle, PositionStatus.OPEN)
         assert (await portfolio_view(stack)).slots_used == 1
         await handle.terminate("operator pulled the plug")  # no code of the workflow runs
@@ -58,12 +62,18 @@ async def test_kill_switch_denies_entries_but_exits_still_run(stack: Stack) -> N
     stack.exchange.set_price("BTCUSDT", "60000")
     stack.exchange.set_price("ETHUSDT", "3000")
     async with stack.workers():
-        open_one = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        open_one = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_status(open_one, PositionStatus.OPEN)
         portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
-        policy = await portfolio.execute_update("set_kill_switch", KillSwitchRequest(on=True), result_type=RiskPolicy)
+        policy = await portfolio.execute_update(
+            "set_kill_switch", KillSwitchRequest(on=True), result_type=RiskPolicy
+        )
         assert policy.kill_switch
-        denied = await start_position(stack, TradeIntent(symbol="ETHUSDT", side=Side.LONG, notional_usdt=D(50)))
+        denied = await start_position(
+            stack, TradeIntent(symbol="ETHUSDT", side=Side.LONG, notional_usdt=D(50))
+        )
         result = await asyncio.wait_for(denied.result(), 10)
         assert result.status == PositionStatus.REJECTED and result.rejection_gate == "kill_switch"
         # The open position can still be closed.
@@ -77,13 +87,16 @@ async def test_emergency_flatten_closes_every_holder(stack: Stack) -> None:
     for sym, price in (("BTCUSDT", "60000"), ("ETHUSDT", "3000"), ("SOLUSDT", "150")):
         stack.exchange.set_price(sym, price)
     async with stack.workers():
-        handles = [await start_position(stack, TradeIntent(symbol=s, side=Side.LONG, notional_usdt=D(150)))
-                   for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+        handles = [
+            await start_position(stack, TradeIntent(symbol=s, side=Side.LONG, notional_usdt=D(150)))
+            for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+        ]
         for h in handles:
             await wait_status(h, PositionStatus.OPEN)
         portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
-        told = await portfolio.execute_update("emergency_flatten", FlattenRequest(reason="drill"),
-                                              result_type=list[str])
+        told = await portfolio.execute_update(
+            "emergency_flatten", FlattenRequest(reason="drill"), result_type=list[str]
+        )
         assert sorted(told) == sorted(h.id for h in handles)
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 20)
         view = await portfolio_view(stack)
@@ -94,18 +107,21 @@ async def test_emergency_flatten_closes_every_holder(stack: Stack) -> None:
 
 async def test_invalid_policy_is_rejected_with_the_reason(stack: Stack) -> None:
     async with stack.workers():
-        await stack.client.start_workflow("PortfolioWorkflow", PortfolioInput(), id=DEFAULT_PORTFOLIO_ID,
-                                          task_queue=LIFECYCLE_TASK_QUEUE)
+        await stack.client.start_workflow(
+            "PortfolioWorkflow", PortfolioInput(), id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE
+        )
         portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
         with pytest.raises(WorkflowUpdateFailedError) as err:
             await portfolio.execute_update("set_policy", {"max_open_positions": 0})
         assert "max_open_positions" in str(err.value.cause)
         with pytest.raises(WorkflowUpdateFailedError) as err:
             await portfolio.execute_update(
-                "set_policy", {"max_notional_per_trade_usdt": "500", "max_total_notional_usdt": "100"})
+                "set_policy", {"max_notional_per_trade_usdt": "500", "max_total_notional_usdt": "100"}
+            )
         assert "max_total_notional_usdt" in str(err.value.cause)
-        updated = await portfolio.execute_update("set_policy", RiskPolicy(max_open_positions=3, allowlist=("*",)),
-                                                 result_type=RiskPolicy)
+        updated = await portfolio.execute_update(
+            "set_policy", RiskPolicy(max_open_positions=3, allowlist=("*",)), result_type=RiskPolicy
+        )
         assert updated.max_open_positions == 3
         assert (await portfolio_view(stack)).policy.max_open_positions == 3
 
@@ -131,19 +147,35 @@ class StubHolder:
 async def test_continue_as_new_keeps_reservations_and_pending_requests(stack: Stack) -> None:
     """The portfolio continues-as-new every ~100 events while 120 requests stream in: every holder
     gets exactly one answer, and the book after the runs equals the grants."""
-    policy = RiskPolicy(max_open_positions=40, allowlist=("*",), max_exec_per_hour=1000, max_exec_per_5min=1000,
-                        max_total_notional_usdt=D(100000))
-    async with stack.workers(exchange=False), Worker(stack.client, task_queue="stub-holders",
-                                                      workflows=[StubHolder]):
+    policy = RiskPolicy(
+        max_open_positions=40,
+        allowlist=("*",),
+        max_exec_per_hour=1000,
+        max_exec_per_5min=1000,
+        max_total_notional_usdt=D(100000),
+    )
+    async with (
+        stack.workers(exchange=False),
+        Worker(stack.client, task_queue="stub-holders", workflows=[StubHolder]),
+    ):
         first = await stack.client.start_workflow(
-            "PortfolioWorkflow", PortfolioInput(policy=policy, max_history_events=100),
-            id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE)
-        holders = [await stack.client.start_workflow(StubHolder.run, id=f"holder-{i}", task_queue="stub-holders")
-                   for i in range(120)]
+            "PortfolioWorkflow",
+            PortfolioInput(policy=policy, max_history_events=100),
+            id=DEFAULT_PORTFOLIO_ID,
+            task_queue=LIFECYCLE_TASK_QUEUE,
+        )
+        holders = [
+            await stack.client.start_workflow(StubHolder.run, id=f"holder-{i}", task_queue="stub-holders")
+            for i in range(120)
+        ]
         portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
         for i, h in enumerate(holders):  # one by one: many small batches, many events
-            await portfolio.signal("request_reservation", ReservationRequest(
-                holder_id=h.id, symbol=f"S{i % 60}USDT", side=Side.LONG, notional_usdt=D(10)))
+            await portfolio.signal(
+                "request_reservation",
+                ReservationRequest(
+                    holder_id=h.id, symbol=f"S{i % 60}USDT", side=Side.LONG, notional_usdt=D(10)
+                ),
+            )
         answers = await asyncio.wait_for(asyncio.gather(*(h.result() for h in holders)), 60)
         view = await portfolio_view(stack)
         latest = await portfolio.describe()

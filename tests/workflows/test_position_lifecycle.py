@@ -30,11 +30,16 @@ D = Decimal
 FAST = PositionOptions(mark_check_seconds=0.3)
 
 
-async def start_position(stack: Stack, intent: TradeIntent, wf_id: str | None = None,
-                         options: PositionOptions = FAST) -> WorkflowHandle:
+async def start_position(
+    stack: Stack, intent: TradeIntent, wf_id: str | None = None, options: PositionOptions = FAST
+) -> WorkflowHandle:
     return await stack.client.start_workflow(
-        "PositionWorkflow", PositionInput(**intent.model_dump(), options=options), id=wf_id or f"position-{intent.symbol}-{uuid.uuid4().hex[:8]}",
-        task_queue=LIFECYCLE_TASK_QUEUE, result_type=PositionResult)
+        "PositionWorkflow",
+        PositionInput(**intent.model_dump(), options=options),
+        id=wf_id or f"position-{intent.symbol}-{uuid.uuid4().hex[:8]}",
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        result_type=PositionResult,
+    )
 
 
 async def wait_status(handle: WorkflowHandle, status: PositionStatus, timeout: float = 15) -> PositionView:
@@ -48,8 +53,13 @@ async def wait_status(handle: WorkflowHandle, status: PositionStatus, timeout: f
 
 async def test_open_partial_close_then_stop_loss(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
-    intent = TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150), leverage=5,
-                         exits=ExitOverrides(stop_loss_pct=D(2)))
+    intent = TradeIntent(
+        symbol="BTCUSDT",
+        side=Side.LONG,
+        notional_usdt=D(150),
+        leverage=5,
+        exits=ExitOverrides(stop_loss_pct=D(2)),
+    )
     async with stack.workers():
         handle = await start_position(stack, intent)
         view = await wait_status(handle, PositionStatus.OPEN)
@@ -57,8 +67,9 @@ async def test_open_partial_close_then_stop_loss(stack: Stack) -> None:
         assert view.stop_loss_price == D("58800.0") and view.hard_stop_price == D("58200.0")
 
         stack.exchange.set_price("BTCUSDT", "61000")
-        partial = await handle.execute_update("close", ClosePositionRequest(quantity=D("0.001")),
-                                              result_type=CloseResult)
+        partial = await handle.execute_update(
+            "close", ClosePositionRequest(quantity=D("0.001")), result_type=CloseResult
+        )
         assert partial.closed_qty == D("0.001") and partial.remaining_qty == D("0.001")
 
         stack.exchange.set_price("BTCUSDT", "58700")  # through the stop-loss; the mark check closes
@@ -66,12 +77,15 @@ async def test_open_partial_close_then_stop_loss(stack: Stack) -> None:
 
     assert result.status == PositionStatus.CLOSED and result.exit_reason == "stop_loss"
     # Hand computation from the fills: taker fee 0.04 % of each fill's notional.
-    entry_fee = D("60000") * D("0.002") * D("0.0004")       # 0.048
-    partial_fee = D("61000") * D("0.001") * D("0.0004")     # 0.0244
-    stop_fee = D("58700") * D("0.001") * D("0.0004")        # 0.02348
+    entry_fee = D("60000") * D("0.002") * D("0.0004")  # 0.048
+    partial_fee = D("61000") * D("0.001") * D("0.0004")  # 0.0244
+    stop_fee = D("58700") * D("0.001") * D("0.0004")  # 0.02348
     gross = (D("61000") - D("60000")) * D("0.001") + (D("58700") - D("60000")) * D("0.001")  # -0.3
     assert [(f.side, f.price, f.qty) for f in result.fills] == [
-        ("BUY", D("60000"), D("0.002")), ("SELL", D("61000"), D("0.001")), ("SELL", D("58700"), D("0.001"))]
+        ("BUY", D("60000"), D("0.002")),
+        ("SELL", D("61000"), D("0.001")),
+        ("SELL", D("58700"), D("0.001")),
+    ]
     assert cents(result.gross_pnl) == cents(gross)
     assert cents(result.fees) == cents(entry_fee + partial_fee + stop_fee)
     assert cents(result.realized_pnl) == cents(gross - entry_fee - partial_fee - stop_fee)
@@ -80,7 +94,10 @@ async def test_open_partial_close_then_stop_loss(stack: Stack) -> None:
         assert all(p.position_amt == 0 for p in await venue.position_risk("BTCUSDT"))
     orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
     assert [(o["side"], o["reduceOnly"], o["status"]) for o in orders] == [
-        ("BUY", False, "FILLED"), ("SELL", True, "FILLED"), ("SELL", True, "FILLED")]
+        ("BUY", False, "FILLED"),
+        ("SELL", True, "FILLED"),
+        ("SELL", True, "FILLED"),
+    ]
     algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
     assert [a["orderType"] for a in algos] == ["STOP_MARKET"]
     assert algos[0]["algoStatus"] in {"CANCELED", "EXPIRED"}  # no live stop is left behind
@@ -92,9 +109,14 @@ async def test_three_close_requests_at_once_make_one_order(stack: Stack) -> None
     async with stack.workers():
         handle = await start_position(stack, intent)
         await wait_status(handle, PositionStatus.OPEN)
-        results = await asyncio.gather(*(
-            handle.execute_update("close", ClosePositionRequest(reason=f"operator {i}"), result_type=CloseResult)
-            for i in range(3)))
+        results = await asyncio.gather(
+            *(
+                handle.execute_update(
+                    "close", ClosePositionRequest(reason=f"operator {i}"), result_type=CloseResult
+                )
+                for i in range(3)
+            )
+        )
         result = await asyncio.wait_for(handle.result(), 15)
     assert sorted(r.noop for r in results) == [False, True, True]
     assert sum(r.closed_qty for r in results) == D("0.050")
@@ -109,8 +131,9 @@ async def test_close_more_than_open_is_refused_before_anything_is_recorded(stack
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
         quiet = PositionOptions(mark_check_seconds=600)  # no timer events while we count
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, quantity=D("0.002")),
-                                      options=quiet)
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, quantity=D("0.002")), options=quiet
+        )
         await wait_status(handle, PositionStatus.OPEN)
         await asyncio.sleep(0.5)  # let the entry's projection activity finish
         history_before = len((await handle.fetch_history()).events)
@@ -131,8 +154,7 @@ async def test_two_intents_for_one_symbol_open_one_position(stack: Stack) -> Non
     intent = TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
     async with stack.workers():
         handles = await asyncio.gather(start_position(stack, intent), start_position(stack, intent))
-        results = await asyncio.gather(*(
-            asyncio.wait_for(_settle(h), 20) for h in handles))
+        results = await asyncio.gather(*(asyncio.wait_for(_settle(h), 20) for h in handles))
     statuses = sorted(r for r in results)
     assert statuses == [PositionStatus.OPEN, PositionStatus.REJECTED]
     orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
@@ -154,8 +176,16 @@ async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: S
     stack.exchange.set_price("BTCUSDT", "60000")
     busy = PositionOptions(mark_check_seconds=0.05, max_history_events=100)
     async with stack.workers():
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150),
-                                                         exits=ExitOverrides(take_profit_pct=D(5))), options=busy)
+        handle = await start_position(
+            stack,
+            TradeIntent(
+                symbol="BTCUSDT",
+                side=Side.LONG,
+                notional_usdt=D(150),
+                exits=ExitOverrides(take_profit_pct=D(5)),
+            ),
+            options=busy,
+        )
         first = await wait_status(handle, PositionStatus.OPEN)
         first_run = (await handle.describe()).run_id
 
@@ -168,7 +198,10 @@ async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: S
         latest = stack.client.get_workflow_handle(handle.id, result_type=PositionResult)
         view = await latest.query("state", result_type=PositionView)
         assert (view.open_qty, view.entry_price, view.take_profit_price) == (
-            first.open_qty, first.entry_price, first.take_profit_price)
+            first.open_qty,
+            first.entry_price,
+            first.take_profit_price,
+        )
         stack.exchange.set_price("BTCUSDT", "63100")  # through the take-profit
         result = await asyncio.wait_for(latest.result(), 20)
     assert result.exit_reason == "take_profit"
@@ -180,7 +213,9 @@ async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: S
 async def test_cancelled_position_is_flattened_and_released(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_status(handle, PositionStatus.OPEN)
         await handle.cancel()
         try:
@@ -189,7 +224,8 @@ async def test_cancelled_position_is_flattened_and_released(stack: Stack) -> Non
         except WorkflowFailureError as err:
             assert isinstance(err.cause, CancelledError)
         portfolio = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
-            "state", result_type=PortfolioView)
+            "state", result_type=PortfolioView
+        )
     assert portfolio.slots_used == 0
     orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
     assert [(o["side"], o["reduceOnly"]) for o in orders] == [("BUY", False), ("SELL", True)]

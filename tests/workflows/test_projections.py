@@ -17,7 +17,9 @@ D = Decimal
 async def test_projection_writes_the_seed_keys(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_status(handle, PositionStatus.OPEN)
         await handle.execute_update("close", {})
         await asyncio.wait_for(handle.result(), 15)
@@ -36,13 +38,16 @@ async def test_redis_outage_does_not_stop_a_trade(stack: Stack) -> None:
     async with stack.workers():
         port = stack.settings.redis_port
         stack.redis_proc.stop()  # Redis is down for the whole trade
-        handle = await start_position(stack, TradeIntent(symbol="ETHUSDT", side=Side.SHORT, notional_usdt=D(90)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="ETHUSDT", side=Side.SHORT, notional_usdt=D(90))
+        )
         await wait_status(handle, PositionStatus.OPEN)
         closed = await handle.execute_update("close", {}, result_type=CloseResult)
         assert closed.remaining_qty == 0
         await wait_status(handle, PositionStatus.CLOSED)
         portfolio = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
-            "state", result_type=PortfolioView)
+            "state", result_type=PortfolioView
+        )
         assert portfolio.slots_used == 0  # released without Redis
         orders = stack.exchange.admin("GET", "orders?symbol=ETHUSDT")
         assert [o["status"] for o in orders] == ["FILLED", "FILLED"]
@@ -57,13 +62,17 @@ async def test_redis_outage_does_not_stop_a_trade(stack: Stack) -> None:
 async def test_portfolio_state_is_projected(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)))
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
+        )
         await wait_status(handle, PositionStatus.OPEN)
 
         async def projected(slots: int, notional: str) -> bool:
             state = await stack.redis.hgetall("quantum:portfolio:state")
             return (int(state.get(b"slots_used", -1)), D(state.get(b"notional_used", b"-1").decode())) == (
-                slots, D(notional))
+                slots,
+                D(notional),
+            )
 
         # Granted 150 USDT, filled 0.002 BTC = 120 USDT: the reservation shrinks to the fill.
         async with asyncio.timeout(10):

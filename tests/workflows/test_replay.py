@@ -1,6 +1,10 @@
 """Determinism: every workflow's history replays against the current code, both histories recorded
 today from a full run and the ones committed under histories/ (a change that breaks determinism for
-workflows already running in production fails here). Also: no API key or secret in any history."""
+workflows already running in production fails here). Also: no API key or secret in any history.
+
+Changing a workflow's commands: guard the new path with `workflow.patched(...)` so old histories still
+replay, then record new histories with `RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py`.
+(Before the first deployment they were simply re-recorded.)"""
 
 from __future__ import annotations
 
@@ -36,17 +40,32 @@ async def run_scenario(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     stack.exchange.set_price("ETHUSDT", "3000")
     async with stack.workers():
-        full = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150),
-                                                       exits=ExitOverrides(stop_loss_pct=D(2))), "replay-full")
+        full = await start_position(
+            stack,
+            TradeIntent(
+                symbol="BTCUSDT",
+                side=Side.LONG,
+                notional_usdt=D(150),
+                exits=ExitOverrides(stop_loss_pct=D(2)),
+            ),
+            "replay-full",
+        )
         await wait_status(full, PositionStatus.OPEN)
         await full.execute_update("close", ClosePositionRequest(quantity=D("0.001")))
         stack.exchange.set_price("BTCUSDT", "58000")
         await asyncio.wait_for(full.result(), 20)
-        rejected = await start_position(stack, TradeIntent(symbol="ETHUSDT", side=Side.SHORT, notional_usdt=D(50),
-                                                           kill_score=0.95), "replay-rejected")
+        rejected = await start_position(
+            stack,
+            TradeIntent(symbol="ETHUSDT", side=Side.SHORT, notional_usdt=D(50), kill_score=0.95),
+            "replay-rejected",
+        )
         await asyncio.wait_for(rejected.result(), 20)
-        failed = await start_position(stack, TradeIntent(symbol="FOOUSDT", side=Side.LONG, notional_usdt=D(50)),
-                                      "replay-failed", options=FAST)
+        failed = await start_position(
+            stack,
+            TradeIntent(symbol="FOOUSDT", side=Side.LONG, notional_usdt=D(50)),
+            "replay-failed",
+            options=FAST,
+        )
         with pytest.raises(WorkflowFailureError) as err:
             await asyncio.wait_for(failed.result(), 20)
         assert "symbol: FOOUSDT is not a trading symbol" in str(err.value.cause)
@@ -54,19 +73,26 @@ async def run_scenario(stack: Stack) -> None:
 
 async def fetch_histories(stack: Stack) -> list[WorkflowHistory]:
     ids = {(wf.id, wf.run_id) async for wf in stack.client.list_workflows()}
-    return [await stack.client.get_workflow_handle(wid, run_id=rid).fetch_history() for wid, rid in sorted(ids)]
+    return [
+        await stack.client.get_workflow_handle(wid, run_id=rid).fetch_history() for wid, rid in sorted(ids)
+    ]
 
 
 async def test_histories_replay_and_hold_no_secrets(stack: Stack) -> None:
     await run_scenario(stack)
     histories = await fetch_histories(stack)
-    types = {json.loads(h.to_json())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
-             for h in histories}
+    types = {
+        json.loads(h.to_json())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
+            "name"
+        ]
+        for h in histories
+    }
     assert types == {"PositionWorkflow", "PortfolioWorkflow"}
     for history in histories:
         text = history.to_json()
         assert stack.exchange.api_key not in text, f"API key in the history of {history.workflow_id}"
         assert stack.exchange.api_secret not in text, f"API secret in the history of {history.workflow_id}"
+
     # The portfolio is still running: replay what it has so far, as a worker restart would.
     async def each() -> AsyncIterator[WorkflowHistory]:
         for history in histories:

@@ -17,8 +17,15 @@ WF = "position-BTCUSDT-manual-1"
 
 async def qtrader(stack: Stack, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.cli", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=stack.env(), cwd=REPO)
+        sys.executable,
+        "-m",
+        "workers.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=stack.env(),
+        cwd=REPO,
+    )
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -42,9 +49,26 @@ async def until_listed(stack: Stack, predicate, *flags: str, within: float = 10.
 async def test_open_list_close_list_through_the_project_cli(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
-        rc, out, err = await qtrader(stack, "trade", "open", "--symbol", "BTCUSDT", "--side", "LONG",
-                                     "--notional", "150", "--leverage", "5", "--stop-loss-pct", "2",
-                                     "--take-profit-pct", "4", "--id", WF, "--wait")
+        rc, out, err = await qtrader(
+            stack,
+            "trade",
+            "open",
+            "--symbol",
+            "BTCUSDT",
+            "--side",
+            "LONG",
+            "--notional",
+            "150",
+            "--leverage",
+            "5",
+            "--stop-loss-pct",
+            "2",
+            "--take-profit-pct",
+            "4",
+            "--id",
+            WF,
+            "--wait",
+        )
         assert rc == 0, (out, err)
         assert f"started {WF}: LONG BTCUSDT 150 USDT (manual)" in out
         assert f"/namespaces/default/workflows/{WF}" in out and "status  OPEN" in out, out
@@ -52,13 +76,15 @@ async def test_open_list_close_list_through_the_project_cli(stack: Stack) -> Non
         assert await desc.static_summary() == "LONG BTCUSDT 150 USDT (manual)"
 
         # The same id again is refused; nothing new is started.
-        rc, out, err = await qtrader(stack, "trade", "open", "--symbol", "BTCUSDT", "--side", "LONG",
-                                     "--notional", "150", "--id", WF)
+        rc, out, err = await qtrader(
+            stack, "trade", "open", "--symbol", "BTCUSDT", "--side", "LONG", "--notional", "150", "--id", WF
+        )
         assert rc == 1 and "already exists" in err, (out, err)
 
         rows = await until_listed(stack, lambda r: len(r) == 1)
         assert [(r["workflow_id"], r["symbol"], r["side"], r["status"], r["open_qty"]) for r in rows] == [
-            (WF, "BTCUSDT", "LONG", "OPEN", "0.002")]
+            (WF, "BTCUSDT", "LONG", "OPEN", "0.002")
+        ]
         assert Decimal(rows[0]["entry_price"]) == 60000 and Decimal(rows[0]["stop_loss_price"]) == 58800
         rc, out, _ = await qtrader(stack, "trade", "list")
         assert rc == 0 and WF in out and "OPEN" in out and "58800" in out, out
@@ -88,7 +114,8 @@ async def test_open_list_close_list_through_the_project_cli(stack: Stack) -> Non
         assert rc == 0 and "no position workflows running" in out
         closed = await listed(stack, "--all")
         assert [(r["workflow_id"], r["status"], r["run_status"]) for r in closed] == [
-            (WF, "CLOSED", "COMPLETED")]
+            (WF, "CLOSED", "COMPLETED")
+        ]
         rc, out, _ = await qtrader(stack, "trade", "show", WF)
         assert rc == 0 and "result  CLOSED LONG 0.002 BTCUSDT" in out, out
 
@@ -106,14 +133,33 @@ async def test_portfolio_controls_through_the_project_cli(stack: Stack) -> None:
         # The kill switch works before any position exists (it starts the portfolio).
         rc, out, err = await qtrader(stack, "portfolio", "kill-switch", "on", "--reason", "test")
         assert rc == 0 and "kill switch ON" in out, (out, err)
-        rc, out, err = await qtrader(stack, "trade", "open", "--symbol", "BTCUSDT", "--side", "LONG",
-                                     "--notional", "150", "--id", "position-killed", "--wait")
+        rc, out, err = await qtrader(
+            stack,
+            "trade",
+            "open",
+            "--symbol",
+            "BTCUSDT",
+            "--side",
+            "LONG",
+            "--notional",
+            "150",
+            "--id",
+            "position-killed",
+            "--wait",
+        )
         assert rc == 3 and "REJECTED by kill_switch" in out, (out, err)
         rc, out, err = await qtrader(stack, "portfolio", "kill-switch", "off")
         assert rc == 0 and "kill switch off" in out, (out, err)
 
-        rc, out, err = await qtrader(stack, "portfolio", "policy", "--set", "max_open_positions=3",
-                                     "--set", "allowlist=BTCUSDT,ETHUSDT")
+        rc, out, err = await qtrader(
+            stack,
+            "portfolio",
+            "policy",
+            "--set",
+            "max_open_positions=3",
+            "--set",
+            "allowlist=BTCUSDT,ETHUSDT",
+        )
         assert rc == 0 and "max_open_positions           3" in out and "BTCUSDT,ETHUSDT" in out, (out, err)
         rc, out, err = await qtrader(stack, "portfolio", "policy", "--set", "max_open_positions=0")
         assert rc == 2 and "max_open_positions" in err, (out, err)
@@ -121,8 +167,20 @@ async def test_portfolio_controls_through_the_project_cli(stack: Stack) -> None:
         assert rc == 2 and "colour" in err, (out, err)
 
         for symbol in ("BTCUSDT", "ETHUSDT"):
-            rc, out, err = await qtrader(stack, "trade", "open", "--symbol", symbol, "--side", "SHORT",
-                                         "--notional", "150", "--id", f"position-{symbol}-flat", "--wait")
+            rc, out, err = await qtrader(
+                stack,
+                "trade",
+                "open",
+                "--symbol",
+                symbol,
+                "--side",
+                "SHORT",
+                "--notional",
+                "150",
+                "--id",
+                f"position-{symbol}-flat",
+                "--wait",
+            )
             assert rc == 0 and "status  OPEN" in out, (out, err)
         rc, out, err = await qtrader(stack, "portfolio", "flatten", "--reason", "drill")
         assert rc == 0 and "told 2 position(s) to close" in out, (out, err)
