@@ -13,11 +13,13 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
-from workflows.messages import PortfolioView, ProjectionInput
+from workflows.messages import PortfolioView, ProjectionInput, PublishLevelsInput
 
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
 LEDGER_KEY = "quantum:ledger:{symbol}"
 PORTFOLIO_KEY = "quantum:portfolio:state"
+LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (signals/price_watcher.py)
+LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
 STREAM_MAXLEN = 100_000
@@ -37,6 +39,25 @@ return false
 """
 
 
+# KEYS: table, channel ; ARGV: workflow id, JSON value, version, remove ("1"/"0")
+_LEVELS = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and decoded['version'] and tonumber(decoded['version']) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+if ARGV[4] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 def _s(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -45,6 +66,7 @@ class ProjectionActivities:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._once = redis.register_script(_ONCE)
+        self._levels = redis.register_script(_LEVELS)
 
     @activity.defn(name="project_position")
     async def project_position(self, inp: ProjectionInput) -> None:
@@ -109,6 +131,15 @@ class ProjectionActivities:
                 pnl=v.realized_pnl,
                 fees=v.fees,
             )
+
+    @activity.defn(name="publish_levels")
+    async def publish_levels(self, inp: PublishLevelsInput) -> None:
+        """Write (or remove) one position's trigger levels and tell the watcher which one changed. A
+        newer version is never overwritten by an older one (activities can finish out of order)."""
+        value = json.dumps({"workflow_id": inp.workflow_id, "symbol": inp.symbol, "above": _s(inp.above) or None,
+                            "below": _s(inp.below) or None, "version": inp.version})
+        await self._levels(keys=[LEVELS_KEY, LEVELS_CHANNEL],
+                           args=[inp.workflow_id, value, inp.version, "1" if inp.remove else "0"])
 
     @activity.defn(name="project_portfolio")
     async def project_portfolio(self, view: PortfolioView) -> None:

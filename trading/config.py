@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     prometheus_bind_host: str = "127.0.0.1"
     lifecycle_metrics_port: int = Field(9464, ge=1, le=65535)
     exchange_metrics_port: int = Field(9465, ge=1, le=65535)
+    watcher_metrics_port: int = Field(9466, ge=1, le=65535)
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     qt_home: Path = Path(".qt")
 
@@ -132,7 +133,11 @@ class Settings(BaseSettings):
     @property
     def ws_url(self) -> str:
         if self.trading_mode is TradingMode.PAPER:
-            return self.paper_ws_url or f"ws://127.0.0.1:{self.paper_exchange_port}"
+            if self.paper_ws_url:
+                return self.paper_ws_url
+            if self.paper_rest_url:  # the paper exchange serves both on one port
+                return "ws" + self.paper_rest_url.removeprefix("http")
+            return f"ws://127.0.0.1:{self.paper_exchange_port}"
         if self.trading_mode is TradingMode.TESTNET:
             return self.testnet_ws_url
         return self.live_ws_url

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trading.exit_policy import ExitProfile, Level
 from trading.intents import Side
 
 if TYPE_CHECKING:  # settings are read at the edges; workflow code never imports pydantic-settings
@@ -60,9 +61,8 @@ class RiskPolicy(BaseModel):
     kill_switch: bool = False
     # Below this a grant would be refused by the venue anyway (Binance's smallest MIN_NOTIONAL is 5).
     min_grant_usdt: Decimal = Field(Decimal("5"), gt=0)
-    # Exit limits every position gets with its grant.
-    max_unrealized_loss_pct: Decimal = Field(Decimal("12.5"), gt=0, le=100)
-    hard_stop_pct: Decimal = Field(Decimal("3"), gt=0, lt=100)
+    # The default exit profile every position gets with its grant (an intent may override parts).
+    exit_profile: ExitProfile = Field(default_factory=ExitProfile)
 
     @field_validator("allowlist")
     @classmethod
@@ -89,7 +89,10 @@ class RiskPolicy(BaseModel):
             kill_score_open_threshold=s.gov_kill_score_open_threshold,
             allowlist=tuple(s.apply_allowlist),
             kill_switch=s.apply_kill_switch,
-            max_unrealized_loss_pct=s.max_unrealized_loss_pct_per_position,
+            exit_profile=ExitProfile(
+                harvest_levels=(Level(at=s.harvest_min_r, fraction=Decimal("0.25")),),
+                max_unrealized_loss_pct=s.max_unrealized_loss_pct_per_position,
+            ),
         )
 
     def allows_symbol(self, symbol: str) -> bool:
@@ -125,8 +128,7 @@ class Grant(BaseModel):
     holder_id: str
     notional_usdt: Decimal
     reduced_from: Decimal | None = None  # set when the grant is smaller than asked
-    max_unrealized_loss_pct: Decimal = Decimal("12.5")
-    hard_stop_pct: Decimal = Decimal("3")
+    exit_profile: ExitProfile = Field(default_factory=ExitProfile)
 
 
 class Denial(BaseModel):
@@ -166,8 +168,7 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
         return Grant(
             holder_id=req.holder_id,
             notional_usdt=existing.notional_usdt,
-            max_unrealized_loss_pct=policy.max_unrealized_loss_pct,
-            hard_stop_pct=policy.hard_stop_pct,
+            exit_profile=policy.exit_profile,
         )
 
     def deny(gate: Gate, reason: str) -> Denial:
@@ -213,8 +214,7 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
         holder_id=req.holder_id,
         notional_usdt=notional,
         reduced_from=req.notional_usdt if notional < req.notional_usdt else None,
-        max_unrealized_loss_pct=policy.max_unrealized_loss_pct,
-        hard_stop_pct=policy.hard_stop_pct,
+        exit_profile=policy.exit_profile,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +44,17 @@ class ExitOverrides(BaseModel):
     hard_stop_pct: Decimal | None = Field(None, gt=0, lt=100)
     stop_loss_price: Decimal | None = Field(None, gt=0)
     take_profit_price: Decimal | None = Field(None, gt=0)
+    # Any other field of the exit profile (trading/exit_policy.py ExitProfile), e.g.
+    # {"trailing_enabled": false, "tp_levels": [{"at": 3, "fraction": 1}]}.
+    profile: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _profile_fields(self) -> ExitOverrides:
+        if self.profile:
+            from trading.exit_policy import ExitProfile  # the profile module builds on this one
+
+            ExitProfile.model_validate(self.profile)  # unknown or bad fields fail here, by name
+        return self
 
 
 class TradeIntent(BaseModel):

@@ -80,6 +80,16 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from signals.price_watcher import run_watcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_watcher(settings, args.metrics_port))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers import demo, stack
 
@@ -153,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     worker.set_defaults(func=_cmd_worker)
+
+    watcher = sub.add_parser("watcher", help="the price watcher: venue ticks → exit triggers for open positions")
+    watcher.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
+    watcher.set_defaults(func=_cmd_watcher)
 
     demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
     demo.add_argument("--symbol", default="BTCUSDT")

@@ -45,6 +45,7 @@ def lifecycle_worker(
             portfolio.find_stopped_holders,
             projections.project_position,
             projections.project_portfolio,
+            projections.publish_levels,
             symbols.check_symbol,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),

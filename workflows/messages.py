@@ -9,6 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trading.execution import OrderOutcome
+from trading.exit_policy import ExitProfile, ExitState
 from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
@@ -81,13 +82,37 @@ class PositionCarry(_Msg):
     rules: SymbolRules
     grant: Grant
     fills: list[Fill]
-    stop_loss_price: Decimal | None
-    take_profit_price: Decimal | None
-    hard_stop_price: Decimal | None
+    profile: ExitProfile
+    exit_state: ExitState
     hard_stop_id: str | None
+    hard_stop_seq: int
     exit_seq: int
     opened_at_ms: int
+    levels_version: int = 0
     last_mark: Decimal | None = None
+
+
+class PriceCrossed(_Msg):
+    """From the price watcher: a tick crossed one of the position's published trigger levels."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    symbol: str
+    price: Decimal = Field(gt=0)
+    ts_ms: int = 0
+    levels_version: int = 0
+    source: str = "watcher"
+
+
+class PublishLevelsInput(_Msg):
+    """The position's next trigger levels for the watcher's table; both None removes the entry."""
+
+    workflow_id: str
+    symbol: str
+    above: Decimal | None
+    below: Decimal | None
+    version: int
+    remove: bool = False
 
 
 class PositionInput(TradeIntent):
@@ -110,10 +135,13 @@ class PositionView(_Msg):
     unrealized_pnl: Decimal | None
     realized_pnl: Decimal
     fees: Decimal
-    stop_loss_price: Decimal | None
-    take_profit_price: Decimal | None
-    hard_stop_price: Decimal | None
+    stop_loss_price: Decimal | None  # the internal stop now (moved by break-even, ratchet, trailing)
+    stop_kind: str | None = None
+    take_profit_price: Decimal | None  # the next take-profit level
+    hard_stop_price: Decimal | None  # the exchange's stop
     next_trigger: str | None
+    trigger_above: Decimal | None = None
+    trigger_below: Decimal | None = None
     reason: str | None = None
 
 

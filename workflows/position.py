@@ -1,8 +1,10 @@
 """PositionWorkflow: one position, validate → govern → execute entry → manage → close.
 
-It is the only owner of its exits: every exit request (manual close, stop-loss, take-profit, emergency,
-flatten) goes into one queue and is handled one at a time against the current state, with at most one
-order in flight, so a duplicate or stale trigger becomes a no-op and the position can never reverse.
+It is the only owner of its exits. Manual closes and flattens wait in one queue; prices arrive from
+the price watcher (a tick crossed a published trigger level) or from the workflow's own mark-price
+timer, and the exit engine (trading/exit_policy.py: harvest, take-profit ladder, ratchet, trailing,
+stops, emergency, time) decides one action at a time against the current state. At most one order is
+in flight, so a duplicate or stale trigger becomes a no-op and the position can never reverse.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ with workflow.unsafe.imports_passed_through():
         SymbolCheckInput,
         SyncFillsInput,
     )
-    from trading.exits import ExitLevels, check_exit, close_quantity, entry_quantity, exit_levels
+    from trading.exit_policy import (
+        ExitProfile,
+        ExitState,
+        evaluate,
+        initial_state,
+        resolve_profile,
+        trigger_levels,
+    )
+    from trading.exits import close_quantity, entry_quantity
     from trading.governor import Denial, Gate, Grant, ReservationRequest
     from trading.ids import client_order_id
     from trading.intents import TradeIntent
@@ -54,7 +64,9 @@ with workflow.unsafe.imports_passed_through():
         PositionResult,
         PositionStatus,
         PositionView,
+        PriceCrossed,
         ProjectionInput,
+        PublishLevelsInput,
         ReleaseRequest,
         parse_message,
     )
@@ -82,6 +94,7 @@ ORDER_RETRY = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=["Rejected", "UnknownSymbol"],
 )
+PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 PROJECTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
 )
@@ -126,14 +139,16 @@ class PositionWorkflow:
         self.grant: Grant | None = carry.grant if carry else None
         self.denial: Denial | None = None
         self.fills: list[Fill] = list(carry.fills) if carry else []
-        self.levels: ExitLevels | None = None
-        if carry and carry.hard_stop_price is not None:
-            self.levels = ExitLevels(
-                stop_loss=carry.stop_loss_price,
-                take_profit=carry.take_profit_price,
-                hard_stop=carry.hard_stop_price,
-            )
+        self.profile: ExitProfile | None = carry.profile if carry else None
+        self.exit_state: ExitState | None = carry.exit_state if carry else None
         self.hard_stop_id: str | None = carry.hard_stop_id if carry else None
+        self.hard_stop_seq = carry.hard_stop_seq if carry else 0
+        self.levels_version = carry.levels_version if carry else 0
+        self._published: tuple[Decimal | None, Decimal | None] | None = None
+        self._publishing: asyncio.Future[None] | None = None
+        self._price: Decimal | None = None  # the latest price to decide on (watcher or mark timer)
+        self._hard_stop_alerts = workflow.metric_meter().create_counter(
+            "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)")
         self.exit_seq = carry.exit_seq if carry else 0
         self.opened_at_ms = carry.opened_at_ms if carry else 0
         self.mark: Decimal | None = carry.last_mark if carry else None
@@ -293,51 +308,71 @@ class PositionWorkflow:
                 "adjust_reservation",
                 AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
             )
-        self.levels = exit_levels(
-            self.intent.side, filled.avg_entry, market.rules, self.intent.exits, self.grant.hard_stop_pct
-        )
+        self.profile, stop_price = resolve_profile(
+            self.grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry)
+        self.exit_state = initial_state(
+            self.intent.side, filled.avg_entry, filled.open_qty, self.intent.leverage, filled.fees,
+            self.profile, market.rules, self.opened_at_ms, stop_price)
         self.mark = outcome.avg_price
-        await self._place_hard_stop()
+        await self._replace_hard_stop(self.exit_state.hard_stop)
         self._project("apply_result", action="entry", outcome=outcome)
 
-    async def _place_hard_stop(self) -> None:
-        assert self.levels is not None
-        self.hard_stop_id = client_order_id(workflow.info().workflow_id, "hstop")
+    async def _replace_hard_stop(self, price: Decimal) -> None:
+        """Cancel-and-replace the exchange stop, each with its own client id: never two live stops."""
+        if self.hard_stop_id is not None:
+            await self._cancel_hard_stop()
+        self.hard_stop_seq += 1
+        stop_id = client_order_id(workflow.info().workflow_id, f"hstop{self.hard_stop_seq}")
         try:
             await workflow.execute_activity(
                 "place_stop",
-                PlaceStopInput(
-                    symbol=self.intent.symbol,
-                    side=self.intent.side.exit_order_side,
-                    trigger_price=self.levels.hard_stop,
-                    client_algo_id=self.hard_stop_id,
-                ),
+                PlaceStopInput(symbol=self.intent.symbol, side=self.intent.side.exit_order_side,
+                               trigger_price=price, client_algo_id=stop_id),
                 result_type=StopOutcome,
                 task_queue=EXCHANGE_TASK_QUEUE,
                 start_to_close_timeout=timedelta(seconds=15),
                 retry_policy=ORDER_RETRY,
             )
+            self.hard_stop_id = stop_id
         except ActivityError as err:
-            # The venue refused the stop (e.g. it would trigger at once): the internal checks still
-            # protect the position, and the next mark check closes it if the price is already past.
-            workflow.logger.warning("hard stop refused: %s", err.cause)
+            # The venue refused it (e.g. -2021 "would immediately trigger"). The position is not left
+            # unprotected: the internal stop still holds, the next price check closes it if the price
+            # is already past, the next stop move tries again, and operators see the alert metric.
+            workflow.logger.warning("hard stop at %s refused: %s", price, err.cause)
+            self._hard_stop_alerts.add(1, {"symbol": self.intent.symbol})
             self.hard_stop_id = None
 
+    async def _cancel_hard_stop(self) -> None:
+        assert self.hard_stop_id is not None
+        await workflow.execute_activity(
+            "cancel_stop",
+            CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=QUICK_RETRY,
+        )
+        self.hard_stop_id = None
+
     async def _manage(self) -> None:
+        self._publish_levels()
         while self._tally().open_qty > 0 and not self._venue_flat:
-            if not self._queue:
+            if not self._queue and self._price is None:
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self._queue), timeout=timedelta(seconds=self.options.mark_check_seconds)
+                        lambda: bool(self._queue) or self._price is not None or self._publish_due(),
+                        timeout=timedelta(seconds=self.options.mark_check_seconds),
                     )
                 except TimeoutError:
-                    await self._check_mark()
+                    await self._check_mark()  # the safety net when the watcher is down
             await self._process_exits()
+            if self._price is not None and self._tally().open_qty > 0 and not self._venue_flat:
+                price, self._price = self._price, None
+                await self._apply_exit_policies(price)
+            self._publish_levels()
             if self._should_continue_as_new():
                 await self._continue_as_new()
 
     async def _check_mark(self) -> None:
-        assert self.levels is not None and self.grant is not None
         self.mark = await workflow.execute_activity(
             "get_mark_price",
             MarkPriceInput(symbol=self.intent.symbol),
@@ -346,17 +381,31 @@ class PositionWorkflow:
             start_to_close_timeout=timedelta(seconds=5),
             retry_policy=QUICK_RETRY,
         )
-        t = self._tally()
-        signal = check_exit(
-            self.intent.side,
-            t.open_entry_price,
-            t.open_qty,
-            self.mark,
-            self.levels,
-            self.grant.max_unrealized_loss_pct,
-        )
-        if signal is not None and not self._queue:
-            self._enqueue(None, signal.reason, "internal")
+        if self._price is None:
+            self._price = self.mark
+        if self.hard_stop_id is None and self.exit_state is not None and self._tally().open_qty > 0:
+            await self._replace_hard_stop(self.exit_state.hard_stop)  # try again after a refusal
+        self._update_details()
+
+    async def _apply_exit_policies(self, price: Decimal) -> None:
+        """Let the exit engine act on this price until it has nothing more to do (several levels
+        crossed at once are handled one after another, each against the state the last one left)."""
+        assert self.profile is not None and self.exit_state is not None and self.rules is not None
+        self.mark = price
+        for _ in range(16):  # every action consumes a level or closes everything: this ends quickly
+            open_qty = self._tally().open_qty
+            if open_qty <= 0 or self._venue_flat:
+                return
+            now_ms = int(workflow.now().timestamp() * 1000)
+            action, state = evaluate(self.profile, self.exit_state, self.intent.side, open_qty, price,
+                                     self.intent.leverage, self.rules, now_ms)
+            self.exit_state = state
+            if action is None:
+                return
+            if action.hard_stop is not None:
+                await self._replace_hard_stop(action.hard_stop)
+            if action.kind == "close" and action.quantity > 0:
+                await self._close(action.quantity, action.reason, action.controller)
         self._update_details()
 
     async def _process_exits(self) -> None:
@@ -365,7 +414,7 @@ class PositionWorkflow:
             t = self._tally()
             assert self.rules is not None
             qty = close_quantity(ticket.quantity, t.open_qty, self.rules)
-            if qty <= 0:
+            if qty <= 0 or self._venue_flat:
                 self._results[ticket.ticket] = CloseResult(
                     closed_qty=Decimal(0),
                     avg_price=Decimal(0),
@@ -374,14 +423,8 @@ class PositionWorkflow:
                     detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero",
                 )
                 continue
-            self._set_status(PositionStatus.CLOSING)
-            self.exit_seq += 1
-            outcome = await self._order(
-                self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
-            )
-            if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
-                # Nothing left to reduce at the venue: its hard stop or a liquidation closed the position.
-                await self._settle_with_venue()
+            outcome = await self._close(qty, ticket.reason, ticket.controller)
+            if outcome is None:
                 self._results[ticket.ticket] = CloseResult(
                     closed_qty=Decimal(0),
                     avg_price=Decimal(0),
@@ -389,16 +432,53 @@ class PositionWorkflow:
                     noop=True,
                     detail=f"the exchange had already closed the position ({self.exit_reason})",
                 )
-                self._queue.clear()
-                return
-            remaining = self._tally().open_qty
+                continue
             self._results[ticket.ticket] = CloseResult(
-                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price, remaining_qty=remaining
-            )
-            self.exit_reason, self.exit_controller = ticket.reason, ticket.controller
-            self._project("apply_result", action="exit", outcome=outcome)
-            if remaining > 0:
-                self._set_status(PositionStatus.OPEN)
+                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price,
+                remaining_qty=self._tally().open_qty)
+
+    async def _close(self, qty: Decimal, reason: str, controller: str) -> OrderOutcome | None:
+        """One reduce-only order. None when the venue had nothing left to reduce (its hard stop or a
+        liquidation closed the position): then the venue's fills are taken instead."""
+        self._set_status(PositionStatus.CLOSING)
+        self.exit_seq += 1
+        outcome = await self._order(self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True)
+        if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
+            await self._settle_with_venue()
+            return None
+        self.exit_reason, self.exit_controller = reason, controller
+        self._project("apply_result", action="exit", outcome=outcome)
+        if self._tally().open_qty > 0:
+            self._set_status(PositionStatus.OPEN)
+        return outcome
+
+    # ------------------------------------------------------------------ trigger levels
+    def _levels(self) -> tuple[Decimal | None, Decimal | None]:
+        if self.profile is None or self.exit_state is None or self.rules is None or self._tally().open_qty <= 0:
+            return None, None
+        return trigger_levels(self.profile, self.exit_state, self.intent.side, self.intent.leverage, self.rules)
+
+    def _publish_due(self) -> bool:
+        return (self._publishing is None or self._publishing.done()) and self._levels() != self._published
+
+    def _publish_levels(self, *, remove: bool = False) -> None:
+        """Tell the price watcher the new levels (one write in flight; Redis trouble never blocks)."""
+        if not remove and not self._publish_due():
+            return
+        above, below = (None, None) if remove else self._levels()
+        self.levels_version += 1
+        self._published = (above, below)
+        self._publishing = asyncio.ensure_future(self._publish(PublishLevelsInput(
+            workflow_id=workflow.info().workflow_id, symbol=self.intent.symbol, above=above, below=below,
+            version=self.levels_version, remove=remove)))
+
+    async def _publish(self, inp: PublishLevelsInput) -> None:
+        try:
+            await workflow.execute_activity(
+                "publish_levels", inp, task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5), retry_policy=PUBLISH_RETRY)
+        except ActivityError:
+            self._published = None  # publish again; the mark timer protects the position meanwhile
 
     async def _settle_with_venue(self) -> None:
         """Take the venue's fills for this position (one position per symbol) and its word on the size."""
@@ -436,20 +516,16 @@ class PositionWorkflow:
 
     async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
         if self.hard_stop_id is not None:
-            await workflow.execute_activity(
-                "cancel_stop",
-                CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=QUICK_RETRY,
-            )
-            self.hard_stop_id = None
+            await self._cancel_hard_stop()
+        if self._published is not None:
+            self._publish_levels(remove=True)
         self._set_status(final_status)
         if self.grant is not None and not self._released:
             await self._release(self.exit_reason or final_status.value.lower())
         self._project("trade_closed")
         # Projections catch up after a Redis outage; the trade itself is already done and released.
-        await asyncio.gather(*self._projections, return_exceptions=True)
+        await asyncio.gather(*self._projections, *([self._publishing] if self._publishing else []),
+                             return_exceptions=True)
 
     # ------------------------------------------------------------------ orders
     async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
@@ -497,7 +573,10 @@ class PositionWorkflow:
     async def _continue_as_new(self) -> None:
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._queue)
         await asyncio.gather(*self._projections, return_exceptions=True)
-        assert self.rules is not None and self.grant is not None and self.levels is not None
+        assert self.rules is not None and self.grant is not None
+        assert self.profile is not None and self.exit_state is not None
+        if self._publishing is not None:
+            await self._publishing
         self._continuing = True
         carried = PositionInput.model_validate(
             {**self.intent.model_dump(exclude={"options", "carry"}), "options": self.options}
@@ -510,10 +589,11 @@ class PositionWorkflow:
                         rules=self.rules,
                         grant=self.grant,
                         fills=self.fills,
-                        stop_loss_price=self.levels.stop_loss,
-                        take_profit_price=self.levels.take_profit,
-                        hard_stop_price=self.levels.hard_stop,
+                        profile=self.profile,
+                        exit_state=self.exit_state,
                         hard_stop_id=self.hard_stop_id,
+                        hard_stop_seq=self.hard_stop_seq,
+                        levels_version=self.levels_version,
                         exit_seq=self.exit_seq,
                         opened_at_ms=self.opened_at_ms,
                         last_mark=self.mark,
@@ -532,6 +612,16 @@ class PositionWorkflow:
     def emergency_flatten(self, req: FlattenRequest) -> None:
         if self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
             self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
+
+    @workflow.signal(name="price_crossed")
+    def price_crossed(self, raw: dict) -> None:
+        try:
+            tick = parse_message(PriceCrossed, raw)
+        except ValueError:
+            workflow.logger.warning("ignored a malformed price_crossed signal: %s", raw)
+            return
+        if tick.symbol == self.intent.symbol and self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
+            self._price = tick.price  # only the latest price matters
 
     @workflow.update(name="close")
     async def close(self, raw: dict) -> CloseResult:
@@ -564,10 +654,13 @@ class PositionWorkflow:
             unrealized_pnl=t.unrealized(self.mark) if self.mark and t.open_qty else None,
             realized_pnl=t.realized_net,
             fees=t.fees,
-            stop_loss_price=self.levels.stop_loss if self.levels else None,
-            take_profit_price=self.levels.take_profit if self.levels else None,
-            hard_stop_price=self.levels.hard_stop if self.levels else None,
+            stop_loss_price=self.exit_state.stop if self.exit_state else None,
+            stop_kind=self.exit_state.stop_kind if self.exit_state else None,
+            take_profit_price=self._next_target(),
+            hard_stop_price=self.exit_state.hard_stop if self.exit_state and self.hard_stop_id else None,
             next_trigger=self._next_trigger(),
+            trigger_above=self._levels()[0],
+            trigger_below=self._levels()[1],
             reason=self.exit_reason or (self.denial.reason if self.denial else None),
         )
 
@@ -594,15 +687,24 @@ class PositionWorkflow:
     def _tally(self) -> PositionTally:
         return tally(self.intent.side, self.fills)
 
-    def _next_trigger(self) -> str | None:
-        if self.levels is None or self.status != PositionStatus.OPEN:
+    def _next_target(self) -> Decimal | None:
+        p, st = self.profile, self.exit_state
+        if p is None or st is None or self.rules is None or not p.tp_enabled or st.tps_done >= len(p.tp_levels):
             return None
-        parts = []
-        if self.levels.stop_loss is not None:
-            parts.append(f"stop {self.levels.stop_loss}")
-        if self.levels.take_profit is not None:
-            parts.append(f"target {self.levels.take_profit}")
-        parts.append(f"hard stop {self.levels.hard_stop}")
+        pct = p.tp_levels[st.tps_done].at
+        return self.rules.round_price(st.entry * (1 + self.intent.side.sign * pct / 100))
+
+    def _next_trigger(self) -> str | None:
+        if self.exit_state is None or self.status != PositionStatus.OPEN:
+            return None
+        parts = [f"{self.exit_state.stop_kind.replace('_', ' ')} {self.exit_state.stop}"]
+        target = self._next_target()
+        if target is not None:
+            parts.append(f"target {target}")
+        if self.hard_stop_id is not None:
+            parts.append(f"hard stop {self.exit_state.hard_stop}")
+        above, below = self._levels()
+        parts.append(f"watching {below} / {above}")
         return ", ".join(parts)
 
     def _set_status(self, status: PositionStatus) -> None:

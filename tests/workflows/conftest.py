@@ -114,9 +114,11 @@ class Stack:
         }
 
     def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:
+        """`kind`: lifecycle or exchange (a worker), or watcher (the price watcher)."""
+        command = ["watcher"] if kind == "watcher" else ["worker", kind]
         proc = ManagedProcess(
             name=f"{kind}-worker",
-            argv=[sys.executable, "-m", "workers.cli", "worker", kind, *extra],
+            argv=[sys.executable, "-m", "workers.cli", *command, *extra],
             log_path=self.tmp / f"{kind}-worker-{len(self.children)}.log",
             env=self.env(),
             cwd=REPO,

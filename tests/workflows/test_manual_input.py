@@ -25,8 +25,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import REPO
 from tests.workflows.conftest import Stack
+from trading.exit_policy import ExitProfile, initial_state
 from trading.governor import Grant, RiskPolicy
 from trading.instruments import SymbolRules
+from trading.intents import Side
 from workers.stack import temporal_binary
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
@@ -63,10 +65,12 @@ def _carry() -> dict:
         rules=rules,
         grant=Grant(holder_id="someone-else", notional_usdt=Decimal(100)),
         fills=[],
-        stop_loss_price=None,
-        take_profit_price=None,
-        hard_stop_price=Decimal("50000"),
+        profile=ExitProfile(),
+        exit_state=initial_state(
+            Side.LONG, Decimal(60000), Decimal("0.002"), 5, Decimal(0), ExitProfile(), rules
+        ),
         hard_stop_id=None,
+        hard_stop_seq=0,
         exit_seq=0,
         opened_at_ms=1,
     )

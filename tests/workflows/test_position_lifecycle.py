@@ -204,7 +204,7 @@ async def test_long_lived_position_continues_as_new_and_keeps_its_state(stack: S
         )
         stack.exchange.set_price("BTCUSDT", "63100")  # through the take-profit
         result = await asyncio.wait_for(latest.result(), 20)
-    assert result.exit_reason == "take_profit"
+    assert result.exit_reason == "take_profit_1"
     assert [f.side for f in result.fills] == ["BUY", "SELL"]
     assert cents(result.gross_pnl) == cents((D("63100") - D("60000")) * D("0.002"))
     assert len(stack.exchange.admin("GET", "orders?symbol=BTCUSDT")) == 2
