@@ -10,6 +10,7 @@ change: the price watcher signals the workflow only when a tick crosses one of t
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Literal
 
@@ -42,7 +43,9 @@ class ExitProfile(BaseModel):
     harvest_max_actions_per_min: int = Field(2, ge=1)
     tp_enabled: bool = True
     tp_levels: tuple[Level, ...] = (
-        Level(at=D(2), fraction=D("0.25")), Level(at=D(4), fraction=D("0.25")), Level(at=D(6), fraction=D("0.5")),
+        Level(at=D(2), fraction=D("0.25")),
+        Level(at=D(4), fraction=D("0.25")),
+        Level(at=D(6), fraction=D("0.5")),
     )
     ratchet_sl_enabled: bool = True  # RATCHET_SL_ENABLED: BE after TP1, then the previous TP level
     stop_pct: Decimal = Field(D(2), gt=0, lt=100)  # internal stop from entry
@@ -61,28 +64,31 @@ class ExitProfile(BaseModel):
     def _ladder(cls, levels: tuple[Level, ...]) -> tuple[Level, ...]:
         if len(levels) > 4:
             raise ValueError("at most 4 take-profit levels")
-        if any(b.at <= a.at for a, b in zip(levels, levels[1:], strict=False)):
+        if any(b.at <= a.at for a, b in itertools.pairwise(levels)):
             raise ValueError("take-profit levels must rise")
         return levels
 
     @field_validator("harvest_levels")
     @classmethod
     def _harvest(cls, levels: tuple[Level, ...]) -> tuple[Level, ...]:
-        if any(b.at <= a.at for a, b in zip(levels, levels[1:], strict=False)):
+        if any(b.at <= a.at for a, b in itertools.pairwise(levels)):
             raise ValueError("harvest levels must rise")
         return levels
 
     @field_validator("hard_stop_pct")
     @classmethod
-    def _hard_behind_internal(cls, value: Decimal, info) -> Decimal:  # noqa: ANN001
+    def _hard_behind_internal(cls, value: Decimal, info) -> Decimal:
         stop = info.data.get("stop_pct")
         if stop is not None and value < stop:
-            raise ValueError("hard_stop_pct must be at least stop_pct: the exchange stop is the net behind it")
+            raise ValueError(
+                "hard_stop_pct must be at least stop_pct: the exchange stop is the net behind it"
+            )
         return value
 
 
-def resolve_profile(base: ExitProfile, overrides: ExitOverrides | None, side: Side,
-                    entry: Decimal) -> tuple[ExitProfile, Decimal | None]:
+def resolve_profile(
+    base: ExitProfile, overrides: ExitOverrides | None, side: Side, entry: Decimal
+) -> tuple[ExitProfile, Decimal | None]:
     """The position's profile: the portfolio's default with the intent's overrides applied. Returns the
     profile and the absolute stop price, if the intent gave one."""
     if overrides is None:
@@ -146,9 +152,17 @@ def _better(a: Decimal, b: Decimal, side: Side) -> bool:
     return (a - b) * side.sign > 0
 
 
-def initial_state(side: Side, entry: Decimal, qty: Decimal, leverage: int, entry_fee: Decimal,
-                  profile: ExitProfile, rules: SymbolRules, opened_at_ms: int = 0,
-                  stop_price: Decimal | None = None) -> ExitState:
+def initial_state(
+    side: Side,
+    entry: Decimal,
+    qty: Decimal,
+    leverage: int,
+    entry_fee: Decimal,
+    profile: ExitProfile,
+    rules: SymbolRules,
+    opened_at_ms: int = 0,
+    stop_price: Decimal | None = None,
+) -> ExitState:
     """The stop `stop_pct` from entry (or the intent's price), never closer than the minimum distance;
     R = the entry-to-stop risk with fees included (or the margin, in the seed-compatible mode)."""
     stop = stop_price if stop_price is not None else _away(entry, profile.stop_pct, side, adverse=True)
@@ -165,11 +179,20 @@ def initial_state(side: Side, entry: Decimal, qty: Decimal, leverage: int, entry
     hard = rules.round_price(_away(entry, hard_pct, side, adverse=True))
     if _better(hard, stop, side):
         hard = stop
-    return ExitState(entry=entry, initial_qty=qty, r_price=r_price, stop=stop, hard_stop=hard, best=entry,
-                     opened_at_ms=opened_at_ms)
+    return ExitState(
+        entry=entry,
+        initial_qty=qty,
+        r_price=r_price,
+        stop=stop,
+        hard_stop=hard,
+        best=entry,
+        opened_at_ms=opened_at_ms,
+    )
 
 
-def _close_qty(fraction: Decimal, state: ExitState, open_qty: Decimal, rules: SymbolRules) -> tuple[Decimal, bool]:
+def _close_qty(
+    fraction: Decimal, state: ExitState, open_qty: Decimal, rules: SymbolRules
+) -> tuple[Decimal, bool]:
     """A fraction of the initial quantity, on the step grid, never above what is open; the whole
     position when the remainder would fall below the minimum quantity. Zero when the fraction is
     smaller than one step: the level passes without an order (closing everything instead would turn
@@ -187,8 +210,16 @@ def _hard_for(stop: Decimal, side: Side, profile: ExitProfile, rules: SymbolRule
     return rules.round_price(_away(stop, gap, side, adverse=True))
 
 
-def evaluate(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decimal, price: Decimal,
-             leverage: int, rules: SymbolRules, now_ms: int) -> tuple[ExitAction | None, ExitState]:
+def evaluate(
+    profile: ExitProfile,
+    state: ExitState,
+    side: Side,
+    open_qty: Decimal,
+    price: Decimal,
+    leverage: int,
+    rules: SymbolRules,
+    now_ms: int,
+) -> tuple[ExitAction | None, ExitState]:
     """At most one action for this price, and the state after it is done. Pure: the caller executes
     the action (an order, or a stop move) and calls again with the same price until None."""
     if open_qty <= 0:
@@ -199,7 +230,6 @@ def evaluate(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decim
     move = (price - s.entry) * side.sign  # favourable price distance per unit
     loss_pct = -move / s.entry * HUNDRED
     margin_loss_pct = loss_pct * D(leverage)
-
 
     # Trailing stop: arms once in profit by the activation distance, then follows the best price.
     if profile.trailing_enabled:
@@ -221,7 +251,10 @@ def evaluate(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decim
     if margin_loss_pct >= profile.max_margin_loss_pct:
         return _close_all("emergency_max_margin_loss", "emergency", open_qty), s
 
-    if profile.max_holding_seconds is not None and now_ms - s.opened_at_ms >= profile.max_holding_seconds * 1000:
+    if (
+        profile.max_holding_seconds is not None
+        and now_ms - s.opened_at_ms >= profile.max_holding_seconds * 1000
+    ):
         return _close_all("time_exit", "time", open_qty), s
 
     # Take-profit ladder, then the stop ratchet.
@@ -231,17 +264,28 @@ def evaluate(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decim
         if (price - target) * side.sign >= 0:
             qty, whole = _close_qty(level.fraction, s, open_qty, rules)
             s.tps_done += 1
-            action = ExitAction(kind="close" if qty > 0 else "move_stop", reason=f"take_profit_{s.tps_done}",
-                                controller="tp_ladder", quantity=qty, close_all=whole)
+            action = ExitAction(
+                kind="close" if qty > 0 else "move_stop",
+                reason=f"take_profit_{s.tps_done}",
+                controller="tp_ladder",
+                quantity=qty,
+                close_all=whole,
+            )
             if profile.ratchet_sl_enabled:
-                ratchet = s.entry if s.tps_done == 1 else rules.round_price(
-                    _away(s.entry, profile.tp_levels[s.tps_done - 2].at, side, adverse=False))
+                ratchet = (
+                    s.entry
+                    if s.tps_done == 1
+                    else rules.round_price(
+                        _away(s.entry, profile.tp_levels[s.tps_done - 2].at, side, adverse=False)
+                    )
+                )
                 if _better(ratchet, s.stop, side):
                     kind = "breakeven_stop" if s.tps_done == 1 else "ratchet_stop"
                     s.stop, s.stop_kind = ratchet, kind
                     s.hard_stop = _hard_for(ratchet, side, profile, rules)
-                    action = action.model_copy(update={"new_stop": ratchet, "new_stop_kind": kind,
-                                                       "hard_stop": s.hard_stop})
+                    action = action.model_copy(
+                        update={"new_stop": ratchet, "new_stop_kind": kind, "hard_stop": s.hard_stop}
+                    )
             return action, s
 
     # Harvest at R multiples (rate-capped), then the stop to break-even.
@@ -253,13 +297,23 @@ def evaluate(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decim
                 qty, whole = _close_qty(level.fraction, s, open_qty, rules)
                 s.harvests_done += 1
                 s.harvest_times_ms = [*recent, now_ms]
-                action = ExitAction(kind="close" if qty > 0 else "move_stop", reason=f"harvest_{s.harvests_done}",
-                                    controller="harvest", quantity=qty, close_all=whole)
+                action = ExitAction(
+                    kind="close" if qty > 0 else "move_stop",
+                    reason=f"harvest_{s.harvests_done}",
+                    controller="harvest",
+                    quantity=qty,
+                    close_all=whole,
+                )
                 if profile.move_sl_be and s.harvests_done == 1 and _better(s.entry, s.stop, side):
                     s.stop, s.stop_kind = s.entry, "breakeven_stop"
                     s.hard_stop = _hard_for(s.entry, side, profile, rules)
-                    action = action.model_copy(update={"new_stop": s.entry, "new_stop_kind": "breakeven_stop",
-                                                       "hard_stop": s.hard_stop})
+                    action = action.model_copy(
+                        update={
+                            "new_stop": s.entry,
+                            "new_stop_kind": "breakeven_stop",
+                            "hard_stop": s.hard_stop,
+                        }
+                    )
                 return action, s
     return None, s
 
@@ -268,25 +322,34 @@ def _close_all(reason: str, controller: str, open_qty: Decimal) -> ExitAction:
     return ExitAction(kind="close", reason=reason, controller=controller, quantity=open_qty, close_all=True)
 
 
-def trigger_levels(profile: ExitProfile, state: ExitState, side: Side, leverage: int,
-                   rules: SymbolRules) -> tuple[Decimal | None, Decimal | None]:
+def trigger_levels(
+    profile: ExitProfile, state: ExitState, side: Side, leverage: int, rules: SymbolRules
+) -> tuple[Decimal | None, Decimal | None]:
     """(above, below): the nearest prices above and below at which `evaluate` would act or move the
     stop. Ticks between them change nothing, so the watcher stays silent."""
     favourable: list[Decimal] = []
     adverse: list[Decimal] = [state.stop]
     entry = state.entry
     adverse.append(rules.round_price(_away(entry, profile.max_unrealized_loss_pct, side, adverse=True)))
-    adverse.append(rules.round_price(_away(entry, profile.max_margin_loss_pct / D(leverage), side, adverse=True)))
+    adverse.append(
+        rules.round_price(_away(entry, profile.max_margin_loss_pct / D(leverage), side, adverse=True))
+    )
     if profile.tp_enabled and state.tps_done < len(profile.tp_levels):
-        favourable.append(rules.round_price(_away(entry, profile.tp_levels[state.tps_done].at, side, adverse=False)))
+        favourable.append(
+            rules.round_price(_away(entry, profile.tp_levels[state.tps_done].at, side, adverse=False))
+        )
     if profile.harvest_enabled and state.harvests_done < len(profile.harvest_levels):
         level = profile.harvest_levels[state.harvests_done]
         favourable.append(rules.round_price(entry + side.sign * level.at * state.r_price))
     if profile.trailing_enabled:
         if state.trailing_active:
-            favourable.append(rules.round_price(_away(state.best, profile.trailing_step_pct, side, adverse=False)))
+            favourable.append(
+                rules.round_price(_away(state.best, profile.trailing_step_pct, side, adverse=False))
+            )
         else:
-            favourable.append(rules.round_price(_away(entry, profile.trailing_activation_pct, side, adverse=False)))
+            favourable.append(
+                rules.round_price(_away(entry, profile.trailing_activation_pct, side, adverse=False))
+            )
     nearest_fav = min(favourable, key=lambda p: (p - entry) * side.sign) if favourable else None
     nearest_adv = max(adverse, key=lambda p: (p - entry) * side.sign)
     if side is Side.LONG:

@@ -8,7 +8,6 @@ from decimal import Decimal
 from trading.instruments import SymbolRules
 
 
-
 def close_quantity(requested: Decimal | None, open_qty: Decimal, rules: SymbolRules) -> Decimal:
     """How much a close request really closes: never more than is open, on the step grid, and the
     whole position when the remainder would fall below the minimum quantity."""

@@ -148,7 +148,8 @@ class PositionWorkflow:
         self._publishing: asyncio.Future[None] | None = None
         self._price: Decimal | None = None  # the latest price to decide on (watcher or mark timer)
         self._hard_stop_alerts = workflow.metric_meter().create_counter(
-            "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)")
+            "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)"
+        )
         self.exit_seq = carry.exit_seq if carry else 0
         self.opened_at_ms = carry.opened_at_ms if carry else 0
         self.mark: Decimal | None = carry.last_mark if carry else None
@@ -309,10 +310,19 @@ class PositionWorkflow:
                 AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
             )
         self.profile, stop_price = resolve_profile(
-            self.grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry)
+            self.grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry
+        )
         self.exit_state = initial_state(
-            self.intent.side, filled.avg_entry, filled.open_qty, self.intent.leverage, filled.fees,
-            self.profile, market.rules, self.opened_at_ms, stop_price)
+            self.intent.side,
+            filled.avg_entry,
+            filled.open_qty,
+            self.intent.leverage,
+            filled.fees,
+            self.profile,
+            market.rules,
+            self.opened_at_ms,
+            stop_price,
+        )
         self.mark = outcome.avg_price
         await self._replace_hard_stop(self.exit_state.hard_stop)
         self._project("apply_result", action="entry", outcome=outcome)
@@ -326,8 +336,12 @@ class PositionWorkflow:
         try:
             await workflow.execute_activity(
                 "place_stop",
-                PlaceStopInput(symbol=self.intent.symbol, side=self.intent.side.exit_order_side,
-                               trigger_price=price, client_algo_id=stop_id),
+                PlaceStopInput(
+                    symbol=self.intent.symbol,
+                    side=self.intent.side.exit_order_side,
+                    trigger_price=price,
+                    client_algo_id=stop_id,
+                ),
                 result_type=StopOutcome,
                 task_queue=EXCHANGE_TASK_QUEUE,
                 start_to_close_timeout=timedelta(seconds=15),
@@ -397,8 +411,16 @@ class PositionWorkflow:
             if open_qty <= 0 or self._venue_flat:
                 return
             now_ms = int(workflow.now().timestamp() * 1000)
-            action, state = evaluate(self.profile, self.exit_state, self.intent.side, open_qty, price,
-                                     self.intent.leverage, self.rules, now_ms)
+            action, state = evaluate(
+                self.profile,
+                self.exit_state,
+                self.intent.side,
+                open_qty,
+                price,
+                self.intent.leverage,
+                self.rules,
+                now_ms,
+            )
             self.exit_state = state
             if action is None:
                 return
@@ -434,15 +456,19 @@ class PositionWorkflow:
                 )
                 continue
             self._results[ticket.ticket] = CloseResult(
-                closed_qty=outcome.executed_qty, avg_price=outcome.avg_price,
-                remaining_qty=self._tally().open_qty)
+                closed_qty=outcome.executed_qty,
+                avg_price=outcome.avg_price,
+                remaining_qty=self._tally().open_qty,
+            )
 
     async def _close(self, qty: Decimal, reason: str, controller: str) -> OrderOutcome | None:
         """One reduce-only order. None when the venue had nothing left to reduce (its hard stop or a
         liquidation closed the position): then the venue's fills are taken instead."""
         self._set_status(PositionStatus.CLOSING)
         self.exit_seq += 1
-        outcome = await self._order(self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True)
+        outcome = await self._order(
+            self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
+        )
         if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
             await self._settle_with_venue()
             return None
@@ -454,9 +480,16 @@ class PositionWorkflow:
 
     # ------------------------------------------------------------------ trigger levels
     def _levels(self) -> tuple[Decimal | None, Decimal | None]:
-        if self.profile is None or self.exit_state is None or self.rules is None or self._tally().open_qty <= 0:
+        if (
+            self.profile is None
+            or self.exit_state is None
+            or self.rules is None
+            or self._tally().open_qty <= 0
+        ):
             return None, None
-        return trigger_levels(self.profile, self.exit_state, self.intent.side, self.intent.leverage, self.rules)
+        return trigger_levels(
+            self.profile, self.exit_state, self.intent.side, self.intent.leverage, self.rules
+        )
 
     def _publish_due(self) -> bool:
         return (self._publishing is None or self._publishing.done()) and self._levels() != self._published
@@ -468,31 +501,64 @@ class PositionWorkflow:
         above, below = (None, None) if remove else self._levels()
         self.levels_version += 1
         self._published = (above, below)
-        self._publishing = asyncio.ensure_future(self._publish(PublishLevelsInput(
-            workflow_id=workflow.info().workflow_id, symbol=self.intent.symbol, above=above, below=below,
-            version=self.levels_version, remove=remove)))
+        self._publishing = asyncio.ensure_future(
+            self._publish(
+                PublishLevelsInput(
+                    workflow_id=workflow.info().workflow_id,
+                    symbol=self.intent.symbol,
+                    above=above,
+                    below=below,
+                    version=self.levels_version,
+                    remove=remove,
+                )
+            )
+        )
 
     async def _publish(self, inp: PublishLevelsInput) -> None:
         try:
             await workflow.execute_activity(
-                "publish_levels", inp, task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5), retry_policy=PUBLISH_RETRY)
+                "publish_levels",
+                inp,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=PUBLISH_RETRY,
+            )
         except ActivityError:
             self._published = None  # publish again; the mark timer protects the position meanwhile
 
     async def _settle_with_venue(self) -> None:
-        """Take the venue's fills for this position (one position per symbol) and its word on the size."""
+        """Take the venue's fills for this position and its word on the size. Only fills of orders this
+        position placed (its client-id prefix; its hard stops fire under their own ids) or the venue's
+        liquidations count, and never more than is open: an earlier position on the same symbol must
+        not leak into this one."""
         known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
+        since = min((f.time_ms for f in self.fills if f.time_ms), default=self.opened_at_ms)
         fills = await workflow.execute_activity(
             "sync_fills",
-            SyncFillsInput(symbol=self.intent.symbol, since_ms=self.opened_at_ms - 5_000, order_ids=known),
+            SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known),
             result_type=list[Fill],
             task_queue=EXCHANGE_TASK_QUEUE,
             start_to_close_timeout=timedelta(seconds=20),
             retry_policy=QUICK_RETRY,
         )
+        mine = client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
         seen = {f.trade_id for f in self.fills}
-        new = [f for f in fills if f.trade_id not in seen and f.side == self.intent.side.exit_order_side]
+        new = []
+        room = self._tally().open_qty
+        for f in sorted(fills, key=lambda f: (f.time_ms, f.trade_id or 0)):
+            ours = f.client_order_id.startswith((mine, "autoclose", "adl_autoclose"))
+            if (
+                f.trade_id in seen
+                or f.side != self.intent.side.exit_order_side
+                or not ours
+                or f.time_ms < since
+            ):
+                continue
+            if f.qty > room:
+                workflow.logger.error("venue fill %s exceeds the open quantity %s: ignored", f, room)
+                continue
+            room -= f.qty
+            new.append(f)
         self.fills.extend(new)
         hard_stop_hit = self.hard_stop_id is not None and any(
             f.client_order_id == self.hard_stop_id for f in new
@@ -524,8 +590,9 @@ class PositionWorkflow:
             await self._release(self.exit_reason or final_status.value.lower())
         self._project("trade_closed")
         # Projections catch up after a Redis outage; the trade itself is already done and released.
-        await asyncio.gather(*self._projections, *([self._publishing] if self._publishing else []),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *self._projections, *([self._publishing] if self._publishing else []), return_exceptions=True
+        )
 
     # ------------------------------------------------------------------ orders
     async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
@@ -689,7 +756,13 @@ class PositionWorkflow:
 
     def _next_target(self) -> Decimal | None:
         p, st = self.profile, self.exit_state
-        if p is None or st is None or self.rules is None or not p.tp_enabled or st.tps_done >= len(p.tp_levels):
+        if (
+            p is None
+            or st is None
+            or self.rules is None
+            or not p.tp_enabled
+            or st.tps_done >= len(p.tp_levels)
+        ):
             return None
         pct = p.tp_levels[st.tps_done].at
         return self.rules.round_price(st.entry * (1 + self.intent.side.sign * pct / 100))

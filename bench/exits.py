@@ -1,0 +1,223 @@
+"""`python -m bench.exits`: exit reaction latency, from the paper exchange publishing the tick that crosses
+a stop to the reduce-only order arriving at the paper exchange, with 1 and with 500 open positions,
+next to the floor measured in the same run: one signal into a workflow that immediately runs one
+activity. Progress on stderr; one JSON object as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from bench.stack import REPO, LocalStack, local_stack
+from trading.intents import Side
+from workers.processes import ManagedProcess
+from workflows.messages import (
+    LIFECYCLE_TASK_QUEUE,
+    PositionInput,
+    PositionOptions,
+    PositionResult,
+    PositionView,
+)
+
+FLOOR_QUEUE = "bench-exit-floor"
+WATCHER_ONLY = PositionOptions(mark_check_seconds=600)
+_probe_seen: dict[int, float] = {}
+
+
+def log(msg: str) -> None:
+    print(f"[bench.exits] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@activity.defn(name="bench_exit_probe")
+async def bench_exit_probe(seq: int) -> None:
+    _probe_seen[seq] = time.perf_counter()
+
+
+@workflow.defn(name="BenchExitFloor", sandboxed=False)
+class BenchExitFloor:
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+
+    @workflow.run
+    async def run(self) -> None:
+        from datetime import timedelta
+
+        while True:
+            await workflow.wait_condition(lambda: bool(self.pending))
+            seq = self.pending.pop(0)
+            await workflow.execute_activity(
+                "bench_exit_probe", seq, start_to_close_timeout=timedelta(seconds=10)
+            )
+
+    @workflow.signal(name="poke")
+    def poke(self, seq: int) -> None:
+        self.pending.append(seq)
+
+
+def floor_worker(client: Client) -> Worker:
+    return Worker(client, task_queue=FLOOR_QUEUE, workflows=[BenchExitFloor], activities=[bench_exit_probe])
+
+
+async def measure_floor(client: Client, n: int) -> list[float]:
+    handle = await client.start_workflow(BenchExitFloor.run, id="bench-exit-floor", task_queue=FLOOR_QUEUE)
+    out = []
+    for seq in range(n):
+        t0 = time.perf_counter()
+        await handle.signal(BenchExitFloor.poke, seq)
+        while seq not in _probe_seen:
+            await asyncio.sleep(0.0005)
+        out.append((_probe_seen[seq] - t0) * 1000)
+    await handle.terminate()
+    return out
+
+
+def start_watcher(stack: LocalStack) -> ManagedProcess:
+    s = stack.settings
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": s.temporal_address,
+        "REDIS_PORT": str(s.redis_port),
+        "PAPER_REST_URL": stack.venue.base_url,
+    }
+    proc = ManagedProcess(
+        name="price-watcher",
+        argv=[sys.executable, "-m", "workers.cli", "watcher", "--metrics-port", "0"],
+        log_path=stack.tmp / "watcher.log",
+        env=env,
+        cwd=REPO,
+    )
+    proc.start()
+    return proc
+
+
+async def open_positions(stack: LocalStack, symbols: list[str], tag: str) -> list[Any]:
+    gate = asyncio.Semaphore(32)
+
+    async def one(sym: str) -> Any:
+        async with gate:
+            return await stack.client.start_workflow(
+                "PositionWorkflow",
+                PositionInput(symbol=sym, side=Side.LONG, notional_usdt=Decimal(20), options=WATCHER_ONLY),
+                id=f"bench-{tag}-{sym}",
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                result_type=PositionResult,
+            )
+
+    handles = await asyncio.gather(*(one(s) for s in symbols))
+    deadline = time.monotonic() + 300
+    for h in handles:  # open, and watched by the watcher (its levels are in Redis)
+        while True:
+            view = await h.query("state", result_type=PositionView)
+            if view.status.value == "OPEN" and await stack.redis.hexists("quantum:exit:levels", h.id):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{h.id} did not open: {view.status}")
+            await asyncio.sleep(0.05)
+    return handles
+
+
+async def cross_stop(stack: LocalStack, handle: Any, sym: str, stop_price: str) -> float:
+    """Move the price through the stop; the reaction is the exit order's venue time minus the tick's."""
+    t0_ms = time.time() * 1000
+    await asyncio.to_thread(stack.venue.admin, "POST", "price", {"symbol": sym, "price": stop_price})
+    await asyncio.wait_for(handle.result(), 30)
+    orders = await asyncio.to_thread(stack.venue.admin, "GET", f"orders?symbol={sym}")
+    exit_order = [o for o in orders if o["reduceOnly"]][-1]
+    return exit_order["time"] - t0_ms
+
+
+async def phase(stack: LocalStack, n_open: int, crossings: int) -> list[float]:
+    symbols = [f"T{i:03d}USDT" for i in range(1, max(n_open, 1) + 1)]
+    for sym in symbols:
+        await asyncio.to_thread(stack.venue.admin, "POST", "price", {"symbol": sym, "price": "100"})
+    out: list[float] = []
+    if n_open == 1:
+        for k in range(crossings):
+            (handle,) = await open_positions(stack, symbols, f"one{k}")
+            out.append(await cross_stop(stack, handle, symbols[0], "97"))
+            await asyncio.to_thread(
+                stack.venue.admin, "POST", "price", {"symbol": symbols[0], "price": "100"}
+            )
+            if k % 20 == 19:
+                log(f"1 open: {k + 1}/{crossings} crossings, p50 {pct(out, 0.5):.1f} ms")
+        return out
+    t = time.monotonic()
+    handles = await open_positions(stack, symbols, "many")
+    log(f"{n_open} positions open and watched in {time.monotonic() - t:.1f} s")
+    for k in range(crossings):
+        out.append(await cross_stop(stack, handles[k], symbols[k], "97"))
+        if k % 20 == 19:
+            log(f"{n_open} open: {k + 1}/{crossings} crossings, p50 {pct(out, 0.5):.1f} ms")
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    limits = {
+        "gov_max_open_positions": 1000,
+        "gov_max_total_notional_usdt": Decimal(10**7),
+        "gov_max_notional_per_trade_usdt": Decimal(1000),
+    }
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-exits-") as tmp:
+        async with local_stack(
+            Path(tmp), extra_symbols=max(args.open, 10), extra_workers=[floor_worker], log=log, **limits
+        ) as stack:
+            watcher = start_watcher(stack)
+            try:
+                floor = await measure_floor(stack.client, args.floor)
+                log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
+                one = await phase(stack, 1, args.crossings_one)
+                many = await phase(stack, args.open, args.crossings)
+            finally:
+                watcher.stop()
+    results.update(
+        reaction_p50_ms_1=round(pct(one, 0.5), 1),
+        reaction_p99_ms_1=round(pct(one, 0.99), 1),
+        reaction_p50_ms_500=round(pct(many, 0.5), 1),
+        reaction_p99_ms_500=round(pct(many, 0.99), 1),
+        floor_p50_ms=round(pct(floor, 0.5), 1),
+        crossings=len(one) + len(many),
+        open_positions=args.open,
+        ratio_p99_500=round(pct(many, 0.99) / pct(floor, 0.5), 2),
+        load_avg=round(os.getloadavg()[0], 2),
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.exits", description=__doc__)
+    parser.add_argument("--open", type=int, default=500, help="open positions in the loaded phase")
+    parser.add_argument("--crossings", type=int, default=200, help="stop crossings in the loaded phase")
+    parser.add_argument("--crossings-one", type=int, default=200, help="crossings with one position open")
+    parser.add_argument("--floor", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="50 open, 30 + 30 crossings")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.open, args.crossings, args.crossings_one, args.floor = 50, 30, 30, 50
+    started = time.monotonic()
+    results = asyncio.run(run(args))
+    results["total_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
