@@ -11,7 +11,28 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from trading.governor import Denial, Grant, ReservationRequest, RiskPolicy
-from workflows.messages import LIFECYCLE_TASK_QUEUE, DecisionBatch, PortfolioInput
+from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, DecisionBatch, PortfolioInput
+
+
+async def start_portfolio(
+    client: Client,
+    policy: RiskPolicy,
+    holder_check_seconds: float,
+    *,
+    request: ReservationRequest | None = None,
+) -> None:
+    """Start the account's portfolio unless it runs (a running one keeps its policy: that changes only
+    through its validated update); with `request`, signal-with-start it."""
+    signal = {"start_signal": "request_reservation", "start_signal_args": [request]} if request else {}
+    await client.start_workflow(
+        "PortfolioWorkflow",
+        PortfolioInput(policy=policy, holder_check_seconds=holder_check_seconds),
+        id=DEFAULT_PORTFOLIO_ID,
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary="Portfolio: position slots, notional budget and risk limits",
+        **signal,
+    )
 
 
 class PortfolioActivities:
@@ -26,16 +47,8 @@ class PortfolioActivities:
     async def request_reservation(self, portfolio_id: str, request: ReservationRequest) -> None:
         """Signal-with-start: the request reaches the running portfolio, or starts it with the policy
         from this worker's settings."""
-        await self.client.start_workflow(
-            "PortfolioWorkflow",
-            PortfolioInput(policy=self.default_policy, holder_check_seconds=self.holder_check_seconds),
-            id=portfolio_id,
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="request_reservation",
-            start_signal_args=[request],
-            static_summary="Portfolio: position slots, notional budget and risk limits",
-        )
+        assert portfolio_id == DEFAULT_PORTFOLIO_ID, portfolio_id
+        await start_portfolio(self.client, self.default_policy, self.holder_check_seconds, request=request)
 
     @activity.defn(name="deliver_decisions")
     async def deliver_decisions(self, batch: DecisionBatch) -> list[str]:

@@ -136,10 +136,19 @@ class ProjectionActivities:
     async def publish_levels(self, inp: PublishLevelsInput) -> None:
         """Write (or remove) one position's trigger levels and tell the watcher which one changed. A
         newer version is never overwritten by an older one (activities can finish out of order)."""
-        value = json.dumps({"workflow_id": inp.workflow_id, "symbol": inp.symbol, "above": _s(inp.above) or None,
-                            "below": _s(inp.below) or None, "version": inp.version})
-        await self._levels(keys=[LEVELS_KEY, LEVELS_CHANNEL],
-                           args=[inp.workflow_id, value, inp.version, "1" if inp.remove else "0"])
+        value = json.dumps(
+            {
+                "workflow_id": inp.workflow_id,
+                "symbol": inp.symbol,
+                "above": _s(inp.above) or None,
+                "below": _s(inp.below) or None,
+                "version": inp.version,
+            }
+        )
+        await self._levels(
+            keys=[LEVELS_KEY, LEVELS_CHANNEL],
+            args=[inp.workflow_id, value, inp.version, "1" if inp.remove else "0"],
+        )
 
     @activity.defn(name="project_portfolio")
     async def project_portfolio(self, view: PortfolioView) -> None:

@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     worker.set_defaults(func=_cmd_worker)
 
-    watcher = sub.add_parser("watcher", help="the price watcher: venue ticks → exit triggers for open positions")
+    watcher = sub.add_parser(
+        "watcher", help="the price watcher: venue ticks → exit triggers for open positions"
+    )
     watcher.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     watcher.set_defaults(func=_cmd_watcher)
 

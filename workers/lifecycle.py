@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.market import MarketActivities
-from activities.portfolio import PortfolioActivities
+from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings
@@ -60,6 +60,9 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     )
     async with BinanceFuturesClient(settings.rest_url, None, None) as market:
         worker = lifecycle_worker(client, settings, redis, market)
+        await start_portfolio(
+            client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
+        )
         await run_until_sigterm(worker, "lifecycle", metrics_port)
     await redis.aclose()
 
