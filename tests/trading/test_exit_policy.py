@@ -15,8 +15,15 @@ D = Decimal
 BTC = DEFAULT_RULES["BTCUSDT"]
 
 
-def run(profile: ExitProfile, state: ExitState, side: Side, open_qty: Decimal, price: Decimal,
-        leverage: int = 2, now: int = 0) -> tuple[list[tuple[str, Decimal, Decimal | None]], ExitState, Decimal]:
+def run(
+    profile: ExitProfile,
+    state: ExitState,
+    side: Side,
+    open_qty: Decimal,
+    price: Decimal,
+    leverage: int = 2,
+    now: int = 0,
+) -> tuple[list[tuple[str, Decimal, Decimal | None]], ExitState, Decimal]:
     """Evaluate until no action, executing closes; returns (reason, qty, new stop) per action."""
     done = []
     while True:

@@ -57,3 +57,27 @@ def test_intent_names_the_bad_field() -> None:
         TradeIntent(symbol="BTCUSDT", side=Side.LONG)
     with pytest.raises(ValueError, match="colour"):
         TradeIntent.model_validate({"symbol": "BTCUSDT", "side": "LONG", "quantity": "1", "colour": "red"})
+
+
+fill_steps = st.lists(st.tuples(st.booleans(), st.integers(1, 5), st.integers(50_000, 70_000)), max_size=30)
+
+
+@given(fill_steps, st.sampled_from([Side.LONG, Side.SHORT]))
+def test_pnl_is_consistent_with_the_fills(steps: list[tuple[bool, int, int]], side: Side) -> None:
+    """Whatever the order of entries and exits: cash in minus cash out equals realized plus the open
+    position valued at its cost basis, and fees are exactly the sum of the fills' fees."""
+    t = tally(side, [])
+    cash = D(0)
+    fees = D(0)
+    for add, units, price in steps:
+        qty = D(units) / 1000
+        if not add and qty > t.open_qty:
+            continue
+        order_side = side.entry_order_side if add else side.exit_order_side
+        fee = (D(price) * qty * D("0.0004")).quantize(D("0.00000001"))
+        t.add(Fill(client_order_id="x", side=order_side, price=D(price), qty=qty, fee=fee))
+        fees += fee
+        cash += (D(price) * qty) * (-side.sign if add else side.sign)
+    assert t.fees == fees
+    assert t.open_qty >= 0
+    assert abs(cash + t.cost_basis * side.sign - t.realized_gross) < D("1e-18")  # to Decimal precision

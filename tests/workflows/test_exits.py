@@ -37,7 +37,7 @@ async def watched(stack: Stack, workflow_id: str, timeout: float = 15) -> dict:
             await asyncio.sleep(0.05)
 
 
-async def until(handle, check, timeout: float = 15) -> PositionView:  # noqa: ANN001
+async def until(handle, check, timeout: float = 15) -> PositionView:
     async with asyncio.timeout(timeout):
         while True:
             view = await handle.query("state", result_type=PositionView)
@@ -49,8 +49,13 @@ async def until(handle, check, timeout: float = 15) -> PositionView:  # noqa: AN
 @pytest.mark.parametrize("stack", [ROOM], indirect=True)
 async def test_scripted_path_harvest_be_tp1_ratchet_tp2_trailing(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
-    intent = TradeIntent(symbol="BTCUSDT", side=Side.LONG, quantity=D("0.004"), leverage=2,
-                         exits=ExitOverrides(profile={"trailing_pct": 3}))
+    intent = TradeIntent(
+        symbol="BTCUSDT",
+        side=Side.LONG,
+        quantity=D("0.004"),
+        leverage=2,
+        exits=ExitOverrides(profile={"trailing_pct": 3}),
+    )
     await start_watcher(stack)
     async with stack.workers():
         handle = await start_position(stack, intent, options=WATCHER_ONLY)
@@ -74,15 +79,20 @@ async def test_scripted_path_harvest_be_tp1_ratchet_tp2_trailing(stack: Stack) -
 
     assert result.exit_reason == "trailing_stop" and result.exit_controller == "trailing"
     assert [(f.side, f.price, f.qty) for f in result.fills] == [
-        ("BUY", D(60000), D("0.004")), ("SELL", D(60650), D("0.001")), ("SELL", D(61200), D("0.001")),
-        ("SELL", D(62400), D("0.001")), ("SELL", D(61500), D("0.001"))]
+        ("BUY", D(60000), D("0.004")),
+        ("SELL", D(60650), D("0.001")),
+        ("SELL", D(61200), D("0.001")),
+        ("SELL", D(62400), D("0.001")),
+        ("SELL", D(61500), D("0.001")),
+    ]
     gross = (D(650) + D(1200) + D(2400) + D(1500)) * D("0.001")  # 5.75
     fees = (D(240) + D("60.65") + D("61.2") + D("62.4") + D("61.5")) * D("0.0004")  # 0.1943
     assert cents(result.gross_pnl) == cents(gross) and cents(result.fees) == cents(fees)
     assert cents(result.realized_pnl) == D("5.56")
     orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
-    assert [(o["side"], o["reduceOnly"], o["origQty"]) for o in orders] == [
-        ("BUY", False, "0.004")] + [("SELL", True, "0.001")] * 4
+    assert [(o["side"], o["reduceOnly"], o["origQty"]) for o in orders] == [("BUY", False, "0.004")] + [
+        ("SELL", True, "0.001")
+    ] * 4
     algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
     assert [D(a["triggerPrice"]) for a in algos] == [D(58200), D(59400), D(60588)]  # cancel-and-replace
     assert all(a["algoStatus"] in ("CANCELED", "EXPIRED") for a in algos)
@@ -93,8 +103,9 @@ async def test_gap_through_internal_and_hard_stop_closes_once(stack: Stack) -> N
     stack.exchange.set_price("BTCUSDT", "60000")
     await start_watcher(stack)
     async with stack.workers():
-        handle = await start_position(stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)),
-                                      options=WATCHER_ONLY)
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)), options=WATCHER_ONLY
+        )
         await watched(stack, handle.id)
         stack.exchange.set_price("BTCUSDT", "57000")  # through the 2 % stop and the 3 % hard stop at once
         result: PositionResult = await asyncio.wait_for(handle.result(), 15)
@@ -116,8 +127,10 @@ async def test_watcher_down_for_30s_the_timer_closes_and_restart_adds_nothing(st
     watcher = await start_watcher(stack)
     async with stack.workers():
         handle = await start_position(
-            stack, TradeIntent(symbol="ETHUSDT", side=Side.LONG, notional_usdt=D(150)),
-            options=PositionOptions(mark_check_seconds=10))
+            stack,
+            TradeIntent(symbol="ETHUSDT", side=Side.LONG, notional_usdt=D(150)),
+            options=PositionOptions(mark_check_seconds=10),
+        )
         await watched(stack, handle.id)
         os.kill(watcher.pid, signal.SIGKILL)
         watcher.popen.wait(5)  # type: ignore[union-attr]
@@ -143,20 +156,31 @@ async def test_thousand_simultaneous_triggers_never_overfill(stack: Stack) -> No
     for sym in SYMS:
         stack.exchange.set_price(sym, "100")
     async with stack.workers():
-        handles = [await start_position(stack, TradeIntent(symbol=sym, side=Side.LONG, notional_usdt=D(200)),
-                                        options=WATCHER_ONLY) for sym in SYMS]
+        handles = [
+            await start_position(
+                stack, TradeIntent(symbol=sym, side=Side.LONG, notional_usdt=D(200)), options=WATCHER_ONLY
+            )
+            for sym in SYMS
+        ]
         for h in handles:
             await until(h, lambda v: v.status == PositionStatus.OPEN)
         for sym in SYMS:
             stack.exchange.set_price(sym, "107")  # past harvest, TP1, TP2, TP3 and the trailing arm at once
 
-        async def burst(h, sym: str) -> int:  # noqa: ANN001
-            triggers = [h.signal("price_crossed", {"symbol": sym, "price": str(D(101) + D(i) / 10)})
-                        for i in range(91)]
-            triggers += [h.execute_update("close", {"quantity": "0.5", "reason": f"manual {i}"}) for i in range(9)]
+        async def burst(h, sym: str) -> int:
+            triggers = [
+                h.signal("price_crossed", {"symbol": sym, "price": str(D(101) + D(i) / 10)})
+                for i in range(91)
+            ]
+            triggers += [
+                h.execute_update("close", {"quantity": "0.5", "reason": f"manual {i}"}) for i in range(9)
+            ]
             results = await asyncio.gather(*triggers, return_exceptions=True)
-            return sum(1 for r in results if not isinstance(r, Exception) or "not open" in str(r)
-                       or "exceeds" in str(r))
+            return sum(
+                1
+                for r in results
+                if not isinstance(r, Exception) or "not open" in str(r) or "exceeds" in str(r)
+            )
 
         delivered = await asyncio.gather(*(burst(h, s) for h, s in zip(handles, SYMS, strict=True)))
         assert sum(delivered) == 1000
@@ -173,6 +197,31 @@ async def test_thousand_simultaneous_triggers_never_overfill(stack: Stack) -> No
         assert len(entries) == 1 and entries[0]["side"] == "BUY"
         assert all(o["side"] == "SELL" for o in exits), "an exit order that is not reduce-only"
         closed = sum(D(o["executedQty"]) for o in exits)
-        assert closed == D(entries[0]["executedQty"]), f"{sym}: closed {closed} of {entries[0]['executedQty']}"
+        assert closed == D(entries[0]["executedQty"]), (
+            f"{sym}: closed {closed} of {entries[0]['executedQty']}"
+        )
         assert result.status == PositionStatus.CLOSED
         assert sum(f.qty for f in result.fills if f.side == "SELL") == D(entries[0]["executedQty"])
+
+
+async def test_refused_hard_stop_does_not_leave_the_position_unprotected(stack: Stack) -> None:
+    """The price falls past the hard stop while the entry order is in flight: the venue refuses the
+    stop (-2021 "would immediately trigger"), and the position is closed at once by its internal stop."""
+    stack.exchange.set_price("BTCUSDT", "60000")
+    # The entry fills at once, but its answer comes back only after 1.2 s (the next order is normal).
+    stack.exchange.set_faults(lost_answer_rate=1.0, lost_answer_mode="timeout", hang_s=1.2,
+                              paths=["/fapi/v1/order"], count=1)
+    async with stack.workers():
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)),
+            options=PositionOptions(mark_check_seconds=0.3),
+        )
+        await asyncio.sleep(0.6)  # the entry order is at the venue, its answer not yet back
+        stack.exchange.set_price("BTCUSDT", "57500")  # past the 3 % hard stop (58200)
+        result: PositionResult = await asyncio.wait_for(handle.result(), 20)
+    assert result.exit_reason == "stop_loss"
+    algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
+    assert algos == []  # refused: the venue never held it
+    orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
+    assert [(o["side"], o["reduceOnly"], o["status"]) for o in orders] == [
+        ("BUY", False, "FILLED"), ("SELL", True, "FILLED")]
