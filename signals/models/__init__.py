@@ -1,0 +1,1 @@
+"""Direction models behind one small interface, so the ensemble does not care which is which."""
