@@ -45,6 +45,8 @@ class ExitReason(StrEnum):
     EMERGENCY_FLATTEN = "emergency_flatten"
     HARD_STOP = "hard_stop"
     EXCHANGE_CLOSED = "exchange_closed"
+    LIQUIDATION = "liquidation"
+    ADL = "adl"
     ENTRY_UNFILLED = "entry_unfilled"
 
 
@@ -102,6 +104,21 @@ class PriceCrossed(_Msg):
     ts_ms: int = 0
     levels_version: int = 0
     source: str = "watcher"
+
+
+class ExchangeEvent(_Msg):
+    """From the user-data stream: what the venue did to a position's symbol."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str  # order_update | account_update | algo_update | position_snapshot
+    symbol: str
+    event_ms: int = 0
+    client_order_id: str | None = None
+    order_status: str | None = None
+    exec_type: str | None = None
+    position_amt: Decimal | None = None
+    reason: str | None = None
 
 
 class PublishLevelsInput(_Msg):

@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         PositionResult,
         PositionStatus,
         PositionView,
+        ExchangeEvent,
         PriceCrossed,
         ProjectionInput,
         PublishLevelsInput,
@@ -98,6 +99,16 @@ PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximu
 PROJECTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
 )
+
+
+def _venue_reason(client_id: str, hard_stop_prefix: str) -> str:
+    if client_id.startswith(hard_stop_prefix):
+        return ExitReason.HARD_STOP.value
+    if client_id.startswith("autoclose"):
+        return ExitReason.LIQUIDATION.value
+    if client_id.startswith("adl_autoclose"):
+        return ExitReason.ADL.value
+    return ExitReason.EXCHANGE_CLOSED.value
 
 
 _NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
@@ -373,11 +384,18 @@ class PositionWorkflow:
             if not self._queue and self._price is None:
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self._queue) or self._price is not None or self._publish_due(),
+                        lambda: (
+                            bool(self._queue)
+                            or self._price is not None
+                            or self._publish_due()
+                            or self._venue_changed
+                        ),
                         timeout=timedelta(seconds=self.options.mark_check_seconds),
                     )
                 except TimeoutError:
                     await self._check_mark()  # the safety net when the watcher is down
+            if self._venue_changed:
+                await self._settle_with_venue()
             await self._process_exits()
             if self._price is not None and self._tally().open_qty > 0 and not self._venue_flat:
                 price, self._price = self._price, None
@@ -527,12 +545,13 @@ class PositionWorkflow:
             self._published = None  # publish again; the mark timer protects the position meanwhile
 
     async def _settle_with_venue(self) -> None:
-        """Take the venue's fills for this position and its word on the size. Only fills of orders this
-        position placed (its client-id prefix; its hard stops fire under their own ids) or the venue's
-        liquidations count, and never more than is open: an earlier position on the same symbol must
-        not leak into this one."""
+        """Take the venue's fills for this position and its word on the size: the venue closed some or
+        all of it on its own (hard stop, liquidation, ADL, a close made by hand on the venue). Only
+        fills after this position's entry count, never more than is open: an earlier position on the
+        same symbol must not leak into this one."""
+        self._venue_changed = False
         known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
-        since = min((f.time_ms for f in self.fills if f.time_ms), default=self.opened_at_ms)
+        since = min((f.time_ms for f in self.fills if f.time_ms), default=self.opened_at_ms) - 1_000
         fills = await workflow.execute_activity(
             "sync_fills",
             SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known),
@@ -541,18 +560,13 @@ class PositionWorkflow:
             start_to_close_timeout=timedelta(seconds=20),
             retry_policy=QUICK_RETRY,
         )
-        mine = client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
+        # Trade ids rise per symbol: everything after this position's first entry fill is its own.
+        first = min((f.trade_id for f in self.fills if f.trade_id is not None), default=-1)
         seen = {f.trade_id for f in self.fills}
         new = []
         room = self._tally().open_qty
-        for f in sorted(fills, key=lambda f: (f.time_ms, f.trade_id or 0)):
-            ours = f.client_order_id.startswith((mine, "autoclose", "adl_autoclose"))
-            if (
-                f.trade_id in seen
-                or f.side != self.intent.side.exit_order_side
-                or not ours
-                or f.time_ms < since
-            ):
+        for f in sorted(fills, key=lambda f: f.trade_id or 0):
+            if f.trade_id in seen or f.side != self.intent.side.exit_order_side or (f.trade_id or 0) <= first:
                 continue
             if f.qty > room:
                 workflow.logger.error("venue fill %s exceeds the open quantity %s: ignored", f, room)
@@ -560,13 +574,11 @@ class PositionWorkflow:
             room -= f.qty
             new.append(f)
         self.fills.extend(new)
-        hard_stop_hit = self.hard_stop_id is not None and any(
-            f.client_order_id == self.hard_stop_id for f in new
-        )
-        self.exit_reason = ExitReason.HARD_STOP.value if hard_stop_hit else ExitReason.EXCHANGE_CLOSED.value
-        self.exit_controller = "exchange"
-        if hard_stop_hit:
-            self.hard_stop_id = None  # it has fired: nothing left to cancel
+        if new:
+            self.exit_reason = _venue_reason(new[-1].client_order_id, self._hard_stop_prefix())
+            self.exit_controller = "exchange"
+            if self.exit_reason == ExitReason.HARD_STOP.value:
+                self.hard_stop_id = None  # it has fired: nothing left to cancel
         if self._tally().open_qty > 0:
             venue = await workflow.execute_activity(
                 "get_position",
@@ -579,6 +591,11 @@ class PositionWorkflow:
             self._venue_flat = venue.position_amt == 0
 
     _venue_flat = False
+    _venue_changed = False
+    _order_in_flight = False
+
+    def _hard_stop_prefix(self) -> str:
+        return client_order_id(workflow.info().workflow_id, "hstop").rsplit(".", 1)[0] + ".hstop"
 
     async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
         if self.hard_stop_id is not None:
@@ -596,6 +613,13 @@ class PositionWorkflow:
 
     # ------------------------------------------------------------------ orders
     async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
+        self._order_in_flight = True
+        try:
+            return await self._place(side, qty, step, reduce_only=reduce_only)
+        finally:
+            self._order_in_flight = False
+
+    async def _place(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
         outcome = await workflow.execute_activity(
             "place_order",
             PlaceOrderInput(
@@ -689,6 +713,39 @@ class PositionWorkflow:
             return
         if tick.symbol == self.intent.symbol and self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
             self._price = tick.price  # only the latest price matters
+
+    @workflow.signal(name="exchange_event")
+    def exchange_event(self, raw: dict) -> None:
+        """From the user-data stream (or reconcile): the venue did something. Fills of this position's own
+        orders are accounted by the order activity; anything else means the venue changed the
+        position (its hard stop, a liquidation, ADL, a close by hand on the venue): settle with it."""
+        try:
+            event = parse_message(ExchangeEvent, raw)
+        except ValueError:
+            workflow.logger.warning("ignored a malformed exchange_event signal: %s", raw)
+            return
+        if event.symbol != self.intent.symbol or self.status not in (
+            PositionStatus.OPEN,
+            PositionStatus.CLOSING,
+        ):
+            return
+        if event.kind == "order_update":
+            cid = event.client_order_id or ""
+            own_order = cid.startswith(self._own_prefix()) and not cid.startswith(self._hard_stop_prefix())
+            if event.exec_type == "TRADE" and not own_order:
+                self._venue_changed = True
+        elif event.kind == "algo_update":
+            if event.order_status in ("TRIGGERED", "FINISHED") and (event.client_order_id or "").startswith(
+                self._hard_stop_prefix()
+            ):
+                self._venue_changed = True
+        elif event.position_amt is not None and not self._order_in_flight:
+            venue_qty = event.position_amt * self.intent.side.sign
+            if venue_qty < self._tally().open_qty:
+                self._venue_changed = True
+
+    def _own_prefix(self) -> str:
+        return client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
 
     @workflow.update(name="close")
     async def close(self, raw: dict) -> CloseResult:
