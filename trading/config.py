@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     lifecycle_metrics_port: int = Field(9464, ge=1, le=65535)
     exchange_metrics_port: int = Field(9465, ge=1, le=65535)
     watcher_metrics_port: int = Field(9466, ge=1, le=65535)
+    user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
+    reconcile_interval_seconds: float = Field(30.0, gt=0)
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     qt_home: Path = Path(".qt")
 

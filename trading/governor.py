@@ -108,6 +108,9 @@ class ReservationRequest(BaseModel):
     notional_usdt: Decimal = Field(gt=0)
     kill_score: float = Field(0.0, ge=0, le=1)
     intent_id: str | None = None
+    # A position found on the venue with no workflow: it exists whatever the limits say, so it is always
+    # granted (and flagged when over a limit) to be managed, never ignored.
+    adoption: bool = False
 
 
 class Reservation(BaseModel):
@@ -129,6 +132,7 @@ class Grant(BaseModel):
     notional_usdt: Decimal
     reduced_from: Decimal | None = None  # set when the grant is smaller than asked
     exit_profile: ExitProfile = Field(default_factory=ExitProfile)
+    over_limit: str | None = None  # an adoption granted beyond a limit: which one (operators are alerted)
 
 
 class Denial(BaseModel):
@@ -174,6 +178,14 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
     def deny(gate: Gate, reason: str) -> Denial:
         return Denial(holder_id=req.holder_id, gate=gate, reason=reason)
 
+    if req.adoption:
+        return Grant(
+            holder_id=req.holder_id,
+            notional_usdt=req.notional_usdt,
+            exit_profile=policy.exit_profile,
+            over_limit=over_limit(book, policy, req.notional_usdt),
+        )
+
     if policy.kill_switch:
         return deny(Gate.KILL_SWITCH, "kill switch is on: no new entries")
     if book.emergency in (EmergencyState.CRITICAL, EmergencyState.HALTED):
@@ -216,6 +228,14 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
         reduced_from=req.notional_usdt if notional < req.notional_usdt else None,
         exit_profile=policy.exit_profile,
     )
+
+
+def over_limit(book: PortfolioBook, policy: RiskPolicy, notional: Decimal) -> str | None:
+    if len(book.reservations) >= policy.max_open_positions:
+        return Gate.MAX_OPEN_POSITIONS.value
+    if book.total_notional + notional > policy.max_total_notional_usdt:
+        return Gate.TOTAL_NOTIONAL.value
+    return None
 
 
 def apply_grant(book: PortfolioBook, req: ReservationRequest, grant: Grant, now_ms: int) -> None:

@@ -90,6 +90,16 @@ def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from signals.user_stream import run_user_stream
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_user_stream(settings, args.metrics_port))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers import demo, stack
 
@@ -169,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watcher.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     watcher.set_defaults(func=_cmd_watcher)
+
+    user_stream = sub.add_parser(
+        "user-stream",
+        help="the user-data stream: the venue's fills and position changes → position workflows",
+    )
+    user_stream.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
+    user_stream.set_defaults(func=_cmd_user_stream)
 
     demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
     demo.add_argument("--symbol", default="BTCUSDT")

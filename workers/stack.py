@@ -205,17 +205,20 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                 env=worker_env,
             )
         )
-    port = settings.watcher_metrics_port
-    specs.append(
-        ServiceSpec(
-            name="price-watcher",
-            argv=[sys.executable, "-m", "workers.cli", "watcher", "--metrics-port", str(port)],
-            host="127.0.0.1",
-            port=port,
-            marker=f"watcher --metrics-port {port}",
-            env=worker_env,
+    for name, command, port in (
+        ("price-watcher", "watcher", settings.watcher_metrics_port),
+        ("user-stream", "user-stream", settings.user_stream_metrics_port),
+    ):
+        specs.append(
+            ServiceSpec(
+                name=name,
+                argv=[sys.executable, "-m", "workers.cli", command, "--metrics-port", str(port)],
+                host="127.0.0.1",
+                port=port,
+                marker=f"{command} --metrics-port {port}",
+                env=worker_env,
+            )
         )
-    )
     return specs
 
 
@@ -232,6 +235,7 @@ def addresses(settings: Settings) -> dict[str, str]:
         "lifecycle_metrics": f"http://127.0.0.1:{settings.lifecycle_metrics_port}/metrics",
         "exchange_metrics": f"http://127.0.0.1:{settings.exchange_metrics_port}/metrics",
         "watcher_metrics": f"http://127.0.0.1:{settings.watcher_metrics_port}/metrics",
+        "user_stream_metrics": f"http://127.0.0.1:{settings.user_stream_metrics_port}/metrics",
     }
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
@@ -270,7 +274,9 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
         )
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
-    if spec.name.endswith(("-worker", "-watcher")):  # its metrics endpoint answers once it is connected
+    if spec.name.endswith(
+        ("-worker", "-watcher", "-stream")
+    ):  # its metrics endpoint answers once it is connected
         return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
 
@@ -347,6 +353,7 @@ def _port_variable(name: str) -> str:
         "lifecycle-worker": "LIFECYCLE_METRICS_PORT",
         "exchange-worker": "EXCHANGE_METRICS_PORT",
         "price-watcher": "WATCHER_METRICS_PORT",
+        "user-stream": "USER_STREAM_METRICS_PORT",
     }[name]
 
 
@@ -373,6 +380,7 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("lifecycle-worker", _worker_marker("lifecycle", settings.lifecycle_metrics_port)),
         ("exchange-worker", _worker_marker("exchange", settings.exchange_metrics_port)),
         ("price-watcher", f"watcher --metrics-port {settings.watcher_metrics_port}"),
+        ("user-stream", f"user-stream --metrics-port {settings.user_stream_metrics_port}"),
     ]
 
 

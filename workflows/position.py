@@ -732,7 +732,8 @@ class PositionWorkflow:
         if event.kind == "order_update":
             cid = event.client_order_id or ""
             own_order = cid.startswith(self._own_prefix()) and not cid.startswith(self._hard_stop_prefix())
-            if event.exec_type == "TRADE" and not own_order:
+            venue_fill = event.exec_type in ("TRADE", "CALCULATED")  # CALCULATED: liquidation, ADL
+            if (venue_fill and not own_order) or event.reason in ("liquidation", "adl"):
                 self._venue_changed = True
         elif event.kind == "algo_update":
             if event.order_status in ("TRIGGERED", "FINISHED") and (event.client_order_id or "").startswith(

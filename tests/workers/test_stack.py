@@ -56,6 +56,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         LIFECYCLE_METRICS_PORT=str(free_port()),
         EXCHANGE_METRICS_PORT=str(free_port()),
         WATCHER_METRICS_PORT=str(free_port()),
+        USER_STREAM_METRICS_PORT=str(free_port()),
     )
     yield env
     qtrader(env, "stack", "down")  # whatever a failing test left up
@@ -84,13 +85,14 @@ def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> No
     for worker in ("lifecycle_metrics", "exchange_metrics"):  # both workers are up and export metrics
         assert "temporal_" in httpx.get(report[worker], timeout=5).text
     assert "price_watcher_" in httpx.get(report["watcher_metrics"], timeout=5).text
+    assert "user_stream_" in httpx.get(report["user_stream_metrics"], timeout=5).text
     host, port = report["temporal"].split(":")
     socket.create_connection((host, int(port)), timeout=2).close()
     assert (Path(stack_env["QT_HOME"]) / "temporal" / "temporal.db").exists()
 
     # Up again: nothing new is started.
     again = qtrader(stack_env, "stack", "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 6, again.stdout
+    assert again.returncode == 0 and again.stdout.count("already running") == 7, again.stdout
     assert (
         json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"]
         == pids["redis"]
