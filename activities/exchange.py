@@ -32,6 +32,8 @@ from trading.execution import (
     ExchangePosition,
     ExchangePositionInput,
     MarkPriceInput,
+    OpenEntryInput,
+    OpenEntryOutcome,
     OrderOutcome,
     OrderStatus,
     PlaceOrderInput,
@@ -41,6 +43,7 @@ from trading.execution import (
     StopOutcome,
     SyncFillsInput,
 )
+from trading.exits import entry_quantity
 from trading.pnl import Fill
 
 FINAL_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
@@ -77,6 +80,24 @@ class ExchangeActivities:
                 )
             index = await self.client.premium_index(inp.symbol)
         return EntryMarket(rules=found, mark_price=index.mark_price)
+
+    @activity.defn(name="open_entry")
+    async def open_entry(self, inp: OpenEntryInput) -> OpenEntryOutcome:
+        market = await self.prepare_entry(PrepareEntryInput(symbol=inp.symbol))
+        qty = entry_quantity(inp.notional_usdt, market.mark_price, market.rules, inp.quantity)
+        if qty < market.rules.market_min_qty or qty * market.mark_price < market.rules.min_notional:
+            return OpenEntryOutcome(market=market)
+        await self.set_leverage(SetLeverageInput(symbol=inp.symbol, leverage=inp.leverage))
+        outcome = await self.place_order(
+            PlaceOrderInput(
+                symbol=inp.symbol,
+                side=inp.side,
+                quantity=qty,
+                client_order_id=inp.client_order_id,
+                intent_at_ms=inp.intent_at_ms,
+            )
+        )
+        return OpenEntryOutcome(market=market, outcome=outcome)
 
     @activity.defn(name="set_leverage")
     async def set_leverage(self, inp: SetLeverageInput) -> int:

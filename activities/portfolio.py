@@ -10,7 +10,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from trading.governor import Denial, Grant, ReservationRequest, RiskPolicy
+from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, DecisionBatch, PortfolioInput
 
 
@@ -20,13 +20,19 @@ async def start_portfolio(
     holder_check_seconds: float,
     *,
     request: ReservationRequest | None = None,
+    await_reconcile: bool = False,
 ) -> None:
     """Start the account's portfolio unless it runs (a running one keeps its policy: that changes only
-    through its validated update); with `request`, signal-with-start it."""
+    through its validated update); with `request`, signal-with-start it. With `await_reconcile`, new
+    entries wait for the first reconcile."""
     signal = {"start_signal": "request_reservation", "start_signal_args": [request]} if request else {}
     await client.start_workflow(
         "PortfolioWorkflow",
-        PortfolioInput(policy=policy, holder_check_seconds=holder_check_seconds),
+        PortfolioInput(
+            policy=policy,
+            holder_check_seconds=holder_check_seconds,
+            book=PortfolioBook(reconciled=not await_reconcile),
+        ),
         id=DEFAULT_PORTFOLIO_ID,
         task_queue=LIFECYCLE_TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -7,10 +7,11 @@ attributes, Redis, the paper exchange with manual prices and synthetic T001USDT.
 lifecycle and exchange workers in this process, the portfolio started first) and measures:
 
 1. floor: start of a no-op workflow + one update whose handler runs one activity (on a second task
-   queue, like the exchange activities), p50 over >= 100 sequential iterations, interleaved with (2);
+   queue, like the exchange activities), p50 over 100 sequential iterations, interleaved with (2);
 2. intent-to-order: N sequential PositionWorkflows, from the client's `start_workflow` call to the entry
-   fill's time at the exchange (the venue's wall clock, ms; same host); each position is closed before
-   the next intent; plus the median of each step, read from the workflow histories;
+   fill's time at the exchange (the venue's wall clock, ms; same host); one T-symbol each, the next
+   intent starts once the previous position is open and idle; plus the median of each step, read
+   from the workflow histories;
 3. lifecycles/s: N concurrent open -> `close` update -> completed, one T-symbol each;
 4. burst: N intents at once over 100 symbols with max 10 open positions and 2,000 USDT in total, as in
    tests/workflows/test_burst.py: time from the first start to all decided (OPEN / REJECTED / FAILED in
@@ -61,10 +62,14 @@ BENCH_WF_QUEUE = "bench-floor"
 BENCH_ACT_QUEUE = "bench-floor-activities"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 BURST_SYMBOLS = sorted(DEFAULT_RULES) + [f"T{i:03d}USDT" for i in range(1, 91)]
-BURST_LIMITS = dict(gov_max_open_positions=10, gov_max_total_notional_usdt=D(2000),
-                    gov_max_notional_per_trade_usdt=D(200))
-WIDE_LIMITS = dict(gov_max_open_positions=1000, gov_max_total_notional_usdt=D(100_000_000),
-                   gov_max_notional_per_trade_usdt=D(1000))
+BURST_LIMITS = dict(
+    gov_max_open_positions=10, gov_max_total_notional_usdt=D(2000), gov_max_notional_per_trade_usdt=D(200)
+)
+WIDE_LIMITS = dict(
+    gov_max_open_positions=1000,
+    gov_max_total_notional_usdt=D(100_000_000),
+    gov_max_notional_per_trade_usdt=D(1000),
+)
 NOTIONAL = D(50)  # T-symbols trade at 100.00 with a 5 USDT minimum
 QUIET = PositionOptions(mark_check_seconds=3600)  # no mark checks during a measurement
 T0 = time.monotonic()
@@ -103,8 +108,9 @@ class BenchFloorWorkflow:
 
     @workflow.update(name="go")
     async def go(self, value: int) -> int:
-        out = await workflow.execute_activity(bench_echo, value, task_queue=BENCH_ACT_QUEUE,
-                                              start_to_close_timeout=timedelta(seconds=10))
+        out = await workflow.execute_activity(
+            bench_echo, value, task_queue=BENCH_ACT_QUEUE, start_to_close_timeout=timedelta(seconds=10)
+        )
         self._done = True
         return out
 
@@ -201,16 +207,25 @@ class EntryWatcher:
 
 
 def intent(symbol: str, i: int, wid: str, notional: Decimal = NOTIONAL) -> PositionInput:
-    return PositionInput(symbol=symbol, side=Side.LONG if i % 2 else Side.SHORT, notional_usdt=notional,
-                         intent_id=wid, strategy="bench", options=QUIET)
+    return PositionInput(
+        symbol=symbol,
+        side=Side.LONG if i % 2 else Side.SHORT,
+        notional_usdt=notional,
+        intent_id=wid,
+        strategy="bench",
+        options=QUIET,
+    )
 
 
 async def start_position(client: Client, inp: PositionInput, wid: str) -> WorkflowHandle[Any, PositionResult]:
-    return await client.start_workflow("PositionWorkflow", inp, id=wid, task_queue=LIFECYCLE_TASK_QUEUE,
-                                       result_type=PositionResult)
+    return await client.start_workflow(
+        "PositionWorkflow", inp, id=wid, task_queue=LIFECYCLE_TASK_QUEUE, result_type=PositionResult
+    )
 
 
-async def open_and_close(stack: LocalStack, watcher: EntryWatcher, symbol: str, i: int, wid: str) -> PositionResult:
+async def open_and_close(
+    stack: LocalStack, watcher: EntryWatcher, symbol: str, i: int, wid: str
+) -> PositionResult:
     h = await start_position(stack.client, intent(symbol, i, wid), wid)
     if not await watcher.wait(h, 30):
         raise RuntimeError(f"{wid} did not open")
@@ -228,12 +243,22 @@ async def floor_once(client: Client, i: int) -> tuple[float, float]:
     return (t2 - t0) * 1000, (t1 - t0) * 1000
 
 
-STEPS = ("start_rpc", "first_task+symbol_check", "portfolio_round_trip", "task_after_grant", "prepare_entry",
-         "task_after_prepare", "set_leverage", "task_after_leverage", "place_order_to_fill")
+STEPS = (
+    "start_rpc",
+    "first_task+symbol_check",
+    "portfolio_round_trip",
+    "task_after_grant",
+    "prepare_entry",
+    "task_after_prepare",
+    "set_leverage",
+    "task_after_leverage",
+    "place_order_to_fill",
+)
 
 
 def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | None:
     """Where one intent's time went, from its history's event times (ms)."""
+
     def at(ev: Any) -> float:
         return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
 
@@ -246,8 +271,11 @@ def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | No
             started = at(ev)
         elif et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED and sig_out is None:
             sig_out = at(ev)
-        elif (et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and sig_in is None
-              and ev.workflow_execution_signaled_event_attributes.signal_name == "reservation_decided"):
+        elif (
+            et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+            and sig_in is None
+            and ev.workflow_execution_signaled_event_attributes.signal_name == "reservation_decided"
+        ):
             sig_in = at(ev)
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = ev.activity_task_scheduled_event_attributes.activity_type.name
@@ -272,15 +300,18 @@ def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | No
         return None
 
 
-async def phase_floor_and_intents(stack: LocalStack, n_intents: int, n_floor: int, deadline: float) -> dict[str, Any]:
+async def phase_floor_and_intents(
+    stack: LocalStack, n_intents: int, n_floor: int, deadline: float
+) -> dict[str, Any]:
+    """Each intent gets its own T-symbol and stays open (idle: no mark checks), so nothing else runs
+    while the next intent is measured; the stack is torn down afterwards."""
     client = stack.client
-    t_symbols = [f"T{i:03d}USDT" for i in range(1, 91)]
     async with EntryWatcher(stack.settings.redis_port) as watcher:
         log("warm-up: 5 floor iterations, 3 open/close lifecycles")
         for i in range(5):
             await floor_once(client, -1 - i)
         for i in range(3):
-            await open_and_close(stack, watcher, t_symbols[-1 - i], i, f"bench-warm-{i}")
+            await open_and_close(stack, watcher, f"T{n_intents + 1 + i:03d}USDT", i, f"bench-warm-{i}")
 
         floor: list[float] = []
         floor_start: list[float] = []
@@ -290,10 +321,14 @@ async def phase_floor_and_intents(stack: LocalStack, n_intents: int, n_floor: in
             floor.append(total)
             floor_start.append(start)
 
-        for _ in range(max(0, n_floor - n_intents)):
+        every = max(1, n_intents // n_floor)  # a floor iteration before every `every`-th intent
+        alone = max(0, n_floor - -(-n_intents // every))
+        for _ in range(alone):
             await one_floor()
-        log(f"floor: {len(floor)} iterations alone, p50 {statistics.median(floor) if floor else 0:.1f} ms; "
-            f"now {n_intents} sequential intents, each after one more floor iteration")
+        log(
+            f"floor: {len(floor)} iterations alone, p50 {statistics.median(floor) if floor else 0:.1f} ms; "
+            f"now {n_intents} sequential intents, one floor iteration before every {every}"
+        )
         lat: list[float] = []
         samples: list[tuple[WorkflowHandle[Any, PositionResult], float, int]] = []
         problems = 0
@@ -302,9 +337,10 @@ async def phase_floor_and_intents(stack: LocalStack, n_intents: int, n_floor: in
             if time.monotonic() > deadline:
                 log(f"time budget reached after {i} intents")
                 break
-            await one_floor()
+            if i % every == 0:
+                await one_floor()
             wid = f"bench-i2o-{i}"
-            inp = intent(t_symbols[i % len(t_symbols)], i, wid)
+            inp = intent(f"T{i + 1:03d}USDT", i, wid)
             t0_ms = time.time() * 1000
             h = await start_position(client, inp, wid)
             if not await watcher.wait(h, 30):
@@ -315,13 +351,11 @@ async def phase_floor_and_intents(stack: LocalStack, n_intents: int, n_floor: in
             fill_ms = min(f.time_ms for f in fills)
             lat.append(fill_ms - t0_ms)
             samples.append((h, t0_ms, fill_ms))
-            await h.execute_update("close", {"reason": "bench"}, result_type=CloseResult)
-            result = await h.result()
-            if result.status.value != "CLOSED":
-                problems += 1
             if (i + 1) % max(1, n_intents // 5) == 0:
-                log(f"  {i + 1}/{n_intents}: intent-to-order p50 {statistics.median(lat):.1f} ms, "
-                    f"p99 {pct(lat, 0.99):.1f} ms; floor p50 {statistics.median(floor):.1f} ms")
+                log(
+                    f"  {i + 1}/{n_intents}: intent-to-order p50 {statistics.median(lat):.1f} ms, "
+                    f"p99 {pct(lat, 0.99):.1f} ms; floor p50 {statistics.median(floor):.1f} ms"
+                )
         cpu = meter.percent()
     steps: dict[str, list[float]] = {k: [] for k in STEPS}
     for h, t0_ms, fill_ms in samples:
@@ -357,6 +391,7 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
         for i in range(3):
             await open_and_close(stack, watcher, f"T{n + 1 + i:03d}USDT", i, f"bench-lc-warm-{i}")
         done = 0
+        cut_off = False
 
         async def lifecycle(i: int) -> None:
             nonlocal done
@@ -372,8 +407,9 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
                 if result.status.value != "CLOSED":
                     raise RuntimeError(f"ended {result.status.value}")
                 done += 1
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                failures.append(f"{wid}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                if not cut_off:  # not cancelled by the time budget
+                    failures.append(f"{wid}: {type(exc).__name__}: {exc}")
 
         log(f"{n} concurrent lifecycles (open -> close update -> completed), one symbol each")
         meter = CpuMeter(stack.pids())
@@ -390,8 +426,10 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
         wall = time.monotonic() - t0
         prog.cancel()
         cpu = meter.percent()
+        cut_off = True
         for t in pending:
             t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if pending:
             log(f"time budget reached: {len(pending)} lifecycles unfinished")
     for f in failures[:5]:
@@ -408,8 +446,45 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
 
 
 # --------------------------------------------------------------------------- 4
-DECIDED = ("WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
-           "(PositionStatus IN ('OPEN','REJECTED','FAILED') OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))")
+def burst_marks(history: Any, t0_ms: float) -> dict[str, float] | None:
+    """One burst intent's path (ms): submit spread, wait for its first task, first task until the
+    reservation request is out, the portfolio's answer, and the rest until decided."""
+
+    def at(ev: Any) -> float:
+        return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
+
+    started = first_task = sig_out = sig_in = None
+    for ev in history.events:
+        et = ev.event_type
+        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started = at(ev)
+        elif et == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and first_task is None:
+            first_task = at(ev)
+        elif et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED and sig_out is None:
+            sig_out = at(ev)
+        elif (
+            et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+            and sig_in is None
+            and ev.workflow_execution_signaled_event_attributes.signal_name == "reservation_decided"
+        ):
+            sig_in = at(ev)
+    if not (started and first_task and sig_out and sig_in):
+        return None
+    end = at(history.events[-1])
+    return {
+        "started_after_t0": started - t0_ms,
+        "wait_first_task": first_task - started,
+        "first_task_to_request": sig_out - first_task,
+        "portfolio_round_trip": sig_in - sig_out,
+        "answer_to_last_event": end - sig_in,
+    }
+
+
+DECIDED = (
+    "WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
+    "(PositionStatus IN ('OPEN','REJECTED','FAILED') OR "
+    "ExecutionStatus IN ('Failed','Terminated','TimedOut'))"
+)
 
 
 async def count(client: Client, query: str) -> int:
@@ -418,14 +493,31 @@ async def count(client: Client, query: str) -> int:
 
 async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, Any]:
     client = stack.client
-    max_open, max_notional = BURST_LIMITS["gov_max_open_positions"], BURST_LIMITS["gov_max_total_notional_usdt"]
+    max_open, max_notional = (
+        BURST_LIMITS["gov_max_open_positions"],
+        BURST_LIMITS["gov_max_total_notional_usdt"],
+    )
     async with EntryWatcher(stack.settings.redis_port) as watcher:
         log("warm-up: 1 open/close lifecycle")
         await open_and_close(stack, watcher, "T090USDT", 0, "bench-burst-warm")
-    intents = [PositionInput(symbol=BURST_SYMBOLS[i % 100], side=Side.LONG if i % 2 else Side.SHORT,
-                             notional_usdt=D(200), intent_id=f"burst-{i}", strategy="bench", options=QUIET)
-               for i in range(n)]
-    watch = {"queries": 0, "violations": 0, "peak_slots": 0, "peak_notional": D(0), "decided_by_portfolio_s": None}
+    intents = [
+        PositionInput(
+            symbol=BURST_SYMBOLS[i % 100],
+            side=Side.LONG if i % 2 else Side.SHORT,
+            notional_usdt=D(200),
+            intent_id=f"burst-{i}",
+            strategy="bench",
+            options=QUIET,
+        )
+        for i in range(n)
+    ]
+    watch = {
+        "queries": 0,
+        "violations": 0,
+        "peak_slots": 0,
+        "peak_notional": D(0),
+        "decided_by_portfolio_s": None,
+    }
     base_totals: list[int] = []
     stop = asyncio.Event()
     t0 = 0.0
@@ -435,7 +527,7 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
         while not stop.is_set():
             try:
                 view = await handle.query("state", result_type=PortfolioView)
-            except Exception:  # noqa: BLE001 - a query can time out under load; try again
+            except Exception:
                 await asyncio.sleep(0.05)
                 continue
             watch["queries"] += 1
@@ -445,8 +537,11 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
             watch["peak_notional"] = max(watch["peak_notional"], view.notional_used)
             if view.slots_used > max_open or view.notional_used > max_notional:
                 watch["violations"] += 1
-            if (watch["decided_by_portfolio_s"] is None and t0
-                    and view.granted_total + view.denied_total - base_totals[0] >= n):
+            if (
+                watch["decided_by_portfolio_s"] is None
+                and t0
+                and view.granted_total + view.denied_total - base_totals[0] >= n
+            ):
                 watch["decided_by_portfolio_s"] = round(time.monotonic() - t0, 2)
             await asyncio.sleep(0.05)
 
@@ -457,7 +552,7 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
         try:
             async with gate:
                 await start_position(client, inp, f"bench-{inp.intent_id}")
-        except Exception as exc:  # noqa: BLE001 - counted as an error
+        except Exception as exc:
             submit_errors.append(f"{inp.intent_id}: {type(exc).__name__}: {exc}")
 
     watcher = asyncio.create_task(watcher_task())
@@ -465,6 +560,7 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
     log(f"burst: {n} intents at once over 100 symbols, max {max_open} open, {max_notional} USDT in total")
     meter = CpuMeter(stack.pids())
     t0 = time.monotonic()
+    t0_ms = time.time() * 1000
     await asyncio.gather(*(submit(i) for i in intents))
     submitted_s = time.monotonic() - t0
     log(f"  all {n} starts accepted in {submitted_s:.2f} s")
@@ -485,20 +581,38 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
     prefix = "WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
     opened = await count(client, prefix + "PositionStatus='OPEN'")
     rejected = await count(client, prefix + "PositionStatus='REJECTED'")
-    failed = await count(client, prefix + "(PositionStatus='FAILED' OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))")
+    failed = await count(
+        client, prefix + "(PositionStatus='FAILED' OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))"
+    )
     assert stack.exchange_client is not None
     venue_open = [p for p in await stack.exchange_client.position_risk() if p.position_amt != 0]
     entry_orders = [o for o in stack.venue.admin("GET", "orders") if not o["reduceOnly"]]
     venue_notional = sum((abs(p.notional) for p in venue_open), D(0))
     # The warm-up's one entry order is not part of the burst.
     burst_entry_orders = len(entry_orders) - 1
-    violations = (watch["violations"] + max(0, len(venue_open) - max_open)
-                  + (1 if venue_notional > max_notional else 0) + max(0, burst_entry_orders - opened))
+    violations = (
+        watch["violations"]
+        + max(0, len(venue_open) - max_open)
+        + (1 if venue_notional > max_notional else 0)
+        + max(0, burst_entry_orders - opened)
+    )
     for e in submit_errors[:5]:
         log(f"  submit error: {e}")
-    log(f"  decided {decided}/{n} in {burst_s:.2f} s: opened {opened}, rejected {rejected}, failed {failed}; "
+    steps: dict[str, list[float]] = {}
+    for inp in intents[:: max(1, n // 50)]:  # 50 sampled histories: where a burst intent's time went
+        try:
+            marks = burst_marks(
+                await client.get_workflow_handle(f"bench-{inp.intent_id}").fetch_history(), t0_ms
+            )
+        except Exception:
+            marks = None
+        for k, v in (marks or {}).items():
+            steps.setdefault(k, []).append(v)
+    log(
+        f"  decided {decided}/{n} in {burst_s:.2f} s: opened {opened}, rejected {rejected}, failed {failed}; "
         f"venue open {len(venue_open)} ({venue_notional:.2f} USDT), {burst_entry_orders} entry orders; "
-        f"peak slots {watch['peak_slots']}, {watch['queries']} portfolio queries")
+        f"peak slots {watch['peak_slots']}, {watch['queries']} portfolio queries"
+    )
     return {
         "burst_intents": n,
         "burst_opened": opened,
@@ -513,13 +627,21 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
         "burst_peak_notional": float(watch["peak_notional"]),
         "burst_venue_open": len(venue_open),
         "burst_entry_orders": burst_entry_orders,
+        "burst_steps_p50_ms": {k: ms(statistics.median(v)) for k, v in steps.items()},
+        "burst_steps_max_ms": {k: ms(max(v)) for k, v in steps.items()},
         "cpu_pct_burst": cpu,
     }
 
 
 # --------------------------------------------------------------------------- driver
-async def with_stack(tmp: Path, name: str, extra_symbols: int, limits: dict[str, Any],
-                     body: Callable[[LocalStack], Awaitable[dict[str, Any]]], **kwargs: Any) -> dict[str, Any]:
+async def with_stack(
+    tmp: Path,
+    name: str,
+    extra_symbols: int,
+    limits: dict[str, Any],
+    body: Callable[[LocalStack], Awaitable[dict[str, Any]]],
+    **kwargs: Any,
+) -> dict[str, Any]:
     log(f"--- {name}: starting a fresh stack")
     async with local_stack(tmp / name, extra_symbols=extra_symbols, log=log, **limits, **kwargs) as stack:
         return await body(stack)
@@ -530,15 +652,31 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     budget_end = started + args.budget_s
     # Shares of the budget for the three stacks (each also spends a few seconds starting and stopping).
-    end_2 = started + 0.40 * args.budget_s
-    out.update(await with_stack(tmp, "intents", 90, WIDE_LIMITS,
-                                lambda s: phase_floor_and_intents(s, args.intents, max(100, args.intents), end_2),
-                                extra_workers=[floor_workflow_worker, floor_activity_worker]))
-    log(f"intent-to-order p50 {out['intent_to_order_p50_ms']} ms, p99 {out['intent_to_order_p99_ms']} ms; "
-        f"floor p50 {out['floor_p50_ms']} ms; ratio {out['ratio_p50']}")
+    end_2 = started + 0.55 * args.budget_s
+    out.update(
+        await with_stack(
+            tmp,
+            "intents",
+            max(90, args.intents + 3),
+            WIDE_LIMITS,
+            lambda s: phase_floor_and_intents(s, args.intents, 100, end_2),
+            extra_workers=[floor_workflow_worker, floor_activity_worker],
+        )
+    )
+    log(
+        f"intent-to-order p50 {out['intent_to_order_p50_ms']} ms, p99 {out['intent_to_order_p99_ms']} ms; "
+        f"floor p50 {out['floor_p50_ms']} ms; ratio {out['ratio_p50']}"
+    )
     end_3 = time.monotonic() + 0.45 * (budget_end - time.monotonic())
-    out.update(await with_stack(tmp, "lifecycles", max(90, args.lifecycles + 3), WIDE_LIMITS,
-                                lambda s: phase_lifecycles(s, args.lifecycles, end_3)))
+    out.update(
+        await with_stack(
+            tmp,
+            "lifecycles",
+            max(90, args.lifecycles + 3),
+            WIDE_LIMITS,
+            lambda s: phase_lifecycles(s, args.lifecycles, end_3),
+        )
+    )
     log(f"lifecycles/s {out['lifecycles_per_s']}")
     end_4 = budget_end - 10
     out.update(await with_stack(tmp, "burst", 90, BURST_LIMITS, lambda s: phase_burst(s, args.burst, end_4)))
@@ -548,8 +686,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 30 intents, 50 lifecycles, 200-intent burst")
-    ap.add_argument("--intents", type=int, help="sequential intents (default 200)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 30 intents, 50 lifecycles, 200-intent burst"
+    )
+    ap.add_argument("--intents", type=int, help="sequential intents (default 200, at most 996)")
     ap.add_argument("--lifecycles", type=int, help="concurrent lifecycles (default 500, at most 996)")
     ap.add_argument("--burst", type=int, help="intents in the burst (default 1000)")
     ap.add_argument("--budget-s", type=float, help="stop measuring after this long (default 330; quick 80)")
@@ -558,11 +698,16 @@ def main(argv: list[str] | None = None) -> int:
     args.lifecycles = args.lifecycles or (50 if args.quick else 500)
     args.burst = args.burst or (200 if args.quick else 1000)
     args.budget_s = args.budget_s or (80.0 if args.quick else 330.0)
-    if min(args.intents, args.lifecycles, args.burst) < 1 or args.lifecycles > 996:
-        ap.error("--intents, --lifecycles and --burst must be positive; --lifecycles at most 996")
+    if min(args.intents, args.lifecycles, args.burst) < 1 or max(args.lifecycles, args.intents) > 996:
+        ap.error(
+            "--intents, --lifecycles and --burst must be positive; --intents and --lifecycles at most 996"
+        )
     load_before = os.getloadavg()
-    log(f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
-        f"{args.intents} intents, {args.lifecycles} lifecycles, burst {args.burst}, budget {args.budget_s:.0f} s")
+    log(
+        f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+        f"{args.intents} intents, {args.lifecycles} lifecycles, burst {args.burst}, "
+        f"budget {args.budget_s:.0f} s"
+    )
     with tempfile.TemporaryDirectory(prefix="qt-bench-lifecycle-") as tmp:
         try:
             result = asyncio.run(run(args, Path(tmp)))

@@ -43,8 +43,20 @@ def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
     sa = [a for name, kind in CLI_SEARCH_ATTRIBUTES.items() for a in ("--search-attribute", f"{name}={kind}")]
     proc = ManagedProcess(
         name="temporal",
-        argv=[temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
-              "--log-level", "error", *sa, *extra],
+        argv=[
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--headless",
+            "--log-level",
+            "error",
+            *sa,
+            *extra,
+        ],
         log_path=tmp / "temporal.log",
     )
     proc.start()
@@ -56,8 +68,19 @@ def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
     port = free_port()
     proc = ManagedProcess(
         name="redis",
-        argv=[shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
-              "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        argv=[
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
         log_path=tmp / "redis.log",
     )
     proc.start()
@@ -77,8 +100,13 @@ class Venue:
         return f"http://127.0.0.1:{self.port}"
 
     def admin(self, method: str, path: str, json: Any = None) -> Any:
-        resp = httpx.request(method, f"{self.base_url}/admin/{path.lstrip('/')}", json=json,
-                             headers={"X-MBX-APIKEY": self.api_key}, timeout=30)
+        resp = httpx.request(
+            method,
+            f"{self.base_url}/admin/{path.lstrip('/')}",
+            json=json,
+            headers={"X-MBX-APIKEY": self.api_key},
+            timeout=30,
+        )
         resp.raise_for_status()
         return resp.json() if resp.content else None
 
@@ -88,10 +116,29 @@ def start_paper_exchange(tmp: Path, extra_symbols: int) -> Venue:
     key, secret = secrets.token_hex(32), secrets.token_hex(32)
     proc = ManagedProcess(
         name="paper-exchange",
-        argv=[sys.executable, "-m", "exchange.paper", "--host", "127.0.0.1", "--port", str(port),
-              "--state", str(tmp / "paper.sqlite"), "--prices", "manual", "--extra-symbols", str(extra_symbols),
-              "--start-balance", "100000000", "--weight-limit", str(BIG), "--order-limit-10s", str(BIG),
-              "--order-limit-1m", str(BIG)],
+        argv=[
+            sys.executable,
+            "-m",
+            "exchange.paper",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state",
+            str(tmp / "paper.sqlite"),
+            "--prices",
+            "manual",
+            "--extra-symbols",
+            str(extra_symbols),
+            "--start-balance",
+            "100000000",
+            "--weight-limit",
+            str(BIG),
+            "--order-limit-10s",
+            str(BIG),
+            "--order-limit-1m",
+            str(BIG),
+        ],
         log_path=tmp / "paper.log",
         env={**os.environ, "BINANCE_API_KEY": key, "BINANCE_API_SECRET": secret},
         cwd=REPO,
@@ -117,8 +164,14 @@ class LocalStack:
 
 
 @contextlib.asynccontextmanager
-async def local_stack(tmp: Path, *, extra_symbols: int = 90, extra_workers: Sequence[Any] = (),
-                      log: Any = None, **overrides: Any) -> AsyncIterator[LocalStack]:
+async def local_stack(
+    tmp: Path,
+    *,
+    extra_symbols: int = 90,
+    extra_workers: Sequence[Any] = (),
+    log: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[LocalStack]:
     """Start everything, yield, stop everything we started (by PID), whatever happens in between.
 
     `extra_workers`: callables `client -> Worker` run next to the two lifecycle workers.
@@ -133,12 +186,20 @@ async def local_stack(tmp: Path, *, extra_symbols: int = 90, extra_workers: Sequ
         started["redis"] = redis_proc
         venue = start_paper_exchange(tmp, extra_symbols)
         started["paper-exchange"] = venue.process
-        say(f"stack up: temporal pid {temporal.pid} {address}, redis pid {redis_proc.pid} :{redis_port}, "
-            f"paper exchange pid {venue.process.pid} {venue.base_url} ({extra_symbols} extra symbols)")
+        say(
+            f"stack up: temporal pid {temporal.pid} {address}, redis pid {redis_proc.pid} :{redis_port}, "
+            f"paper exchange pid {venue.process.pid} {venue.base_url} ({extra_symbols} extra symbols)"
+        )
         base: dict[str, Any] = dict(
-            temporal_address=address, redis_port=redis_port, paper_rest_url=venue.base_url,
-            binance_api_key=venue.api_key, binance_api_secret=venue.api_secret, apply_allowlist=["*"],
-            gov_max_exec_per_hour=1000, gov_max_exec_per_5min=1000, gov_symbol_cooldown_seconds=0,
+            temporal_address=address,
+            redis_port=redis_port,
+            paper_rest_url=venue.base_url,
+            binance_api_key=venue.api_key,
+            binance_api_secret=venue.api_secret,
+            apply_allowlist=["*"],
+            gov_max_exec_per_hour=1000,
+            gov_max_exec_per_5min=1000,
+            gov_symbol_cooldown_seconds=0,
             binance_weight_limit_1m=BIG,
         )
         base.update(overrides)
@@ -149,23 +210,30 @@ async def local_stack(tmp: Path, *, extra_symbols: int = 90, extra_workers: Sequ
         try:
             async with contextlib.AsyncExitStack() as es:
                 venue_client = await es.enter_async_context(
-                    BinanceFuturesClient.from_settings(settings, order_limit_10s=BIG, order_limit_1m=BIG))
+                    BinanceFuturesClient.from_settings(settings, order_limit_10s=BIG, order_limit_1m=BIG)
+                )
                 await venue_client.sync_time()
                 stack.exchange_client = venue_client
                 market = await es.enter_async_context(BinanceFuturesClient(venue.base_url, None, None))
-                workers = [exchange_worker(client, venue_client),
-                           lifecycle_worker(client, settings, redis, market),
-                           *(make(client) for make in extra_workers)]
+                workers = [
+                    exchange_worker(client, venue_client),
+                    lifecycle_worker(client, settings, redis, market),
+                    *(make(client) for make in extra_workers),
+                ]
                 for w in workers:
                     await es.enter_async_context(w)
                 stack.workers = workers
-                # The stack starts the portfolio before any position (positions fall back to signal-with-start).
+                # The stack starts the portfolio before any position (else: signal-with-start).
                 await client.start_workflow(
                     "PortfolioWorkflow",
-                    PortfolioInput(policy=RiskPolicy.from_settings(settings),
-                                   holder_check_seconds=settings.portfolio_holder_check_seconds),
-                    id=DEFAULT_PORTFOLIO_ID, task_queue=LIFECYCLE_TASK_QUEUE,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+                    PortfolioInput(
+                        policy=RiskPolicy.from_settings(settings),
+                        holder_check_seconds=settings.portfolio_holder_check_seconds,
+                    ),
+                    id=DEFAULT_PORTFOLIO_ID,
+                    task_queue=LIFECYCLE_TASK_QUEUE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                )
                 yield stack
         finally:
             await redis.aclose()

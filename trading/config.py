@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     watcher_metrics_port: int = Field(9466, ge=1, le=65535)
     user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
     reconcile_interval_seconds: float = Field(30.0, gt=0)
+    # The lifecycle worker runs a reconcile at start; until it is done new entries wait.
+    reconcile_on_start: bool = True
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     qt_home: Path = Path(".qt")
 

@@ -116,3 +116,20 @@ class SymbolCheckInput(_Msg):
 class SymbolCheck(_Msg):
     rules: SymbolRules
     mark_price: Decimal | None = None
+
+
+class OpenEntryInput(_Msg):
+    """Everything the entry needs in one exchange activity: size at the mark, leverage, the order."""
+
+    symbol: str
+    side: OrderSide
+    leverage: int = Field(ge=1, le=125)
+    notional_usdt: Decimal = Field(gt=0)
+    quantity: Decimal | None = Field(None, gt=0)
+    client_order_id: str
+    intent_at_ms: int | None = None
+
+
+class OpenEntryOutcome(_Msg):
+    market: EntryMarket
+    outcome: OrderOutcome | None = None  # None: the size is below the venue's minimum; nothing was sent

@@ -156,6 +156,9 @@ class PortfolioBook(BaseModel):
     executions_ms: dict[str, list[int]] = Field(default_factory=dict)  # symbol → entry times (1 h kept)
     cooldown_until_ms: dict[str, int] = Field(default_factory=dict)
     emergency: EmergencyState = EmergencyState.NORMAL
+    # False from start until the first reconcile has compared the venue with the workflows: until then
+    # new entries wait (adoptions of what the venue holds do not).
+    reconciled: bool = True
 
     @property
     def total_notional(self) -> Decimal:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities.exchange import ExchangeActivities
+from activities.reconcile import VenueReadActivities
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings
 from workers.lifecycle import run_until_sigterm
@@ -17,6 +18,7 @@ from workflows.messages import EXCHANGE_TASK_QUEUE
 
 def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
     acts = ExchangeActivities(exchange)
+    venue = VenueReadActivities(exchange)
     return Worker(
         client,
         task_queue=EXCHANGE_TASK_QUEUE,
@@ -29,6 +31,9 @@ def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
             acts.place_stop,
             acts.cancel_stop,
             acts.sync_fills,
+            acts.open_entry,
+            venue.venue_state,
+            venue.cancel_orphan,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
         max_concurrent_activities=200,

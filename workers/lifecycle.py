@@ -9,12 +9,22 @@ import signal
 from datetime import timedelta
 
 import redis.asyncio as aioredis
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.market import MarketActivities
 from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
+from activities.reconcile import ReconcileActivities
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings
 from trading.governor import RiskPolicy
@@ -22,6 +32,9 @@ from workers.temporal_client import connect, ensure_search_attributes, metrics_r
 from workflows.messages import LIFECYCLE_TASK_QUEUE
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
+from workflows.reconcile import ReconcileWorkflow
+
+RECONCILE_SCHEDULE_ID = "reconcile-schedule"
 
 log = logging.getLogger("qtrader.worker.lifecycle")
 
@@ -35,10 +48,11 @@ def lifecycle_worker(
     )
     projections = ProjectionActivities(redis)
     symbols = MarketActivities(market)
+    reconciling = ReconcileActivities(client, redis)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
-        workflows=[PositionWorkflow, PortfolioWorkflow],
+        workflows=[PositionWorkflow, PortfolioWorkflow, ReconcileWorkflow],
         activities=[
             portfolio.request_reservation,
             portfolio.deliver_decisions,
@@ -47,6 +61,10 @@ def lifecycle_worker(
             projections.project_portfolio,
             projections.publish_levels,
             symbols.check_symbol,
+            reconciling.tracked_positions,
+            reconciling.tell_position,
+            reconciling.adopt_position,
+            reconciling.record_reconcile,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
@@ -65,6 +83,29 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         )
         await run_until_sigterm(worker, "lifecycle", metrics_port)
     await redis.aclose()
+
+
+async def ensure_reconcile_schedule(client: Client, every_s: float, *, run_now: bool) -> None:
+    """The Temporal Schedule that runs ReconcileWorkflow every `every_s` (overlaps skipped); with
+    `run_now`, one run at once (the startup reconcile the portfolio waits for)."""
+    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
+    try:
+        await handle.describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        await client.create_schedule(
+            RECONCILE_SCHEDULE_ID,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    "ReconcileWorkflow", id="reconcile", task_queue=LIFECYCLE_TASK_QUEUE
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+    if run_now:
+        await handle.trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
 
 
 async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None) -> None:

@@ -6,7 +6,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trading.execution import OrderOutcome
 from trading.exit_policy import ExitProfile, ExitState
@@ -14,6 +14,7 @@ from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, R
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
+from trading.reconcile import VenueOrder, VenuePosition
 
 LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
 EXCHANGE_TASK_QUEUE = "exchange"
@@ -121,6 +122,12 @@ class ExchangeEvent(_Msg):
     reason: str | None = None
 
 
+class VenueState(_Msg):
+    positions: list[VenuePosition]
+    orders: list[VenueOrder]
+    now_ms: int
+
+
 class PublishLevelsInput(_Msg):
     """The position's next trigger levels for the watcher's table; both None removes the entry."""
 
@@ -132,6 +139,13 @@ class PublishLevelsInput(_Msg):
     remove: bool = False
 
 
+class AdoptedPosition(_Msg):
+    """A position found on the venue with no workflow: the adopting workflow takes it as it is."""
+
+    quantity: Decimal = Field(gt=0)
+    entry_price: Decimal = Field(gt=0)
+
+
 class PositionInput(TradeIntent):
     """The position workflow's one argument: the trade intent itself (flat, as an operator types it on
     the Temporal CLI), plus optional technical knobs, plus the state carried over by continue-as-new
@@ -139,6 +153,13 @@ class PositionInput(TradeIntent):
 
     options: PositionOptions = Field(default_factory=PositionOptions)
     carry: PositionCarry | None = None
+    adopt: AdoptedPosition | None = None  # set by reconcile only, with source "adopted"
+
+    @model_validator(mode="after")
+    def _adoption_is_adopted(self) -> PositionInput:
+        if self.adopt is not None and self.source != "adopted":
+            raise ValueError("adopt: only for source 'adopted' (set by reconcile)")
+        return self
 
 
 class PositionView(_Msg):

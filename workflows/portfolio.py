@@ -71,6 +71,9 @@ class PortfolioWorkflow:
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
         self._slots = self._meter.create_gauge("quantum_portfolio_slots_used", "position slots in use")
         self._open = self._meter.create_gauge("quantum_open_positions", "positions holding a reservation")
+        self._adopted_over = self._meter.create_counter(
+            "quantum_adoption_over_limit", "venue positions adopted beyond a limit (operator alert)"
+        )
         self._notional = self._meter.create_gauge_float(
             "quantum_portfolio_notional_used_usdt", "reserved notional"
         )
@@ -80,15 +83,20 @@ class PortfolioWorkflow:
         next_check = workflow.time() + inp.holder_check_seconds
         while True:
             wake = next_check
-            if self._dirty:
+            projecting = any(not p.done() for p in self._projections)
+            if self._dirty and not projecting:
                 wake = min(wake, self._projected_at + PROJECTION_INTERVAL_S)
             wait = max(0.0, wake - workflow.time())
             was_dirty = self._dirty  # a change during the wait moves the wake-up to the projection time
             if wait > 0:
+                # Never loop without yielding: the end of a running projection is a wake-up too.
                 try:
                     await workflow.wait_condition(
-                        lambda was=was_dirty: bool(
-                            self.pending or self._flatten or (self._dirty and not was)
+                        lambda was=was_dirty, proj=projecting: bool(
+                            self._actionable()
+                            or self._flatten
+                            or (self._dirty and not was)
+                            or (proj and all(p.done() for p in self._projections))
                         ),
                         timeout=timedelta(seconds=wait),
                     )
@@ -121,15 +129,28 @@ class PortfolioWorkflow:
                 )
 
     # ------------------------------------------------------------------ decisions
+    def _actionable(self) -> list[ReservationRequest]:
+        """Requests that can be decided now: all of them once the startup reconcile is done, before that
+        only adoptions of positions the venue already holds."""
+        if self.book.reconciled:
+            return self.pending
+        return [p for p in self.pending if p.adoption]
+
     async def _decide_pending(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
+        while self._actionable():
+            batch = self._actionable()
+            self.pending = [p for p in self.pending if p not in batch]
             now = self._now_ms()
             decisions: list[Grant | Denial] = []
             for req in batch:
                 decision = decide(self.book, self.policy, req, now)
                 if isinstance(decision, Grant):
                     apply_grant(self.book, req, decision, now)
+                    if decision.over_limit:
+                        self._adopted_over.add(1, {"limit": decision.over_limit})
+                        workflow.logger.error(
+                            "adopted %s beyond %s: managed anyway", req.holder_id, decision.over_limit
+                        )
                     self.granted_total += 1
                     self._allow.add(1)
                 else:
@@ -195,6 +216,13 @@ class PortfolioWorkflow:
         release(self.book, self.policy, req.holder_id, self._now_ms(), cooldown=req.cooldown)
         # A request still waiting from the same holder must not be granted after its release.
         self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
+        self._changed()
+
+    @workflow.signal(name="reconciled")
+    def reconciled(self, fixes: int) -> None:
+        if not self.book.reconciled:
+            workflow.logger.info("startup reconcile done (%d fixes): new entries allowed", fixes)
+        self.book.reconciled = True
         self._changed()
 
     @workflow.signal(name="adjust_reservation")

@@ -26,12 +26,13 @@ with workflow.unsafe.imports_passed_through():
         ExchangePosition,
         ExchangePositionInput,
         MarkPriceInput,
+        OpenEntryInput,
+        OpenEntryOutcome,
         OrderOutcome,
         OrderStatus,
         PlaceOrderInput,
         PlaceStopInput,
         PrepareEntryInput,
-        SetLeverageInput,
         StopOutcome,
         SymbolCheck,
         SymbolCheckInput,
@@ -45,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
         resolve_profile,
         trigger_levels,
     )
-    from trading.exits import close_quantity, entry_quantity
+    from trading.exits import close_quantity
     from trading.governor import Denial, Gate, Grant, ReservationRequest
     from trading.ids import client_order_id
     from trading.intents import TradeIntent
@@ -55,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         EXCHANGE_TASK_QUEUE,
         LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
+        AdoptedPosition,
         ClosePositionRequest,
         CloseResult,
         ExchangeEvent,
@@ -95,6 +97,7 @@ ORDER_RETRY = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=["Rejected", "UnknownSymbol"],
 )
+PUBLISH_PAUSE_S = 5.0
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 PROJECTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
@@ -193,7 +196,11 @@ class PositionWorkflow:
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
                 self._set_status(PositionStatus.ENTERING)
-                await self._enter(await self._prepare_entry())
+                if inp.adopt is not None:
+                    self._adopt(inp.adopt, await self._prepare_entry())
+                    await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
+                else:
+                    await self._enter()
                 if self.denial is not None:  # the grant was too small for the venue: nothing was sent
                     await self._release("below exchange minimum", traded=False)
                     self._set_status(PositionStatus.REJECTED)
@@ -245,7 +252,10 @@ class PositionWorkflow:
 
     async def _govern(self, check: SymbolCheck) -> Grant | Denial:
         self._set_status(PositionStatus.GOVERNING)
+        adopt = self.input.adopt
         notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * (check.mark_price or 0)
+        if adopt is not None:
+            notional = adopt.quantity * adopt.entry_price
         request = ReservationRequest(
             holder_id=workflow.info().workflow_id,
             symbol=self.intent.symbol,
@@ -253,6 +263,7 @@ class PositionWorkflow:
             notional_usdt=notional,
             kill_score=self.intent.kill_score,
             intent_id=self.intent.intent_id,
+            adoption=adopt is not None,
         )
         self._decision: Grant | Denial | None = None
         while self._decision is None:
@@ -288,11 +299,33 @@ class PositionWorkflow:
             retry_policy=QUICK_RETRY,
         )
 
-    async def _enter(self, market: EntryMarket) -> None:
+    async def _enter(self) -> None:
+        """Size, leverage and the entry order in one exchange activity (each workflow step costs a task
+        round trip): the order's client id is fixed by the workflow, so a retry looks it up first."""
         assert self.grant is not None
+        self._order_in_flight = True
+        try:
+            entry: OpenEntryOutcome = await workflow.execute_activity(
+                "open_entry",
+                OpenEntryInput(
+                    symbol=self.intent.symbol,
+                    side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
+                    leverage=self.intent.leverage,
+                    notional_usdt=self.grant.notional_usdt,
+                    quantity=self.intent.quantity,
+                    client_order_id=client_order_id(workflow.info().workflow_id, "entry"),
+                    intent_at_ms=int(workflow.info().start_time.timestamp() * 1000),
+                ),
+                result_type=OpenEntryOutcome,
+                task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=ORDER_RETRY,
+            )
+        finally:
+            self._order_in_flight = False
+        market = entry.market
         self.rules = market.rules
-        qty = entry_quantity(self.grant.notional_usdt, market.mark_price, market.rules, self.intent.quantity)
-        if qty < market.rules.market_min_qty or qty * market.mark_price < market.rules.min_notional:
+        if entry.outcome is None:
             self.exit_reason = ExitReason.ENTRY_UNFILLED.value
             self.denial = Denial(
                 holder_id=self.grant.holder_id,
@@ -301,14 +334,8 @@ class PositionWorkflow:
                 f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)",
             )
             return
-        await workflow.execute_activity(
-            "set_leverage",
-            SetLeverageInput(symbol=self.intent.symbol, leverage=self.intent.leverage),
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=QUICK_RETRY,
-        )
-        outcome = await self._order(self.intent.side.entry_order_side, qty, "entry", reduce_only=False)
+        outcome = entry.outcome
+        self._record_fills(outcome)
         self.opened_at_ms = int(workflow.now().timestamp() * 1000)
         filled = self._tally()
         if filled.open_qty <= 0:
@@ -320,6 +347,30 @@ class PositionWorkflow:
                 "adjust_reservation",
                 AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
             )
+        self._arm_exits(market, filled)
+        self.mark = outcome.avg_price
+        await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
+        self._project("apply_result", action="entry", outcome=outcome)
+
+    def _adopt(self, adopted: AdoptedPosition, market: EntryMarket) -> None:
+        """Take a position found on the venue as it is: its quantity at its entry price."""
+        self.rules = market.rules
+        self.opened_at_ms = int(workflow.now().timestamp() * 1000)
+        self.fills.append(
+            Fill(
+                client_order_id=client_order_id(workflow.info().workflow_id, "adopted"),
+                side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
+                price=adopted.entry_price,
+                qty=adopted.quantity,
+                fee=Decimal(0),
+                time_ms=self.opened_at_ms,
+            )
+        )
+        self.mark = market.mark_price
+        self._arm_exits(market, self._tally())
+
+    def _arm_exits(self, market: EntryMarket, filled: PositionTally) -> None:
+        assert self.grant is not None
         self.profile, stop_price = resolve_profile(
             self.grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry
         )
@@ -334,9 +385,6 @@ class PositionWorkflow:
             self.opened_at_ms,
             stop_price,
         )
-        self.mark = outcome.avg_price
-        await self._replace_hard_stop(self.exit_state.hard_stop)
-        self._project("apply_result", action="entry", outcome=outcome)
 
     async def _replace_hard_stop(self, price: Decimal) -> None:
         """Cancel-and-replace the exchange stop, each with its own client id: never two live stops."""
@@ -510,7 +558,11 @@ class PositionWorkflow:
         )
 
     def _publish_due(self) -> bool:
-        return (self._publishing is None or self._publishing.done()) and self._levels() != self._published
+        if self._publishing is not None and not self._publishing.done():
+            return False
+        if workflow.time() < self._publish_retry_at:  # Redis trouble: retry on a later wake-up
+            return False
+        return self._levels() != self._published
 
     def _publish_levels(self, *, remove: bool = False) -> None:
         """Tell the price watcher the new levels (one write in flight; Redis trouble never blocks)."""
@@ -542,7 +594,10 @@ class PositionWorkflow:
                 retry_policy=PUBLISH_RETRY,
             )
         except ActivityError:
-            self._published = None  # publish again; the mark timer protects the position meanwhile
+            # Publish again after a pause (the mark timer protects the position meanwhile), rather
+            # than retrying in a tight loop that would only grow the history while Redis is down.
+            self._published = None
+            self._publish_retry_at = workflow.time() + PUBLISH_PAUSE_S
 
     async def _settle_with_venue(self) -> None:
         """Take the venue's fills for this position and its word on the size: the venue closed some or
@@ -592,6 +647,7 @@ class PositionWorkflow:
 
     _venue_flat = False
     _venue_changed = False
+    _publish_retry_at = 0.0
     _order_in_flight = False
 
     def _hard_stop_prefix(self) -> str:
@@ -635,9 +691,12 @@ class PositionWorkflow:
             start_to_close_timeout=timedelta(seconds=20),
             retry_policy=ORDER_RETRY,
         )
+        self._record_fills(outcome)
+        return outcome
+
+    def _record_fills(self, outcome: OrderOutcome) -> None:
         known = {(f.client_order_id, f.trade_id) for f in self.fills}
         self.fills.extend(f for f in outcome.fills if (f.client_order_id, f.trade_id) not in known)
-        return outcome
 
     # ------------------------------------------------------------------ portfolio
     async def _portfolio_signal(self, name: str, arg: object) -> None:

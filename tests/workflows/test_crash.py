@@ -37,7 +37,7 @@ async def test_sigkill_lifecycle_worker_mid_entry(stack: Stack) -> None:
         handle = await start_position(
             stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150))
         )
-        await wait_for_event(handle, "place_order")
+        await wait_for_event(handle, "open_entry")
         os.kill(worker.pid, signal.SIGKILL)
         worker.popen.wait(timeout=5)  # type: ignore[union-attr]
         await asyncio.sleep(2.0)  # the order completes at the venue while no lifecycle worker runs

@@ -1,0 +1,166 @@
+"""Reconcile activities: read the venue (exchange queue), read the position workflows and apply fixes
+(lifecycle queue), and record every difference as an event and a metric."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from decimal import Decimal
+
+import redis.asyncio as aioredis
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.exchange import venue_errors
+from exchange.client import BinanceFuturesClient
+from exchange.errors import OrderNotFoundError
+from trading.intents import IntentSource, Side
+from trading.reconcile import Fix, TrackedPosition, VenueOrder, VenuePosition
+from workflows.messages import (
+    LIFECYCLE_TASK_QUEUE,
+    AdoptedPosition,
+    PositionInput,
+    PositionView,
+    VenueState,
+)
+
+RECONCILE_STREAM = "quantum:stream:reconcile.events"
+
+
+class VenueReadActivities:
+    def __init__(self, client: BinanceFuturesClient) -> None:
+        self.client = client
+
+    @activity.defn(name="venue_state")
+    async def venue_state(self) -> VenueState:
+        with venue_errors():
+            positions, orders, algos = await asyncio.gather(
+                self.client.position_risk(), self.client.open_orders(), self.client.open_algo_orders()
+            )
+        return VenueState(
+            positions=[
+                VenuePosition(
+                    symbol=p.symbol,
+                    position_amt=p.position_amt,
+                    entry_price=p.entry_price,
+                    update_ms=p.update_time,
+                )
+                for p in positions
+                if p.position_amt != 0
+            ],
+            orders=[
+                VenueOrder(
+                    symbol=o.symbol,
+                    client_id=o.client_order_id,
+                    algo=False,
+                    reduce_only=o.reduce_only or o.close_position,
+                )
+                for o in orders
+            ]
+            + [
+                VenueOrder(
+                    symbol=a.symbol,
+                    client_id=a.client_algo_id,
+                    algo=True,
+                    reduce_only=a.reduce_only or a.close_position,
+                )
+                for a in algos
+            ],
+            now_ms=int(time.time() * 1000),
+        )
+
+    @activity.defn(name="cancel_orphan")
+    async def cancel_orphan(self, fix: Fix) -> bool:
+        with venue_errors():
+            try:
+                if fix.algo:
+                    await self.client.cancel_algo_order(client_algo_id=fix.client_id)
+                else:
+                    await self.client.cancel_order(fix.symbol, client_order_id=fix.client_id)
+            except OrderNotFoundError:
+                return False
+        return True
+
+
+class ReconcileActivities:
+    def __init__(self, client: Client, redis: aioredis.Redis) -> None:
+        self.client = client
+        self.redis = redis
+
+    @activity.defn(name="tracked_positions")
+    async def tracked_positions(self) -> list[TrackedPosition]:
+        query = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
+        ids = [wf.id async for wf in self.client.list_workflows(query)]
+
+        async def one(wid: str) -> TrackedPosition | None:
+            try:
+                v = await self.client.get_workflow_handle(wid).query("state", result_type=PositionView)
+            except Exception:  # finished between listing and asking: nothing to track
+                return None
+            return TrackedPosition(
+                workflow_id=wid, symbol=v.symbol, side=v.side, open_qty=v.open_qty, status=v.status.value
+            )
+
+        found = await asyncio.gather(*(one(w) for w in ids))
+        return [t for t in found if t is not None]
+
+    @activity.defn(name="tell_position")
+    async def tell_position(self, fix: Fix) -> None:
+        """The workflow takes the venue's word (it settles from the venue's fills)."""
+        await self.client.get_workflow_handle(fix.workflow_id or "").signal(
+            "exchange_event",
+            {
+                "kind": "position_snapshot",
+                "symbol": fix.symbol,
+                "position_amt": str(fix.venue_amt),
+                "reason": "reconcile",
+                "event_ms": int(time.time() * 1000),
+            },
+        )
+
+    @activity.defn(name="adopt_position")
+    async def adopt_position(self, fix: Fix) -> str:
+        amt = fix.venue_amt or Decimal(0)
+        wid = f"position-{fix.symbol}-adopted-{uuid.uuid4().hex[:8]}"
+        await self.client.start_workflow(
+            "PositionWorkflow",
+            PositionInput(
+                symbol=fix.symbol,
+                side=Side.LONG if amt > 0 else Side.SHORT,
+                quantity=abs(amt),
+                source=IntentSource.ADOPTED,
+                strategy="adopted",
+                intent_id=wid,
+                adopt=AdoptedPosition(quantity=abs(amt), entry_price=fix.entry_price or Decimal(0)),
+            ),
+            id=wid,
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            static_summary=f"ADOPTED {fix.symbol} {amt} @ {fix.entry_price}",
+        )
+        return wid
+
+    @activity.defn(name="record_reconcile")
+    async def record_reconcile(self, fixes: list[Fix]) -> None:
+        drift = activity.metric_meter().create_counter(
+            "reconcile_drift_detected", "differences found by reconcile"
+        )
+        adoptions = activity.metric_meter().create_counter("reconcile_adoptions", "venue positions adopted")
+        for fix in fixes:
+            drift.add(1, {"symbol": fix.symbol, "field": fix.field})
+            if fix.kind == "adopt":
+                adoptions.add(1, {"symbol": fix.symbol})
+            fields = {
+                "kind": fix.kind,
+                "symbol": fix.symbol,
+                "field": fix.field,
+                "detail": fix.detail,
+                "workflow_id": fix.workflow_id or "",
+                "timestamp": str(int(time.time() * 1000)),
+                "payload": json.dumps(fix.model_dump(mode="json")),
+            }
+            try:
+                await self.redis.xadd(RECONCILE_STREAM, fields, maxlen=100_000, approximate=True)
+            except aioredis.RedisError:
+                activity.logger.warning("reconcile event not written to Redis: %s", fix.detail)
