@@ -11,6 +11,13 @@ Papers: PatchTST/64 0.370 (PatchTST/42, L=336: 0.375), N-HiTS 0.378 (Nixtla's re
 Budgets (2 CPU cores): full mode trains N-HiTS (L=512) and PatchTST (L=336, the paper's ETTh1 model
 size) on capped epochs / wall-clock budgets, a few minutes in all; `--quick` trains PatchTST only on a
 reduced budget (the figure is then only a smoke check) and reports N-HiTS as null.
+Signal layer (`signal_results`): a quick walk-forward of every model + the ensemble on the shipped
+BTCUSDT/ETHUSDT 1h klines (`auc`: model → mean out-of-sample AUC, baselines included), then the
+whole-ensemble inference at a bar close for 1 and 100 symbols — incremental `FeatureEngine.update` for
+the new closed bar + the rolling return windows + every model's `predict_proba` + the ensemble vote —
+p50 / p99 in ms (`ensemble_1_*`, `ensemble_100_*`), and the incremental features alone
+(`features_100_ms`, p50). 100 symbols are built from the 10 shipped 1h series at different offsets.
+
 Progress goes to stderr; the last stdout line is one JSON object.
 """
 
@@ -27,6 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from signals.data import AlignedKlines, available, load_klines
+from signals.ensemble import Ensemble
+from signals.features import compute_features
 from signals.models.base import ModelInput
 from signals.models.nhits import NHiTSDirectionModel, NHiTSForecaster
 from signals.models.patchtst import PatchTSTDirectionModel, PatchTSTForecaster
@@ -224,14 +234,122 @@ def torch_model_results(quick: bool) -> dict[str, Any]:
     return result
 
 
+# ------------------------------------------------------------------------------------- signal layer
+
+N_WARM = 300  # bars of history before the timed bar closes (feature warm-up + 96 returns)
+
+
+def synthetic_universe(n_symbols: int, n_bars: int) -> AlignedKlines:
+    """`n_symbols` series of `n_bars` 1h bars on one time grid, cut from the shipped 1h klines at
+    different offsets (symbol 0 is BTCUSDT itself, so the BTC context features are real)."""
+    bases = [s for s, tf in available() if tf == "1h"]
+    bases.sort(key=lambda s: s != "BTCUSDT")
+    series = {s: load_klines(s, "1h") for s in bases}
+    grid = series["BTCUSDT"].open_time_ms[-n_bars:]
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("open", "high", "low", "close", "volume")}
+    names = []
+    for i in range(n_symbols):
+        base = bases[i % len(bases)]
+        k = series[base]
+        stop = len(k) - (i // len(bases)) * 97
+        if stop - n_bars < 0:
+            raise ValueError(f"{base}: not enough bars for offset {i // len(bases)}")
+        for c, lst in cols.items():
+            lst.append(getattr(k, c)[stop - n_bars : stop])
+        names.append(base if i < len(bases) else f"{base}_{i}")
+    return AlignedKlines(tuple(names), "1h", grid.copy(), **{c: np.stack(v) for c, v in cols.items()})
+
+
+def _step_timings(bars: AlignedKlines, ensemble: Ensemble | None, repeats: int) -> list[float]:
+    """Warm the engine on the first N_WARM bars, then time each following bar close (ms)."""
+    _, engine = compute_features(bars.slice(0, N_WARM))
+    lc = np.log(bars.close)
+    window = np.diff(lc[:, N_WARM - 97 : N_WARM], axis=1)  # [S, 96] past log returns
+    prev = bars.close[:, N_WARM - 1].copy()
+    times = []
+    for j in range(N_WARM, N_WARM + repeats + 5):
+        t0 = time.perf_counter()
+        feats = engine.update(
+            int(bars.open_time_ms[j]), bars.high[:, j], bars.low[:, j], bars.close[:, j], bars.volume[:, j]
+        )
+        if ensemble is not None:
+            close = bars.close[:, j]
+            window = np.concatenate([window[:, 1:], np.log(close / prev)[:, None]], axis=1)
+            prev = close
+            decisions = ensemble.decide(ModelInput(features=feats, returns=window))
+            assert len(decisions) == len(bars.symbols)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times[5:]  # first closes warm caches
+
+
+def _p50_p99(times: list[float]) -> tuple[float, float]:
+    t = sorted(times)
+    return statistics.median(t), t[min(len(t) - 1, round(0.99 * (len(t) - 1)))]
+
+
+def signal_results(quick: bool) -> dict[str, Any]:
+    """Walk-forward AUC per model (+ ensemble, baselines) and the whole-ensemble latency."""
+    import contextlib
+
+    from signals.labels import LabelSpec
+    from signals.training import TorchBudget, train_and_validate
+
+    t0 = time.perf_counter()
+    last_n = 5000 if quick else 12_000
+    budget = TorchBudget(epochs=1, windows_per_epoch=4000) if quick else TorchBudget()
+    log(f"signal layer: walk-forward on BTCUSDT+ETHUSDT 1h, last {last_n} bars, 3 folds, all models")
+    with contextlib.redirect_stdout(sys.stderr):  # the table goes to stderr; stdout ends with the JSON
+        res = train_and_validate(
+            ("BTCUSDT", "ETHUSDT"),
+            "1h",
+            LabelSpec(),
+            folds=3,
+            seed=0,
+            last_n=last_n,
+            torch_budget=budget,
+            save=False,
+            progress=log,
+            check_leakage=False,  # reported below instead of aborting the benchmark
+        )
+    out: dict[str, Any] = {"auc": res.auc(), "auc_bars": res.bars.n_bars, "auc_rows": len(res.dataset)}
+    out["auc_over_leakage_threshold"] = sorted(m for m, a in res.auc().items() if a > 0.60)
+    ensemble = Ensemble(res.models)
+    repeats = 100 if quick else 300
+    universe = synthetic_universe(100, N_WARM + repeats + 5)
+    u = universe
+    one = AlignedKlines(  # BTCUSDT alone
+        u.symbols[:1],
+        u.timeframe,
+        u.open_time_ms,
+        u.open[:1],
+        u.high[:1],
+        u.low[:1],
+        u.close[:1],
+        u.volume[:1],
+    )
+    for n, bars in ((1, one), (100, universe)):
+        p50, p99 = _p50_p99(_step_timings(bars, ensemble, repeats))
+        out[f"ensemble_{n}_p50_ms"] = round(p50, 3)
+        out[f"ensemble_{n}_p99_ms"] = round(p99, 3)
+    f50, f99 = _p50_p99(_step_timings(universe, None, repeats))
+    out["features_100_ms"] = round(f50, 3)
+    out["features_100_p99_ms"] = round(f99, 3)
+    out["signal_bench_seconds"] = round(time.perf_counter() - t0, 1)
+    log("signal layer: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced budget, N-HiTS paper check skipped")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
     result: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__, "threads": args.threads}
     result |= torch_model_results(args.quick)
+    result |= signal_results(args.quick)
+    result["bench_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result), flush=True)
     return 0
 
