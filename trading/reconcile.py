@@ -58,7 +58,12 @@ ADOPT_AFTER_MS = 15_000
 
 
 def reconcile(
-    venue: list[VenuePosition], orders: list[VenueOrder], tracked: list[TrackedPosition], now_ms: int
+    venue: list[VenuePosition],
+    orders: list[VenueOrder],
+    tracked: list[TrackedPosition],
+    now_ms: int,
+    *,
+    adopt_after_ms: int = ADOPT_AFTER_MS,
 ) -> list[Fix]:
     fixes: list[Fix] = []
     held = {p.symbol: p for p in venue if p.position_amt != 0}
@@ -91,7 +96,7 @@ def reconcile(
                 )
             )
     for symbol, p in sorted(held.items()):
-        settled = now_ms - p.update_ms >= ADOPT_AFTER_MS
+        settled = now_ms - p.update_ms >= adopt_after_ms
         if settled and symbol not in mine and not any(t.symbol == symbol for t in tracked):
             fixes.append(
                 Fix(

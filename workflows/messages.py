@@ -139,6 +139,11 @@ class PublishLevelsInput(_Msg):
     remove: bool = False
 
 
+class ReconcileInput(_Msg):
+    # A venue position younger than this may belong to a workflow entering right now.
+    adopt_after_ms: int = Field(15_000, ge=0)
+
+
 class AdoptedPosition(_Msg):
     """A position found on the venue with no workflow: the adopting workflow takes it as it is."""
 

@@ -207,6 +207,7 @@ class PositionWorkflow:
                     return self._result()
             if self._tally().open_qty > 0 and not self._venue_flat:
                 self._set_status(PositionStatus.OPEN)
+                self._project("snapshot")  # the read model (and the user-data stream's routing) sees it open
                 await self._manage()
             await self._finish_close()
             return self._result()

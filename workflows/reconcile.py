@@ -9,10 +9,17 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from trading.reconcile import Fix, TrackedPosition, reconcile
-    from workflows.messages import DEFAULT_PORTFOLIO_ID, EXCHANGE_TASK_QUEUE, LIFECYCLE_TASK_QUEUE, VenueState
+    from workflows.messages import (
+        DEFAULT_PORTFOLIO_ID,
+        EXCHANGE_TASK_QUEUE,
+        LIFECYCLE_TASK_QUEUE,
+        ReconcileInput,
+        VenueState,
+    )
 
 RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
 
@@ -20,7 +27,8 @@ RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attemp
 @workflow.defn(name="ReconcileWorkflow", sandboxed=False)  # see PositionWorkflow
 class ReconcileWorkflow:
     @workflow.run
-    async def run(self) -> list[Fix]:
+    async def run(self, inp: ReconcileInput | None = None) -> list[Fix]:
+        inp = inp or ReconcileInput()
         venue, tracked = await asyncio.gather(
             workflow.execute_activity(
                 "venue_state",
@@ -37,7 +45,9 @@ class ReconcileWorkflow:
                 retry_policy=RETRY,
             ),
         )
-        fixes = reconcile(venue.positions, venue.orders, tracked, venue.now_ms)
+        fixes = reconcile(
+            venue.positions, venue.orders, tracked, venue.now_ms, adopt_after_ms=inp.adopt_after_ms
+        )
         await asyncio.gather(*(self._apply(fix) for fix in fixes))
         if fixes:
             await workflow.execute_activity(
@@ -47,7 +57,10 @@ class ReconcileWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RETRY,
             )
-        await workflow.get_external_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("reconciled", len(fixes))
+        try:
+            await workflow.get_external_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("reconciled", len(fixes))
+        except FailureError:
+            pass  # no portfolio yet: it starts open for entries when nothing waited for this reconcile
         return fixes
 
     async def _apply(self, fix: Fix) -> None:

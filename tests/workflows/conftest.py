@@ -114,8 +114,8 @@ class Stack:
         }
 
     def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:
-        """`kind`: lifecycle or exchange (a worker), or watcher (the price watcher)."""
-        command = ["watcher"] if kind == "watcher" else ["worker", kind]
+        """`kind`: lifecycle or exchange (a worker), watcher (the price watcher) or user-stream."""
+        command = [kind] if kind in ("watcher", "user-stream") else ["worker", kind]
         proc = ManagedProcess(
             name=f"{kind}-worker",
             argv=[sys.executable, "-m", "workers.cli", *command, *extra],

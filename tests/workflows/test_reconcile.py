@@ -1,0 +1,146 @@
+"""Exchange truth: the venue's own actions reach the workflows (user-data stream within a second,
+reconcile on its schedule), positions opened outside the system are adopted, orphans are cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import pytest
+
+from exchange.client import BinanceFuturesClient
+from tests.workflows.conftest import Stack
+from tests.workflows.test_exits import start_watcher, until
+from tests.workflows.test_position_lifecycle import start_position
+from trading.intents import ExitOverrides, Side, TradeIntent
+from trading.reconcile import Fix
+from workflows.messages import (
+    LIFECYCLE_TASK_QUEUE,
+    PositionOptions,
+    PositionResult,
+    PositionStatus,
+    ReconcileInput,
+)
+
+D = Decimal
+QUIET = PositionOptions(mark_check_seconds=600)  # no timer: only the venue's word can end these
+
+
+async def reconcile_now(stack: Stack) -> list[Fix]:
+    return await stack.client.execute_workflow(
+        "ReconcileWorkflow",
+        ReconcileInput(adopt_after_ms=0),
+        id=f"reconcile-test-{time.monotonic_ns()}",
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        result_type=list[Fix],
+    )
+
+
+async def test_hard_stop_fill_reaches_the_workflow_within_a_second(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    stack.start_worker_process("user-stream")
+    async with stack.workers():
+        handle = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)), options=QUIET
+        )
+        await until(handle, lambda v: v.status == PositionStatus.OPEN)
+        await asyncio.sleep(1.0)  # the stream has connected and routes BTCUSDT to this position
+        started = time.monotonic()
+        stack.exchange.set_price("BTCUSDT", "58000")  # through the exchange's hard stop (58200)
+        result: PositionResult = await asyncio.wait_for(handle.result(), 10)
+        elapsed = time.monotonic() - started
+    assert result.exit_reason == "hard_stop" and result.status == PositionStatus.CLOSED
+    assert elapsed < 1.0, f"the workflow knew after {elapsed:.2f} s"
+
+
+async def test_liquidation_reaches_the_workflow_within_a_second(stack: Stack) -> None:
+    stack.exchange.set_price("ETHUSDT", "3000")
+    async with BinanceFuturesClient.from_settings(stack.settings) as venue:
+        await venue.set_margin_type("ETHUSDT", "ISOLATED")
+    stack.start_worker_process("user-stream")
+    intent = TradeIntent(
+        symbol="ETHUSDT",
+        side=Side.LONG,
+        notional_usdt=D(150),
+        leverage=50,
+        exits=ExitOverrides(profile={"stop_pct": 40, "hard_stop_pct": 45, "max_margin_loss_pct": 1000}),
+    )
+    async with stack.workers():
+        handle = await start_position(stack, intent, options=QUIET)
+        await until(handle, lambda v: v.status == PositionStatus.OPEN)
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        stack.exchange.set_price("ETHUSDT", "2925")  # -2.5 % at 50x: past the liquidation price
+        result: PositionResult = await asyncio.wait_for(handle.result(), 10)
+        elapsed = time.monotonic() - started
+    assert result.exit_reason == "liquidation", result
+    assert elapsed < 1.0, f"the workflow knew after {elapsed:.2f} s"
+    assert sum(f.qty for f in result.fills if f.side == "SELL") == D("0.050")
+
+
+async def test_position_opened_outside_is_adopted_and_closed_by_its_stop(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    async with BinanceFuturesClient.from_settings(stack.settings) as venue:
+        await venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.003"), client_order_id="by-hand-1")
+    await start_watcher(stack)
+    async with stack.workers():
+        fixes = await reconcile_now(stack)
+        assert [(f.kind, f.symbol) for f in fixes] == [("adopt", "BTCUSDT")]
+        adopted = None
+        async with asyncio.timeout(10):
+            while adopted is None:
+                async for wf in stack.client.list_workflows(
+                    "WorkflowType='PositionWorkflow' AND Source='adopted'"
+                ):
+                    adopted = stack.client.get_workflow_handle(wf.id, result_type=PositionResult)
+                await asyncio.sleep(0.2)
+        view = await until(adopted, lambda v: v.status == PositionStatus.OPEN)
+        assert (view.open_qty, view.entry_price, view.stop_loss_price) == (D("0.003"), D(60000), D(58800))
+        assert await reconcile_now(stack) == []  # nothing left to fix
+        stack.exchange.set_price("BTCUSDT", "58700")  # through the adopted position's stop
+        result = await asyncio.wait_for(adopted.result(), 15)
+    assert result.exit_reason == "stop_loss"
+    orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
+    assert [(o["clientOrderId"], o["side"]) for o in orders][0] == ("by-hand-1", "BUY")
+    assert [o["side"] for o in orders] == ["BUY", "SELL"]
+
+
+async def test_position_closed_on_the_venue_ends_its_workflow(stack: Stack) -> None:
+    stack.exchange.set_price("ETHUSDT", "3000")
+    async with stack.workers():
+        handle = await start_position(
+            stack, TradeIntent(symbol="ETHUSDT", side=Side.SHORT, notional_usdt=D(90)), options=QUIET
+        )
+        view = await until(handle, lambda v: v.status == PositionStatus.OPEN)
+        async with BinanceFuturesClient.from_settings(stack.settings) as venue:  # an operator on the venue
+            await venue.new_order(
+                "ETHUSDT", "BUY", "MARKET", view.open_qty, reduce_only=True, client_order_id="venue-ui-close"
+            )
+        fixes = await reconcile_now(stack)
+        assert [(f.kind, f.workflow_id) for f in fixes] == [("close_gone", handle.id)]
+        result: PositionResult = await asyncio.wait_for(handle.result(), 10)
+    assert result.exit_reason == "exchange_closed" and result.status == PositionStatus.CLOSED
+    assert [f.client_order_id for f in result.fills][-1] == "venue-ui-close"
+    events = await stack.redis.xrange("quantum:stream:reconcile.events")
+    assert [e[b"kind"] for _, e in events] == [b"close_gone"]
+
+
+@pytest.mark.parametrize("stack", [{"reconcile_on_start": True}], indirect=True)
+async def test_orphaned_stop_is_cancelled(stack: Stack) -> None:
+    stack.exchange.set_price("BTCUSDT", "60000")
+    async with BinanceFuturesClient.from_settings(stack.settings) as venue:
+        await venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.002"), client_order_id="by-hand-2")
+        await venue.new_algo_order(
+            "BTCUSDT", "SELL", "STOP_MARKET", D(55000), close_position=True, client_algo_id="left-behind"
+        )
+        await venue.new_order(
+            "BTCUSDT", "SELL", "MARKET", D("0.002"), reduce_only=True, client_order_id="by-hand-3"
+        )
+        left = [a for a in await venue.open_algo_orders("BTCUSDT")]
+    async with stack.workers():
+        fixes = await reconcile_now(stack)
+    if left:  # the venue may already have expired it with the position (Binance does)
+        assert [(f.kind, f.client_id) for f in fixes] == [("cancel_orphan", "left-behind")]
+    algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
+    assert all(a["algoStatus"] != "NEW" for a in algos)
