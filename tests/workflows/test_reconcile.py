@@ -102,7 +102,7 @@ async def test_position_opened_outside_is_adopted_and_closed_by_its_stop(stack: 
         result = await asyncio.wait_for(adopted.result(), 15)
     assert result.exit_reason == "stop_loss"
     orders = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
-    assert [(o["clientOrderId"], o["side"]) for o in orders][0] == ("by-hand-1", "BUY")
+    assert (orders[0]["clientOrderId"], orders[0]["side"]) == ("by-hand-1", "BUY")
     assert [o["side"] for o in orders] == ["BUY", "SELL"]
 
 
