@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,65 +26,15 @@ from temporalio.worker import Worker
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings, load_settings
 from trading.governor import RiskPolicy
+from workers.devservers import start_redis, start_temporal
 from workers.exchange_worker import exchange_worker
 from workers.lifecycle import lifecycle_worker
-from workers.processes import ManagedProcess, free_port, http_ok, port_open
-from workers.stack import temporal_binary
-from workers.temporal_client import CLI_SEARCH_ATTRIBUTES, connect
+from workers.processes import ManagedProcess, free_port, http_ok
+from workers.temporal_client import connect
 from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, PortfolioInput
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 10_000_000  # venue and client rate limits for a benchmark (weight / orders per window)
-
-
-def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    sa = [a for name, kind in CLI_SEARCH_ATTRIBUTES.items() for a in ("--search-attribute", f"{name}={kind}")]
-    proc = ManagedProcess(
-        name="temporal",
-        argv=[
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--headless",
-            "--log-level",
-            "error",
-            *sa,
-            *extra,
-        ],
-        log_path=tmp / "temporal.log",
-    )
-    proc.start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), 30, f"on port {port}")
-    return proc, f"127.0.0.1:{port}"
-
-
-def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    proc = ManagedProcess(
-        name="redis",
-        argv=[
-            shutil.which("redis-server") or "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        log_path=tmp / "redis.log",
-    )
-    proc.start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), 10, f"on port {port}")
-    return proc, port
 
 
 @dataclass

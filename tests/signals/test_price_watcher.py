@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 
 from signals.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Levels, LevelsError, LevelsTable
 from tests.conftest import REPO, PaperExchange
-from tests.workflows.conftest import start_redis, start_redis_on, start_temporal
+from workers.devservers import start_redis, start_redis_on, start_temporal
 from workers.processes import ManagedProcess, free_port, pid_alive
 
 TICK_STREAM = "quantum:stream:market.tick"

@@ -39,7 +39,7 @@ from signals.user_events import (
     snapshot_events,
 )
 from tests.conftest import REPO, PaperExchange
-from tests.workflows.conftest import start_redis, start_temporal
+from workers.devservers import start_redis, start_temporal
 from workers.processes import ManagedProcess, free_port
 
 QUEUE = "user-stream-test"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,69 +17,11 @@ from temporalio.client import Client
 from exchange.client import BinanceFuturesClient
 from tests.conftest import REPO, PaperExchange, start_paper_exchange
 from trading.config import Settings, load_settings
+from workers.devservers import start_redis, start_temporal
 from workers.exchange_worker import exchange_worker
 from workers.lifecycle import lifecycle_worker
-from workers.processes import ManagedProcess, free_port, port_open
-from workers.stack import temporal_binary
-from workers.temporal_client import CLI_SEARCH_ATTRIBUTES, connect
-
-
-def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    sa = [
-        arg
-        for name, kind in CLI_SEARCH_ATTRIBUTES.items()
-        for arg in ("--search-attribute", f"{name}={kind}")
-    ]
-    proc = ManagedProcess(
-        name="temporal",
-        argv=[
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--headless",
-            "--log-level",
-            "error",
-            *sa,
-            *extra,
-        ],
-        log_path=tmp / "temporal.log",
-    )
-    proc.start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), 30, f"on port {port}")
-    return proc, f"127.0.0.1:{port}"
-
-
-def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    return start_redis_on(tmp, port), port
-
-
-def start_redis_on(tmp: Path, port: int) -> ManagedProcess:
-    proc = ManagedProcess(
-        name="redis",
-        argv=[
-            shutil.which("redis-server") or "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        log_path=tmp / "redis.log",
-    )
-    proc.start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), 10, f"on port {port}")
-    return proc
+from workers.processes import ManagedProcess
+from workers.temporal_client import connect
 
 
 @dataclass

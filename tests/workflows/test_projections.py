@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from tests.workflows.conftest import Stack, start_redis_on
+from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import start_position, wait_status
 from trading.intents import Side, TradeIntent
+from workers.devservers import start_redis_on
 from workflows.messages import DEFAULT_PORTFOLIO_ID, CloseResult, PortfolioView, PositionStatus
 
 D = Decimal
