@@ -49,8 +49,10 @@ def _print_addresses(found: dict[str, str]) -> None:
         "redis": "Redis",
         "exchange": "Exchange",
         "exchange_ws": "Exchange WS",
-        "lifecycle_metrics": "Metrics",
-        "exchange_metrics": "Metrics",
+        "lifecycle_metrics": "Lifecycle",
+        "exchange_metrics": "Exch worker",
+        "watcher_metrics": "Watcher",
+        "user_stream_metrics": "User stream",
         "mode": "Mode",
         "home": "Data folder",
     }
