@@ -17,7 +17,6 @@ import asyncio
 import cProfile
 import io
 import json
-import os
 import pstats
 import secrets
 import statistics
@@ -27,12 +26,10 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
-
 from exchange.client import BinanceFuturesClient
-from workers.processes import ManagedProcess, free_port, http_ok
+from workers.devservers import start_paper_exchange
+from workers.processes import ManagedProcess
 
-REPO = Path(__file__).resolve().parents[1]
 SYMBOL = "BTCUSDT"
 PRICE = "60000"
 QTY = Decimal("0.002")  # 120 USDT notional: above BTCUSDT's 100 minimum
@@ -50,30 +47,29 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_exchange(tmp: Path) -> tuple[ManagedProcess, str, str, str]:
-    port = free_port()
-    key, secret = secrets.token_hex(32), secrets.token_hex(32)
-    proc = ManagedProcess(
-        name="paper-exchange",
-        argv=[sys.executable, "-m", "exchange.paper", "--host", "127.0.0.1", "--port", str(port),
-              "--state", str(tmp / "paper.sqlite"), "--prices", "manual", "--symbols", SYMBOL,
-              "--start-balance", "1000000", "--order-limit-10s", str(BIG), "--order-limit-1m", str(BIG),
-              "--weight-limit", str(BIG)],
-        log_path=tmp / "paper.log",
-        env={**os.environ, "BINANCE_API_KEY": key, "BINANCE_API_SECRET": secret},
-        cwd=REPO,
+    ex = start_paper_exchange(
+        tmp,
+        "--symbols",
+        SYMBOL,
+        "--start-balance",
+        "1000000",
+        "--order-limit-10s",
+        str(BIG),
+        "--order-limit-1m",
+        str(BIG),
+        "--weight-limit",
+        str(BIG),
     )
-    proc.start()
-    base = f"http://127.0.0.1:{port}"
-    proc.wait_ready(lambda: http_ok(f"{base}/fapi/v1/time"), 30, "GET /fapi/v1/time")
-    httpx.post(f"{base}/admin/price", json={"symbol": SYMBOL, "price": PRICE},
-               headers={"X-MBX-APIKEY": key}, timeout=10).raise_for_status()
-    return proc, base, key, secret
+    ex.set_price(SYMBOL, PRICE)
+    return ex.process, ex.base_url, ex.api_key, ex.api_secret
 
 
-async def measure(base: str, key: str, secret: str, n: int, concurrency: int, profile: bool,
-                  deadline: float) -> dict[str, float | int | str]:
-    async with BinanceFuturesClient(base, key, secret, weight_limit_1m=BIG, order_limit_10s=BIG,
-                                    order_limit_1m=BIG, timeout_s=10) as client:
+async def measure(
+    base: str, key: str, secret: str, n: int, concurrency: int, profile: bool, deadline: float
+) -> dict[str, float | int | str]:
+    async with BinanceFuturesClient(
+        base, key, secret, weight_limit_1m=BIG, order_limit_10s=BIG, order_limit_1m=BIG, timeout_s=10
+    ) as client:
         http = client.http
         await client.sync_time()
         await client.exchange_info()
@@ -82,8 +78,13 @@ async def measure(base: str, key: str, secret: str, n: int, concurrency: int, pr
 
         async def one_order(i: int) -> float:
             t0 = time.perf_counter()
-            order = await client.new_order(SYMBOL, side_flip[i & 1], "MARKET", QTY,  # type: ignore[arg-type]
-                                           client_order_id=f"b-{i}-{secrets.token_hex(4)}")
+            order = await client.new_order(
+                SYMBOL,
+                side_flip[i & 1],
+                "MARKET",
+                QTY,  # type: ignore[arg-type]
+                client_order_id=f"b-{i}-{secrets.token_hex(4)}",
+            )
             dt = time.perf_counter() - t0
             if order.status != "FILLED":
                 raise RuntimeError(f"order not filled: {order.status}")
@@ -122,8 +123,10 @@ async def measure(base: str, key: str, secret: str, n: int, concurrency: int, pr
             order_rtt.append(dt)
             order_time += dt
             if (i + 1) % max(1, n // 5) == 0:
-                log(f"  {i + 1}/{n}: order p50 {statistics.median(order_rtt) * 1000:.3f} ms, "
-                    f"floor p50 {statistics.median(floor_rtt) * 1000:.3f} ms")
+                log(
+                    f"  {i + 1}/{n}: order p50 {statistics.median(order_rtt) * 1000:.3f} ms, "
+                    f"floor p50 {statistics.median(floor_rtt) * 1000:.3f} ms"
+                )
         seq_wall = time.perf_counter() - seq_started
 
         log(f"measuring throughput with {concurrency} concurrent senders ({n} orders)")
@@ -181,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             log("starting the paper exchange")
             proc, base, key, secret = start_exchange(Path(tmp))
             log(f"paper exchange pid {proc.pid} on {base}")
-            result = asyncio.run(measure(base, key, secret, args.orders, args.concurrency, args.profile,
-                                         deadline))
+            result = asyncio.run(
+                measure(base, key, secret, args.orders, args.concurrency, args.profile, deadline)
+            )
         except Exception as exc:
             log(f"failed: {type(exc).__name__}: {exc}")
             if proc is not None:

@@ -21,8 +21,9 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.stack import REPO, LocalStack, local_stack
+from bench.stack import LocalStack, local_stack
 from trading.intents import Side
+from workers.devservers import REPO
 from workers.processes import ManagedProcess
 from workflows.messages import (
     LIFECYCLE_TASK_QUEUE,

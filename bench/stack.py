@@ -9,15 +9,11 @@ raised, so a benchmark measures our path and not Binance's order-count limits (s
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -26,82 +22,38 @@ from temporalio.worker import Worker
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings, load_settings
 from trading.governor import RiskPolicy
-from workers.devservers import start_redis, start_temporal
+from workers.devservers import PaperExchange, start_paper_exchange, start_redis, start_temporal
 from workers.exchange_worker import exchange_worker
 from workers.lifecycle import lifecycle_worker
-from workers.processes import ManagedProcess, free_port, http_ok
+from workers.processes import ManagedProcess
 from workers.temporal_client import connect
 from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, PortfolioInput
 
-REPO = Path(__file__).resolve().parents[1]
 BIG = 10_000_000  # venue and client rate limits for a benchmark (weight / orders per window)
 
 
-@dataclass
-class Venue:
-    process: ManagedProcess
-    port: int
-    api_key: str
-    api_secret: str
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def admin(self, method: str, path: str, json: Any = None) -> Any:
-        resp = httpx.request(
-            method,
-            f"{self.base_url}/admin/{path.lstrip('/')}",
-            json=json,
-            headers={"X-MBX-APIKEY": self.api_key},
-            timeout=30,
-        )
-        resp.raise_for_status()
-        return resp.json() if resp.content else None
-
-
-def start_paper_exchange(tmp: Path, extra_symbols: int) -> Venue:
-    port = free_port()
-    key, secret = secrets.token_hex(32), secrets.token_hex(32)
-    proc = ManagedProcess(
-        name="paper-exchange",
-        argv=[
-            sys.executable,
-            "-m",
-            "exchange.paper",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--state",
-            str(tmp / "paper.sqlite"),
-            "--prices",
-            "manual",
-            "--extra-symbols",
-            str(extra_symbols),
-            "--start-balance",
-            "100000000",
-            "--weight-limit",
-            str(BIG),
-            "--order-limit-10s",
-            str(BIG),
-            "--order-limit-1m",
-            str(BIG),
-        ],
-        log_path=tmp / "paper.log",
-        env={**os.environ, "BINANCE_API_KEY": key, "BINANCE_API_SECRET": secret},
-        cwd=REPO,
+def start_venue(tmp: Path, extra_symbols: int) -> PaperExchange:
+    """The paper exchange with a deep account and rate limits out of the way."""
+    return start_paper_exchange(
+        tmp,
+        "--extra-symbols",
+        str(extra_symbols),
+        "--start-balance",
+        "100000000",
+        "--weight-limit",
+        str(BIG),
+        "--order-limit-10s",
+        str(BIG),
+        "--order-limit-1m",
+        str(BIG),
     )
-    proc.start()
-    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/fapi/v1/time"), 30, "GET /fapi/v1/time")
-    return Venue(proc, port, key, secret)
 
 
 @dataclass
 class LocalStack:
     tmp: Path
     processes: dict[str, ManagedProcess]
-    venue: Venue
+    venue: PaperExchange
     settings: Settings
     client: Client
     redis: aioredis.Redis
@@ -133,7 +85,7 @@ async def local_stack(
         started["temporal"] = temporal
         redis_proc, redis_port = start_redis(tmp)
         started["redis"] = redis_proc
-        venue = start_paper_exchange(tmp, extra_symbols)
+        venue = start_venue(tmp, extra_symbols)
         started["paper-exchange"] = venue.process
         say(
             f"stack up: temporal pid {temporal.pid} {address}, redis pid {redis_proc.pid} :{redis_port}, "

@@ -47,10 +47,9 @@ import redis.asyncio as aioredis
 import websockets
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
+from signals.service import JsonLogFormatter, connect_temporal
 from signals.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
 
 try:  # optional speed-up; the stdlib is the fallback
@@ -649,7 +648,7 @@ async def run_watcher(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    client = await _connect_temporal(settings, stop)
+    client = await connect_temporal(settings, stop)
     if client is None:
         return
     redis = aioredis.Redis(
@@ -677,36 +676,6 @@ async def run_watcher(
         log.info("price watcher stopped")
 
 
-async def _connect_temporal(settings: Any, stop: asyncio.Event) -> Client | None:
-    backoff = 0.5
-    while not stop.is_set():
-        try:
-            return await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
-                data_converter=pydantic_data_converter,
-            )
-        except Exception as exc:
-            log.warning("temporal connect failed error=%r; retry in %.1fs", exc, backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 10.0)
-    return None
-
-
-class _KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-                **({"exc": self.formatException(record.exc_info)} if record.exc_info else {}),
-            }
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="price-watcher", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (none: off)")
@@ -721,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     if args.log_json:
-        handler.setFormatter(_KeyValueFormatter())
+        handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])

@@ -46,12 +46,11 @@ import redis.asyncio as aioredis
 import websockets
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
 from exchange.client import BinanceFuturesClient
 from exchange.errors import ExchangeError, RejectedError
+from signals.service import JsonLogFormatter, connect_temporal
 from signals.user_events import (
     EXPIRED_EVENT,
     SNAPSHOT_PREFIX,
@@ -70,8 +69,15 @@ try:  # optional speed-up; the stdlib is the fallback
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
-__all__ = ["NORMALIZED_STREAM", "RAW_STREAM", "SIGNAL_NAME", "UserStream", "UserStreamMetrics", "main",
-           "run_user_stream"]
+__all__ = [
+    "NORMALIZED_STREAM",
+    "RAW_STREAM",
+    "SIGNAL_NAME",
+    "UserStream",
+    "UserStreamMetrics",
+    "main",
+    "run_user_stream",
+]
 
 log = logging.getLogger("signals.user_stream")
 
@@ -80,8 +86,15 @@ RAW_STREAM = "quantum:stream:exchange.raw"
 NORMALIZED_STREAM = "quantum:stream:exchange.normalized"
 UNKNOWN_KEY = -1125
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
-RETRYABLE_RPC = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
-                           RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED, RPCStatusCode.INTERNAL})
+RETRYABLE_RPC = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.INTERNAL,
+    }
+)
 
 
 class UserStreamMetrics:
@@ -89,43 +102,63 @@ class UserStreamMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.events = Counter("user_stream_events_received", "User-data events received", ["type"],
-                              registry=r)
-        self.signals = Counter("user_stream_signals_sent", "exchange_event signals delivered", ["kind"],
-                               registry=r)
-        self.signal_errors = Counter("user_stream_signal_errors", "exchange_event signals that failed",
-                                     ["reason"], registry=r)
-        self.not_found = Counter("user_stream_workflow_not_found",
-                                 "Signals to a workflow that no longer runs (not an error)", registry=r)
-        self.unroutable = Counter("user_stream_unroutable",
-                                  "Events for a symbol with no OPEN / CLOSING position", ["kind"], registry=r)
+        self.events = Counter(
+            "user_stream_events_received", "User-data events received", ["type"], registry=r
+        )
+        self.signals = Counter(
+            "user_stream_signals_sent", "exchange_event signals delivered", ["kind"], registry=r
+        )
+        self.signal_errors = Counter(
+            "user_stream_signal_errors", "exchange_event signals that failed", ["reason"], registry=r
+        )
+        self.not_found = Counter(
+            "user_stream_workflow_not_found",
+            "Signals to a workflow that no longer runs (not an error)",
+            registry=r,
+        )
+        self.unroutable = Counter(
+            "user_stream_unroutable",
+            "Events for a symbol with no OPEN / CLOSING position",
+            ["kind"],
+            registry=r,
+        )
         self.malformed = Counter("user_stream_malformed", "Messages that could not be used", registry=r)
-        self.dropped = Counter("user_stream_events_dropped", "Events not signalled: too many pending",
-                               registry=r)
+        self.dropped = Counter(
+            "user_stream_events_dropped", "Events not signalled: too many pending", registry=r
+        )
         self.reconnects = Counter("user_stream_reconnects", "WebSocket reconnects after a drop", registry=r)
-        self.renewals = Counter("user_stream_listen_key_renewals", "listenKeys replaced by a new one",
-                                ["reason"], registry=r)
-        self.keepalives = Counter("user_stream_listen_key_keepalives", "listenKey keepalives", ["result"],
-                                  registry=r)
-        self.catchups = Counter("user_stream_catchup_runs", "REST catch-ups after a (re)connect", ["result"],
-                                registry=r)
-        self.redis_errors = Counter("user_stream_redis_errors", "Redis reads or writes that failed", ["op"],
-                                    registry=r)
-        self.stream_written = Counter("user_stream_redis_stream_entries", "Entries written to Redis streams",
-                                      registry=r)
+        self.renewals = Counter(
+            "user_stream_listen_key_renewals", "listenKeys replaced by a new one", ["reason"], registry=r
+        )
+        self.keepalives = Counter(
+            "user_stream_listen_key_keepalives", "listenKey keepalives", ["result"], registry=r
+        )
+        self.catchups = Counter(
+            "user_stream_catchup_runs", "REST catch-ups after a (re)connect", ["result"], registry=r
+        )
+        self.redis_errors = Counter(
+            "user_stream_redis_errors", "Redis reads or writes that failed", ["op"], registry=r
+        )
+        self.stream_written = Counter(
+            "user_stream_redis_stream_entries", "Entries written to Redis streams", registry=r
+        )
         self.connected = Gauge("user_stream_connected", "1 while the user-data socket is open", registry=r)
-        self.in_flight = Gauge("user_stream_signals_in_flight", "exchange_event signals being sent",
-                               registry=r)
+        self.in_flight = Gauge(
+            "user_stream_signals_in_flight", "exchange_event signals being sent", registry=r
+        )
         self.pending = Gauge("user_stream_events_pending", "Events queued for a signal", registry=r)
         self.event_to_signal = Histogram(
             "user_stream_event_to_signal_seconds",
             "From the venue's event time (E) to completion of the signal RPC",
-            ["kind"], buckets=LATENCY_BUCKETS, registry=r,
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.receive_to_signal = Histogram(
             "user_stream_receive_to_signal_seconds",
             "From receipt of the message to completion of the signal RPC",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
 
 
@@ -258,8 +291,12 @@ class UserStream:
                     continue
                 if self.key is not None:
                     self.metrics.renewals.labels(self._stale_reason or "unknown").inc()
-                    log.warning("listenKey renewed reason=%s old=%s new=%s", self._stale_reason,
-                                fingerprint(self.key), fingerprint(key))
+                    log.warning(
+                        "listenKey renewed reason=%s old=%s new=%s",
+                        self._stale_reason,
+                        fingerprint(self.key),
+                        fingerprint(key),
+                    )
                 else:
                     log.info("listenKey created key=%s", fingerprint(key))
                 self.key = key
@@ -410,7 +447,10 @@ class UserStream:
                 self.caught_up.set()
                 log.info(
                     "catch-up reason=%s tracked=%d venue_positions=%d open_orders=%d took_ms=%.1f",
-                    reason, len(routes), sum(1 for p in positions if p.position_amt != 0), len(orders),
+                    reason,
+                    len(routes),
+                    sum(1 for p in positions if p.position_amt != 0),
+                    len(orders),
                     (time.perf_counter() - t0) * 1000,
                 )
                 return
@@ -434,7 +474,7 @@ class UserStream:
         now = time.monotonic()
         routes: list[Route] = []
         for k, (wf, status) in zip(keys, values, strict=True):
-            symbol = (k.decode() if isinstance(k, bytes) else str(k))[len(SNAPSHOT_PREFIX):]
+            symbol = (k.decode() if isinstance(k, bytes) else str(k))[len(SNAPSHOT_PREFIX) :]
             r = parse_route(symbol, wf, status)
             if r is None:
                 self._routes.pop(symbol, None)
@@ -511,8 +551,12 @@ class UserStream:
         target = await self._resolve(symbol)
         if target is None:
             self.metrics.unroutable.labels(ev["kind"]).inc()
-            log.debug("unroutable kind=%s symbol=%s client_order_id=%s", ev["kind"], symbol,
-                      ev.get("client_order_id"))
+            log.debug(
+                "unroutable kind=%s symbol=%s client_order_id=%s",
+                ev["kind"],
+                symbol,
+                ev.get("client_order_id"),
+            )
             return
         if await self._signal(target, ev, received) == "not_found":
             self._routes.pop(symbol, None)
@@ -551,20 +595,28 @@ class UserStream:
                 except RPCError as exc:
                     if exc.status == RPCStatusCode.NOT_FOUND:
                         self.metrics.not_found.inc()
-                        log.info("workflow not found workflow_id=%s kind=%s symbol=%s", wf, kind,
-                                 ev["symbol"])
+                        log.info(
+                            "workflow not found workflow_id=%s kind=%s symbol=%s", wf, kind, ev["symbol"]
+                        )
                         return "not_found"
                     retry = exc.status in RETRYABLE_RPC and attempt < self.signal_attempts
                     self.metrics.signal_errors.labels(exc.status.name.lower()).inc()
-                    log.warning("signal failed workflow_id=%s kind=%s attempt=%d retry=%s error=%s",
-                                wf, kind, attempt, retry, exc)
+                    log.warning(
+                        "signal failed workflow_id=%s kind=%s attempt=%d retry=%s error=%s",
+                        wf,
+                        kind,
+                        attempt,
+                        retry,
+                        exc,
+                    )
                     if not retry:
                         return "error"
                 except Exception as exc:
                     retry = attempt < self.signal_attempts
                     self.metrics.signal_errors.labels(type(exc).__name__.lower()).inc()
-                    log.warning("signal failed workflow_id=%s kind=%s attempt=%d error=%r", wf, kind, attempt,
-                                exc)
+                    log.warning(
+                        "signal failed workflow_id=%s kind=%s attempt=%d error=%r", wf, kind, attempt, exc
+                    )
                     if not retry:
                         return "error"
                 else:
@@ -577,8 +629,14 @@ class UserStream:
                     log.info(
                         "exchange_event sent workflow_id=%s kind=%s symbol=%s status=%s exec=%s amt=%s "
                         "reason=%s receive_to_signal_ms=%.2f",
-                        wf, kind, ev["symbol"], ev.get("order_status"), ev.get("exec_type"),
-                        ev.get("position_amt"), ev.get("reason"), (done - received) * 1000,
+                        wf,
+                        kind,
+                        ev["symbol"],
+                        ev.get("order_status"),
+                        ev.get("exec_type"),
+                        ev.get("position_amt"),
+                        ev.get("reason"),
+                        (done - received) * 1000,
                     )
                     return "ok"
                 finally:
@@ -648,7 +706,7 @@ async def run_user_stream(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    client = await _connect_temporal(settings, stop)
+    client = await connect_temporal(settings, stop)
     if client is None:
         return
     redis = aioredis.Redis(
@@ -659,12 +717,22 @@ async def run_user_stream(
         health_check_interval=15,
     )
     venue = BinanceFuturesClient.from_settings(settings)
-    stream = UserStream(ws_url=settings.ws_url, venue=venue, redis=redis, client=client,
-                        keepalive_s=keepalive_s, metrics=metrics)
+    stream = UserStream(
+        ws_url=settings.ws_url,
+        venue=venue,
+        redis=redis,
+        client=client,
+        keepalive_s=keepalive_s,
+        metrics=metrics,
+    )
     log.info(
         "user stream starting rest=%s ws=%s redis=%s:%d temporal=%s keepalive_s=%g",
-        settings.rest_url, settings.ws_url, settings.redis_host, settings.redis_port,
-        settings.temporal_address, keepalive_s,
+        settings.rest_url,
+        settings.ws_url,
+        settings.redis_host,
+        settings.redis_port,
+        settings.temporal_address,
+        keepalive_s,
     )
     try:
         await stream.run_until(stop)
@@ -676,49 +744,26 @@ async def run_user_stream(
         log.info("user stream stopped")
 
 
-async def _connect_temporal(settings: Any, stop: asyncio.Event) -> Client | None:
-    backoff = 0.5
-    while not stop.is_set():
-        try:
-            return await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
-                data_converter=pydantic_data_converter,
-            )
-        except Exception as exc:
-            log.warning("temporal connect failed error=%r; retry in %.1fs", exc, backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 10.0)
-    return None
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-                **({"exc": self.formatException(record.exc_info)} if record.exc_info else {}),
-            }
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="user-stream", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (none: off)")
-    parser.add_argument("--keepalive", type=float, default=1200.0,
-                        help="seconds between listenKey keepalives (must stay well under 3600)")
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=1200.0,
+        help="seconds between listenKey keepalives (must stay well under 3600)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
     if not 0 < args.keepalive < 3000:
         parser.error("--keepalive must be between 0 and 3000 seconds (a listenKey lives 60 minutes)")
     handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter() if args.log_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonLogFormatter()
+        if args.log_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would carry the listenKey
     from trading.config import ConfigError, load_settings
