@@ -10,6 +10,7 @@ COPY exchange ./exchange
 COPY signals ./signals
 COPY workers ./workers
 COPY backtest ./backtest
+COPY journal ./journal
 COPY bench ./bench
 # Point PIP_EXTRA_INDEX_URL at a CPU-only torch index to keep the image small (torch is pinned in pyproject).
 ARG PIP_EXTRA_INDEX_URL=

@@ -3,6 +3,10 @@
 The client's typed errors decide what Temporal does: a rejection is non-retryable, a rate limit
 retries after Retry-After, and an unknown outcome is resolved by looking the order up by its client id
 before anything is sent again (Binance only refuses a duplicate client id while the first is open).
+
+Under an IP ban (418) new entries halt at once (nothing was sent; the position gives its slot back)
+while exits (closing orders, hard stops) run with exit priority and retry when the ban ends, so they
+keep their place.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from temporalio.exceptions import ApplicationError
 from exchange.client import BinanceFuturesClient
 from exchange.errors import (
     ExchangeError,
+    IpBannedError,
     OrderNotFoundError,
     RateLimitedError,
     RejectedError,
     UnknownOutcomeError,
 )
 from exchange.models import Order
+from exchange.weights import exit_priority
 from trading.execution import (
     CancelStopInput,
     EntryMarket,
@@ -56,6 +62,9 @@ def venue_errors() -> Iterator[None]:
         yield
     except RejectedError as err:
         raise ApplicationError(str(err), {"code": err.code}, type="Rejected", non_retryable=True) from None
+    except IpBannedError as err:
+        delay = timedelta(seconds=err.retry_after_s) if err.retry_after_s else None
+        raise ApplicationError(str(err), type="IpBanned", next_retry_delay=delay) from None
     except RateLimitedError as err:
         delay = timedelta(seconds=err.retry_after_s) if err.retry_after_s else None
         raise ApplicationError(str(err), type="RateLimited", next_retry_delay=delay) from None
@@ -83,6 +92,22 @@ class ExchangeActivities:
 
     @activity.defn(name="open_entry")
     async def open_entry(self, inp: OpenEntryInput) -> OpenEntryOutcome:
+        try:
+            return await self._open_entry(inp)
+        except ApplicationError as err:
+            # On a first attempt a ban means this entry never reached the venue: halt it. A later attempt
+            # may follow an unknown outcome, so it keeps retrying until it can look the order up.
+            if err.type == "IpBanned" and activity.info().attempt == 1:
+                activity.metric_meter().create_counter(
+                    "quantum_entries_halted", "entries refused because the venue banned the IP"
+                ).add(1, {"symbol": inp.symbol})
+                activity.logger.error("ALERT entries halted by an IP ban: %s", err.message)
+                raise ApplicationError(
+                    f"entries halted: {err.message}", type="EntriesHalted", non_retryable=True
+                ) from None
+            raise
+
+    async def _open_entry(self, inp: OpenEntryInput) -> OpenEntryOutcome:
         market = await self.prepare_entry(PrepareEntryInput(symbol=inp.symbol))
         qty = entry_quantity(inp.notional_usdt, market.mark_price, market.rules, inp.quantity)
         if qty < market.rules.market_min_qty or qty * market.mark_price < market.rules.min_notional:
@@ -132,7 +157,11 @@ class ExchangeActivities:
         meter.create_counter("apply_layer_exec", "orders sent to the venue").add(
             1, {"symbol": inp.symbol, "action": action}
         )
-        outcome = await self._place_order(inp)
+        if inp.reduce_only:
+            with exit_priority():
+                outcome = await self._place_order(inp)
+        else:
+            outcome = await self._place_order(inp)
         if outcome.executed_qty > 0:
             meter.create_counter("apply_layer_exec_success", "orders that executed").add(
                 1, {"symbol": inp.symbol, "action": action}
@@ -190,7 +219,7 @@ class ExchangeActivities:
 
     @activity.defn(name="place_stop")
     async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
-        with venue_errors():
+        with venue_errors(), exit_priority():
             algo = (
                 await self.client.find_algo_order(inp.client_algo_id) if activity.info().attempt > 1 else None
             )
@@ -219,7 +248,7 @@ class ExchangeActivities:
     @activity.defn(name="cancel_stop")
     async def cancel_stop(self, inp: CancelStopInput) -> bool:
         """True when a live stop was cancelled; False when there was none left (already gone)."""
-        with venue_errors():
+        with venue_errors(), exit_priority():
             try:
                 await self.client.cancel_algo_order(client_algo_id=inp.client_algo_id)
             except OrderNotFoundError:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 
 import redis.asyncio as aioredis
 from temporalio import activity
 
+from trading.bandit import REWARDS_STREAM, RewardError, normalize_reward, trade_margin
 from workflows.messages import PortfolioView, ProjectionInput, PublishLevelsInput
 
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
@@ -22,6 +24,7 @@ LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (signals
 LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
+RL_REWARDS_STREAM = REWARDS_STREAM  # one per traded position; read by signals/strategy_chooser.py
 STREAM_MAXLEN = 100_000
 DEDUPE_TTL_S = 7 * 24 * 3600
 
@@ -38,6 +41,16 @@ end
 return false
 """
 
+
+# KEYS: snapshot ; ARGV: event_ms, seq, field, value, ... Writes only if not older than what is there.
+_SNAPSHOT = """
+local cur = redis.call('HMGET', KEYS[1], 'event_ms', 'seq')
+local ms, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cur_ms, cur_seq = tonumber(cur[1] or '0'), tonumber(cur[2] or '0')
+if ms < cur_ms or (ms == cur_ms and seq < cur_seq) then return 0 end
+redis.call('HSET', KEYS[1], 'event_ms', ARGV[1], 'seq', ARGV[2], unpack(ARGV, 3))
+return 1
+"""
 
 # KEYS: table, channel ; ARGV: workflow id, JSON value, version, remove ("1"/"0")
 _LEVELS = """
@@ -62,11 +75,49 @@ def _s(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def reward_fields(inp: ProjectionInput, now_ms: int) -> dict[str, str] | None:
+    """The rl_rewards entry of a closed position (None when nothing was traded): net PnL over the
+    initial margin, squashed by `trading.bandit.normalize_reward`. The margin comes from the fills when
+    the close carries the result, else from the intent (its notional is an upper bound of the fill)."""
+    v, intent = inp.view, inp.intent
+    if inp.result is not None and inp.result.quantity > 0:
+        notional, basis = inp.result.quantity * inp.result.entry_price, "fills"
+    elif v.fees > 0 or v.realized_pnl != 0:  # something filled
+        if intent.quantity is not None and v.entry_price > 0:
+            notional, basis = intent.quantity * v.entry_price, "intent_quantity"
+        else:
+            notional, basis = intent.notional_usdt or Decimal(0), "intent_notional"
+    else:
+        return None
+    try:
+        margin = trade_margin(notional, intent.leverage)
+        reward = normalize_reward(v.realized_pnl, margin)
+    except RewardError as err:
+        activity.logger.warning("no reward for %s: %s", v.workflow_id, err)
+        return None
+    return {
+        "trade_id": v.workflow_id,
+        "symbol": v.symbol,
+        "side": v.side.value,
+        "strategy": intent.strategy,
+        "regime": intent.regime,
+        "source": intent.source.value,
+        "reward": repr(reward),
+        "realized_pnl": str(v.realized_pnl),
+        "margin": str(margin),
+        "margin_basis": basis,
+        "roe": repr(float(v.realized_pnl / margin)),
+        "leverage": str(intent.leverage),
+        "timestamp": str(now_ms),
+    }
+
+
 class ProjectionActivities:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._once = redis.register_script(_ONCE)
         self._levels = redis.register_script(_LEVELS)
+        self._snapshot = redis.register_script(_SNAPSHOT)
 
     @activity.defn(name="project_position")
     async def project_position(self, inp: ProjectionInput) -> None:
@@ -90,7 +141,10 @@ class ProjectionActivities:
             "source": inp.intent.source.value,
             "updated_at": str(now_ms),
         }
-        await self.redis.hset(SNAPSHOT_KEY.format(symbol=v.symbol), mapping=snapshot)
+        await self._snapshot(
+            keys=[SNAPSHOT_KEY.format(symbol=v.symbol)],
+            args=[inp.event_ms, inp.seq, *(x for kv in snapshot.items() for x in kv)],
+        )
         if inp.kind == "apply_result" and inp.outcome is not None:
             o = inp.outcome
             fields = {
@@ -131,6 +185,9 @@ class ProjectionActivities:
                 pnl=v.realized_pnl,
                 fees=v.fees,
             )
+            reward = reward_fields(inp, now_ms)
+            if reward is not None:
+                await self._append_once(f"reward:{v.workflow_id}", RL_REWARDS_STREAM, reward)
 
     @activity.defn(name="publish_levels")
     async def publish_levels(self, inp: PublishLevelsInput) -> None:

@@ -11,13 +11,13 @@ from decimal import Decimal
 
 import redis.asyncio as aioredis
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from activities.exchange import venue_errors
 from exchange.client import BinanceFuturesClient
 from exchange.errors import OrderNotFoundError
 from trading.intents import IntentSource, Side
-from trading.reconcile import Fix, TrackedPosition, VenueOrder, VenuePosition
+from trading.reconcile import UNKNOWN, Fix, TrackedPosition, VenueOrder, VenuePosition
 from workflows.messages import (
     LIFECYCLE_TASK_QUEUE,
     AdoptedPosition,
@@ -25,6 +25,7 @@ from workflows.messages import (
     PositionView,
     VenueState,
 )
+from workflows.position import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
 
 RECONCILE_STREAM = "quantum:stream:reconcile.events"
 
@@ -91,20 +92,45 @@ class ReconcileActivities:
 
     @activity.defn(name="tracked_positions")
     async def tracked_positions(self) -> list[TrackedPosition]:
+        """Every running position as visibility indexes it (one paged list call); a position that has
+        not indexed its quantity yet is asked directly."""
         query = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
-        ids = [wf.id async for wf in self.client.list_workflows(query)]
+        tracked: list[TrackedPosition] = []
+        unindexed: list[str] = []
+        async for wf in self.client.list_workflows(query):
+            sa = wf.typed_search_attributes
+            symbol, side, status, qty = (sa.get(k) for k in (SA_SYMBOL, SA_SIDE, SA_STATUS, SA_OPEN_QTY))
+            if symbol is None or side is None or status is None or qty is None:
+                unindexed.append(wf.id)
+                continue
+            tracked.append(
+                TrackedPosition(
+                    workflow_id=wf.id,
+                    symbol=symbol,
+                    side=Side(side),
+                    open_qty=Decimal(str(qty)),
+                    status=status,
+                )
+            )
 
-        async def one(wid: str) -> TrackedPosition | None:
+        async def ask(wid: str) -> TrackedPosition | None:
+            handle = self.client.get_workflow_handle(wid)
             try:
-                v = await self.client.get_workflow_handle(wid).query("state", result_type=PositionView)
-            except Exception:  # finished between listing and asking: nothing to track
+                v = await asyncio.wait_for(handle.query("state", result_type=PositionView), 10)
+            except Exception:
+                # Finished between listing and asking (nothing to track), or no worker answered: then it
+                # may hold anything, and this round adopts nothing.
+                if await _still_running(handle):
+                    return TrackedPosition(
+                        workflow_id=wid, symbol="", side=Side.LONG, open_qty=Decimal(0), status=UNKNOWN
+                    )
                 return None
             return TrackedPosition(
                 workflow_id=wid, symbol=v.symbol, side=v.side, open_qty=v.open_qty, status=v.status.value
             )
 
-        found = await asyncio.gather(*(one(w) for w in ids))
-        return [t for t in found if t is not None]
+        asked = await asyncio.gather(*(ask(w) for w in unindexed))
+        return tracked + [t for t in asked if t is not None]
 
     @activity.defn(name="tell_position")
     async def tell_position(self, fix: Fix) -> None:
@@ -164,3 +190,11 @@ class ReconcileActivities:
                 await self.redis.xadd(RECONCILE_STREAM, fields, maxlen=100_000, approximate=True)
             except aioredis.RedisError:
                 activity.logger.warning("reconcile event not written to Redis: %s", fix.detail)
+
+
+async def _still_running(handle: WorkflowHandle) -> bool:
+    try:
+        desc = await handle.describe()
+    except Exception:
+        return True  # cannot tell: assume the worst
+    return desc.status == WorkflowExecutionStatus.RUNNING

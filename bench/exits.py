@@ -21,9 +21,8 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.stack import LocalStack, local_stack
+from bench.stack import LocalStack, local_stack, start_service
 from trading.intents import Side
-from workers.devservers import REPO
 from workers.processes import ManagedProcess
 from workflows.messages import (
     LIFECYCLE_TASK_QUEUE,
@@ -91,22 +90,7 @@ async def measure_floor(client: Client, n: int) -> list[float]:
 
 
 def start_watcher(stack: LocalStack) -> ManagedProcess:
-    s = stack.settings
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": s.temporal_address,
-        "REDIS_PORT": str(s.redis_port),
-        "PAPER_REST_URL": stack.venue.base_url,
-    }
-    proc = ManagedProcess(
-        name="price-watcher",
-        argv=[sys.executable, "-m", "workers.cli", "watcher", "--metrics-port", "0"],
-        log_path=stack.tmp / "watcher.log",
-        env=env,
-        cwd=REPO,
-    )
-    proc.start()
-    return proc
+    return start_service(stack, "price-watcher", "watcher")
 
 
 async def open_positions(stack: LocalStack, symbols: list[str], tag: str) -> list[Any]:

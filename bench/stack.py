@@ -9,6 +9,8 @@ raised, so a benchmark measures our path and not Binance's order-count limits (s
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from temporalio.worker import Worker
 from exchange.client import BinanceFuturesClient
 from trading.config import Settings, load_settings
 from trading.governor import RiskPolicy
-from workers.devservers import PaperExchange, start_paper_exchange, start_redis, start_temporal
+from workers.devservers import REPO, PaperExchange, start_paper_exchange, start_redis, start_temporal
 from workers.exchange_worker import exchange_worker
 from workers.lifecycle import lifecycle_worker
 from workers.processes import ManagedProcess
@@ -102,6 +104,7 @@ async def local_stack(
             gov_max_exec_per_5min=1000,
             gov_symbol_cooldown_seconds=0,
             binance_weight_limit_1m=BIG,
+            qt_home=tmp / "qt",  # the trade journal of benchmark trades stays in the run's folder
         )
         base.update(overrides)
         settings = load_settings(**base)
@@ -115,7 +118,9 @@ async def local_stack(
                 )
                 await venue_client.sync_time()
                 stack.exchange_client = venue_client
-                market = await es.enter_async_context(BinanceFuturesClient(venue.base_url, None, None))
+                market = await es.enter_async_context(
+                    BinanceFuturesClient(venue.base_url, None, None, weight_limit_1m=BIG)
+                )
                 workers = [
                     exchange_worker(client, venue_client),
                     lifecycle_worker(client, settings, redis, market),
@@ -142,3 +147,27 @@ async def local_stack(
         for name, proc in reversed(list(started.items())):
             proc.stop()
             say(f"stopped {name} pid {proc.pid}")
+
+
+def start_service(stack: LocalStack, name: str, *argv: str, keys: bool = False) -> ManagedProcess:
+    """A `qtrader` service (e.g. `watcher`, `user-stream`) as a child process wired to this stack;
+    `keys`: it gets the venue's API key and secret in its environment."""
+    s = stack.settings
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": s.temporal_address,
+        "REDIS_PORT": str(s.redis_port),
+        "PAPER_REST_URL": stack.venue.base_url,
+        "BINANCE_WEIGHT_LIMIT_1M": str(s.binance_weight_limit_1m),
+    }
+    if keys:
+        env.update(BINANCE_API_KEY=stack.venue.api_key, BINANCE_API_SECRET=stack.venue.api_secret)
+    proc = ManagedProcess(
+        name=name,
+        argv=[sys.executable, "-m", "workers.cli", *argv, "--metrics-port", "0"],
+        log_path=stack.tmp / f"{name}.log",
+        env=env,
+        cwd=REPO,
+    )
+    proc.start()
+    return proc

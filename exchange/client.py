@@ -57,6 +57,7 @@ from exchange.weights import WeightTracker, request_weight
 from trading.instruments import FilterViolation, SymbolRules
 
 if TYPE_CHECKING:
+    from exchange.shared_budget import SharedWeightBudget
     from trading.config import Settings
 
 __all__ = ["CLIENT_ID_RE", "BinanceFuturesClient", "new_client_id"]
@@ -131,6 +132,7 @@ class BinanceFuturesClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep,
         max_connections: int = 64,
+        shared_budget: SharedWeightBudget | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self.__api_key = api_key
@@ -146,6 +148,7 @@ class BinanceFuturesClient:
         self.offset_ms: float = 0.0  # serverTime - local time, from sync_time()
         self.weights = WeightTracker(weight_limit_1m, headroom_pct, order_limit_10s=order_limit_10s,
                                      order_limit_1m=order_limit_1m, clock=self._server_clock, sleep=sleep)
+        self.shared_budget = shared_budget
         self._rules: dict[str, SymbolRules] | None = dict(symbol_rules) if symbol_rules else None
         self._rules_lock = asyncio.Lock()
         self._last_price: dict[str, Decimal] = {}
@@ -260,12 +263,21 @@ class BinanceFuturesClient:
                 await weights.acquire(weight, orders)
             else:
                 weights.reserve(weight, orders)
+            if self.shared_budget is not None:
+                try:
+                    await self.shared_budget.acquire(weight)
+                except RateLimitedError as err:
+                    # Another worker behind this IP was told to wait: so are we.
+                    weights.block(err.retry_after_s, banned=isinstance(err, IpBannedError), counted=False)
+                    raise
             try:
                 resp = await self._http.request(method, url, content=content, headers=headers)
             except httpx.TransportError as exc:
                 err = classify(None, None, exc, endpoint=f"{method} {path}", client_order_id=client_order_id)
             else:
                 self.weights.update(resp.headers)
+                if self.shared_budget is not None:
+                    await self._share_usage(resp.headers)
                 if resp.status_code < 300:
                     return resp.json()
                 err = self._error_from(resp, method, path, client_order_id)
@@ -277,7 +289,10 @@ class BinanceFuturesClient:
                 attempt -= 1
                 continue
             if isinstance(err, RateLimitedError):
-                self.weights.block(err.retry_after_s, banned=isinstance(err, IpBannedError))
+                banned = isinstance(err, IpBannedError)
+                self.weights.block(err.retry_after_s, banned=banned)
+                if self.shared_budget is not None:
+                    await self.shared_budget.block(err.retry_after_s, banned=banned)
             elif (retry_reads and attempt < attempts
                   and isinstance(err, RetryableError | UnknownOutcomeError)):
                 delay = self.backoff_s * (2 ** (attempt - 1))
@@ -289,6 +304,11 @@ class BinanceFuturesClient:
             _log.log(logging.DEBUG if isinstance(err, OrderNotFoundError) else logging.WARNING,
                      "%s %s failed: %s", method, path, err)
             raise err
+
+    async def _share_usage(self, headers: httpx.Headers) -> None:
+        used = headers.get("x-mbx-used-weight-1m")
+        if used is not None and used.isdigit():
+            await self.shared_budget.observe(int(used))  # type: ignore[union-attr]
 
     def _error_from(self, resp: httpx.Response, method: str, path: str,
                     client_order_id: str | None) -> ExchangeError:
@@ -645,5 +665,9 @@ class BinanceFuturesClient:
 
     # --- figures ---
     def rate_limits(self) -> dict[str, float | int | bool]:
-        """Current request-weight / order-count figures (for metrics)."""
-        return self.weights.snapshot()
+        """Current request-weight / order-count figures (for metrics); the shared budget's too, if any."""
+        snap = self.weights.snapshot()
+        if self.shared_budget is not None:
+            snap.update(self.shared_budget.snapshot())
+            snap["pauses"] = int(snap["pauses"]) + int(snap["shared_pauses"])
+        return snap

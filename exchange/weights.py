@@ -6,18 +6,63 @@ minute (1200), and reports the used figures in `X-MBX-USED-WEIGHT-1M`, `X-MBX-OR
 since, for requests still in flight), and `acquire()` sleeps until the window resets whenever this
 request would take the count over `headroom_pct` of the limit. After a 429 / 418 with Retry-After
 nothing is sent before that time: short waits are slept, long ones (and every ban) are refused.
+
+Exits outrank entries: a request made under `exit_priority()` (closing orders, protective stops and
+their cancels) may use the headroom between the entries' budget and the limit, so when the budget is
+spent entries wait while exits keep going.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from exchange.errors import IpBannedError, RateLimitedError
 
-__all__ = ["ENDPOINT_WEIGHTS", "WeightTracker", "klines_weight", "request_weight"]
+__all__ = [
+    "ENDPOINT_WEIGHTS",
+    "Priority",
+    "WeightTracker",
+    "current_priority",
+    "exit_headroom_pct",
+    "exit_priority",
+    "klines_weight",
+    "request_weight",
+]
+
+
+class Priority(StrEnum):
+    NORMAL = "normal"  # entries and reads
+    EXIT = "exit"  # anything that reduces risk: closing orders, hard stops, their cancels
+
+
+_PRIORITY: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "request_priority", default=Priority.NORMAL
+)
+
+
+def current_priority() -> Priority:
+    return _PRIORITY.get()
+
+
+@contextlib.contextmanager
+def exit_priority() -> Iterator[None]:
+    """Requests made inside (in this task) are exits: they may use the headroom kept back from entries."""
+    token = _PRIORITY.set(Priority.EXIT)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
+
+
+def exit_headroom_pct(headroom_pct: float) -> float:
+    """Exits may go halfway from the entries' headroom to the limit (80 % → 90 %)."""
+    return headroom_pct + (100.0 - headroom_pct) / 2
 
 # (method, path) -> IP weight (notes §1). Paths not listed weigh 1.
 ENDPOINT_WEIGHTS: dict[tuple[str, str], int] = {
@@ -130,10 +175,15 @@ class WeightTracker:
         self.banned: bool = False
         self.pauses = 0
         self.paused_s = 0.0
+        self.rate_limited = 0  # 429s received
+        self.bans = 0  # 418s received
 
     # --- budgets ---
     def _budget(self, window: _Window) -> float:
-        return window.limit * self.headroom_pct / 100.0
+        pct = self.headroom_pct
+        if current_priority() is Priority.EXIT:
+            pct = exit_headroom_pct(pct)
+        return window.limit * pct / 100.0
 
     @property
     def weight_budget(self) -> float:
@@ -215,7 +265,7 @@ class WeightTracker:
             if n > window.used:
                 window.used = n
 
-    def block(self, retry_after_s: float | None, *, banned: bool = False) -> None:
+    def block(self, retry_after_s: float | None, *, banned: bool = False, counted: bool = True) -> None:
         """After a 429 / 418: send nothing before `retry_after_s` from now (default: next minute)."""
         now = self.clock()
         if retry_after_s is None:
@@ -223,6 +273,12 @@ class WeightTracker:
             retry_after_s = self._weight.seconds_to_reset(now) if not banned else 120.0
         self.blocked_until = max(self.blocked_until, now + retry_after_s)
         self.banned = self.banned or banned
+        if not counted:  # told by another worker, not by the venue
+            return
+        if banned:
+            self.bans += 1
+        else:
+            self.rate_limited += 1
 
     # --- figures (for metrics) ---
     def snapshot(self) -> dict[str, float | int | bool]:
@@ -239,6 +295,8 @@ class WeightTracker:
             "banned": self.banned and self.blocked_until > now,
             "pauses": self.pauses,
             "paused_s": self.paused_s,
+            "rate_limited": self.rate_limited,
+            "bans": self.bans,
         }
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -98,5 +99,61 @@ def test_prometheus_scrapes_services_that_exist(compose: dict) -> None:
             assert host in compose["services"], target
             service = compose["services"][host]
             published = [shlex.split(p.replace(":", " "))[-1] for p in service.get("ports", [])]
-            assert port in published or port in str(service.get("command", "")), target
+            given = str(service.get("command", "")) + str(service.get("environment", {}))
+            assert port in published or port in given, target
             assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+
+
+def test_the_trade_journal_has_its_database(compose: dict) -> None:
+    from journal.store import POSTGRES, open_journal
+
+    services = compose["services"]
+    db = services["journal-db"]
+    assert db["image"].startswith("postgres:") and "healthcheck" in db
+    env = db["environment"]
+    lifecycle = services["lifecycle-worker"]
+    url = lifecycle["environment"]["DATABASE_URL"]
+    assert url == (
+        f"postgresql://{env['POSTGRES_USER']}:${{JOURNAL_DB_PASSWORD:-journal}}@journal-db:5432/{env['POSTGRES_DB']}"
+    )
+    assert env["POSTGRES_PASSWORD"] == "${JOURNAL_DB_PASSWORD:-journal}"  # one password, from the environment
+    assert lifecycle["depends_on"]["journal-db"]["condition"] == "service_healthy"
+    assert open_journal(url, REPO).dialect is POSTGRES  # a URL the journal takes (nothing connects yet)
+
+
+def test_the_image_holds_every_installed_package() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"the Dockerfile does not copy {pattern.rstrip('*')}/"
+
+
+def test_the_signal_services_run_with_metrics_and_their_data(compose: dict) -> None:
+    services = compose["services"]
+    prom = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    scraped = {t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]}
+    market, inference = services["market-data"], services["inference-worker"]
+    args = parse_args(market["command"])
+    assert args.command == "market-data" and f"market-data:{args.metrics_port}" in scraped
+    args = parse_args(inference["command"])
+    assert (args.command, args.kind) == ("worker", "inference")
+    assert f"inference-worker:{args.metrics_port}" in scraped
+    assert market["environment"]["PROMETHEUS_BIND_HOST"] == inference["environment"]["PROMETHEUS_BIND_HOST"]
+    assert market["depends_on"]["paper-exchange"]["condition"] == "service_healthy"  # it streams its klines
+    assert inference["depends_on"]["temporal"]["condition"] == "service_healthy"
+    # the model registry ($QT_HOME/models) outlives the container; both read the klines the venue replays
+    dockerfile = (REPO / "Dockerfile").read_text()
+    qt_home = re.search(r"ENV QT_HOME=(\S+)", dockerfile).group(1)  # type: ignore[union-attr]
+    assert f"inference-data:{qt_home}" in inference["volumes"]
+    paper_data = next(v for v in services["paper-exchange"]["volumes"] if v.startswith("paper-data:"))
+    replayed = services["paper-exchange"]["command"][
+        services["paper-exchange"]["command"].index("--data-dir") + 1
+    ]
+    for svc in (market, inference):
+        mount = next(v for v in svc["volumes"] if v.startswith("paper-data:")).split(":")
+        assert mount[2] == "ro"
+        # the same folder of the volume the paper exchange replays from
+        assert svc["environment"]["QT_DATA_DIR"].removeprefix(mount[1]) == replayed.removeprefix(
+            paper_data.split(":")[1]
+        )

@@ -1,11 +1,15 @@
 """Grafana dashboards in deploy/grafana/dashboards are valid and query only metrics the code exports.
 
-The exported names come from a real paper exchange app's `GET /metrics` (its own registry), so a
-renamed or removed metric fails here instead of leaving a dashboard panel silently empty.
+The exported names come from a real paper exchange app's `GET /metrics` (its own registry), the
+price watcher's, user-data stream's and performance gauges' registries, and every metric the code
+creates through a Temporal meter (found in the source, named the way a real Temporal runtime's
+Prometheus endpoint names them, which a test here checks), so a renamed or removed metric fails here
+instead of leaving a dashboard panel silently empty.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import re
@@ -14,9 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.exposition import generate_latest
 
 from exchange.paper.config import PaperConfig
 from exchange.paper.server import create_app
+from workers.processes import free_port
+from workers.temporal_client import metrics_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -74,13 +81,100 @@ async def _scrape() -> httpx.Response:
         return await client.get("/metrics")
 
 
+# Temporal meter instruments → the series names a runtime with `counters_total_suffix=True` exports.
+_METER_SERIES = {
+    "create_counter": ("_total",),
+    "create_gauge": ("",),
+    "create_gauge_float": ("",),
+    "create_histogram": ("_bucket", "_sum", "_count"),
+    "create_histogram_float": ("_bucket", "_sum", "_count"),
+    "create_histogram_timedelta": ("_bucket", "_sum", "_count"),
+}
+_SOURCE_PACKAGES = ("workflows", "activities", "workers", "signals", "exchange", "journal", "backtest")
+
+
+def meter_metric_names() -> set[str]:
+    """Every metric created through a Temporal meter in the code, with a literal name."""
+    names: set[str] = set()
+    for package in _SOURCE_PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in _METER_SERIES
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    names |= {node.args[0].value + s for s in _METER_SERIES[node.func.attr]}
+    return names
+
+
+def registry_metric_names() -> set[str]:
+    """The price watcher's, user-data stream's and the lifecycle worker's performance registries."""
+    from journal.metrics import PerformanceGauges
+    from signals.price_watcher import WatcherMetrics
+    from signals.user_stream import UserStreamMetrics
+
+    names: set[str] = set()
+    for metrics in (WatcherMetrics(), UserStreamMetrics(), PerformanceGauges()):
+        names |= exported_metric_names(generate_latest(metrics.registry).decode())
+    return names
+
+
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     resp = asyncio.run(_scrape())
     assert resp.status_code == 200
     names = exported_metric_names(resp.text)
     assert "paper_exchange_orders_total" in names  # labelled families show up before their first sample
+    names |= registry_metric_names()
+    assert "price_watcher_tick_to_signal_seconds_bucket" in names and "quantum_equity_usdt" in names
+    names |= meter_metric_names()
+    assert {"quantum_govern_deny_total", "quantum_portfolio_slots_used"} <= names
     return names
+
+
+def test_the_meter_naming_rule_matches_a_real_temporal_runtime() -> None:
+    """Record one of each instrument on a runtime configured as the workers configure theirs, scrape it."""
+    port = free_port()
+    runtime = metrics_runtime(port)
+    assert runtime is not None
+    meter = runtime.metric_meter
+    made = {
+        "create_counter": meter.create_counter("qt_rule_counter", "c"),
+        "create_gauge": meter.create_gauge("qt_rule_gauge", "g"),
+        "create_gauge_float": meter.create_gauge_float("qt_rule_gauge_float", "g"),
+        "create_histogram": meter.create_histogram("qt_rule_histogram", "h"),
+        "create_histogram_float": meter.create_histogram_float("qt_rule_histogram_float", "h", "s"),
+    }
+    for kind, instrument in made.items():
+        getattr(instrument, "add" if kind == "create_counter" else "set" if "gauge" in kind else "record")(1)
+    scraped = exported_metric_names(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+    for kind in made:
+        base = "qt_rule_" + kind.removeprefix("create_")
+        assert {base + s for s in _METER_SERIES[kind]} <= scraped, (kind, sorted(scraped))
+
+
+def test_the_trading_dashboard_has_the_operator_panels() -> None:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "quantum-trading.json").read_text())
+    queries = " ".join(t["expr"] for p in _panels(dashboard) for t in p.get("targets", []))
+    for needed in [
+        "quantum_open_positions",  # positions
+        "quantum_realized_pnl_usdt",  # PnL (and equity, drawdown, Sharpe below)
+        "quantum_equity_usdt",
+        "quantum_drawdown_pct",
+        "quantum_rolling_sharpe",
+        "quantum_portfolio_slots_used",  # slots
+        "quantum_govern_allow_total",  # governor allows / denials by gate
+        "quantum_govern_deny_total",
+        "price_watcher_tick_to_signal_seconds_bucket",  # exit reaction latency
+        "reconcile_drift_detected_total",  # drift
+        "binance_request_weight_used_1m",  # request weight
+        "quantum_intent_confidence_sum",  # model confidence
+    ]:
+        assert needed in queries, needed
 
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:

@@ -6,10 +6,11 @@ environment files keep working. A bad value fails at start with the variable's n
 
 from __future__ import annotations
 
+import socket
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +20,20 @@ class TradingMode(StrEnum):
     PAPER = "paper"
     TESTNET = "testnet"
     LIVE = "live"
+
+
+# Bar sizes the venue streams as klines and the signal layer understands (seconds per bar).
+SIGNAL_TIMEFRAMES = {
+    "1m": 60,
+    "3m": 180,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "4h": 14400,
+    "1d": 86400,
+}
 
 
 class ConfigError(ValueError):
@@ -71,6 +86,14 @@ class Settings(BaseSettings):
     reconcile_on_start: bool = True
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     qt_home: Path = Path(".qt")
+    # The trade journal: a SQLite file under QT_HOME unless this names a PostgreSQL database
+    # (postgresql://user:password@host:5432/db) or another SQLite file (sqlite:///path).
+    database_url: SecretStr | None = None
+    # Equity when the journal began (the performance gauges add the journal's PnL to it);
+    # default PAPER_START_BALANCE_USDT.
+    start_equity_usdt: Decimal | None = Field(None, gt=0)
+    # The lifecycle worker's second metrics endpoint: equity, PnL, drawdown, Sharpe from the journal.
+    performance_metrics_port: int = Field(9470, ge=1, le=65535)
 
     # --- exchange ---
     trading_mode: TradingMode = TradingMode.PAPER
@@ -90,6 +113,42 @@ class Settings(BaseSettings):
     # Slow down before Binance's 2400/min IP weight limit, not after the 429.
     binance_weight_limit_1m: int = Field(2400, ge=1)
     binance_weight_headroom_pct: float = Field(80.0, gt=0, le=100)
+    # Workers behind one public IP share one weight budget in Redis under this name (the venue counts
+    # weight per IP); empty: each worker paces on its own count.
+    binance_weight_budget_id: str = Field(default_factory=socket.gethostname, pattern=r"^[^\s]*$")
+
+    # --- signal layer: market data, inference, bar-close and universe schedules ---
+    signal_timeframe: str = "1h"  # bar size of features, models and the bar-close schedule
+    signal_confidence_threshold: float = Field(0.55, gt=0.5, le=1)  # ensemble confidence to trade
+    signal_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["xgboost", "lightgbm", "nhits", "patchtst"]
+    )
+    signal_equity_usdt: Decimal | None = Field(None, gt=0)  # sizing equity; default the paper balance
+    signal_risk_fraction: Decimal = Field(Decimal("0.005"), gt=0, le=1)  # of equity, lost at the stop
+    signal_leverage: int = Field(5, ge=1, le=125)
+    model_registry_dir: Path | None = None  # default $QT_HOME/models
+    universe_top_n: int = Field(10, ge=1, le=500)  # the seed's INTENT_BRIDGE_USE_TOP10
+    universe_interval_seconds: float = Field(3600.0, gt=0)
+    # Bar-close schedule period; default one bar of SIGNAL_TIMEFRAME (divided by the replay speed
+    # when MARKET_DATA_SOURCE=replay, whose bars close faster than the wall clock).
+    bar_close_interval_seconds: float | None = Field(None, gt=0)
+    market_data_source: Literal["venue", "replay"] = "venue"
+    market_replay_speed: float = Field(3600.0, gt=0)  # replayed market seconds per wall second
+    market_backfill_bars: int = Field(500, ge=150, le=1500)
+    market_stream_maxlen: int = Field(10_000, ge=100)
+    market_data_metrics_port: int = Field(9468, ge=1, le=65535)
+    inference_metrics_port: int = Field(9469, ge=1, le=65535)
+
+    # --- continuous learning: the RetrainWorkflow schedule (workflows/retrain.py) ---
+    retrain_interval_hours: float = Field(24.0, gt=0)
+    retrain_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["xgboost", "lightgbm"])
+    retrain_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
+    retrain_window_bars: int = Field(8000, ge=300, le=200_000)  # newest bars: training + holdout
+    retrain_holdout_bars: int = Field(720, ge=24)  # newest of them, scored out of sample
+    retrain_min_auc_gain: float = Field(0.005, ge=0, le=0.5)  # over the champion, same rows
+    # Winners go to shadow (predictions published with shadow=true, never traded) and are promoted
+    # only when they beat the champion again on the bars that come after.
+    shadow_mode: bool = False
 
     # --- paper exchange ---
     paper_start_balance_usdt: Decimal = Field(Decimal("10000"), gt=0)
@@ -97,14 +156,37 @@ class Settings(BaseSettings):
         Path("../shared/data"), validation_alias=AliasChoices("PAPER_DATA_DIR", "QT_DATA_DIR")
     )
 
-    @field_validator("apply_allowlist", mode="before")
+    @field_validator("apply_allowlist", "retrain_symbols", mode="before")
     @classmethod
     def _split_allowlist(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().upper() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("apply_allowlist")
+    @field_validator("signal_models", "retrain_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("signal_models", "retrain_models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        known = ("xgboost", "lightgbm", "nhits", "patchtst")
+        bad = [m for m in value if m not in known]
+        if bad or not value:
+            raise ValueError(f"unknown or no models {bad}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("signal_timeframe")
+    @classmethod
+    def _check_timeframe(cls, value: str) -> str:
+        if value not in SIGNAL_TIMEFRAMES:
+            raise ValueError(f"{value!r} is not one of {', '.join(SIGNAL_TIMEFRAMES)}")
+        return value
+
+    @field_validator("apply_allowlist", "retrain_symbols")
     @classmethod
     def _check_symbols(cls, value: list[str]) -> list[str]:
         for symbol in value:
@@ -147,11 +229,21 @@ class Settings(BaseSettings):
         return self.live_ws_url
 
     @property
+    def bar_seconds(self) -> float:
+        """Wall seconds between two bar closes (replayed bars close `market_replay_speed` times faster)."""
+        bar = float(SIGNAL_TIMEFRAMES[self.signal_timeframe])
+        return bar / self.market_replay_speed if self.market_data_source == "replay" else bar
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.model_registry_dir or self.qt_home / "models"
+
+    @property
     def redis_url(self) -> str:
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
 
-_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET"}
+_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "DATABASE_URL"}
 
 
 def load_settings(**overrides: object) -> Settings:

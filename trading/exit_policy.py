@@ -224,7 +224,8 @@ def evaluate(
     the action (an order, or a stop move) and calls again with the same price until None."""
     if open_qty <= 0:
         return None, state
-    s = state.model_copy(deep=True)
+    # Shallow is enough: every field is immutable except `harvest_times_ms`, which is only ever replaced.
+    s = state.model_copy()
     if (price - s.best) * side.sign > 0:
         s.best = price
     move = (price - s.entry) * side.sign  # favourable price distance per unit

@@ -42,6 +42,7 @@ class Gate(StrEnum):
     RATE_5MIN = "rate_per_5min"
     TOTAL_NOTIONAL = "max_total_notional"
     EXCHANGE_MINIMUM = "exchange_minimum"  # decided by the position: the grant is below the venue's minimum
+    VENUE_HALT = "venue_halt"  # decided by the position: the venue banned the IP, entries halt
 
 
 class RiskPolicy(BaseModel):

@@ -30,13 +30,17 @@ class VenueOrder(_Row):
 
 
 class TrackedPosition(_Row):
-    """What a running position workflow believes."""
+    """What a running position workflow believes. `status` UNKNOWN: it runs but could not say (no worker
+    answered); its symbol may be anything, so nothing may be adopted or cancelled as an orphan."""
 
     workflow_id: str
     symbol: str
     side: Side
     open_qty: Decimal
     status: str
+
+
+UNKNOWN = "UNKNOWN"
 
 
 class Fix(_Row):
@@ -66,6 +70,9 @@ def reconcile(
     adopt_after_ms: int = ADOPT_AFTER_MS,
 ) -> list[Fix]:
     fixes: list[Fix] = []
+    # A running workflow that could not say what it holds may be the owner of any venue position or
+    # order: adoption and orphan cancels wait for a round where every workflow answered.
+    blind = any(t.status == UNKNOWN for t in tracked)
     held = {p.symbol: p for p in venue if p.position_amt != 0}
     mine = {t.symbol: t for t in tracked if t.status in ACTIVE}
     for symbol, t in sorted(mine.items()):
@@ -97,7 +104,7 @@ def reconcile(
             )
     for symbol, p in sorted(held.items()):
         settled = now_ms - p.update_ms >= adopt_after_ms
-        if settled and symbol not in mine and not any(t.symbol == symbol for t in tracked):
+        if settled and not blind and symbol not in mine and not any(t.symbol == symbol for t in tracked):
             fixes.append(
                 Fix(
                     kind="adopt",
@@ -109,7 +116,7 @@ def reconcile(
                 )
             )
     for o in orders:
-        if o.symbol not in held and o.symbol not in mine and o.reduce_only:
+        if not blind and o.symbol not in held and o.symbol not in mine and o.reduce_only:
             fixes.append(
                 Fix(
                     kind="cancel_orphan",

@@ -53,6 +53,8 @@ def _print_addresses(found: dict[str, str]) -> None:
         "exchange_metrics": "Exch worker",
         "watcher_metrics": "Watcher",
         "user_stream_metrics": "User stream",
+        "market_data_metrics": "Market data",
+        "inference_metrics": "Inference",
         "mode": "Mode",
         "home": "Data folder",
     }
@@ -75,6 +77,10 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from workers import lifecycle
 
         asyncio.run(lifecycle.run(settings, args.metrics_port))
+    elif args.kind == "inference":
+        from workers import inference_worker
+
+        asyncio.run(inference_worker.run(settings, args.metrics_port))
     else:
         from workers import exchange_worker
 
@@ -100,6 +106,26 @@ def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run_user_stream(settings, args.metrics_port))
     return 0
+
+
+def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from signals.market_data import MarketDataError, run_market_data
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_market_data(settings, args.metrics_port))
+    except MarketDataError as exc:
+        print(f"qtrader market-data: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import status_view
+
+    return status_view.run(args, settings)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "kind",
-        choices=["lifecycle", "exchange"],
-        help="lifecycle: position + portfolio workflows; exchange: Binance activities",
+        choices=["lifecycle", "exchange", "inference"],
+        help="lifecycle: position + portfolio workflows; exchange: Binance activities; "
+        "inference: bar-close + universe workflows, model activities",
     )
     worker.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     worker.set_defaults(func=_cmd_worker)
@@ -189,6 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     user_stream.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     user_stream.set_defaults(func=_cmd_user_stream)
 
+    market = sub.add_parser(
+        "market-data",
+        help="closed bars, ticks and features into Redis (venue streams, or a replay of the shipped klines)",
+    )
+    market.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
+    market.set_defaults(func=_cmd_market_data)
+
+    status = sub.add_parser("status", help="live view of the portfolio, positions and decisions")
+    status.add_argument("--once", action="store_true", help="print one frame and exit")
+    status.add_argument("--json", action="store_true", help="print one JSON object and exit")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    status.add_argument("--portfolio-id", default="portfolio-default")
+    status.set_defaults(func=_cmd_status)
+
+    from workers import run_paper  # `paper`: the whole system on replayed real klines
+
+    run_paper.add_parser(sub)
+
     demo = sub.add_parser("demo", help="bring the stack up and run a paper round trip through the client")
     demo.add_argument("--symbol", default="BTCUSDT")
     demo.add_argument("--notional", type=float, default=200.0, help="USDT notional of the demo position")
@@ -202,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     from workers import trade_cli  # `trade open|close|list|show`, `portfolio show|kill-switch|flatten|policy`
 
     trade_cli.add_subcommands(sub, trade=_cmd_trade, portfolio=_cmd_portfolio)
+
+    from journal import cli as journal_cli  # `report`: attribution from the trade journal
+
+    journal_cli.add_subcommand(sub)
+
+    from backtest import cli as backtest_cli  # `backtest`: replay history through the live policies
+
+    backtest_cli.add_subcommand(sub)
     return parser
 
 

@@ -21,8 +21,10 @@ from workers.temporal_client import CLI_SEARCH_ATTRIBUTES
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_temporal(tmp: Path, *extra: str) -> tuple[ManagedProcess, str]:
-    port = free_port()
+def start_temporal(tmp: Path, *extra: str, port: int | None = None) -> tuple[ManagedProcess, str]:
+    """A dev server on `port` (a free one by default); pass `--db-filename` in `extra` to keep its state
+    in a SQLite file across a restart."""
+    port = port or free_port()
     sa = [
         arg
         for name, kind in CLI_SEARCH_ATTRIBUTES.items()
@@ -117,6 +119,18 @@ class PaperExchange:
 
     def clear_faults(self) -> None:
         self.admin("DELETE", "faults")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the venue's Prometheus samples called `name` whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def start_paper_exchange(

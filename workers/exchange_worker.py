@@ -1,15 +1,21 @@
 """The exchange worker: Binance activities on task queue `exchange`, with the API keys from this
-process's environment only."""
+process's environment only. Its request weight is paced on a budget shared in Redis with every
+other worker behind the same IP, and its rate-limit figures are exported as metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
+import redis.asyncio as aioredis
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.exchange import ExchangeActivities
 from activities.reconcile import VenueReadActivities
 from exchange.client import BinanceFuturesClient
+from exchange.shared_budget import budget_from_settings
 from trading.config import Settings
 from workers.lifecycle import run_until_sigterm
 from workers.temporal_client import connect, metrics_runtime
@@ -40,10 +46,48 @@ def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
     )
 
 
+async def export_rate_limits(runtime: Runtime, exchange: BinanceFuturesClient, every_s: float = 1.0) -> None:
+    """Request weight used, pauses, 429s and bans as metrics, as this worker saw them."""
+    meter = runtime.metric_meter
+    used = meter.create_gauge("binance_request_weight_used_1m", "request weight used in the last minute")
+    budget = meter.create_gauge("binance_request_weight_budget_1m", "request weight the entries may use")
+    banned = meter.create_gauge("binance_ip_banned", "1 while the venue bans this IP (entries halt)")
+    counters = {
+        "rate_limited": meter.create_counter("binance_http_429", "429 answers received"),
+        "bans": meter.create_counter("binance_http_418", "418 (IP ban) answers received"),
+        "pauses": meter.create_counter("binance_weight_pauses", "waits to stay under the weight budget"),
+    }
+    seen = dict.fromkeys(counters, 0)
+    while True:
+        snap = exchange.rate_limits()
+        used.set(int(snap["used_weight_1m"]))
+        budget.set(int(snap["weight_budget_1m"]))
+        banned.set(1 if snap["banned"] else 0)
+        for name, counter in counters.items():
+            now = int(snap[name])
+            if now > seen[name]:
+                counter.add(now - seen[name])
+                seen[name] = now
+        await asyncio.sleep(every_s)
+
+
 async def run(settings: Settings, metrics_port: int | None) -> None:
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise SystemExit("BINANCE_API_KEY and BINANCE_API_SECRET must be set for the exchange worker")
-    client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
-    async with BinanceFuturesClient.from_settings(settings) as exchange:
+    runtime = metrics_runtime(metrics_port, settings.prometheus_bind_host)
+    client = await connect(settings, runtime)
+    redis = aioredis.Redis(
+        host=settings.redis_host, port=settings.redis_port, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    shared = budget_from_settings(settings, redis)
+    async with BinanceFuturesClient.from_settings(settings, shared_budget=shared) as exchange:
         await exchange.sync_time()
-        await run_until_sigterm(exchange_worker(client, exchange), "exchange", metrics_port)
+        exporter = asyncio.create_task(export_rate_limits(runtime, exchange)) if runtime else None
+        try:
+            await run_until_sigterm(exchange_worker(client, exchange), "exchange", metrics_port)
+        finally:
+            if exporter is not None:
+                exporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await exporter
+    await redis.aclose()

@@ -17,38 +17,53 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleUpdate,
 )
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.journal import JournalActivities
 from activities.market import MarketActivities
 from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
 from activities.reconcile import ReconcileActivities
 from exchange.client import BinanceFuturesClient
+from exchange.shared_budget import budget_from_settings
+from journal.metrics import PerformanceGauges
+from journal.store import open_journal
 from trading.config import Settings
 from trading.governor import RiskPolicy
+from trading.promotion import PromotionPolicy
+from trading.records import RecordMode
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
 from workflows.messages import LIFECYCLE_TASK_QUEUE
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
 from workflows.reconcile import ReconcileWorkflow
+from workflows.retrain import INFERENCE_TASK_QUEUE, RETRAIN_WORKFLOW_ID, RetrainInput, RetrainWindow
 
 RECONCILE_SCHEDULE_ID = "reconcile-schedule"
+RETRAIN_SCHEDULE_ID = "retrain-schedule"
 
 log = logging.getLogger("qtrader.worker.lifecycle")
 
 
 def lifecycle_worker(
-    client: Client, settings: Settings, redis: aioredis.Redis, market: BinanceFuturesClient
+    client: Client,
+    settings: Settings,
+    redis: aioredis.Redis,
+    market: BinanceFuturesClient,
+    gauges: PerformanceGauges | None = None,
 ) -> Worker:
-    """`market` is a keyless exchange client: the lifecycle worker reads public market data only."""
+    """`market` is a keyless exchange client: the lifecycle worker reads public market data only.
+    `gauges`: the performance gauges the journal activity keeps up to date (none: not computed)."""
     portfolio = PortfolioActivities(
         client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
     )
     projections = ProjectionActivities(redis)
     symbols = MarketActivities(market)
     reconciling = ReconcileActivities(client, redis)
+    journaling = journal_activities(settings, gauges)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
@@ -65,8 +80,19 @@ def lifecycle_worker(
             reconciling.tell_position,
             reconciling.adopt_position,
             reconciling.record_reconcile,
+            journaling.journal_trade,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+def journal_activities(settings: Settings, gauges: PerformanceGauges | None = None) -> JournalActivities:
+    """The trade journal (DATABASE_URL, else QT_HOME/journal.sqlite), its rows under this stack's mode."""
+    return JournalActivities(
+        open_journal(settings.database_url, settings.qt_home),
+        RecordMode(settings.trading_mode.value),
+        settings.start_equity_usdt or settings.paper_start_balance_usdt,
+        gauges,
     )
 
 
@@ -76,13 +102,38 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, socket_timeout=2, socket_connect_timeout=2
     )
-    async with BinanceFuturesClient(settings.rest_url, None, None) as market:
-        worker = lifecycle_worker(client, settings, redis, market)
+    # The same IP weight budget as the exchange workers: public reads count against it too.
+    async with BinanceFuturesClient(
+        settings.rest_url, None, None, shared_budget=budget_from_settings(settings, redis)
+    ) as market:
+        gauges = PerformanceGauges()
+        worker = lifecycle_worker(client, settings, redis, market, gauges)
+        await show_journal_figures(settings, gauges)
+        if metrics_port:  # served once the journal's figures are in (a scrape never sees them blank)
+            try:
+                gauges.serve(settings.performance_metrics_port, settings.prometheus_bind_host)
+            except OSError as err:  # a busy port costs the gauges, never the trading
+                log.error("performance metrics not served on :%s: %s", settings.performance_metrics_port, err)
+        # A fresh portfolio allows no entry until the first reconcile has compared it with the venue.
         await start_portfolio(
-            client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
+            client,
+            RiskPolicy.from_settings(settings),
+            settings.portfolio_holder_check_seconds,
+            await_reconcile=settings.reconcile_on_start,
+        )
+        await ensure_reconcile_schedule(
+            client, settings.reconcile_interval_seconds, run_now=settings.reconcile_on_start
         )
         await run_until_sigterm(worker, "lifecycle", metrics_port)
     await redis.aclose()
+
+
+async def show_journal_figures(settings: Settings, gauges: PerformanceGauges) -> None:
+    """Set the performance gauges from the journal at start (a restart shows the same figures)."""
+    try:
+        await journal_activities(settings, gauges).refresh_gauges()
+    except Exception as err:  # the journal's database may come up later; trading goes on meanwhile
+        log.warning("journal not readable at start (%s); gauges wait for the next journaled trade", err)
 
 
 async def ensure_reconcile_schedule(client: Client, every_s: float, *, run_now: bool) -> None:
@@ -106,6 +157,61 @@ async def ensure_reconcile_schedule(client: Client, every_s: float, *, run_now: 
         )
     if run_now:
         await handle.trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+
+
+def retrain_schedule(settings: Settings) -> Schedule:
+    """RetrainWorkflow every `RETRAIN_INTERVAL_HOURS` (default daily) on the `inference` task queue,
+    with the models, window, promotion margin and shadow mode of the settings (overlaps skipped)."""
+    inp = RetrainInput(
+        models=list(settings.retrain_models),
+        window=RetrainWindow(
+            symbols=list(settings.retrain_symbols),
+            timeframe=settings.signal_timeframe,
+            window_bars=settings.retrain_window_bars,
+            holdout_bars=settings.retrain_holdout_bars,
+        ),
+        shadow_mode=settings.shadow_mode,
+        policy=PromotionPolicy(min_auc_gain=settings.retrain_min_auc_gain),
+    )
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            "RetrainWorkflow", inp, id=RETRAIN_WORKFLOW_ID, task_queue=INFERENCE_TASK_QUEUE
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(hours=settings.retrain_interval_hours))]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) -> None:
+    """Create the Schedule, or bring an existing one up to date (settings may have changed)."""
+    handle = client.get_schedule_handle(schedule_id)
+    try:
+        await handle.describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        await client.create_schedule(schedule_id, schedule)
+    else:
+        await handle.update(lambda _u: ScheduleUpdate(schedule=schedule))
+
+
+async def ensure_retrain_schedule(client: Client, settings: Settings) -> None:
+    await upsert_schedule(client, RETRAIN_SCHEDULE_ID, retrain_schedule(settings))
+
+
+async def ensure_signal_schedules(client: Client, settings: Settings) -> dict[str, float]:
+    """The Schedules of the signal layer, created or brought up to date with the settings: BarCloseWorkflow
+    every bar (`BAR_CLOSE_INTERVAL_SECONDS`, default one `SIGNAL_TIMEFRAME` bar of market time) and
+    UniverseWorkflow every `UNIVERSE_INTERVAL_SECONDS` (overlaps skipped). Returns id → period (s)."""
+    from workers.inference_worker import signal_schedules
+
+    out = {}
+    for schedule_id, schedule in signal_schedules(settings).items():
+        await upsert_schedule(client, schedule_id, schedule)
+        out[schedule_id] = schedule.spec.intervals[0].every.total_seconds()
+    return out
 
 
 async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None) -> None:

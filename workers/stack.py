@@ -194,6 +194,7 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
     for kind, port in (
         ("lifecycle", settings.lifecycle_metrics_port),
         ("exchange", settings.exchange_metrics_port),
+        ("inference", settings.inference_metrics_port),
     ):
         specs.append(
             ServiceSpec(
@@ -208,6 +209,7 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
     for name, command, port in (
         ("price-watcher", "watcher", settings.watcher_metrics_port),
         ("user-stream", "user-stream", settings.user_stream_metrics_port),
+        ("market-data", "market-data", settings.market_data_metrics_port),
     ):
         specs.append(
             ServiceSpec(
@@ -236,6 +238,8 @@ def addresses(settings: Settings) -> dict[str, str]:
         "exchange_metrics": f"http://127.0.0.1:{settings.exchange_metrics_port}/metrics",
         "watcher_metrics": f"http://127.0.0.1:{settings.watcher_metrics_port}/metrics",
         "user_stream_metrics": f"http://127.0.0.1:{settings.user_stream_metrics_port}/metrics",
+        "market_data_metrics": f"http://127.0.0.1:{settings.market_data_metrics_port}/metrics",
+        "inference_metrics": f"http://127.0.0.1:{settings.inference_metrics_port}/metrics",
     }
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
@@ -275,7 +279,7 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
     if spec.name.endswith(
-        ("-worker", "-watcher", "-stream")
+        ("-worker", "-watcher", "-stream", "market-data")
     ):  # its metrics endpoint answers once it is connected
         return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
@@ -354,6 +358,8 @@ def _port_variable(name: str) -> str:
         "exchange-worker": "EXCHANGE_METRICS_PORT",
         "price-watcher": "WATCHER_METRICS_PORT",
         "user-stream": "USER_STREAM_METRICS_PORT",
+        "market-data": "MARKET_DATA_METRICS_PORT",
+        "inference-worker": "INFERENCE_METRICS_PORT",
     }[name]
 
 
@@ -379,8 +385,10 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("exchange", str(root / "paper")),
         ("lifecycle-worker", _worker_marker("lifecycle", settings.lifecycle_metrics_port)),
         ("exchange-worker", _worker_marker("exchange", settings.exchange_metrics_port)),
+        ("inference-worker", _worker_marker("inference", settings.inference_metrics_port)),
         ("price-watcher", f"watcher --metrics-port {settings.watcher_metrics_port}"),
         ("user-stream", f"user-stream --metrics-port {settings.user_stream_metrics_port}"),
+        ("market-data", f"market-data --metrics-port {settings.market_data_metrics_port}"),
     ]
 
 

@@ -20,6 +20,7 @@ SEARCH_ATTRIBUTES = {
     "Source": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
     "RealizedPnl": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
     "OpenedAt": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    "OpenQty": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
 }
 
 # For `temporal server start-dev --search-attribute NAME=TYPE`.
@@ -31,6 +32,7 @@ CLI_SEARCH_ATTRIBUTES = {
     "Source": "Keyword",
     "RealizedPnl": "Double",
     "OpenedAt": "Datetime",
+    "OpenQty": "Double",
 }
 
 

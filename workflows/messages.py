@@ -18,6 +18,7 @@ from trading.reconcile import VenueOrder, VenuePosition
 
 LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
 EXCHANGE_TASK_QUEUE = "exchange"
+INFERENCE_TASK_QUEUE = "inference"  # signal layer: bar close, universe, retrain
 DEFAULT_PORTFOLIO_ID = "portfolio-default"
 
 
@@ -229,6 +230,10 @@ class ProjectionInput(_Msg):
     action: str | None = None  # "entry" | "exit"
     outcome: OrderOutcome | None = None
     result: PositionResult | None = None
+    # Workflow time and a per-run counter: retried projections land out of order, and the snapshot
+    # keeps the newest (a late, older write must not overwrite it).
+    event_ms: int = 0
+    seq: int = 0
 
 
 # --- portfolio ---

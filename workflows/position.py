@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from trading.ids import client_order_id
     from trading.intents import TradeIntent
     from trading.pnl import Fill, PositionTally, tally
+    from trading.records import closed_trade
     from workflows.messages import (
         DEFAULT_PORTFOLIO_ID,
         EXCHANGE_TASK_QUEUE,
@@ -81,7 +82,19 @@ SA_STRATEGY = SearchAttributeKey.for_keyword("Strategy")
 SA_SOURCE = SearchAttributeKey.for_keyword("Source")
 SA_REALIZED_PNL = SearchAttributeKey.for_float("RealizedPnl")
 SA_OPENED_AT = SearchAttributeKey.for_datetime("OpenedAt")
-SEARCH_ATTRIBUTES = [SA_SYMBOL, SA_SIDE, SA_STATUS, SA_STRATEGY, SA_SOURCE, SA_REALIZED_PNL, SA_OPENED_AT]
+# The open quantity in visibility lets reconcile list every position in one call instead of one
+# query (a workflow task) per position.
+SA_OPEN_QTY = SearchAttributeKey.for_float("OpenQty")
+SEARCH_ATTRIBUTES = [
+    SA_SYMBOL,
+    SA_SIDE,
+    SA_STATUS,
+    SA_STRATEGY,
+    SA_SOURCE,
+    SA_REALIZED_PNL,
+    SA_OPENED_AT,
+    SA_OPEN_QTY,
+]
 
 # Reads and idempotent writes retry briefly; orders retry only after the activity has looked the order
 # up by its client id (the activity does that on every attempt after the first).
@@ -176,6 +189,7 @@ class PositionWorkflow:
         self._next_ticket = 0
         self._released = False
         self._projections: list[workflow.ActivityHandle] = []
+        self._projection_seq = 0
 
     # ------------------------------------------------------------------ run
     @workflow.run
@@ -189,6 +203,10 @@ class PositionWorkflow:
             )
         try:
             if inp.carry is None:
+                # The confidence behind each position (the model's; 1 for a manual trade), for Grafana.
+                workflow.metric_meter().create_histogram_float(
+                    "quantum_intent_confidence", "confidence of the intents that start positions"
+                ).record(self.intent.confidence, {"source": self.intent.source.value})
                 check = await self._validate()
                 decision = await self._govern(check)
                 if isinstance(decision, Denial):
@@ -201,8 +219,8 @@ class PositionWorkflow:
                     await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
                 else:
                     await self._enter()
-                if self.denial is not None:  # the grant was too small for the venue: nothing was sent
-                    await self._release("below exchange minimum", traded=False)
+                if self.denial is not None:  # below the venue's minimum, or entries halted: nothing was sent
+                    await self._release(self.denial.gate.value, traded=False)
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
             if self._tally().open_qty > 0 and not self._venue_flat:
@@ -322,6 +340,13 @@ class PositionWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ORDER_RETRY,
             )
+        except ActivityError as err:
+            cause = err.cause
+            if not (isinstance(cause, ApplicationError) and cause.type == "EntriesHalted"):
+                raise
+            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
+            self.denial = Denial(holder_id=self.grant.holder_id, gate=Gate.VENUE_HALT, reason=cause.message)
+            return
         finally:
             self._order_in_flight = False
         market = entry.market
@@ -630,6 +655,7 @@ class PositionWorkflow:
             room -= f.qty
             new.append(f)
         self.fills.extend(new)
+        self._update_details()
         if new:
             self.exit_reason = _venue_reason(new[-1].client_order_id, self._hard_stop_prefix())
             self.exit_controller = "exchange"
@@ -662,10 +688,37 @@ class PositionWorkflow:
         self._set_status(final_status)
         if self.grant is not None and not self._released:
             await self._release(self.exit_reason or final_status.value.lower())
-        self._project("trade_closed")
+        self._project("trade_closed", result=self._result())  # the reward's margin comes from the fills
+        self._journal()
         # Projections catch up after a Redis outage; the trade itself is already done and released.
         await asyncio.gather(
             *self._projections, *([self._publishing] if self._publishing else []), return_exceptions=True
+        )
+
+    def _journal(self) -> None:
+        """One trade-journal row for a position that traded and is flat (the row's key is this workflow
+        id, so the activity's retries never add a second one). Awaited with the projections."""
+        t = self._tally()
+        if t.entry_qty <= 0 or t.open_qty > 0:
+            return
+        trade = closed_trade(
+            workflow.info().workflow_id,
+            self.intent,
+            t,
+            opened_at_ms=self.opened_at_ms,
+            closed_at_ms=int(workflow.now().timestamp() * 1000),
+            exit_reason=self.exit_reason or self.status.value.lower(),
+            exit_controller=self.exit_controller,
+        )
+        self._projections.append(
+            workflow.start_activity(
+                "journal_trade",
+                trade,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=timedelta(days=1),  # a database outage of up to a day
+                retry_policy=PROJECTION_RETRY,
+            )
         )
 
     # ------------------------------------------------------------------ orders
@@ -698,6 +751,7 @@ class PositionWorkflow:
     def _record_fills(self, outcome: OrderOutcome) -> None:
         known = {(f.client_order_id, f.trade_id) for f in self.fills}
         self.fills.extend(f for f in outcome.fills if (f.client_order_id, f.trade_id) not in known)
+        self._update_details()
 
     # ------------------------------------------------------------------ portfolio
     async def _portfolio_signal(self, name: str, arg: object) -> None:
@@ -900,11 +954,13 @@ class PositionWorkflow:
 
     def _set_status(self, status: PositionStatus) -> None:
         self.status = status
-        self._update_details()
         if status in TRANSIENT_STATUSES:
+            self._update_details()
             return  # seen in queries and details; not worth a visibility write per intent in a burst
         t = self._tally()
+        self._indexed_qty = t.open_qty
         pairs = [
+            SearchAttributePair(SA_OPEN_QTY, float(t.open_qty)),
             SearchAttributePair(SA_SYMBOL, self.intent.symbol),
             SearchAttributePair(SA_SIDE, self.intent.side.value),
             SearchAttributePair(SA_STATUS, status.value),
@@ -917,8 +973,15 @@ class PositionWorkflow:
                 SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC))
             )
         workflow.upsert_search_attributes(pairs)
+        self._update_details()
+
+    _indexed_qty: Decimal | None = None
 
     def _update_details(self) -> None:
+        open_qty = self._tally().open_qty
+        if self.status not in TRANSIENT_STATUSES and open_qty != self._indexed_qty:
+            self._indexed_qty = open_qty  # a partial close, or the venue's own fills
+            workflow.upsert_search_attributes([SearchAttributePair(SA_OPEN_QTY, float(open_qty))])
         v = self.state()
         lines = [
             f"**{v.status.value}** {v.side.value} {v.open_qty} {v.symbol} @ {v.entry_price:.2f}",
@@ -929,12 +992,27 @@ class PositionWorkflow:
             lines.append(f"reason: {v.reason}")
         workflow.set_current_details("\n\n".join(lines))
 
-    def _project(self, kind: str, *, action: str | None = None, outcome: OrderOutcome | None = None) -> None:
+    def _project(
+        self,
+        kind: str,
+        *,
+        action: str | None = None,
+        outcome: OrderOutcome | None = None,
+        result: PositionResult | None = None,
+    ) -> None:
+        self._projection_seq += 1
         self._projections.append(
             workflow.start_activity(
                 "project_position",
                 ProjectionInput(
-                    kind=kind, action=action, view=self.state(), outcome=outcome, intent=self.intent
+                    kind=kind,
+                    action=action,
+                    view=self.state(),
+                    outcome=outcome,
+                    intent=self.intent,
+                    result=result,
+                    event_ms=int(workflow.now().timestamp() * 1000),
+                    seq=self._projection_seq,
                 ),
                 task_queue=LIFECYCLE_TASK_QUEUE,
                 start_to_close_timeout=timedelta(seconds=5),

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trading import margin
+
 
 def _wall_ms() -> int:
     import time
@@ -22,14 +24,14 @@ class PaperConfig(BaseModel):
     api_key: str = Field(min_length=1, repr=False)
     api_secret: str = Field(min_length=1, repr=False)
     start_balance: Decimal = Decimal("10000")
-    taker_fee: Decimal = Decimal("0.0004")
-    maker_fee: Decimal = Decimal("0.0002")
+    taker_fee: Decimal = margin.TAKER_FEE
+    maker_fee: Decimal = margin.MAKER_FEE
     slippage_bps: Decimal = Decimal("0")
-    funding_rate: Decimal = Decimal("0.0001")
-    funding_interval_hours: int = 8
+    funding_rate: Decimal = margin.FUNDING_RATE
+    funding_interval_hours: int = margin.FUNDING_INTERVAL_HOURS
     default_leverage: int = 20
-    maint_margin_rate: Decimal = Decimal("0.004")
-    liquidation_fee_rate: Decimal = Decimal("0.0125")
+    maint_margin_rate: Decimal = margin.MAINT_MARGIN_RATE
+    liquidation_fee_rate: Decimal = margin.LIQUIDATION_FEE_RATE
     # Price source: "manual" (fixed until set through /admin/price), "replay" (real klines), "synthetic".
     prices: Literal["manual", "replay", "synthetic"] = "manual"
     data_dir: Path | None = None

@@ -19,7 +19,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from exchange.paper.accounts import Position, fill_effect, liquidation_price
 from exchange.paper.book import AlgoOrder, Order
 from exchange.paper.config import PaperConfig
 from exchange.paper.errors import ApiError
@@ -45,6 +44,7 @@ from exchange.paper.shapes import (
 )
 from exchange.paper.store import Store
 from trading.instruments import FilterViolation, SymbolRules
+from trading.margin import Position, fill_effect, liquidation_price
 
 __all__ = ["PaperEngine", "PriceSource", "build_price_source"]
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
+E3 = Decimal("0.001")
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 DECIMAL_RE = re.compile(r"^-?(\d+\.?\d*|\.\d+)$")
 CONDITIONAL_TYPES = frozenset(
@@ -735,6 +736,56 @@ class PaperEngine:
                 "askQty": qty_str(r, r.min_qty * 1000),
                 "time": now,
                 "lastUpdateId": self._book_id,
+            }
+
+        return self._per_symbol(p, one)
+
+    def ticker_24hr(self, p: dict[str, str]) -> dict[str, Any] | list:
+        """Rolling 24 h statistics (market time) from this venue's own history: replayed klines (price
+        path and volume) for a replayed symbol, else the recorded 1m bars, whose volume is this venue's
+        fills; before the history starts, the oldest known price is the open."""
+        now = self.wall_ms()
+        now_m = self.prices.market_ms(now)
+        hour, day = 3_600_000, 86_400_000
+        since = now - int(day / (getattr(self.prices, "speed", 1.0) or 1.0))  # the window in wall time
+        fills: dict[str, list[dict[str, Any]]] = {}
+        for t in reversed(self.trades):  # in time order: stop at the window's start
+            if t["time"] < since:
+                break
+            fills.setdefault(t["symbol"], []).append(t)
+
+        def one(s: str) -> dict[str, Any]:
+            r = self.rules[s]
+            if isinstance(self.prices, ReplayPrices) and self.prices.replays(s):
+                start = now_m - day + 1
+                rows = self._replay_bars(s, hour, list(range(start, now_m + 1, hour)), now_m)
+            else:  # recorded 1m bars: the window starts on a minute
+                start = now_m // 60_000 * 60_000 - day + 60_000
+                rows = self._recorded_bars(s, hour, list(range(start, now_m + 1, hour)), now_m)
+            last = self.last[s]
+            o = rows[0][1] if rows else last
+            high = max([last, *(row[2] for row in rows)])
+            low = min([last, *(row[3] for row in rows)])
+            volume = sum((row[5] for row in rows), ZERO)
+            quote = sum((row[6] for row in rows), ZERO)
+            mine = fills.get(s, [])
+            return {
+                "symbol": s,
+                "priceChange": price_str(r, last - o),
+                "priceChangePercent": format(((last - o) / o * 100 if o else ZERO).quantize(E3), "f"),
+                "weightedAvgPrice": num(quote / volume if volume else last),
+                "lastPrice": price_str(r, last),
+                "lastQty": mine[0]["qty"] if mine else qty_str(r, ZERO),
+                "openPrice": price_str(r, o),
+                "highPrice": price_str(r, high),
+                "lowPrice": price_str(r, low),
+                "volume": qty_str(r, volume),
+                "quoteVolume": money(quote),
+                "openTime": max(start, 0),
+                "closeTime": now_m,
+                "firstId": mine[-1]["id"] if mine else -1,
+                "lastId": mine[0]["id"] if mine else -1,
+                "count": len(mine),
             }
 
         return self._per_symbol(p, one)

@@ -112,6 +112,7 @@ def build_routes(engine: Any) -> dict[tuple[str, str], _Route]:
     add("GET", "/fapi/v1/ticker/price", e.ticker_price, NONE, _symbol_weight(1, 2))
     add("GET", "/fapi/v2/ticker/price", e.ticker_price, NONE, _symbol_weight(1, 2))
     add("GET", "/fapi/v1/ticker/bookTicker", e.book_ticker, NONE, _symbol_weight(2, 5))
+    add("GET", "/fapi/v1/ticker/24hr", e.ticker_24hr, NONE, _symbol_weight(1, 40))
     # orders
     add("POST", "/fapi/v1/order", e.new_order, SIGNED, 0, places_order=True)
     add("GET", "/fapi/v1/order", e.query_order, SIGNED, 1)

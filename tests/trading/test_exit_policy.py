@@ -105,8 +105,10 @@ def test_properties_over_random_paths(path: list[int], side: Side, leverage: int
     for i, p in enumerate(path):
         price = D(p)
         for _ in range(10):
-            before = state.stop
+            before, snapshot = state.stop, state.model_dump()
+            given_state = state
             action, state = evaluate(profile, state, side, open_qty, price, leverage, BTC, i * 1000)
+            assert given_state.model_dump() == snapshot, "evaluate changed the state it was given"
             assert (state.stop - before) * side.sign >= 0, "the stop loosened"
             if action is None:
                 break

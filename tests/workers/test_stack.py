@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from workers.processes import free_port, pid_alive
+from workers.processes import free_port, pid_alive, stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,9 +57,19 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         EXCHANGE_METRICS_PORT=str(free_port()),
         WATCHER_METRICS_PORT=str(free_port()),
         USER_STREAM_METRICS_PORT=str(free_port()),
+        MARKET_DATA_METRICS_PORT=str(free_port()),
+        INFERENCE_METRICS_PORT=str(free_port()),
     )
     yield env
     qtrader(env, "stack", "down")  # whatever a failing test left up
+    # Belt and braces: anything still running from this test's folder or on its ports is ours (the
+    # paths and ports are unique to this test); stop it by PID and say so, so a leak is seen, not kept.
+    marks = [str(tmp_path), *(f"--metrics-port {env[k]}" for k in env if k.endswith("_METRICS_PORT"))]
+    leftovers = sorted({pid for m in marks for pid in processes_mentioning(m) if pid != os.getpid()})
+    for pid in leftovers:
+        stop_pid(pid, timeout=5)
+    if leftovers:
+        print(f"stack_env: stopped {len(leftovers)} leftover processes {leftovers}", file=sys.stderr)
 
 
 def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> None:
@@ -86,13 +96,15 @@ def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> No
         assert "temporal_" in httpx.get(report[worker], timeout=5).text
     assert "price_watcher_" in httpx.get(report["watcher_metrics"], timeout=5).text
     assert "user_stream_" in httpx.get(report["user_stream_metrics"], timeout=5).text
+    assert "market_data_" in httpx.get(report["market_data_metrics"], timeout=5).text
+    assert "temporal_" in httpx.get(report["inference_metrics"], timeout=5).text
     host, port = report["temporal"].split(":")
     socket.create_connection((host, int(port)), timeout=2).close()
     assert (Path(stack_env["QT_HOME"]) / "temporal" / "temporal.db").exists()
 
     # Up again: nothing new is started.
     again = qtrader(stack_env, "stack", "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 7, again.stdout
+    assert again.returncode == 0 and again.stdout.count("already running") == 9, again.stdout
     assert (
         json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"]
         == pids["redis"]

@@ -34,6 +34,7 @@ class Stack:
     client: Client
     redis: aioredis.Redis
     children: list[ManagedProcess] = field(default_factory=list)
+    temporal_extra: tuple[str, ...] = ()  # the dev server's extra arguments, for a restart
 
     def env(self) -> dict[str, str]:
         """Environment for a worker child process."""
@@ -42,6 +43,7 @@ class Stack:
             "TEMPORAL_ADDRESS": self.settings.temporal_address,
             "REDIS_PORT": str(self.settings.redis_port),
             "PAPER_REST_URL": self.exchange.base_url,
+            "QT_HOME": str(self.settings.qt_home),  # the journal and other state: in the test folder
             "BINANCE_API_KEY": self.exchange.api_key,
             "BINANCE_API_SECRET": self.exchange.api_secret,
             "APPLY_ALLOWLIST": ",".join(self.settings.apply_allowlist),
@@ -110,14 +112,19 @@ def stack_settings(temporal: str, redis_port: int, exchange: PaperExchange, **ov
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     overrides = dict(getattr(request, "param", {}) or {})
     exchange_args = overrides.pop("exchange_args", [])
+    # `temporal_db`: keep the dev server's state in a SQLite file, so a test can restart it.
+    temporal_extra: tuple[str, ...] = ()
+    if overrides.pop("temporal_db", False):
+        temporal_extra = ("--db-filename", str(tmp_path / "temporal.sqlite"))
     started: list[ManagedProcess] = []
     try:  # whatever was started is stopped, even when a later step of the set-up fails
-        temporal, address = start_temporal(tmp_path)
+        temporal, address = start_temporal(tmp_path, *temporal_extra)
         started.append(temporal)
         redis_proc, redis_port = start_redis(tmp_path)
         started.append(redis_proc)
         exchange = start_paper_exchange(tmp_path, *exchange_args)
         started.append(exchange.process)
+        overrides.setdefault("qt_home", tmp_path / "qt")
         settings = stack_settings(address, redis_port, exchange, **overrides)
         client = await connect(settings)
     except BaseException:
@@ -125,7 +132,8 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
             proc.stop()
         raise
     redis = aioredis.Redis(port=redis_port)
-    s = Stack(tmp_path, temporal, redis_proc, exchange, settings, client, redis)
+    s = Stack(tmp_path, temporal, redis_proc, exchange, settings, client, redis,
+              temporal_extra=temporal_extra)
     try:
         yield s
     finally:

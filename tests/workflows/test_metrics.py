@@ -52,3 +52,7 @@ async def test_worker_metrics(stack: Stack) -> None:
     assert sample(exchange, "apply_layer_exec_success_total") == 2
     assert sample(exchange, "quantum_intent_to_order_seconds_count") == 1
     assert "temporal_activity_execution_latency" in exchange
+    # The venue's request weight as the exchange worker sees it, and the entries' budget (80 % of 2,400).
+    assert sample(exchange, "binance_request_weight_used_1m") > 0
+    assert sample(exchange, "binance_request_weight_budget_1m") == 1920
+    assert sample(exchange, "binance_ip_banned") == 0

@@ -23,16 +23,22 @@ from temporalio.worker import Replayer
 from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import FAST, start_position, wait_status
 from trading.intents import ExitOverrides, Side, TradeIntent
+from workflows.bar_close import BarCloseWorkflow
 from workflows.messages import ClosePositionRequest, PositionStatus
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
+from workflows.retrain import RetrainWorkflow
+from workflows.universe import UniverseWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 D = Decimal
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[PositionWorkflow, PortfolioWorkflow], data_converter=pydantic_data_converter)
+    return Replayer(
+        workflows=[PositionWorkflow, PortfolioWorkflow, BarCloseWorkflow, UniverseWorkflow, RetrainWorkflow],
+        data_converter=pydantic_data_converter,
+    )
 
 
 async def run_scenario(stack: Stack) -> None:
@@ -115,3 +121,5 @@ async def test_committed_histories_still_replay(path: Path) -> None:
 def test_there_are_committed_histories_for_each_workflow() -> None:
     names = {p.stem for p in HISTORIES.glob("*.json")}
     assert {"replay-full", "replay-rejected", "replay-failed", "portfolio-default"} <= names
+    assert {"bar-close", "bar-close-shadow", "universe"} <= names  # tests/workflows/test_bar_close.py
+    assert "retrain" in names  # recorded by tests/workflows/test_retrain.py

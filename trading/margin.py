@@ -1,4 +1,6 @@
-"""Positions of the paper account (one-way mode) and the arithmetic of fills, margin and liquidation.
+"""USD-M futures arithmetic shared by the paper exchange and the backtester, so that a backtest
+charges exactly what the paper venue charges: positions (one-way mode), fills, margin, liquidation, and
+the venue's default rates.
 
 All money is `Decimal`. A position's amount is signed (long > 0, short < 0); its entry price is the
 weighted average of the fills that opened it; a fill against it realizes PnL at the fill price.
@@ -9,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+# Binance USD-M defaults (VIP 0): what the paper venue charges unless configured otherwise.
+TAKER_FEE = Decimal("0.0004")
+MAKER_FEE = Decimal("0.0002")
+FUNDING_RATE = Decimal("0.0001")  # per funding interval
+FUNDING_INTERVAL_HOURS = 8
+MAINT_MARGIN_RATE = Decimal("0.004")
+LIQUIDATION_FEE_RATE = Decimal("0.0125")
 
 ZERO = Decimal(0)
 

@@ -1,0 +1,430 @@
+"""The signal layer end to end on a whole local stack: a champion trained on the shipped klines (tiny
+budget) is loaded by the inference worker; the market-data service replays a real bar into the paper
+exchange and Redis; BarCloseWorkflow publishes the decisions and starts a PositionWorkflow from the
+intent, which the portfolio grants and the venue fills; a re-run for the same bar starts nothing. The
+universe job picks top-N by quote volume ∩ allowlist. A refused model is named in every decision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from decimal import ROUND_UP, Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from temporalio import activity
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from activities.inference import DECISION_STREAM, INTENT_STREAM, SIGNAL_STREAM, InferenceActivities
+from activities.learning import LearningActivities
+from activities.universe import UniverseActivities
+from signals.bar_store import KLINES_STREAM, UNIVERSE_KEY, BarStore
+from signals.data import kline_path, load_aligned
+from signals.labels import LabelSpec
+from signals.market_data import MarketDataService
+from signals.regime import REGIMES
+from signals.registry import ModelRegistry
+from signals.strategy_chooser import GROUP, STATE_KEY
+from signals.training import TorchBudget, train_and_validate
+from tests.exchange.paper.test_server_support import Api
+from tests.workflows.conftest import Stack
+from trading.bandit import REWARDS_STREAM, BanditState
+from trading.intents import IntentSource, Side
+from trading.promotion import is_tradeable
+from workers.inference_worker import inference_worker
+from workflows.bar_close import (
+    INFERENCE_TASK_QUEUE,
+    BarCloseInput,
+    BarCloseResult,
+    BarCloseWorkflow,
+    InferenceInput,
+    InferenceResult,
+    SymbolDecision,
+)
+from workflows.messages import PositionInput, PositionStatus, PositionView
+from workflows.retrain import SetStageInput
+from workflows.universe import UniverseInput, UniverseResult, UniverseWorkflow
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@pytest.fixture(scope="module")
+def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not all(kline_path(s, "1h").is_file() for s in SYMBOLS):
+        pytest.skip("shipped klines not found")
+    root = tmp_path_factory.mktemp("models")
+    import torch
+
+    torch.set_num_threads(1)
+    train_and_validate(
+        SYMBOLS,
+        "1h",
+        LabelSpec(horizon=12),
+        folds=2,
+        registry_root=root,
+        last_n=2500,
+        torch_budget=TorchBudget(epochs=1, windows_per_epoch=1500),
+        progress=None,
+    )
+    return root
+
+
+def signal_settings(stack: Stack, **extra: object):
+    return stack.settings.model_copy(
+        update={
+            "market_data_source": "replay",
+            "market_replay_speed": 3600 * 50.0,  # a 1h bar in 0.07 s
+            "market_backfill_bars": 400,
+            "market_stream_maxlen": 200,
+            "signal_timeframe": "1h",
+            # just above a coin flip, so the first bar gives an intent; the real default is 0.55
+            "signal_confidence_threshold": 0.5000001,
+            **extra,
+        }
+    )
+
+
+async def replay(stack: Stack, settings, bars: int) -> MarketDataService:
+    svc = MarketDataService(settings, stack.redis, list(SYMBOLS))
+    assert await svc.run_replay(max_bars=bars) == bars
+    return svc
+
+
+async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, registry_root: Path) -> None:
+    settings = signal_settings(stack)
+    svc = await replay(stack, settings, 3)
+    # capped streams: 3 bars x 2 symbols of klines; ticks: 4 pushes per bar per symbol
+    assert await stack.redis.xlen(KLINES_STREAM) == 6
+    assert await stack.redis.xlen("quantum:stream:features") == 6
+    last = await svc.store.last_bars("1h")
+    assert set(last) == set(SYMBOLS) and len(set(last.values())) == 1
+    bar = next(iter(last.values()))
+    async with stack.workers(), inference_worker(stack.client, settings, stack.redis, registry_root):
+        first = await stack.client.start_workflow(
+            BarCloseWorkflow.run,
+            BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
+            id=f"bar-close-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+        result = await first.result()
+        assert result.bar_open_ms == bar and result.decisions == 2
+        assert result.started, result
+        wf_id = result.started[0]
+        assert wf_id.endswith(f"-1h-{bar}")
+        # the intent on the seed's stream names the workflow it started
+        intents = await stack.redis.xrange(INTENT_STREAM)
+        fields = {k.decode(): v.decode() for k, v in intents[0][1].items()}
+        assert fields["workflow_id"] == wf_id and fields["source"] == "model"
+        payload = json.loads(fields["payload"])
+        assert payload["symbol"] in SYMBOLS and Decimal(payload["notional_usdt"]) <= Decimal(200)
+        assert await stack.redis.xlen(SIGNAL_STREAM) == 2 and await stack.redis.xlen(DECISION_STREAM) == 2
+        signal = {k.decode(): v.decode() for k, v in (await stack.redis.xrange(SIGNAL_STREAM))[0][1].items()}
+        assert set(json.loads(signal["used"])) == {"xgboost", "lightgbm", "nhits", "patchtst"}
+        # the portfolio grants it and the venue fills it at the replayed bar's close
+        handle = stack.client.get_workflow_handle(wf_id)
+        view = None
+        for _ in range(100):
+            view = await handle.query("state", result_type=PositionView)
+            if view.status not in (
+                PositionStatus.VALIDATING,
+                PositionStatus.GOVERNING,
+                PositionStatus.ENTERING,
+            ):
+                break
+            await asyncio.sleep(0.1)
+        assert view is not None and view.status is PositionStatus.OPEN, view
+        bars = load_aligned((payload["symbol"],), "1h")
+        close = float(bars.close[0, int(np.searchsorted(bars.open_time_ms, bar))])
+        assert abs(float(view.entry_price) - close) / close < 0.001
+        # the same bar again: same ids, nothing new started, nothing published twice
+        again = await stack.client.execute_workflow(
+            BarCloseWorkflow.run,
+            BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar),
+            id=f"bar-close-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+        assert again.started == [] and again.already_started == result.started
+        assert await stack.redis.xlen(INTENT_STREAM) == len(result.started)
+        await handle.execute_update("close", {"reason": "test"})
+        await asyncio.wait_for(handle.result(), 20)  # closed before the workers stop
+        if os.environ.get("RECORD_HISTORIES"):
+            (HISTORIES / "bar-close.json").write_text((await first.fetch_history()).to_json())
+
+
+async def test_universe_is_top_n_by_quote_volume_within_the_allowlist(stack: Stack) -> None:
+    settings = signal_settings(stack)
+    await replay(stack, settings, 1)
+    store = BarStore(stack.redis)
+    last = await store.last_bars("1h")
+    bar = last["BTCUSDT"]
+
+    async def universe(allow: list[str], n: int) -> UniverseResult:
+        handle = await stack.client.start_workflow(
+            UniverseWorkflow.run,
+            UniverseInput(top_n=n, allowlist=allow, interval="1h"),
+            id=f"universe-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=UniverseResult,
+        )
+        res = await handle.result()
+        assert json.loads(await stack.redis.get(UNIVERSE_KEY)) == res.symbols
+        if os.environ.get("RECORD_HISTORIES"):
+            (HISTORIES / "universe.json").write_text((await handle.fetch_history()).to_json())
+        return res
+
+    # the stored bars' quote volume (close x volume) of the 24 bars up to the newest, from the files
+    al = load_aligned(SYMBOLS, "1h")
+    i = int(np.searchsorted(al.open_time_ms, bar))
+    qv = {
+        s: float((al.close[j, i - 23 : i + 1] * al.volume[j, i - 23 : i + 1]).sum())
+        for j, s in enumerate(SYMBOLS)
+    }
+    async with inference_worker(stack.client, settings, stack.redis):
+        # the venue answers ticker/24hr, but nobody traded on these pushed prices: the stored bars rank
+        res = await universe(["*"], 5)
+        assert res.source == "bars" and res.symbols == sorted(qv, key=lambda s: -qv[s])
+        for s, v in res.ranked:
+            assert v == pytest.approx(qv[s], rel=1e-9)
+        # fills make the venue's 24 h quote volume: ETH traded more notional than BTC
+        quote: dict[str, float] = {}
+        with Api(stack.exchange) as api:
+            for sym, notional in (("BTCUSDT", 150), ("ETHUSDT", 300), ("ETHUSDT", 300)):
+                price = Decimal(api.public("/fapi/v1/ticker/price", symbol=sym).json()["price"])
+                qty = str((notional / price).quantize(Decimal("0.001"), ROUND_UP))
+                order = api.ok(
+                    "POST",
+                    "/fapi/v1/order",
+                    {
+                        "symbol": sym,
+                        "side": "BUY",
+                        "type": "MARKET",
+                        "quantity": qty,
+                        "newOrderRespType": "RESULT",
+                    },
+                )
+                quote[sym] = quote.get(sym, 0.0) + float(order["cumQuote"])
+            venue = {t["symbol"]: float(t["quoteVolume"]) for t in api.public("/fapi/v1/ticker/24hr").json()}
+        assert quote["ETHUSDT"] > quote["BTCUSDT"] and venue["XRPUSDT"] == 0
+        for allow, n, want in (
+            (["*"], 1, ["ETHUSDT"]),
+            (["*"], 5, ["ETHUSDT", "BTCUSDT"]),  # the venue's other symbols have no stored bars
+            (["BTCUSDT", "XRPUSDT"], 5, ["BTCUSDT"]),
+        ):
+            res = await universe(allow, n)
+            assert res.source == "ticker_24hr" and res.symbols == want
+            assert dict(res.ranked) == pytest.approx(quote, rel=1e-9)
+            assert dict(res.ranked) == pytest.approx({s: venue[s] for s in SYMBOLS}, rel=1e-9)
+    # an unreachable venue: the stored bars
+    down = await UniverseActivities(stack.redis, "http://127.0.0.1:9").quote_volumes(UniverseInput())
+    assert down.source == "bars" and down.volumes == pytest.approx(qv, rel=1e-9)
+
+
+async def test_a_corrupted_model_is_left_out_and_named(
+    stack: Stack, registry_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(registry_root, root)
+    version = (root / "lightgbm" / "champion").read_text().strip()
+    model_file = root / "lightgbm" / version / "model.txt"
+    model_file.write_text(model_file.read_text()[:-100])
+    settings = signal_settings(stack)
+    await replay(stack, settings, 1)
+    act = InferenceActivities(settings, stack.redis, root)
+    res = await act.infer_bar(InferenceInput(symbols=list(SYMBOLS), interval="1h"))
+    assert len(res.decisions) == 2
+    for d in res.decisions:
+        assert "corrupted" in d.missing["lightgbm"] and "lightgbm" not in d.used
+        assert set(d.used) == {"xgboost", "nhits", "patchtst"}
+    assert any("lightgbm" in n for n in res.notes)
+
+
+def stream_fields(entries: list) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
+
+
+async def test_a_shadow_challenger_is_published_each_bar_and_never_traded(
+    stack: Stack, registry_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(registry_root, root)
+    learning = LearningActivities(root)
+    version = ModelRegistry(root).champion("lightgbm")
+    assert version is not None
+    learning.set_model_stage(SetStageInput(model="lightgbm", version=version, stage="shadow"))
+    settings = signal_settings(stack)
+    svc = await replay(stack, settings, 1)
+    bar = min((await svc.store.last_bars("1h")).values())
+    async with inference_worker(stack.client, settings, stack.redis, root):
+        handle = await stack.client.start_workflow(
+            BarCloseWorkflow.run,
+            BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
+            id=f"bar-close-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+        result = await handle.result()
+        if os.environ.get("RECORD_HISTORIES"):
+            (HISTORIES / "bar-close-shadow.json").write_text((await handle.fetch_history()).to_json())
+        again = await stack.client.execute_workflow(  # the same bar again: nothing published twice
+            BarCloseWorkflow.run,
+            BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar),
+            id=f"bar-close-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+        assert again.started == [] and again.already_started == result.started
+    signals = stream_fields(await stack.redis.xrange(SIGNAL_STREAM))
+    shadow = [f for f in signals if not is_tradeable(f)]
+    champion = [f for f in signals if is_tradeable(f)]
+    assert result.shadow_signals == len(shadow) == len(SYMBOLS)
+    assert {f["symbol"] for f in shadow} == set(SYMBOLS)
+    assert all(
+        f["shadow"] == "true" and f["model"] == "lightgbm" and f["model_version"] == version for f in shadow
+    )
+    assert all(f["bar_open_time_ms"] == str(bar) for f in shadow)
+    assert len(champion) == len(SYMBOLS) and all(f["bar_open_ms"] == str(bar) for f in champion)
+    # positions: exactly the champion's decisions that opened, nothing else
+    opened = [
+        f["workflow_id"]
+        for f in stream_fields(await stack.redis.xrange(DECISION_STREAM))
+        if f["action"] == "open"
+    ]
+    assert opened and sorted(result.started) == sorted(opened) and result.not_tradeable == []
+    intents = stream_fields(await stack.redis.xrange(INTENT_STREAM))
+    assert sorted(f["workflow_id"] for f in intents) == sorted(opened)
+
+
+async def test_bar_close_starts_no_position_for_a_shadow_decision(stack: Stack) -> None:
+    """The guard itself: whatever inference returns, a decision flagged shadow is not traded."""
+    intent = PositionInput(
+        symbol="BTCUSDT",
+        side=Side.LONG,
+        notional_usdt=Decimal(150),
+        strategy="trend",
+        source=IntentSource.MODEL,
+    )
+    decision = SymbolDecision(
+        symbol="BTCUSDT", side="LONG", p_up=0.7, confidence=0.7, models_agree=4, kill_score=0.3,
+        regime="ranging", price=60000.0, action="open", intent=intent,
+    )  # fmt: skip
+    decisions = [
+        decision.model_copy(update={"workflow_id": "position-champion"}),
+        decision.model_copy(update={"workflow_id": "position-shadow", "shadow": True}),
+    ]
+
+    @activity.defn(name="infer_bar")
+    async def infer_bar(inp: InferenceInput) -> InferenceResult:
+        return InferenceResult(interval="1h", bar_open_ms=0, symbols=["BTCUSDT"], decisions=decisions)
+
+    @activity.defn(name="publish_decisions")
+    async def publish_decisions(result: InferenceResult) -> None:
+        return None
+
+    async with Worker(
+        stack.client,
+        task_queue=INFERENCE_TASK_QUEUE,
+        workflows=[BarCloseWorkflow],
+        activities=[infer_bar, publish_decisions],
+    ):
+        result = await stack.client.execute_workflow(
+            BarCloseWorkflow.run,
+            BarCloseInput(),
+            id=f"bar-close-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+    assert result.started == ["position-champion"] and result.not_tradeable == ["position-shadow"]
+    await stack.client.get_workflow_handle("position-champion").describe()
+    with pytest.raises(RPCError):
+        await stack.client.get_workflow_handle("position-shadow").describe()
+
+
+async def wait_learned(stack: Stack, updates: int) -> None:
+    for _ in range(300):
+        raw = await stack.redis.get(STATE_KEY)
+        if raw is not None and BanditState.from_json(raw).updates >= updates:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the inference worker's rewards consumer did not apply {updates} rewards")
+
+
+async def bar_close_intents(stack: Stack) -> tuple[BarCloseResult, list[dict[str, str]]]:
+    seen = {f["workflow_id"] for f in stream_fields(await stack.redis.xrange(INTENT_STREAM))}
+    result = await stack.client.execute_workflow(
+        BarCloseWorkflow.run,
+        BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
+        id=f"bar-close-{uuid.uuid4().hex[:6]}",
+        task_queue=INFERENCE_TASK_QUEUE,
+        result_type=BarCloseResult,
+    )
+    fresh = [
+        f for f in stream_fields(await stack.redis.xrange(INTENT_STREAM)) if f["workflow_id"] not in seen
+    ]
+    assert fresh, f"no intent at bar {result.bar_open_ms}: {result}"
+    return result, fresh
+
+
+async def test_rewards_on_the_stream_change_the_strategy_of_the_next_intent(
+    stack: Stack, registry_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inference worker as its own process (`qtrader worker inference`): its background rewards
+    consumer learns from quantum:stream:rl_rewards, and the next bar's intents carry what it learned,
+    per regime; SIGTERM stops it cleanly."""
+    settings = signal_settings(stack)
+    for key, value in {
+        "MODEL_REGISTRY_DIR": str(registry_root),
+        "SIGNAL_TIMEFRAME": "1h",
+        "SIGNAL_CONFIDENCE_THRESHOLD": str(settings.signal_confidence_threshold),
+        # its schedules must not fire during the test
+        "BAR_CLOSE_INTERVAL_SECONDS": str(365 * 86400),
+        "UNIVERSE_INTERVAL_SECONDS": str(365 * 86400),
+        "RETRAIN_INTERVAL_HOURS": str(365 * 24),
+    }.items():
+        monkeypatch.setenv(key, value)
+    worker = stack.start_worker_process("inference")
+    worker.wait_ready(lambda: "polling task queue" in worker.log_path.read_text(), 120, "inference worker")
+
+    async def rewards(regimes: list[str], values: dict[str, float], n: int) -> int:
+        pipe = stack.redis.pipeline(transaction=False)
+        for regime in regimes:
+            for k in range(n):
+                for strategy, value in values.items():
+                    pipe.xadd(
+                        REWARDS_STREAM,
+                        {"trade_id": f"t-{regime}-{strategy}-{k}", "strategy": strategy, "regime": regime,
+                         "reward": repr(value)},
+                    )  # fmt: skip
+        await pipe.execute()
+        return len(regimes) * n * len(values)
+
+    # trend has paid in every regime, scalp and swing have lost
+    learned = await rewards([r.value for r in REGIMES], {"trend": 1.0, "scalp": -1.0, "swing": -1.0}, 30)
+    await wait_learned(stack, learned)
+    await replay(stack, settings, 1)
+    _, first = await bar_close_intents(stack)
+    assert {f["strategy"] for f in first} == {"trend"}
+    regime = first[0]["regime"]
+    # then, in that regime only, trend loses and scalp pays
+    learned += await rewards([regime], {"trend": -1.0, "scalp": 1.0}, 100)
+    await wait_learned(stack, learned)
+    await replay(stack, settings, 1)
+    _, second = await bar_close_intents(stack)
+    assert any(f["regime"] == regime for f in second), second
+    for f in second:
+        assert f["strategy"] == ("scalp" if f["regime"] == regime else "trend"), f
+        exits = json.loads(f["exits"])
+        if f["strategy"] == "scalp":  # the arm's exit overrides travel with the intent
+            assert exits["profile"]["max_holding_seconds"] == 4 * 3600
+    worker.stop()
+    assert worker.popen is not None and worker.popen.returncode == 0
+    assert "rewards consumer stopped" in worker.log_path.read_text()
+    assert (await stack.redis.xpending(REWARDS_STREAM, GROUP))["pending"] == 0  # each reward acknowledged
+    assert await stack.redis.xinfo_consumers(REWARDS_STREAM, GROUP) == []  # it left the group tidy

@@ -1,0 +1,167 @@
+"""BarCloseWorkflow: at each bar close (a Temporal Schedule), inference for the universe, the decisions
+published, and one PositionWorkflow started per intent that cleared the confidence threshold.
+
+The inference activity (task queue `inference`) reads the closed bars from Redis, runs the champion
+ensemble, classifies the regime and sizes the trade; it returns each symbol's decision with the intent
+already built (or the reason there is none). Each intent is traded as the strategy the meta-strategy
+chooser picked for the decision's regime. This workflow only records them, publishes them
+(`publish_decisions`) and starts the positions: only for decisions `trading.promotion.is_tradeable`
+accepts, so nothing from a shadow model is ever traded. When the registry has a shadow challenger,
+its predictions for the same bar are published afterwards (`publish_shadow_signals`, `shadow=true`);
+a failure there is a note, never a reason to hold back the champion's positions.
+
+A position's workflow id is derived from the symbol and the bar's open time, and started with
+RejectDuplicate: a re-run for the same bar (a retried schedule action, a manual trigger) never starts a
+second position. The portfolio decides the rest.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from trading.promotion import is_tradeable
+    from workflows.messages import INFERENCE_TASK_QUEUE, LIFECYCLE_TASK_QUEUE, PositionInput
+    from workflows.retrain import ShadowSignalsInput
+
+RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InferenceInput(_Msg):
+    """Symbols to decide for (None: the universe in Redis, else the allowlist) at one closed bar
+    (None: the newest bar every symbol has)."""
+
+    symbols: list[str] | None = None
+    interval: str = "1h"
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class SymbolDecision(_Msg):
+    symbol: str
+    side: str  # LONG | SHORT | NONE
+    p_up: float
+    confidence: float
+    models_agree: int
+    kill_score: float
+    regime: str
+    price: float
+    votes: dict[str, float] = Field(default_factory=dict)
+    used: list[str] = Field(default_factory=list)
+    missing: dict[str, str] = Field(default_factory=dict)  # model → why it was left out (fallback)
+    notional_usdt: Decimal = Decimal(0)
+    strategy: str | None = None  # the chooser's pick for this regime (None: no side)
+    shadow: bool = False  # a shadow model's prediction: published, never traded
+    action: str = "skip"  # "open" | "skip"
+    reason: str = ""
+    workflow_id: str | None = None
+    intent: PositionInput | None = None
+
+
+class InferenceResult(_Msg):
+    interval: str
+    bar_open_ms: int | None
+    symbols: list[str]
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    decisions: list[SymbolDecision] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    shadow: ShadowSignalsInput | None = None  # set when the registry has shadow challengers
+
+
+class BarCloseInput(_Msg):
+    interval: str = "1h"
+    symbols: list[str] | None = None
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class BarCloseResult(_Msg):
+    bar_open_ms: int | None
+    decisions: int
+    started: list[str] = Field(default_factory=list)
+    already_started: list[str] = Field(default_factory=list)
+    not_tradeable: list[str] = Field(default_factory=list)  # shadow decisions that carried an intent
+    shadow_signals: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
+@workflow.defn(name="BarCloseWorkflow", sandboxed=False)  # unsandboxed like every workflow here
+class BarCloseWorkflow:
+    @workflow.run
+    async def run(self, inp: BarCloseInput | None = None) -> BarCloseResult:
+        inp = inp or BarCloseInput()
+        result: InferenceResult = await workflow.execute_activity(
+            "infer_bar",
+            InferenceInput(symbols=inp.symbols, interval=inp.interval, bar_open_ms=inp.bar_open_ms),
+            result_type=InferenceResult,
+            task_queue=INFERENCE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=120),
+            retry_policy=RETRY,
+        )
+        if result.decisions:
+            await workflow.execute_activity(
+                "publish_decisions",
+                result,
+                task_queue=INFERENCE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RETRY,
+            )
+        started: list[str] = []
+        already: list[str] = []
+        refused: list[str] = []
+        for d in result.decisions:
+            if d.intent is None or d.workflow_id is None:
+                continue
+            if not is_tradeable(d):
+                refused.append(d.workflow_id)
+                continue
+            try:
+                await workflow.start_child_workflow(
+                    "PositionWorkflow",
+                    d.intent,
+                    id=d.workflow_id,
+                    task_queue=LIFECYCLE_TASK_QUEUE,
+                    # the position outlives this short run; its id is never reused (client order ids
+                    # derive from it)
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    static_summary=(
+                        f"{d.side} {d.symbol} {d.notional_usdt} USDT ({d.strategy or 'model'}, "
+                        f"{d.regime}, conf {d.confidence:.3f})"
+                    ),
+                )
+                started.append(d.workflow_id)
+            except WorkflowAlreadyStartedError:
+                already.append(d.workflow_id)
+        notes = list(result.notes)
+        shadow_signals = 0
+        if result.shadow is not None:
+            try:
+                shadow_signals = await workflow.execute_activity(
+                    "publish_shadow_signals",
+                    result.shadow,
+                    result_type=int,
+                    task_queue=INFERENCE_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+                )
+            except ActivityError as err:
+                notes.append(f"shadow predictions not published: {err.cause or err}")
+        return BarCloseResult(
+            bar_open_ms=result.bar_open_ms,
+            decisions=len(result.decisions),
+            started=started,
+            already_started=already,
+            not_tradeable=refused,
+            shadow_signals=shadow_signals,
+            notes=notes,
+        )

@@ -1,0 +1,251 @@
+"""RetrainWorkflow: continuous learning, run by a Temporal Schedule (default daily, `RETRAIN_INTERVAL_HOURS`).
+
+For each model kind, on the `inference` task queue (activities/learning.py):
+
+1. in shadow mode, the model's current shadow (if any) is scored against the champion on the bars that
+   arrived since it was chosen; it is promoted if it still beats the champion there, retired if not,
+   and kept in shadow while too few new bars exist;
+2. a challenger is trained on the newest window and scored out of sample on the newest bars, next to
+   the champion on the very same rows (rows neither model trained on);
+3. `trading.promotion.decide_promotion` decides: a challenger that beats the champion becomes the
+   champion, or in shadow mode becomes the shadow (its predictions are published with `shadow` set and
+   never traded); otherwise it stays a registered challenger and nothing changes.
+
+Progress (what is being trained, on how many rows, the scores, the decision) is in the `progress`
+query and the workflow's current details; the training activity heartbeats its own progress.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from trading.promotion import ModelScore, PromotionPolicy, Verdict, decide_promotion
+from workflows.messages import INFERENCE_TASK_QUEUE
+
+KNOWN_MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
+RETRAIN_WORKFLOW_ID = "retrain"
+
+TRAIN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10),
+    maximum_attempts=2,
+    non_retryable_error_types=["BadRetrainInput"],
+)
+QUICK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrainWindow(_Msg):
+    """Which bars a retrain learns from and is judged on."""
+
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"], min_length=1)
+    timeframe: str = "1h"
+    window_bars: int = Field(8000, ge=300, le=200_000)  # the newest bars: training + out-of-sample
+    holdout_bars: int = Field(720, ge=24)  # the newest of them, scored out of sample (30 days of 1h)
+    until_ms: int | None = Field(None, ge=0)  # the clock: only bars closed by then (None: the newest)
+    label_kind: Literal["triple_barrier", "fixed_horizon"] = "triple_barrier"
+    horizon: int = Field(24, ge=1, le=500)
+    seed: int = 0
+    torch_epochs: int = Field(3, ge=1, le=100)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not (s.isalnum() and s.isupper() and s.endswith("USDT"))]
+        if bad:
+            raise ValueError(f"not USDT perpetual symbols: {bad}")
+        return v
+
+
+class RetrainInput(_Msg):
+    models: list[str] = Field(default_factory=lambda: ["xgboost", "lightgbm"], min_length=1)
+    window: RetrainWindow = Field(default_factory=RetrainWindow)
+    shadow_mode: bool = False  # winners go to shadow first; promoted only when they win again later
+    policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in KNOWN_MODELS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"models must be distinct names from {KNOWN_MODELS}, got {v}")
+        return v
+
+
+class TrainChallengerInput(_Msg):
+    model: str
+    window: RetrainWindow
+
+
+class EvaluateShadowInput(_Msg):
+    model: str
+    window: RetrainWindow
+
+
+class ChallengerReport(_Msg):
+    model: str
+    challenger: ModelScore  # its version is the registered challenger (or the shadow being judged)
+    champion: ModelScore | None  # None: no champion
+    train_rows: int = 0
+    holdout_start_ms: int | None = None
+    holdout_end_ms: int | None = None
+    seconds: float = 0.0
+
+
+class SetStageInput(_Msg):
+    model: str
+    version: str
+    stage: Literal["champion", "shadow", "retired"]
+
+
+class ShadowSignalsInput(_Msg):
+    """Shadow predictions for one bar: `bar_open_ms` set (the bar-close path) reads that live bar and
+    its history from Redis (signals/bar_store.py); unset, the newest bar of `window`'s klines."""
+
+    models: list[str]
+    window: RetrainWindow
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class ModelOutcome(_Msg):
+    model: str
+    step: Literal["shadow", "challenger"]
+    version: str | None
+    verdict: Verdict
+    stage: Literal["champion", "shadow", "retired", "challenger", "unchanged"]
+    reason: str
+    challenger: ModelScore  # out of sample, on the same rows as the champion's score
+    champion: ModelScore | None
+
+
+class RetrainResult(_Msg):
+    outcomes: list[ModelOutcome]
+    shadow_signals: int = 0
+
+
+@workflow.defn(name="RetrainWorkflow", sandboxed=False, failure_exception_types=[ValidationError])
+class RetrainWorkflow:
+    @workflow.init
+    def __init__(self, inp: RetrainInput | None = None) -> None:
+        self.lines: list[str] = []
+
+    @workflow.query(name="progress")
+    def progress(self) -> list[str]:
+        return list(self.lines)
+
+    def _say(self, line: str) -> None:
+        self.lines.append(line)
+        workflow.set_current_details("\n\n".join(self.lines[-20:]))
+
+    @workflow.run
+    async def run(self, inp: RetrainInput | None = None) -> RetrainResult:
+        inp = inp or RetrainInput()
+        w = inp.window
+        self._say(
+            f"retrain {', '.join(inp.models)} on {w.window_bars} {w.timeframe} bars of "
+            f"{', '.join(w.symbols)}; shadow mode {'on' if inp.shadow_mode else 'off'}"
+        )
+        outcomes: list[ModelOutcome] = []
+        for model in inp.models:  # one at a time: training takes every core of the inference worker
+            if inp.shadow_mode:
+                judged = await self._judge_shadow(model, inp)
+                if judged is not None:
+                    outcomes.append(judged)
+            outcomes.append(await self._challenge(model, inp))
+        published = 0
+        if inp.shadow_mode and any(o.stage == "shadow" for o in outcomes):
+            published = await workflow.execute_activity(
+                "publish_shadow_signals",
+                ShadowSignalsInput(models=inp.models, window=w),
+                result_type=int,
+                task_queue=INFERENCE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=QUICK_RETRY,
+            )
+            self._say(f"published {published} shadow predictions")
+        return RetrainResult(outcomes=outcomes, shadow_signals=published)
+
+    async def _judge_shadow(self, model: str, inp: RetrainInput) -> ModelOutcome | None:
+        report = await workflow.execute_activity(
+            "evaluate_shadow",
+            EvaluateShadowInput(model=model, window=inp.window),
+            result_type=ChallengerReport | None,  # type: ignore[arg-type]
+            task_queue=INFERENCE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=10),
+            retry_policy=TRAIN_RETRY,
+        )
+        if report is None:
+            return None
+        decision = decide_promotion(report.challenger, report.champion, inp.policy)
+        version = report.challenger.version
+        assert version is not None
+        stage: Literal["champion", "retired", "unchanged"] = "unchanged"
+        if decision.verdict is Verdict.PROMOTE:
+            stage = "champion"
+        elif decision.verdict is Verdict.REJECT:
+            stage = "retired"
+        if stage != "unchanged":
+            await self._set_stage(model, version, stage)
+        self._say(f"{model} shadow {version}: {stage} ({decision.reason})")
+        return self._outcome(model, "shadow", report, decision.verdict, stage, decision.reason)
+
+    async def _challenge(self, model: str, inp: RetrainInput) -> ModelOutcome:
+        self._say(f"{model}: training a challenger")
+        report = await workflow.execute_activity(
+            "retrain_challenger",
+            TrainChallengerInput(model=model, window=inp.window),
+            result_type=ChallengerReport,
+            task_queue=INFERENCE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(minutes=10),
+            retry_policy=TRAIN_RETRY,
+        )
+        decision = decide_promotion(report.challenger, report.champion, inp.policy)
+        version = report.challenger.version
+        assert version is not None
+        stage: Literal["champion", "shadow", "challenger"] = "challenger"
+        if decision.verdict is Verdict.PROMOTE:
+            stage = "shadow" if inp.shadow_mode else "champion"
+            await self._set_stage(model, version, stage)
+        self._say(
+            f"{model} challenger {version}: {stage} ({decision.reason}; trained on {report.train_rows} "
+            f"rows in {report.seconds:.1f}s)"
+        )
+        return self._outcome(model, "challenger", report, decision.verdict, stage, decision.reason)
+
+    async def _set_stage(self, model: str, version: str, stage: str) -> None:
+        await workflow.execute_activity(
+            "set_model_stage",
+            SetStageInput(model=model, version=version, stage=stage),  # type: ignore[arg-type]
+            task_queue=INFERENCE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=QUICK_RETRY,
+        )
+
+    @staticmethod
+    def _outcome(
+        model: str,
+        step: Literal["shadow", "challenger"],
+        report: ChallengerReport,
+        verdict: Verdict,
+        stage: Literal["champion", "shadow", "retired", "challenger", "unchanged"],
+        reason: str,
+    ) -> ModelOutcome:
+        return ModelOutcome(
+            model=model,
+            step=step,
+            version=report.challenger.version,
+            verdict=verdict,
+            stage=stage,
+            reason=reason,
+            challenger=report.challenger,
+            champion=report.champion,
+        )
