@@ -31,7 +31,7 @@ from exchange.errors import (
     UnknownOutcomeError,
 )
 from exchange.models import Order
-from exchange.weights import exit_priority
+from exchange.weights import exit_priority, send_before
 from trading.execution import (
     CancelStopInput,
     EntryMarket,
@@ -70,6 +70,15 @@ def venue_errors() -> Iterator[None]:
         raise ApplicationError(str(err), type="RateLimited", next_retry_delay=delay) from None
     except ExchangeError as err:
         raise ApplicationError(str(err), {"code": err.code}, type=type(err).__name__) from None
+
+
+def attempt_deadline(margin_s: float = 2.0) -> float | None:
+    """When this activity attempt's start-to-close time runs out (epoch seconds, less a margin): after
+    it Temporal has started the next attempt, which must be the only one that sends."""
+    info = activity.info()
+    if info.start_to_close_timeout is None:
+        return None
+    return info.started_time.timestamp() + info.start_to_close_timeout.total_seconds() - margin_s
 
 
 class ExchangeActivities:
@@ -173,7 +182,7 @@ class ExchangeActivities:
         return outcome
 
     async def _place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
-        with venue_errors():
+        with venue_errors(), send_before(attempt_deadline()):
             order: Order | None = None
             recovered = False
             if activity.info().attempt > 1:  # an earlier attempt may have reached the venue
@@ -219,7 +228,7 @@ class ExchangeActivities:
 
     @activity.defn(name="place_stop")
     async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
-        with venue_errors(), exit_priority():
+        with venue_errors(), exit_priority(), send_before(attempt_deadline()):
             algo = (
                 await self.client.find_algo_order(inp.client_algo_id) if activity.info().attempt > 1 else None
             )
@@ -271,19 +280,7 @@ class ExchangeActivities:
                 if cid is None:
                     order = await self.client.query_order(inp.symbol, order_id=t.order_id)
                     cid = order.client_order_id
-                fills.append(
-                    Fill(
-                        client_order_id=cid,
-                        side=t.side,
-                        price=t.price,
-                        qty=t.qty,  # type: ignore[arg-type]
-                        fee=t.commission,
-                        time_ms=t.time,
-                        order_id=t.order_id,
-                        trade_id=t.id,
-                        maker=t.maker,
-                    )
-                )
+                fills.append(t.to_fill(cid))
         return fills
 
     # --- helpers ---
@@ -309,18 +306,4 @@ class ExchangeActivities:
         if order.executed_qty <= 0:
             return []
         trades = await self.client.user_trades(symbol, order_id=order.order_id)
-        return [
-            Fill(
-                client_order_id=order.client_order_id,
-                side=t.side,
-                price=t.price,
-                qty=t.qty,  # type: ignore[arg-type]
-                fee=t.commission,
-                time_ms=t.time,
-                order_id=t.order_id,
-                trade_id=t.id,
-                maker=t.maker,
-            )
-            for t in trades
-            if t.order_id == order.order_id
-        ]
+        return [t.to_fill(order.client_order_id) for t in trades if t.order_id == order.order_id]

@@ -30,10 +30,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +45,15 @@ from signals.bar_store import BarStore
 from signals.data import AlignedKlines
 from signals.ensemble import Ensemble, load_ensemble
 from signals.features import compute_features, return_windows
-from signals.intents import STRATEGY, choose_intent, position_workflow_id
+from signals.intents import STRATEGY, choose_intent, position_workflow_id, size_for_label
 from signals.labels import LabelSpec
 from signals.market_data import _feature_config, feature_symbols
 from signals.models.base import ModelInput
 from signals.regime import regime_of
 from signals.registry import ModelRegistry
-from signals.sizing import SizingConfig, volatility_target_notional
 from signals.strategy_chooser import StrategyChooser
 from signals.training import RETURNS_LEN
 from trading.config import Settings
-from trading.instruments import DEFAULT_RULES
 from workflows.bar_close import InferenceInput, InferenceResult, SymbolDecision
 from workflows.messages import PositionInput
 from workflows.retrain import RetrainWindow, ShadowSignalsInput
@@ -204,16 +200,14 @@ class InferenceActivities:
         out = []
         for k, (sym, d) in enumerate(zip(symbols, decisions, strict=True)):
             regime = regime_of(x[k], frame.names, interval).value
-            rules = DEFAULT_RULES.get(sym)
-            cfg = SizingConfig(
+            size = size_for_label(
+                sym,
+                float(x[k, rvol_i]),
+                equity,
+                label,
                 risk_fraction=s.signal_risk_fraction,
-                stop_sigmas=Decimal(repr(label.k_down)),
-                horizon_bars=label.horizon,
-                max_notional_per_trade_usdt=s.gov_max_notional_per_trade_usdt,
-                min_notional_usdt=rules.min_notional if rules else Decimal(5),
+                max_notional=s.gov_max_notional_per_trade_usdt,
             )
-            sigma = float(x[k, rvol_i])
-            size = volatility_target_notional(equity, sigma if math.isfinite(sigma) else float("nan"), cfg)
             wf_id = position_workflow_id(sym, interval, bar)
             strategy = None  # the chooser's pick (only a decision with a side is traded)
             if self.chooser is not None and d.side.value in ("LONG", "SHORT"):

@@ -34,13 +34,7 @@ def apply_fill(
     """Book a fill on the isolated position; returns the realized PnL (before fees)."""
     dq = qty if order_side == "BUY" else -qty
     eff = fill_effect(pos, dq, price, fee, leverage, True)
-    pos.amt, pos.entry, pos.iso_wallet, pos.open_fees = (
-        eff.new_amt,
-        eff.new_entry,
-        eff.new_iso,
-        eff.new_open_fees,
-    )
-    pos.cum_realized += eff.realized
+    pos.apply(eff)
     return eff.realized
 
 

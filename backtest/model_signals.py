@@ -10,7 +10,6 @@ The decision of each bar is the signal layer's (`signals.ensemble.Ensemble` over
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,14 +21,12 @@ from signals.data import AlignedKlines, timeframe_ms
 from signals.dataset import build_dataset
 from signals.ensemble import Ensemble, Side
 from signals.features import FeatureConfig, FeatureFrame, compute_features, return_windows
-from signals.intents import choose_intent
+from signals.intents import choose_intent, size_for_label
 from signals.labels import LabelSpec
 from signals.models.base import DirectionModel, ModelInput
 from signals.regime import classify
 from signals.registry import CHAMPION, ModelMeta, ModelRegistry
-from signals.sizing import SizingConfig, volatility_target_notional
 from signals.training import RETURNS_LEN, model_factory
-from trading.instruments import DEFAULT_RULES
 from trading.intents import TradeIntent
 
 FEATURE_FREE = ("nhits", "patchtst")  # forecasters that read return windows, not the feature matrix
@@ -213,16 +210,14 @@ def attach_intents(
 
     def intent(s: int, k: int) -> TradeIntent | None:
         symbol = bars.symbols[s]
-        rules = DEFAULT_RULES.get(symbol)
-        sizing = SizingConfig(
+        size = size_for_label(
+            symbol,
+            float(frame.values[s, base + k, rvol]),
+            params.equity,
+            spec,
             risk_fraction=params.risk_fraction,
-            stop_sigmas=Decimal(repr(spec.k_down)),
-            horizon_bars=spec.horizon,
-            max_notional_per_trade_usdt=params.max_notional,
-            min_notional_usdt=rules.min_notional if rules else Decimal(5),
+            max_notional=params.max_notional,
         )
-        sigma = float(frame.values[s, base + k, rvol])
-        size = volatility_target_notional(params.equity, sigma if math.isfinite(sigma) else math.nan, sizing)
         return choose_intent(
             symbol=symbol,
             side="LONG" if out.side[s, k] > 0 else "SHORT",

@@ -79,20 +79,25 @@ async def wait_until(handle: Any, check: Any, timeout: float = 60, every: float 
         await asyncio.sleep(every)
 
 
+async def open_one(stack: LocalStack, sym: str, workflow_id: str) -> Any:
+    """A long position through the system, returned once it is open."""
+    handle = await stack.client.start_workflow(
+        "PositionWorkflow",
+        PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=QUIET),
+        id=workflow_id,
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        result_type=PositionResult,
+    )
+    await wait_until(handle, lambda v: v.status == PositionStatus.OPEN, every=0.05)
+    return handle
+
+
 async def open_through_system(stack: LocalStack, syms: list[str], tag: str) -> list[Any]:
     gate = asyncio.Semaphore(16)
 
     async def one(sym: str) -> Any:
         async with gate:
-            handle = await stack.client.start_workflow(
-                "PositionWorkflow",
-                PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=QUIET),
-                id=f"truth-{tag}-{sym}",
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                result_type=PositionResult,
-            )
-            await wait_until(handle, lambda v: v.status == PositionStatus.OPEN, every=0.05)
-            return handle
+            return await open_one(stack, sym, f"truth-{tag}-{sym}")
 
     return await asyncio.gather(*(one(s) for s in syms))
 
@@ -211,14 +216,7 @@ async def lost_answer_phase(stack: LocalStack, n: int, rate: float) -> dict[str,
         async with gate:
             sym = free.pop()
             try:
-                handle = await stack.client.start_workflow(
-                    "PositionWorkflow",
-                    PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=QUIET),
-                    id=f"truth-lost-{i}",
-                    task_queue=LIFECYCLE_TASK_QUEUE,
-                    result_type=PositionResult,
-                )
-                await wait_until(handle, lambda v: v.status == PositionStatus.OPEN, every=0.05)
+                handle = await open_one(stack, sym, f"truth-lost-{i}")
                 await handle.execute_update("close", ClosePositionRequest(reason="operator"))
                 return await asyncio.wait_for(handle.result(), 60)
             finally:

@@ -53,7 +53,7 @@ from exchange.models import (
     Trade,
 )
 from exchange.signing import Signer, encode_params
-from exchange.weights import WeightTracker, request_weight
+from exchange.weights import WeightTracker, request_weight, send_deadline
 from trading.instruments import FilterViolation, SymbolRules
 
 if TYPE_CHECKING:
@@ -270,6 +270,13 @@ class BinanceFuturesClient:
                     # Another worker behind this IP was told to wait: so are we.
                     weights.block(err.retry_after_s, banned=isinstance(err, IpBannedError), counted=False)
                     raise
+            deadline = send_deadline()
+            if deadline is not None and time.time() > deadline:
+                raise RetryableError(
+                    "not sent: the caller's time ran out while pacing (a retry will look first)",
+                    endpoint=f"{method} {path}",
+                    client_order_id=client_order_id,
+                )
             try:
                 resp = await self._http.request(method, url, content=content, headers=headers)
             except httpx.TransportError as exc:

@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from trading.pnl import Fill
+
 __all__ = [
     "Account",
     "AccountAsset",
@@ -215,6 +217,20 @@ class Trade(_Model):
     maker: bool = False
     position_side: str = "BOTH"
     time: int
+
+    def to_fill(self, client_order_id: str) -> Fill:
+        """This execution as the position's record of it (the venue's trade row names only the order id)."""
+        return Fill(
+            client_order_id=client_order_id,
+            side=self.side,
+            price=self.price,
+            qty=self.qty,  # type: ignore[arg-type]
+            fee=self.commission,
+            time_ms=self.time,
+            order_id=self.order_id,
+            trade_id=self.id,
+            maker=self.maker,
+        )
 
 
 class Income(_Model):

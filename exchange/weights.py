@@ -33,6 +33,8 @@ __all__ = [
     "exit_priority",
     "klines_weight",
     "request_weight",
+    "send_before",
+    "send_deadline",
 ]
 
 
@@ -58,6 +60,25 @@ def exit_priority() -> Iterator[None]:
         yield
     finally:
         _PRIORITY.reset(token)
+
+
+_SEND_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("send_deadline", default=None)
+
+
+def send_deadline() -> float | None:
+    return _SEND_DEADLINE.get()
+
+
+@contextlib.contextmanager
+def send_before(deadline: float | None) -> Iterator[None]:
+    """Requests made inside (in this task) are not sent after `deadline` (epoch seconds): a caller whose
+    time is up (a Temporal attempt that timed out and is being retried elsewhere) must not send late,
+    or the retry and the late send would both place the order."""
+    token = _SEND_DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _SEND_DEADLINE.reset(token)
 
 
 def exit_headroom_pct(headroom_pct: float) -> float:

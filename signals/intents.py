@@ -14,13 +14,38 @@ it), and a strategy with its own take-profit ladder replaces the label's single 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-from signals.sizing import SizeResult
+from signals.labels import LabelSpec
+from signals.sizing import SizeResult, SizingConfig, volatility_target_notional
+from trading.instruments import DEFAULT_RULES
 from trading.intents import ExitOverrides, IntentSource, Side, TradeIntent
 
 STRATEGY = "ensemble"  # the strategy without a chooser, and the name in position workflow ids
+
+
+def size_for_label(
+    symbol: str,
+    sigma: float,
+    equity: Decimal,
+    label: LabelSpec,
+    *,
+    risk_fraction: Decimal,
+    max_notional: Decimal,
+) -> SizeResult:
+    """The volatility-target notional of a trade whose stop is the label's lower barrier
+    (`k_down`·σ·√horizon); zero below the venue's minimum notional for the symbol."""
+    rules = DEFAULT_RULES.get(symbol)
+    cfg = SizingConfig(
+        risk_fraction=risk_fraction,
+        stop_sigmas=Decimal(repr(label.k_down)),
+        horizon_bars=label.horizon,
+        max_notional_per_trade_usdt=max_notional,
+        min_notional_usdt=rules.min_notional if rules else Decimal(5),
+    )
+    return volatility_target_notional(equity, sigma if math.isfinite(sigma) else math.nan, cfg)
 
 
 def position_workflow_id(symbol: str, interval: str, bar_open_ms: int) -> str:

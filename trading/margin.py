@@ -42,6 +42,16 @@ class Position:
         per_unit = self.open_fees / abs(self.amt)
         return self.entry + per_unit if self.amt > 0 else self.entry - per_unit
 
+    def apply(self, eff: FillEffect) -> None:
+        """Take a fill's effect (from `fill_effect`) into this position."""
+        self.amt, self.entry, self.iso_wallet, self.open_fees = (
+            eff.new_amt,
+            eff.new_entry,
+            eff.new_iso,
+            eff.new_open_fees,
+        )
+        self.cum_realized += eff.realized
+
     def to_row(self) -> dict[str, Any]:
         return {
             "symbol": self.symbol,

@@ -462,13 +462,7 @@ class PaperEngine:
         self.wallet += eff.realized - fee
         self.wallet_time = now
         was = pos.amt
-        pos.amt, pos.entry, pos.iso_wallet, pos.open_fees = (
-            eff.new_amt,
-            eff.new_entry,
-            eff.new_iso,
-            eff.new_open_fees,
-        )
-        pos.cum_realized += eff.realized
+        pos.apply(eff)
         pos.update_time = now
         o.executed += qty
         o.cum_quote += qty * price

@@ -143,3 +143,22 @@ async def test_a_stopped_redis_does_not_stop_requests(
 def _venue_requests(venue: PaperExchange) -> int:
     """Requests the venue has answered on /fapi/v1/time (its own counter)."""
     return int(venue.metric("paper_exchange_requests_total", path="/fapi/v1/time"))
+
+
+async def test_nothing_is_sent_after_the_callers_deadline(venue: PaperExchange) -> None:
+    """A Temporal attempt that timed out while pacing must not send late: its retry is already looking
+    the order up, and a late send would place it twice."""
+    import time
+
+    from exchange.errors import RetryableError
+    from exchange.weights import send_before
+
+    async with _client(venue, None) as a:
+        await a.server_time()
+        before = _venue_requests(venue)
+        with send_before(time.time() - 0.1), pytest.raises(RetryableError, match="not sent"):
+            await a.server_time()
+        assert _venue_requests(venue) == before
+        with send_before(time.time() + 30):
+            await a.server_time()
+        assert _venue_requests(venue) == before + 1

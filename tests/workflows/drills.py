@@ -101,21 +101,7 @@ async def venue_fills(stack: Stack, symbol: str, client_ids: dict[int, str]) -> 
     """The venue's trades on `symbol` for the given orders (order id → client id)."""
     async with BinanceFuturesClient.from_settings(stack.settings) as venue:
         trades = await venue.user_trades(symbol, limit=1000)
-    return [
-        Fill(
-            client_order_id=client_ids[t.order_id],
-            side=t.side,
-            price=t.price,
-            qty=t.qty,  # type: ignore[arg-type]
-            fee=t.commission,
-            time_ms=t.time,
-            order_id=t.order_id,
-            trade_id=t.id,
-            maker=t.maker,
-        )
-        for t in trades
-        if t.order_id in client_ids
-    ]
+    return [t.to_fill(client_ids[t.order_id]) for t in trades if t.order_id in client_ids]
 
 
 async def pnl_matches_venue(stack: Stack, result: PositionResult, record: VenueRecord) -> bool:
