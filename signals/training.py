@@ -40,11 +40,11 @@ from signals.validation import (
     WalkForwardConfig,
     WalkForwardReport,
     brier,
+    dataset_folds,
     log_loss,
     roc_auc,
     signal_pnl,
     walk_forward,
-    walk_forward_splits,
 )
 
 ALL_MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
@@ -115,15 +115,7 @@ def add_ensemble(
     """Score the ensemble (weighted mean of the members' out-of-sample P(up)) on the same folds."""
     if not members:
         return
-    embargo = ds.label_spec.horizon if wf.embargo is None else wf.embargo
-    folds = walk_forward_splits(
-        ds.t,
-        ds.end,
-        n_folds=wf.n_folds,
-        embargo=embargo,
-        min_train_frac=wf.min_train_frac,
-        max_train_bars=wf.max_train_bars,
-    )
+    folds = dataset_folds(ds, wf)
     w = np.array([float((weights or {}).get(m, 1.0)) for m in members])
     stacked = np.stack([report.oos_predictions[m] for m in members])  # [M, n]
     p_all = (w[:, None] * stacked).sum(axis=0) / w.sum()

@@ -200,6 +200,19 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def dataset_folds(ds: Dataset, cfg: WalkForwardConfig) -> list[Fold]:
+    """The purged, embargoed walk-forward folds of a dataset (embargo: the label horizon by default)."""
+    embargo = ds.label_spec.horizon if cfg.embargo is None else cfg.embargo
+    return walk_forward_splits(
+        ds.t,
+        ds.end,
+        n_folds=cfg.n_folds,
+        embargo=embargo,
+        min_train_frac=cfg.min_train_frac,
+        max_train_bars=cfg.max_train_bars,
+    )
+
+
 def walk_forward(
     ds: Dataset,
     models: Mapping[str, Callable[[], DirectionModel]],
@@ -211,15 +224,7 @@ def walk_forward(
 ) -> WalkForwardReport:
     """Fit each model on every fold's purged training rows, score the fold, baselines alongside."""
     cfg = config or WalkForwardConfig()
-    embargo = ds.label_spec.horizon if cfg.embargo is None else cfg.embargo
-    folds = walk_forward_splits(
-        ds.t,
-        ds.end,
-        n_folds=cfg.n_folds,
-        embargo=embargo,
-        min_train_frac=cfg.min_train_frac,
-        max_train_bars=cfg.max_train_bars,
-    )
+    folds = dataset_folds(ds, cfg)
     report = WalkForwardReport()
     names = [*models, *BASELINES]
     for n in names:
