@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
-import uuid
 from decimal import Decimal
 
 import redis.asyncio as aioredis
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.exchange import venue_errors
 from exchange.client import BinanceFuturesClient
@@ -135,36 +138,38 @@ class ReconcileActivities:
     @activity.defn(name="tell_position")
     async def tell_position(self, fix: Fix) -> None:
         """The workflow takes the venue's word (it settles from the venue's fills)."""
-        await self.client.get_workflow_handle(fix.workflow_id or "").signal(
-            "exchange_event",
-            {
-                "kind": "position_snapshot",
-                "symbol": fix.symbol,
-                "position_amt": str(fix.venue_amt),
-                "reason": "reconcile",
-                "event_ms": int(time.time() * 1000),
-            },
-        )
+        try:
+            await self.client.get_workflow_handle(fix.workflow_id or "").signal(
+                "exchange_event",
+                {
+                    "kind": "position_snapshot",
+                    "symbol": fix.symbol,
+                    "position_amt": str(fix.venue_amt),
+                    "reason": "reconcile",
+                    "event_ms": int(time.time() * 1000),
+                },
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # It finished after the listing: it settled its position itself.
 
     @activity.defn(name="adopt_position")
     async def adopt_position(self, fix: Fix) -> str:
-        amt = fix.venue_amt or Decimal(0)
-        wid = f"position-{fix.symbol}-adopted-{uuid.uuid4().hex[:8]}"
-        await self.client.start_workflow(
-            "PositionWorkflow",
-            PositionInput(
-                symbol=fix.symbol,
-                side=Side.LONG if amt > 0 else Side.SHORT,
-                quantity=abs(amt),
-                source=IntentSource.ADOPTED,
-                strategy="adopted",
-                intent_id=wid,
-                adopt=AdoptedPosition(quantity=abs(amt), entry_price=fix.entry_price or Decimal(0)),
-            ),
-            id=wid,
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            static_summary=f"ADOPTED {fix.symbol} {amt} @ {fix.entry_price}",
-        )
+        # One id per reconcile run and symbol: a retried attempt finds the workflow its first one started.
+        run = hashlib.sha256(activity.info().workflow_run_id.encode()).hexdigest()[:8]
+        wid = f"position-{fix.symbol}-adopted-{run}"
+        try:
+            await self.client.start_workflow(
+                "PositionWorkflow",
+                adoption_input(fix, wid),
+                id=wid,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                static_summary=f"ADOPTED {fix.symbol} {fix.venue_amt} @ {fix.entry_price}",
+            )
+        except WorkflowAlreadyStartedError:
+            pass
         return wid
 
     @activity.defn(name="record_reconcile")
@@ -190,6 +195,20 @@ class ReconcileActivities:
                 await self.redis.xadd(RECONCILE_STREAM, fields, maxlen=100_000, approximate=True)
             except aioredis.RedisError:
                 activity.logger.warning("reconcile event not written to Redis: %s", fix.detail)
+
+
+def adoption_input(fix: Fix, wid: str) -> PositionInput:
+    """The venue's position as it stands: its quantity and entry price, the default exit profile."""
+    amt = fix.venue_amt or Decimal(0)
+    return PositionInput(
+        symbol=fix.symbol,
+        side=Side.LONG if amt > 0 else Side.SHORT,
+        quantity=abs(amt),
+        source=IntentSource.ADOPTED,
+        strategy="adopted",
+        intent_id=wid,
+        adopt=AdoptedPosition(quantity=abs(amt), entry_price=fix.entry_price or Decimal(0)),
+    )
 
 
 async def _still_running(handle: WorkflowHandle) -> bool:

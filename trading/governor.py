@@ -182,7 +182,10 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
     def deny(gate: Gate, reason: str) -> Denial:
         return Denial(holder_id=req.holder_id, gate=gate, reason=reason)
 
+    holder = book.holder_of(req.symbol)
     if req.adoption:
+        if holder is not None:  # a live workflow manages that venue position: a second would close it twice
+            return deny(Gate.SYMBOL_OPEN, f"{req.symbol} is already managed by {holder.holder_id}")
         return Grant(
             holder_id=req.holder_id,
             notional_usdt=req.notional_usdt,
@@ -201,7 +204,6 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
             Gate.KILL_SCORE,
             f"kill score {req.kill_score:.2f} ≥ open threshold {policy.kill_score_open_threshold:.2f}",
         )
-    holder = book.holder_of(req.symbol)
     if holder is not None:
         return deny(Gate.SYMBOL_OPEN, f"{req.symbol} already has an open position ({holder.holder_id})")
     if len(book.reservations) >= policy.max_open_positions:

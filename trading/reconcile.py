@@ -56,8 +56,9 @@ class Fix(_Row):
 
 
 ACTIVE = ("OPEN", "CLOSING")
-# A venue position younger than this may belong to a workflow that is entering right now and is not
-# yet visible: it is adopted on a later round, never twice managed.
+# A venue position must have stood this long before the workflows were listed to be adopted: one that
+# changed later may belong to a workflow that started after the listing (or is not visible yet). It is
+# adopted on a later round, never twice managed.
 ADOPT_AFTER_MS = 15_000
 
 
@@ -65,10 +66,13 @@ def reconcile(
     venue: list[VenuePosition],
     orders: list[VenueOrder],
     tracked: list[TrackedPosition],
-    now_ms: int,
+    listed_ms: int,
     *,
     adopt_after_ms: int = ADOPT_AFTER_MS,
 ) -> list[Fix]:
+    """`tracked` is read first, at `listed_ms`, and the venue after it: a workflow that finished in between
+    has closed its position (or the venue holds it unowned), and one that started in between touched the
+    venue after `listed_ms`."""
     fixes: list[Fix] = []
     # A running workflow that could not say what it holds may be the owner of any venue position or
     # order: adoption and orphan cancels wait for a round where every workflow answered.
@@ -103,7 +107,7 @@ def reconcile(
                 )
             )
     for symbol, p in sorted(held.items()):
-        settled = now_ms - p.update_ms >= adopt_after_ms
+        settled = p.update_ms <= listed_ms - adopt_after_ms
         if settled and not blind and symbol not in mine and not any(t.symbol == symbol for t in tracked):
             fixes.append(
                 Fix(

@@ -29,24 +29,24 @@ class ReconcileWorkflow:
     @workflow.run
     async def run(self, inp: ReconcileInput | None = None) -> list[Fix]:
         inp = inp or ReconcileInput()
-        venue, tracked = await asyncio.gather(
-            workflow.execute_activity(
-                "venue_state",
-                result_type=VenueState,
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-            ),
-            workflow.execute_activity(
-                "tracked_positions",
-                result_type=list[TrackedPosition],
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=RETRY,
-            ),
+        # Workflows first, then the venue: see `reconcile` for why that order (and this time) matter.
+        listed_ms = int(workflow.now().timestamp() * 1000)
+        tracked = await workflow.execute_activity(
+            "tracked_positions",
+            result_type=list[TrackedPosition],
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RETRY,
+        )
+        venue = await workflow.execute_activity(
+            "venue_state",
+            result_type=VenueState,
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RETRY,
         )
         fixes = reconcile(
-            venue.positions, venue.orders, tracked, venue.now_ms, adopt_after_ms=inp.adopt_after_ms
+            venue.positions, venue.orders, tracked, listed_ms, adopt_after_ms=inp.adopt_after_ms
         )
         await asyncio.gather(*(self._apply(fix) for fix in fixes))
         if fixes:

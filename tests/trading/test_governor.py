@@ -81,6 +81,21 @@ def test_one_position_per_symbol_and_repeat_is_idempotent() -> None:
     assert again == first and len(book.reservations) == 1
 
 
+def test_adoption_passes_the_limits_but_never_takes_a_managed_symbol() -> None:
+    """A venue position is adopted even into a full portfolio (it exists whatever the limits say), but
+    not when a live workflow already holds its symbol: two managers would close it twice."""
+    book = PortfolioBook()
+    policy = ALL.model_copy(update={"max_open_positions": 1})
+    assert isinstance(take(book, policy, req("a")), Grant)
+    adopt_eth = req("adopted-eth", "ETHUSDT").model_copy(update={"adoption": True})
+    over = take(book, policy, adopt_eth)
+    assert isinstance(over, Grant) and over.over_limit is not None
+    adopt_btc = req("adopted-btc").model_copy(update={"adoption": True})
+    denied = take(book, policy, adopt_btc)
+    assert gate_of(denied) is Gate.SYMBOL_OPEN and "managed by a" in denied.reason  # type: ignore[union-attr]
+    assert sorted(book.reservations) == ["a", "adopted-eth"]
+
+
 def test_per_trade_cap_reduces_and_total_budget_fills_up() -> None:
     book = PortfolioBook()
     policy = ALL.model_copy(

@@ -53,3 +53,13 @@ def test_a_workflow_that_did_not_answer_blocks_adoption_and_orphan_cancels() -> 
         NOW,
     )
     assert [(f.kind, f.symbol) for f in fixes] == [("close_gone", "BTCUSDT")]
+
+
+def test_adoption_age_counts_from_the_listing_not_from_the_venue_read() -> None:
+    """The venue is read after the workflows are listed, possibly much later (a retried read): a position
+    that changed less than the margin before the listing may be a workflow that started after it."""
+    listed = NOW
+    late = VenuePosition(symbol="SOLUSDT", position_amt=D(5), entry_price=D(100), update_ms=listed - 5_000)
+    assert reconcile([late], [], [], listed) == []
+    settled = late.model_copy(update={"update_ms": listed - 15_000})
+    assert [f.kind for f in reconcile([settled], [], [], listed)] == ["adopt"]

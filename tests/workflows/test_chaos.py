@@ -97,6 +97,12 @@ async def test_sigkill_every_service_during_100_lifecycles(stack: Stack) -> None
                 await asyncio.sleep(0.5)
     held = {r.holder_id: r.symbol for r in view.book.reservations.values()}
     assert view.slots_used == 0, (held, await _statuses(stack, list(held)))  # no reservation leaked
+    # Every venue position here was the system's own: reconcile adopted none of them a second time.
+    adopted = [
+        wf.id
+        async for wf in stack.client.list_workflows("WorkflowType='PositionWorkflow' AND Source='adopted'")
+    ]
+    assert adopted == [], await _statuses(stack, adopted)
     # The lifecycle worker keeps the reconcile schedule, which ran through the drill (startup run included).
     schedule = await stack.client.get_schedule_handle(RECONCILE_SCHEDULE_ID).describe()
     assert schedule.info.num_actions >= 1

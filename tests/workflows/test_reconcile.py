@@ -4,15 +4,18 @@ reconcile on its schedule), positions opened outside the system are adopted, orp
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from decimal import Decimal
 
 import pytest
 
+from activities.reconcile import adoption_input
 from exchange.client import BinanceFuturesClient
 from tests.workflows.conftest import Stack
 from tests.workflows.test_exits import start_watcher, until
 from tests.workflows.test_position_lifecycle import start_position
+from tests.workflows.test_replay import HISTORIES, replayer
 from trading.intents import ExitOverrides, Side, TradeIntent
 from trading.reconcile import Fix
 from workflows.messages import (
@@ -20,6 +23,7 @@ from workflows.messages import (
     PositionOptions,
     PositionResult,
     PositionStatus,
+    PositionView,
     ReconcileInput,
 )
 
@@ -27,11 +31,11 @@ D = Decimal
 QUIET = PositionOptions(mark_check_seconds=600)  # no timer: only the venue's word can end these
 
 
-async def reconcile_now(stack: Stack) -> list[Fix]:
+async def reconcile_now(stack: Stack, wid: str | None = None) -> list[Fix]:
     return await stack.client.execute_workflow(
         "ReconcileWorkflow",
         ReconcileInput(adopt_after_ms=0),
-        id=f"reconcile-test-{time.monotonic_ns()}",
+        id=wid or f"reconcile-test-{time.monotonic_ns()}",
         task_queue=LIFECYCLE_TASK_QUEUE,
         result_type=list[Fix],
     )
@@ -85,8 +89,12 @@ async def test_position_opened_outside_is_adopted_and_closed_by_its_stop(stack: 
         await venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.003"), client_order_id="by-hand-1")
     await start_watcher(stack)
     async with stack.workers():
-        fixes = await reconcile_now(stack)
+        fixes = await reconcile_now(stack, "reconcile-adopt")
         assert [(f.kind, f.symbol) for f in fixes] == [("adopt", "BTCUSDT")]
+        history = await stack.client.get_workflow_handle("reconcile-adopt").fetch_history()
+        await replayer().replay_workflow(history)  # deterministic (and recorded with RECORD_HISTORIES=1)
+        if os.environ.get("RECORD_HISTORIES"):
+            (HISTORIES / "reconcile-adopt.json").write_text(history.to_json())
         adopted = None
         async with asyncio.timeout(10):
             while adopted is None:
@@ -144,3 +152,29 @@ async def test_orphaned_stop_is_cancelled(stack: Stack) -> None:
         assert [(f.kind, f.client_id) for f in fixes] == [("cancel_orphan", "left-behind")]
     algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
     assert all(a["algoStatus"] != "NEW" for a in algos)
+
+
+async def test_an_adoption_of_a_managed_symbol_is_refused_and_sends_nothing(stack: Stack) -> None:
+    """Defence behind reconcile's own care: if a venue position is ever put up for adoption while its
+    workflow runs, the portfolio refuses it, so no second workflow manages (and closes) it."""
+    stack.exchange.set_price("BTCUSDT", "60000")
+    async with stack.workers():
+        owner = await start_position(
+            stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)), options=QUIET
+        )
+        view = await until(owner, lambda v: v.status == PositionStatus.OPEN)
+        before = stack.exchange.admin("GET", "orders?symbol=BTCUSDT")
+        fix = Fix(
+            kind="adopt", symbol="BTCUSDT", field="position", venue_amt=view.open_qty, entry_price=D(60000)
+        )
+        second = await stack.client.start_workflow(
+            "PositionWorkflow",
+            adoption_input(fix, "position-BTCUSDT-adopted-twice"),
+            id="position-BTCUSDT-adopted-twice",
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            result_type=PositionResult,
+        )
+        adopted = await asyncio.wait_for(second.result(), 20)
+        assert (adopted.status, adopted.rejection_gate) == (PositionStatus.REJECTED, "symbol_open")
+        assert stack.exchange.admin("GET", "orders?symbol=BTCUSDT") == before
+        assert (await owner.query("state", result_type=PositionView)).status == PositionStatus.OPEN

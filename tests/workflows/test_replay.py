@@ -27,6 +27,7 @@ from workflows.bar_close import BarCloseWorkflow
 from workflows.messages import ClosePositionRequest, PositionStatus
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
+from workflows.reconcile import ReconcileWorkflow
 from workflows.retrain import RetrainWorkflow
 from workflows.universe import UniverseWorkflow
 
@@ -36,7 +37,14 @@ D = Decimal
 
 def replayer() -> Replayer:
     return Replayer(
-        workflows=[PositionWorkflow, PortfolioWorkflow, BarCloseWorkflow, UniverseWorkflow, RetrainWorkflow],
+        workflows=[
+            PositionWorkflow,
+            PortfolioWorkflow,
+            BarCloseWorkflow,
+            UniverseWorkflow,
+            RetrainWorkflow,
+            ReconcileWorkflow,
+        ],
         data_converter=pydantic_data_converter,
     )
 
@@ -123,3 +131,4 @@ def test_there_are_committed_histories_for_each_workflow() -> None:
     assert {"replay-full", "replay-rejected", "replay-failed", "portfolio-default"} <= names
     assert {"bar-close", "bar-close-shadow", "universe"} <= names  # tests/workflows/test_bar_close.py
     assert "retrain" in names  # recorded by tests/workflows/test_retrain.py
+    assert "reconcile-adopt" in names  # tests/workflows/test_reconcile.py
