@@ -72,7 +72,6 @@ class VenueReadActivities:
                 )
                 for a in algos
             ],
-            now_ms=int(time.time() * 1000),
         )
 
     @activity.defn(name="cancel_orphan")

@@ -126,7 +126,6 @@ class ExchangeEvent(_Msg):
 class VenueState(_Msg):
     positions: list[VenuePosition]
     orders: list[VenueOrder]
-    now_ms: int
 
 
 class PublishLevelsInput(_Msg):
