@@ -169,6 +169,20 @@ def _closed(rows: list[Kline], now_ms: int) -> list[Kline]:
     return rows[:-1] if rows and rows[-1].close_time >= now_ms else rows
 
 
+def _bar(symbol: str, interval: str, k: Kline) -> Bar:
+    return Bar(
+        symbol,
+        interval,
+        k.open_time,
+        float(k.open),
+        float(k.high),
+        float(k.low),
+        float(k.close),
+        float(k.volume),
+        float(k.quote_volume),
+    )
+
+
 def _feature_config(symbols: Sequence[str]) -> FeatureConfig:
     return FeatureConfig() if "BTCUSDT" in symbols else FeatureConfig(btc_symbol=None)
 
@@ -245,20 +259,7 @@ class MarketDataService:
         n = 0
         for s in self.symbols:
             rows = await client.klines(s, self.interval, limit=self.settings.market_backfill_bars + 1)
-            bars = [
-                Bar(
-                    s,
-                    self.interval,
-                    k.open_time,
-                    float(k.open),
-                    float(k.high),
-                    float(k.low),
-                    float(k.close),
-                    float(k.volume),
-                    float(k.quote_volume),
-                )
-                for k in _closed(rows, now)
-            ]
+            bars = [_bar(s, self.interval, k) for k in _closed(rows, now)]
             await self.store.write(bars, "backfill", stream=False)
             n += len(bars)
             if bars:
@@ -309,22 +310,7 @@ class MarketDataService:
             rows = rows[:-1] if rows and len(rows) < 1500 else rows  # the newest row is still forming
             for k in rows:
                 if k.open_time > last.get(s, -1):
-                    await self.close_bars(
-                        [
-                            Bar(
-                                s,
-                                self.interval,
-                                k.open_time,
-                                float(k.open),
-                                float(k.high),
-                                float(k.low),
-                                float(k.close),
-                                float(k.volume),
-                                float(k.quote_volume),
-                            )
-                        ],
-                        "venue",
-                    )
+                    await self.close_bars([_bar(s, self.interval, k)], "venue")
                     n += 1
         return n
 
