@@ -13,10 +13,12 @@ import shutil
 import uuid
 from decimal import ROUND_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from temporalio import activity
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
@@ -96,6 +98,20 @@ async def replay(stack: Stack, settings, bars: int) -> MarketDataService:
     return svc
 
 
+async def start_bar_close(stack: Stack, inp: BarCloseInput) -> WorkflowHandle[Any, BarCloseResult]:
+    return await stack.client.start_workflow(
+        BarCloseWorkflow.run,
+        inp,
+        id=f"bar-close-{uuid.uuid4().hex[:6]}",
+        task_queue=INFERENCE_TASK_QUEUE,
+        result_type=BarCloseResult,
+    )
+
+
+async def run_bar_close(stack: Stack, inp: BarCloseInput) -> BarCloseResult:
+    return await (await start_bar_close(stack, inp)).result()
+
+
 async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, registry_root: Path) -> None:
     settings = signal_settings(stack)
     svc = await replay(stack, settings, 3)
@@ -106,13 +122,7 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, reg
     assert set(last) == set(SYMBOLS) and len(set(last.values())) == 1
     bar = next(iter(last.values()))
     async with stack.workers(), inference_worker(stack.client, settings, stack.redis, registry_root):
-        first = await stack.client.start_workflow(
-            BarCloseWorkflow.run,
-            BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
-            id=f"bar-close-{uuid.uuid4().hex[:6]}",
-            task_queue=INFERENCE_TASK_QUEUE,
-            result_type=BarCloseResult,
-        )
+        first = await start_bar_close(stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS)))
         result = await first.result()
         assert result.bar_open_ms == bar and result.decisions == 2
         assert result.started, result
@@ -144,12 +154,8 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, reg
         close = float(bars.close[0, int(np.searchsorted(bars.open_time_ms, bar))])
         assert abs(float(view.entry_price) - close) / close < 0.001
         # the same bar again: same ids, nothing new started, nothing published twice
-        again = await stack.client.execute_workflow(
-            BarCloseWorkflow.run,
-            BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar),
-            id=f"bar-close-{uuid.uuid4().hex[:6]}",
-            task_queue=INFERENCE_TASK_QUEUE,
-            result_type=BarCloseResult,
+        again = await run_bar_close(
+            stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar)
         )
         assert again.started == [] and again.already_started == result.started
         assert await stack.redis.xlen(INTENT_STREAM) == len(result.started)
@@ -263,22 +269,13 @@ async def test_a_shadow_challenger_is_published_each_bar_and_never_traded(
     svc = await replay(stack, settings, 1)
     bar = min((await svc.store.last_bars("1h")).values())
     async with inference_worker(stack.client, settings, stack.redis, root):
-        handle = await stack.client.start_workflow(
-            BarCloseWorkflow.run,
-            BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
-            id=f"bar-close-{uuid.uuid4().hex[:6]}",
-            task_queue=INFERENCE_TASK_QUEUE,
-            result_type=BarCloseResult,
-        )
+        handle = await start_bar_close(stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS)))
         result = await handle.result()
         if os.environ.get("RECORD_HISTORIES"):
             (HISTORIES / "bar-close-shadow.json").write_text((await handle.fetch_history()).to_json())
-        again = await stack.client.execute_workflow(  # the same bar again: nothing published twice
-            BarCloseWorkflow.run,
-            BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar),
-            id=f"bar-close-{uuid.uuid4().hex[:6]}",
-            task_queue=INFERENCE_TASK_QUEUE,
-            result_type=BarCloseResult,
+        # the same bar again: nothing published twice
+        again = await run_bar_close(
+            stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar)
         )
         assert again.started == [] and again.already_started == result.started
     signals = stream_fields(await stack.redis.xrange(SIGNAL_STREAM))
@@ -334,13 +331,7 @@ async def test_bar_close_starts_no_position_for_a_shadow_decision(stack: Stack) 
         workflows=[BarCloseWorkflow],
         activities=[infer_bar, publish_decisions],
     ):
-        result = await stack.client.execute_workflow(
-            BarCloseWorkflow.run,
-            BarCloseInput(),
-            id=f"bar-close-{uuid.uuid4().hex[:6]}",
-            task_queue=INFERENCE_TASK_QUEUE,
-            result_type=BarCloseResult,
-        )
+        result = await run_bar_close(stack, BarCloseInput())
     assert result.started == ["position-champion"] and result.not_tradeable == ["position-shadow"]
     await stack.client.get_workflow_handle("position-champion").describe()
     with pytest.raises(RPCError):
@@ -358,13 +349,7 @@ async def wait_learned(stack: Stack, updates: int) -> None:
 
 async def bar_close_intents(stack: Stack) -> tuple[BarCloseResult, list[dict[str, str]]]:
     seen = {f["workflow_id"] for f in stream_fields(await stack.redis.xrange(INTENT_STREAM))}
-    result = await stack.client.execute_workflow(
-        BarCloseWorkflow.run,
-        BarCloseInput(interval="1h", symbols=list(SYMBOLS)),
-        id=f"bar-close-{uuid.uuid4().hex[:6]}",
-        task_queue=INFERENCE_TASK_QUEUE,
-        result_type=BarCloseResult,
-    )
+    result = await run_bar_close(stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS)))
     fresh = [
         f for f in stream_fields(await stack.redis.xrange(INTENT_STREAM)) if f["workflow_id"] not in seen
     ]
