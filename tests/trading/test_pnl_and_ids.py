@@ -3,7 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from trading.ids import CLIENT_ID_RE, client_order_id
@@ -48,6 +48,50 @@ def test_client_ids_fit_binance_and_are_stable(workflow_id: str, step: str) -> N
     assert cid == client_order_id(workflow_id, step)
     assert cid != client_order_id(workflow_id + "x", step)
     assert cid != client_order_id(workflow_id, step + "x")
+
+
+STEPS = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
+WORKFLOW_IDS = st.one_of(
+    st.text(alphabet="abcXYZ019-_.:/ é", min_size=1, max_size=120),
+    st.from_regex(r"qt[0-9a-f]{20}", fullmatch=True),  # looks like a hashed client id's workflow part
+    st.from_regex(r"qt[0-9a-f]{18,22}(\.[a-z]{1,6})?", fullmatch=True),
+)
+
+
+@st.composite
+def two_steps(draw: st.DrawFn) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Two (workflow id, step) pairs; often the second workflow id is the part before the dot of the
+    first one's client id (the adversarial case: a workflow named like another's hashed id)."""
+    first = (draw(WORKFLOW_IDS), draw(STEPS))
+    if draw(st.booleans()):
+        second_id = client_order_id(*first).rsplit(".", 1)[0]
+    else:
+        second_id = draw(WORKFLOW_IDS)
+    second_step = draw(st.one_of(st.just(first[1]), STEPS))
+    return first, (second_id, second_step)
+
+
+@given(two_steps())
+def test_two_different_workflow_steps_never_share_a_client_id(
+    pairs: tuple[tuple[str, str], tuple[str, str]],
+) -> None:
+    first, second = pairs
+    assume(first != second)
+    assert client_order_id(*first) != client_order_id(*second)
+
+
+def test_a_workflow_named_like_a_hashed_id_does_not_take_that_id() -> None:
+    long_id = "position-BTCUSDT-ensemble-1h-1700000000000"
+    hashed = client_order_id(long_id, "entry")
+    assert client_order_id(hashed.removesuffix(".entry"), "entry") != hashed
+
+
+def test_existing_client_ids_do_not_change() -> None:
+    """Running positions and recorded histories hold these ids: the mapping of ordinary ids is fixed."""
+    assert client_order_id("position-BTCUSDT-manual-1", "entry") == "position-BTCUSDT-manual-1.entry"
+    assert client_order_id("position-BTCUSDT-ensemble-1h-1700000000000", "entry") == (
+        "qtc6d4b163433b36c41590.entry"
+    )
 
 
 def test_intent_names_the_bad_field() -> None:
