@@ -26,8 +26,7 @@ __all__ = [
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
-                              frozen=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -105,8 +104,9 @@ class AlgoOrder(_Model):
     update_time: int | None = None
     trigger_time: int | None = None
 
-    _v = field_validator("quantity", "trigger_price", "price", "activate_price", "callback_rate",
-                         "actual_price", mode="before")(staticmethod(_blank_to_none))
+    _v = field_validator(
+        "quantity", "trigger_price", "price", "activate_price", "callback_rate", "actual_price", mode="before"
+    )(staticmethod(_blank_to_none))
 
     @property
     def is_open(self) -> bool:
@@ -226,6 +226,7 @@ class Trade(_Model):
             price=self.price,
             qty=self.qty,  # type: ignore[arg-type]
             fee=self.commission,
+            fee_asset=self.commission_asset,
             time_ms=self.time,
             order_id=self.order_id,
             trade_id=self.id,
@@ -269,8 +270,16 @@ class Kline(_Model):
     @classmethod
     def from_row(cls, row: list[Any]) -> Kline:
         return cls(
-            open_time=int(row[0]), open=row[1], high=row[2], low=row[3], close=row[4], volume=row[5],
-            close_time=int(row[6]), quote_volume=row[7], trades=int(row[8]), taker_buy_base=row[9],
+            open_time=int(row[0]),
+            open=row[1],
+            high=row[2],
+            low=row[3],
+            close=row[4],
+            volume=row[5],
+            close_time=int(row[6]),
+            quote_volume=row[7],
+            trades=int(row[8]),
+            taker_buy_base=row[9],
             taker_buy_quote=row[10],
         )
 
@@ -287,8 +296,9 @@ class PremiumIndex(_Model):
     next_funding_time: int = 0
     time: int = 0
 
-    _v = field_validator("index_price", "estimated_settle_price", "last_funding_rate", "interest_rate",
-                         mode="before")(staticmethod(_blank_to_zero))
+    _v = field_validator(
+        "index_price", "estimated_settle_price", "last_funding_rate", "interest_rate", mode="before"
+    )(staticmethod(_blank_to_zero))
 
 
 class Leverage(_Model):

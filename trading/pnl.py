@@ -23,6 +23,9 @@ class Fill(BaseModel):
     price: Decimal = Field(gt=0)
     qty: Decimal = Field(gt=0)
     fee: Decimal = Field(ge=0)
+    # The asset the fee was charged in (`commissionAsset`): BNB when the account pays fees in BNB. The
+    # default keeps fills serialized before the asset was carried (all charged in USDT) loading unchanged.
+    fee_asset: str = "USDT"
     time_ms: int = 0
     order_id: int | None = None
     trade_id: int | None = None
@@ -34,9 +37,13 @@ class OverfillError(ValueError):
 
 
 class PositionTally(BaseModel):
+    """Fees count only in the margin asset (the one PnL is settled in); a fee in another asset (BNB) is
+    kept apart in `other_fees`, not added as if it were margin asset, nor dropped."""
+
     model_config = ConfigDict(extra="forbid")
 
     side: Side
+    margin_asset: str = "USDT"
     open_qty: Decimal = ZERO
     entry_qty: Decimal = ZERO
     entry_notional: Decimal = ZERO
@@ -44,7 +51,8 @@ class PositionTally(BaseModel):
     exit_notional: Decimal = ZERO
     cost_basis: Decimal = ZERO  # entry notional still open (average-cost method)
     realized_gross: Decimal = ZERO
-    fees: Decimal = ZERO
+    fees: Decimal = ZERO  # in the margin asset
+    other_fees: dict[str, Decimal] = Field(default_factory=dict)  # asset → fees charged in it
 
     @property
     def avg_entry(self) -> Decimal:
@@ -66,7 +74,10 @@ class PositionTally(BaseModel):
         return (mark * self.open_qty - self.cost_basis) * self.side.sign
 
     def add(self, fill: Fill) -> None:
-        self.fees += fill.fee
+        if fill.fee_asset == self.margin_asset:
+            self.fees += fill.fee
+        elif fill.fee:
+            self.other_fees[fill.fee_asset] = self.other_fees.get(fill.fee_asset, ZERO) + fill.fee
         if fill.side == self.side.entry_order_side:
             self.open_qty += fill.qty
             self.entry_qty += fill.qty
@@ -85,8 +96,10 @@ class PositionTally(BaseModel):
         self.exit_notional += fill.price * fill.qty
 
 
-def tally(side: Side, fills: Iterable[Fill]) -> PositionTally:
-    result = PositionTally(side=side)
+def tally(side: Side, fills: Iterable[Fill], margin_asset: str = "USDT") -> PositionTally:
+    """The position's figures from its fills; `margin_asset` is the symbol's (its quote asset: USDC for a
+    USDC-margined symbol)."""
+    result = PositionTally(side=side, margin_asset=margin_asset)
     for fill in fills:
         result.add(fill)
     return result

@@ -125,3 +125,81 @@ def test_pnl_is_consistent_with_the_fills(steps: list[tuple[bool, int, int]], si
     assert t.fees == fees
     assert t.open_qty >= 0
     assert abs(cash + t.cost_basis * side.sign - t.realized_gross) < D("1e-18")  # to Decimal precision
+
+
+def test_fees_in_another_asset_are_kept_apart_from_the_margin_asset() -> None:
+    """A fee paid in BNB is not USDT: counting it as USDT would misstate the PnL by the BNB price."""
+    fills = [
+        fill("BUY", "60000", "0.010", "0.24"),
+        Fill(
+            client_order_id="x",
+            side="SELL",
+            price=D("61000"),
+            qty=D("0.010"),
+            fee=D("0.0004"),
+            fee_asset="BNB",
+        ),
+    ]
+    t = tally(Side.LONG, fills)
+    assert t.fees == D("0.24")
+    assert t.other_fees == {"BNB": D("0.0004")}
+    assert t.realized_net == D("10") - D("0.24")
+
+
+def test_a_usdc_margined_position_counts_usdc_fees() -> None:
+    fills = [
+        Fill(client_order_id="x", side="SELL", price=D("3000"), qty=D("1"), fee=D("1.2"), fee_asset="USDC"),
+        Fill(client_order_id="x", side="BUY", price=D("2900"), qty=D("1"), fee=D("0.5"), fee_asset="USDT"),
+    ]
+    t = tally(Side.SHORT, fills, margin_asset="USDC")
+    assert (t.fees, t.other_fees) == (D("1.2"), {"USDT": D("0.5")})
+    assert tally(Side.SHORT, fills).fees == D("0.5")  # without a margin asset: USDT
+
+
+def test_a_trade_row_carries_its_commission_asset_to_the_fill() -> None:
+    from exchange.models import Trade
+
+    row = {
+        "symbol": "BTCUSDT", "id": 7, "orderId": 3, "side": "BUY", "price": "60000", "qty": "0.01",
+        "quoteQty": "600", "commission": "0.0004", "commissionAsset": "BNB", "time": 1,
+    }  # fmt: skip
+    assert Trade.model_validate(row).to_fill("cid").fee_asset == "BNB"
+    assert Trade.model_validate({**row, "commissionAsset": "USDT"}).to_fill("cid").fee_asset == "USDT"
+
+
+def _history_fills() -> list[dict]:
+    """Every serialized Fill in the committed workflow histories (written before fills had an asset)."""
+    import base64
+    import json
+    from pathlib import Path
+
+    found: list[dict] = []
+
+    def walk(node: object, decode: bool) -> None:
+        if isinstance(node, dict):
+            if decode and "metadata" in node and isinstance(node.get("data"), str):
+                try:
+                    walk(json.loads(base64.b64decode(node["data"])), False)
+                except ValueError:
+                    pass
+            if {"client_order_id", "side", "price", "qty", "fee"} <= node.keys():
+                found.append(node)
+            for value in node.values():
+                walk(value, decode)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, decode)
+
+    for path in sorted((Path(__file__).parents[1] / "workflows" / "histories").glob("*.json")):
+        walk(json.loads(path.read_text()), True)
+    return found
+
+
+def test_fills_serialized_before_the_fee_asset_load_unchanged() -> None:
+    rows = _history_fills()
+    assert rows, "the committed histories hold fills"
+    for row in rows:
+        assert "fee_asset" not in row
+        loaded = Fill.model_validate(row)
+        assert loaded.fee_asset == "USDT"  # every fee before the asset was carried was charged in USDT
+        assert loaded.model_dump(mode="json", exclude={"fee_asset"}) == row
