@@ -141,6 +141,7 @@ class BinanceFuturesClient:
         self._key_headers: dict[str, str] = {"X-MBX-APIKEY": api_key} if api_key else {}
         self._form_headers: dict[str, str] = {**self._key_headers, **_FORM}
         self.recv_window_ms = int(recv_window_ms)
+        self.timeout_s = float(timeout_s)  # how long one request waits for its answer
         self.get_retries = max(1, int(get_retries))
         self.backoff_s = backoff_s
         self._clock = clock
@@ -270,10 +271,10 @@ class BinanceFuturesClient:
                     # Another worker behind this IP was told to wait: so are we.
                     weights.block(err.retry_after_s, banned=isinstance(err, IpBannedError), counted=False)
                     raise
-            deadline = send_deadline()
-            if deadline is not None and time.time() > deadline:
+            deadline = send_deadline() if orders else None  # reads and other writes may still go
+            if deadline is not None and time.monotonic() > deadline:
                 raise RetryableError(
-                    "not sent: the caller's time ran out while pacing (a retry will look first)",
+                    "order not sent: the caller's send deadline has passed (a retry will look first)",
                     endpoint=f"{method} {path}",
                     client_order_id=client_order_id,
                 )

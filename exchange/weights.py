@@ -71,9 +71,10 @@ def send_deadline() -> float | None:
 
 @contextlib.contextmanager
 def send_before(deadline: float | None) -> Iterator[None]:
-    """Requests made inside (in this task) are not sent after `deadline` (epoch seconds): a caller whose
-    time is up (a Temporal attempt that timed out and is being retried elsewhere) must not send late,
-    or the retry and the late send would both place the order."""
+    """Orders placed inside (in this task) are not sent after `deadline` (`time.monotonic()` seconds): a
+    caller whose time is up (a Temporal attempt that timed out and is being retried elsewhere) must not
+    send late, or the retry's look-up could miss the late order and both would be placed. Reads are not
+    held back: the look-ups that decide what happened must still go."""
     token = _SEND_DEADLINE.set(deadline)
     try:
         yield
@@ -84,6 +85,7 @@ def send_before(deadline: float | None) -> Iterator[None]:
 def exit_headroom_pct(headroom_pct: float) -> float:
     """Exits may go halfway from the entries' headroom to the limit (80 % → 90 %)."""
     return headroom_pct + (100.0 - headroom_pct) / 2
+
 
 # (method, path) -> IP weight (notes §1). Paths not listed weigh 1.
 ENDPOINT_WEIGHTS: dict[tuple[str, str], int] = {
@@ -220,11 +222,17 @@ class WeightTracker:
         if self.blocked_until > now:
             wait = self.blocked_until - now
             if self.banned:
-                raise IpBannedError("IP banned by the venue; nothing is sent until the ban ends",
-                                    http_status=418, retry_after_s=round(wait, 3))
+                raise IpBannedError(
+                    "IP banned by the venue; nothing is sent until the ban ends",
+                    http_status=418,
+                    retry_after_s=round(wait, 3),
+                )
             if wait > self.max_wait_s:
-                raise RateLimitedError("rate limited by the venue; nothing is sent until Retry-After",
-                                       http_status=429, retry_after_s=round(wait, 3))
+                raise RateLimitedError(
+                    "rate limited by the venue; nothing is sent until Retry-After",
+                    http_status=429,
+                    retry_after_s=round(wait, 3),
+                )
             return wait
         self.banned = False
         delay = 0.0

@@ -128,8 +128,12 @@ class OpenEntryInput(_Msg):
     quantity: Decimal | None = Field(None, gt=0)
     client_order_id: str
     intent_at_ms: int | None = None
+    # Epoch ms after which nothing is sent: an attempt that starts later looks the order up and, if
+    # nothing executed, answers `expired` (an intent must not execute hours later at another price).
+    deadline_ms: int | None = None
 
 
 class OpenEntryOutcome(_Msg):
     market: EntryMarket
-    outcome: OrderOutcome | None = None  # None: the size is below the venue's minimum; nothing was sent
+    outcome: OrderOutcome | None = None  # None: below the venue's minimum, or expired; nothing was sent
+    expired: bool = False  # the entry deadline passed with nothing executed under its client id

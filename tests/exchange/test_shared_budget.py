@@ -145,20 +145,23 @@ def _venue_requests(venue: PaperExchange) -> int:
     return int(venue.metric("paper_exchange_requests_total", path="/fapi/v1/time"))
 
 
-async def test_nothing_is_sent_after_the_callers_deadline(venue: PaperExchange) -> None:
+async def test_no_order_is_sent_after_the_callers_deadline(venue: PaperExchange) -> None:
     """A Temporal attempt that timed out while pacing must not send late: its retry is already looking
-    the order up, and a late send would place it twice."""
+    the order up, and a late send would place it twice. Reads still go: they decide what happened."""
     import time
+    from decimal import Decimal
 
     from exchange.errors import RetryableError
     from exchange.weights import send_before
 
+    venue.set_price("BTCUSDT", "60000")
+    qty, price = Decimal("0.002"), Decimal(60000)
     async with _client(venue, None) as a:
-        await a.server_time()
-        before = _venue_requests(venue)
-        with send_before(time.time() - 0.1), pytest.raises(RetryableError, match="not sent"):
-            await a.server_time()
-        assert _venue_requests(venue) == before
-        with send_before(time.time() + 30):
-            await a.server_time()
-        assert _venue_requests(venue) == before + 1
+        await a.exchange_info()
+        with send_before(time.monotonic() - 0.1):  # the deadline is on the monotonic clock
+            with pytest.raises(RetryableError, match="not sent"):
+                await a.new_order("BTCUSDT", "BUY", "MARKET", qty, client_order_id="late-1", price_hint=price)
+            assert await a.find_order("BTCUSDT", "late-1") is None  # a read after the deadline goes
+        with send_before(time.monotonic() + 30):
+            order = await a.new_order("BTCUSDT", "BUY", "MARKET", qty, price_hint=price)
+        assert order.status == "FILLED"
