@@ -147,8 +147,14 @@ class BinanceFuturesClient:
         self._clock = clock
         self._sleep = sleep
         self.offset_ms: float = 0.0  # serverTime - local time, from sync_time()
-        self.weights = WeightTracker(weight_limit_1m, headroom_pct, order_limit_10s=order_limit_10s,
-                                     order_limit_1m=order_limit_1m, clock=self._server_clock, sleep=sleep)
+        self.weights = WeightTracker(
+            weight_limit_1m,
+            headroom_pct,
+            order_limit_10s=order_limit_10s,
+            order_limit_1m=order_limit_1m,
+            clock=self._server_clock,
+            sleep=sleep,
+        )
         self.shared_budget = shared_budget
         self._rules: dict[str, SymbolRules] | None = dict(symbol_rules) if symbol_rules else None
         self._rules_lock = asyncio.Lock()
@@ -166,7 +172,9 @@ class BinanceFuturesClient:
         key = settings.binance_api_key.get_secret_value() if settings.binance_api_key else None
         secret = settings.binance_api_secret.get_secret_value() if settings.binance_api_secret else None
         return cls(
-            settings.rest_url, key, secret,
+            settings.rest_url,
+            key,
+            secret,
             recv_window_ms=settings.binance_recv_window_ms,
             timeout_s=settings.binance_timeout_s,
             weight_limit_1m=settings.binance_weight_limit_1m,
@@ -185,9 +193,11 @@ class BinanceFuturesClient:
         await self._http.aclose()
 
     def __repr__(self) -> str:
-        return (f"BinanceFuturesClient(base_url={self._base_url!r}, "
-                f"api_key={'<set>' if self.__api_key else None}, "
-                f"api_secret={'<set>' if self.__secret_set else None})")
+        return (
+            f"BinanceFuturesClient(base_url={self._base_url!r}, "
+            f"api_key={'<set>' if self.__api_key else None}, "
+            f"api_secret={'<set>' if self.__secret_set else None})"
+        )
 
     __str__ = __repr__
 
@@ -242,8 +252,9 @@ class BinanceFuturesClient:
             attempt += 1
             if signed:
                 if self._signer is None or not self._key_headers:
-                    raise OrderValidationError("this endpoint needs an API key and secret", code=-2014,
-                                               endpoint=f"{method} {path}")
+                    raise OrderValidationError(
+                        "this endpoint needs an API key and secret", code=-2014, endpoint=f"{method} {path}"
+                    )
                 query = encode_params(params) if params else ""
                 query += ("&" if query else "") + (
                     f"recvWindow={self.recv_window_ms}&timestamp={self.timestamp_ms()}"
@@ -256,8 +267,11 @@ class BinanceFuturesClient:
                 headers = self._key_headers if (signed or keyed) else None
             else:
                 url, content = path, (query.encode() if query else None)
-                headers = (self._form_headers if (signed or keyed) else _FORM) if query else (
-                    self._key_headers if (signed or keyed) else None)
+                headers = (
+                    (self._form_headers if (signed or keyed) else _FORM)
+                    if query
+                    else (self._key_headers if (signed or keyed) else None)
+                )
 
             weights = self.weights
             if weights.delay_for(weight, orders) > 0:
@@ -301,16 +315,27 @@ class BinanceFuturesClient:
                 self.weights.block(err.retry_after_s, banned=banned)
                 if self.shared_budget is not None:
                     await self.shared_budget.block(err.retry_after_s, banned=banned)
-            elif (retry_reads and attempt < attempts
-                  and isinstance(err, RetryableError | UnknownOutcomeError)):
+            elif retry_reads and attempt < attempts and isinstance(err, RetryableError | UnknownOutcomeError):
                 delay = self.backoff_s * (2 ** (attempt - 1))
-                _log.warning("%s %s failed (%s); retry %d/%d in %.2f s", method, path, err, attempt,
-                             attempts - 1, delay)
+                _log.warning(
+                    "%s %s failed (%s); retry %d/%d in %.2f s",
+                    method,
+                    path,
+                    err,
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
                 await self._sleep(delay)
                 continue
             self._scrub(err)
-            _log.log(logging.DEBUG if isinstance(err, OrderNotFoundError) else logging.WARNING,
-                     "%s %s failed: %s", method, path, err)
+            _log.log(
+                logging.DEBUG if isinstance(err, OrderNotFoundError) else logging.WARNING,
+                "%s %s failed: %s",
+                method,
+                path,
+                err,
+            )
             raise err
 
     async def _share_usage(self, headers: httpx.Headers) -> None:
@@ -318,8 +343,9 @@ class BinanceFuturesClient:
         if used is not None and used.isdigit():
             await self.shared_budget.observe(int(used))  # type: ignore[union-attr]
 
-    def _error_from(self, resp: httpx.Response, method: str, path: str,
-                    client_order_id: str | None) -> ExchangeError:
+    def _error_from(
+        self, resp: httpx.Response, method: str, path: str, client_order_id: str | None
+    ) -> ExchangeError:
         try:
             body: Any = resp.json()
         except ValueError:
@@ -331,8 +357,14 @@ class BinanceFuturesClient:
                 retry_after = float(header)
             except ValueError:
                 retry_after = None
-        return classify(resp.status_code, body, None, retry_after_s=retry_after,
-                        endpoint=f"{method} {path}", client_order_id=client_order_id)
+        return classify(
+            resp.status_code,
+            body,
+            None,
+            retry_after_s=retry_after,
+            endpoint=f"{method} {path}",
+            client_order_id=client_order_id,
+        )
 
     def _scrub(self, err: ExchangeError) -> None:
         """Belt and braces: no key material in an error's text, whatever the venue echoed."""
@@ -367,15 +399,30 @@ class BinanceFuturesClient:
         try:
             return rules[symbol]
         except KeyError:
-            raise OrderValidationError(f"Invalid symbol {symbol!r}: not in exchangeInfo",
-                                       code=-1121) from None
+            raise OrderValidationError(
+                f"Invalid symbol {symbol!r}: not in exchangeInfo", code=-1121
+            ) from None
 
-    async def klines(self, symbol: str, interval: str, *, start_time: int | None = None,
-                     end_time: int | None = None, limit: int | None = None) -> list[Kline]:
-        rows = await self._request("GET", "/fapi/v1/klines", {
-            "symbol": symbol, "interval": interval, "startTime": start_time, "endTime": end_time,
-            "limit": limit,
-        })
+    async def klines(
+        self,
+        symbol: str,
+        interval: str,
+        *,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int | None = None,
+    ) -> list[Kline]:
+        rows = await self._request(
+            "GET",
+            "/fapi/v1/klines",
+            {
+                "symbol": symbol,
+                "interval": interval,
+                "startTime": start_time,
+                "endTime": end_time,
+                "limit": limit,
+            },
+        )
         klines = [Kline.from_row(r) for r in rows]
         if klines:
             self._last_price[symbol] = klines[-1].close
@@ -391,16 +438,18 @@ class BinanceFuturesClient:
     async def set_leverage(self, symbol: str, leverage: int) -> Leverage:
         if not isinstance(leverage, int) or isinstance(leverage, bool) or not 1 <= leverage <= 125:
             raise OrderValidationError(f"leverage {leverage!r} must be an integer from 1 to 125", code=-4028)
-        data = await self._request("POST", "/fapi/v1/leverage", {"symbol": symbol, "leverage": leverage},
-                                   signed=True)
+        data = await self._request(
+            "POST", "/fapi/v1/leverage", {"symbol": symbol, "leverage": leverage}, signed=True
+        )
         return Leverage.model_validate(data)
 
     async def set_margin_type(self, symbol: str, margin_type: Literal["ISOLATED", "CROSSED"]) -> None:
         if margin_type not in ("ISOLATED", "CROSSED"):
             raise OrderValidationError(f"marginType {margin_type!r} must be ISOLATED or CROSSED", code=-1102)
         try:
-            await self._request("POST", "/fapi/v1/marginType",
-                                {"symbol": symbol, "marginType": margin_type}, signed=True)
+            await self._request(
+                "POST", "/fapi/v1/marginType", {"symbol": symbol, "marginType": margin_type}, signed=True
+            )
         except RejectedError as err:
             if err.code != -4046:  # "No need to change margin type." is success
                 raise
@@ -431,11 +480,15 @@ class BinanceFuturesClient:
             raise OrderValidationError(f"side {side!r} must be BUY or SELL", code=-1102)
         if type in _CONDITIONAL:
             raise OrderValidationError(
-                f"{type} orders go to the algo endpoint: use new_algo_order()", code=-4120)
+                f"{type} orders go to the algo endpoint: use new_algo_order()", code=-4120
+            )
         if type not in _ORDER_TYPES:
             raise OrderValidationError(f"order type {type!r} must be MARKET or LIMIT", code=-1116)
-        cid = _check_client_id(client_order_id, "newClientOrderId") if client_order_id is not None \
+        cid = (
+            _check_client_id(client_order_id, "newClientOrderId")
+            if client_order_id is not None
             else new_client_id()
+        )
         qty_in = _decimal(quantity, "quantity")
         if qty_in <= 0:
             raise OrderValidationError(f"quantity {qty_in} must be greater than zero", code=-4003)
@@ -445,16 +498,23 @@ class BinanceFuturesClient:
         try:
             rules.check_qty(qty, market=market)
         except FilterViolation as v:
-            raise self._refusal(v, symbol, f"quantity {qty_in} (rounded down to {qty} at step "
-                                f"{rules.market_step_size if market else rules.step_size}; min "
-                                f"{rules.market_min_qty if market else rules.min_qty})") from None
+            raise self._refusal(
+                v,
+                symbol,
+                f"quantity {qty_in} (rounded down to {qty} at step "
+                f"{rules.market_step_size if market else rules.step_size}; min "
+                f"{rules.market_min_qty if market else rules.min_qty})",
+            ) from None
         params: dict[str, Any] = {"symbol": symbol, "side": side, "type": type}
         if market:
             if price is not None:
                 raise OrderValidationError("a MARKET order takes no price", code=-1106)
             if not reduce_only:
-                ref = _decimal(price_hint, "price_hint") if price_hint is not None else (
-                    self._last_price.get(symbol))
+                ref = (
+                    _decimal(price_hint, "price_hint")
+                    if price_hint is not None
+                    else (self._last_price.get(symbol))
+                )
                 if ref is None:
                     ref = (await self.premium_index(symbol)).mark_price
                 self._check_notional(rules, qty, ref, symbol, "at about")
@@ -467,8 +527,9 @@ class BinanceFuturesClient:
             try:
                 rules.check_price(px)
             except FilterViolation as v:
-                raise self._refusal(v, symbol, f"price {px_in} (rounded to {px} at tick "
-                                    f"{rules.tick_size})") from None
+                raise self._refusal(
+                    v, symbol, f"price {px_in} (rounded to {px} at tick {rules.tick_size})"
+                ) from None
             if not reduce_only:
                 self._check_notional(rules, qty, px, symbol, "at")
             tif = time_in_force or "GTC"
@@ -481,8 +542,9 @@ class BinanceFuturesClient:
             params["reduceOnly"] = "true"
         params["newClientOrderId"] = cid
         params["newOrderRespType"] = "RESULT"
-        data = await self._request("POST", "/fapi/v1/order", params, signed=True, orders=1,
-                                   client_order_id=cid)
+        data = await self._request(
+            "POST", "/fapi/v1/order", params, signed=True, orders=1, client_order_id=cid
+        )
         order = Order.model_validate(data)
         if order.avg_price > 0:
             self._last_price[symbol] = order.avg_price
@@ -499,7 +561,9 @@ class BinanceFuturesClient:
         except FilterViolation as v:
             raise OrderValidationError(
                 f"{symbol}: notional {qty} x {price} = {qty * price} is below the minimum "
-                f"{rules.min_notional} (unless reduce-only); not sent", code=v.code) from None
+                f"{rules.min_notional} (unless reduce-only); not sent",
+                code=v.code,
+            ) from None
 
     async def new_algo_order(
         self,
@@ -518,13 +582,18 @@ class BinanceFuturesClient:
         if side not in _SIDES:
             raise OrderValidationError(f"side {side!r} must be BUY or SELL", code=-1102)
         if type not in _ALGO_TYPES:
-            raise OrderValidationError(f"algo order type {type!r} must be STOP_MARKET or TAKE_PROFIT_MARKET",
-                                       code=-1116)
+            raise OrderValidationError(
+                f"algo order type {type!r} must be STOP_MARKET or TAKE_PROFIT_MARKET", code=-1116
+            )
         if working_type not in _WORKING_TYPES:
-            raise OrderValidationError(f"workingType {working_type!r} must be MARK_PRICE or CONTRACT_PRICE",
-                                       code=-1102)
-        cid = _check_client_id(client_algo_id, "clientAlgoId") if client_algo_id is not None \
+            raise OrderValidationError(
+                f"workingType {working_type!r} must be MARK_PRICE or CONTRACT_PRICE", code=-1102
+            )
+        cid = (
+            _check_client_id(client_algo_id, "clientAlgoId")
+            if client_algo_id is not None
             else new_client_id("qta")
+        )
         rules = await self.rules_for(symbol)
         tp_in = _decimal(trigger_price, "triggerPrice")
         tp = rules.round_price(tp_in)
@@ -535,12 +604,14 @@ class BinanceFuturesClient:
         params: dict[str, Any] = {"algoType": "CONDITIONAL", "symbol": symbol, "side": side, "type": type}
         if close_position:
             if quantity is not None or reduce_only:
-                raise OrderValidationError("closePosition cannot be combined with quantity or reduceOnly",
-                                           code=-1106)
+                raise OrderValidationError(
+                    "closePosition cannot be combined with quantity or reduceOnly", code=-1106
+                )
         else:
             if quantity is None:
-                raise OrderValidationError("an algo order needs a quantity or close_position=True",
-                                           code=-1102)
+                raise OrderValidationError(
+                    "an algo order needs a quantity or close_position=True", code=-1102
+                )
             qty_in = _decimal(quantity, "quantity")
             if qty_in <= 0:
                 raise OrderValidationError(f"quantity {qty_in} must be greater than zero", code=-4003)
@@ -559,8 +630,9 @@ class BinanceFuturesClient:
         if reduce_only:
             params["reduceOnly"] = "true"
         params["clientAlgoId"] = cid
-        data = await self._request("POST", "/fapi/v1/algoOrder", params, signed=True, orders=1,
-                                   client_order_id=cid)
+        data = await self._request(
+            "POST", "/fapi/v1/algoOrder", params, signed=True, orders=1, client_order_id=cid
+        )
         return AlgoOrder.model_validate(data)
 
     @staticmethod
@@ -574,11 +646,13 @@ class BinanceFuturesClient:
             params["origClientOrderId"] = _check_client_id(client_order_id, "origClientOrderId")
         return params
 
-    async def query_order(self, symbol: str, *, client_order_id: str | None = None,
-                          order_id: int | None = None) -> Order:
+    async def query_order(
+        self, symbol: str, *, client_order_id: str | None = None, order_id: int | None = None
+    ) -> Order:
         params = self._order_ref(symbol, client_order_id, order_id)
-        data = await self._request("GET", "/fapi/v1/order", params, signed=True,
-                                   client_order_id=client_order_id)
+        data = await self._request(
+            "GET", "/fapi/v1/order", params, signed=True, client_order_id=client_order_id
+        )
         return Order.model_validate(data)
 
     async def find_order(self, symbol: str, client_order_id: str) -> Order | None:
@@ -588,11 +662,16 @@ class BinanceFuturesClient:
         except OrderNotFoundError:
             return None
 
-    async def cancel_order(self, symbol: str, *, client_order_id: str | None = None,
-                           order_id: int | None = None) -> Order:
-        data = await self._request("DELETE", "/fapi/v1/order",
-                                   self._order_ref(symbol, client_order_id, order_id), signed=True,
-                                   client_order_id=client_order_id)
+    async def cancel_order(
+        self, symbol: str, *, client_order_id: str | None = None, order_id: int | None = None
+    ) -> Order:
+        data = await self._request(
+            "DELETE",
+            "/fapi/v1/order",
+            self._order_ref(symbol, client_order_id, order_id),
+            signed=True,
+            client_order_id=client_order_id,
+        )
         return Order.model_validate(data)
 
     async def open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -610,10 +689,16 @@ class BinanceFuturesClient:
             params["clientAlgoId"] = _check_client_id(client_algo_id, "clientAlgoId")
         return params
 
-    async def query_algo_order(self, *, client_algo_id: str | None = None,
-                               algo_id: int | None = None) -> AlgoOrder:
-        data = await self._request("GET", "/fapi/v1/algoOrder", self._algo_ref(algo_id, client_algo_id),
-                                   signed=True, client_order_id=client_algo_id)
+    async def query_algo_order(
+        self, *, client_algo_id: str | None = None, algo_id: int | None = None
+    ) -> AlgoOrder:
+        data = await self._request(
+            "GET",
+            "/fapi/v1/algoOrder",
+            self._algo_ref(algo_id, client_algo_id),
+            signed=True,
+            client_order_id=client_algo_id,
+        )
         return AlgoOrder.model_validate(data)
 
     async def find_algo_order(self, client_algo_id: str) -> AlgoOrder | None:
@@ -623,10 +708,16 @@ class BinanceFuturesClient:
         except OrderNotFoundError:
             return None
 
-    async def cancel_algo_order(self, *, client_algo_id: str | None = None,
-                                algo_id: int | None = None) -> AlgoCancel:
-        data = await self._request("DELETE", "/fapi/v1/algoOrder", self._algo_ref(algo_id, client_algo_id),
-                                   signed=True, client_order_id=client_algo_id)
+    async def cancel_algo_order(
+        self, *, client_algo_id: str | None = None, algo_id: int | None = None
+    ) -> AlgoCancel:
+        data = await self._request(
+            "DELETE",
+            "/fapi/v1/algoOrder",
+            self._algo_ref(algo_id, client_algo_id),
+            signed=True,
+            client_order_id=client_algo_id,
+        )
         return AlgoCancel.model_validate(data)
 
     async def open_algo_orders(self, symbol: str | None = None) -> list[AlgoOrder]:
@@ -641,22 +732,52 @@ class BinanceFuturesClient:
     async def account(self) -> Account:
         return Account.model_validate(await self._request("GET", "/fapi/v3/account", signed=True))
 
-    async def user_trades(self, symbol: str, *, order_id: int | None = None, start_time: int | None = None,
-                          end_time: int | None = None, from_id: int | None = None,
-                          limit: int | None = None) -> list[Trade]:
-        rows = await self._request("GET", "/fapi/v1/userTrades", {
-            "symbol": symbol, "orderId": order_id, "startTime": start_time, "endTime": end_time,
-            "fromId": from_id, "limit": limit,
-        }, signed=True)
+    async def user_trades(
+        self,
+        symbol: str,
+        *,
+        order_id: int | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        from_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Trade]:
+        rows = await self._request(
+            "GET",
+            "/fapi/v1/userTrades",
+            {
+                "symbol": symbol,
+                "orderId": order_id,
+                "startTime": start_time,
+                "endTime": end_time,
+                "fromId": from_id,
+                "limit": limit,
+            },
+            signed=True,
+        )
         return [Trade.model_validate(r) for r in rows]
 
-    async def income(self, *, symbol: str | None = None, income_type: str | None = None,
-                     start_time: int | None = None, end_time: int | None = None,
-                     limit: int | None = None) -> list[Income]:
-        rows = await self._request("GET", "/fapi/v1/income", {
-            "symbol": symbol, "incomeType": income_type, "startTime": start_time, "endTime": end_time,
-            "limit": limit,
-        }, signed=True)
+    async def income(
+        self,
+        *,
+        symbol: str | None = None,
+        income_type: str | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int | None = None,
+    ) -> list[Income]:
+        rows = await self._request(
+            "GET",
+            "/fapi/v1/income",
+            {
+                "symbol": symbol,
+                "incomeType": income_type,
+                "startTime": start_time,
+                "endTime": end_time,
+                "limit": limit,
+            },
+            signed=True,
+        )
         return [Income.model_validate(r) for r in rows]
 
     # --- user data stream ---
