@@ -158,10 +158,17 @@ class ReconcileActivities:
         # One id per reconcile run and symbol: a retried attempt finds the workflow its first one started.
         run = hashlib.sha256(activity.info().workflow_run_id.encode()).hexdigest()[:8]
         wid = f"position-{fix.symbol}-adopted-{run}"
+        died = await self._died_with(fix)
+        if died is not None:
+            activity.logger.error(
+                "ALERT adopting %s %s whose workflow ended without closing it; its exits are kept",
+                fix.symbol,
+                fix.venue_amt,
+            )
         try:
             await self.client.start_workflow(
                 "PositionWorkflow",
-                adoption_input(fix, wid),
+                adoption_input(fix, wid, died),
                 id=wid,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 task_queue=LIFECYCLE_TASK_QUEUE,
@@ -170,6 +177,25 @@ class ReconcileActivities:
         except WorkflowAlreadyStartedError:
             pass
         return wid
+
+    async def _died_with(self, fix: Fix) -> PositionInput | None:
+        """The intent of the newest position workflow on this symbol and side that ended without
+        closing (failed, terminated, timed out): an adopted position keeps that trade's exits (an 8 %
+        exchange stop must not become the default 3 %). None when there is none, or it cannot be read."""
+        side = Side.LONG if (fix.venue_amt or 0) > 0 else Side.SHORT
+        query = (
+            f"WorkflowType='PositionWorkflow' AND Symbol='{fix.symbol}' AND Side='{side.value}' "
+            "AND ExecutionStatus IN ('Failed','Terminated','TimedOut')"
+        )
+        try:
+            async for wf in self.client.list_workflows(query, limit=1):
+                history = await self.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+                started = history.events[0].workflow_execution_started_event_attributes
+                (raw,) = await self.client.data_converter.decode(started.input.payloads, [dict])
+                return PositionInput.model_validate(raw)
+        except Exception as err:  # an unreadable history costs the exits, never the adoption
+            activity.logger.warning("could not read the ended workflow on %s: %s", fix.symbol, err)
+        return None
 
     @activity.defn(name="record_reconcile")
     async def record_reconcile(self, fixes: list[Fix]) -> None:
@@ -196,15 +222,17 @@ class ReconcileActivities:
                 activity.logger.warning("reconcile event not written to Redis: %s", fix.detail)
 
 
-def adoption_input(fix: Fix, wid: str) -> PositionInput:
-    """The venue's position as it stands: its quantity and entry price, the default exit profile."""
+def adoption_input(fix: Fix, wid: str, died: PositionInput | None = None) -> PositionInput:
+    """The venue's position as it stands: its quantity and entry price, with the exits, leverage and
+    strategy of the trade whose workflow died holding it, else the default exit profile."""
     amt = fix.venue_amt or Decimal(0)
+    kept = {} if died is None else {"exits": died.exits, "leverage": died.leverage, "strategy": died.strategy}
     return PositionInput(
         symbol=fix.symbol,
         side=Side.LONG if amt > 0 else Side.SHORT,
         quantity=abs(amt),
         source=IntentSource.ADOPTED,
-        strategy="adopted",
+        **{"strategy": "adopted", **kept},
         intent_id=wid,
         adopt=AdoptedPosition(quantity=abs(amt), entry_price=fix.entry_price or Decimal(0)),
     )

@@ -43,6 +43,8 @@ class Gate(StrEnum):
     TOTAL_NOTIONAL = "max_total_notional"
     EXCHANGE_MINIMUM = "exchange_minimum"  # decided by the position: the grant is below the venue's minimum
     VENUE_HALT = "venue_halt"  # decided by the position: the venue banned the IP, entries halt
+    ENTRY_DEADLINE = "entry_deadline"  # decided by the position: not executed in time, nothing sent
+    FLATTENED = "flattened"  # decided by the position: an emergency flatten came before its entry
 
 
 class RiskPolicy(BaseModel):
@@ -258,6 +260,37 @@ def apply_grant(book: PortfolioBook, req: ReservationRequest, grant: Grant, now_
     times = [t for t in book.executions_ms.get(req.symbol, []) if now_ms - t < HOUR_MS]
     times.append(now_ms)
     book.executions_ms[req.symbol] = times
+
+
+# Position states that hold a reservation: granted, and not released yet.
+HOLDING_STATES = frozenset({"ENTERING", "OPEN", "CLOSING"})
+
+
+def held_notional(status: str, open_qty: Decimal, entry_price: Decimal, policy: RiskPolicy) -> Decimal | None:
+    """What a running position is counted for when a fresh portfolio rebuilds its book; None when it
+    holds nothing (not granted yet: its request comes again and is decided; or done and released).
+    An open position counts its open notional. One whose fill is not known yet (still entering) counts
+    as the largest grant the policy allows: its grant is not visible from outside, and counting less
+    could overspend the budget (its fill shrinks the reservation through `adjust`)."""
+    if status not in HOLDING_STATES:
+        return None
+    notional = open_qty * entry_price
+    return notional if notional > 0 else policy.max_notional_per_trade_usdt
+
+
+def restore_reservation(
+    book: PortfolioBook, holder_id: str, symbol: str, side: Side, notional_usdt: Decimal, now_ms: int
+) -> bool:
+    """Count a reservation a running position already holds (a fresh portfolio rebuilding its book), so
+    slots and notional include it. Idempotent by holder id: a holder already in the book keeps its one
+    reservation, and a request it sends again gets that one back from `decide`, never a second. Not an
+    execution: the rate limits count an entry when it is granted. False when it was already there."""
+    if holder_id in book.reservations:
+        return False
+    book.reservations[holder_id] = Reservation(
+        holder_id=holder_id, symbol=symbol, side=side, notional_usdt=notional_usdt, reserved_at_ms=now_ms
+    )
+    return True
 
 
 def adjust(book: PortfolioBook, holder_id: str, notional_usdt: Decimal) -> bool:

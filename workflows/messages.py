@@ -14,6 +14,7 @@ from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, R
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
+from trading.position_state import PositionStatus  # re-exported: the position state machine owns it
 from trading.reconcile import VenueOrder, VenuePosition
 
 LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
@@ -27,18 +28,6 @@ class _Msg(BaseModel):
 
 
 # --- position ---
-class PositionStatus(StrEnum):
-    VALIDATING = "VALIDATING"
-    GOVERNING = "GOVERNING"
-    ENTERING = "ENTERING"
-    OPEN = "OPEN"
-    CLOSING = "CLOSING"
-    CLOSED = "CLOSED"
-    REJECTED = "REJECTED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
 class ExitReason(StrEnum):
     MANUAL = "manual"
     STOP_LOSS = "stop_loss"
@@ -50,6 +39,8 @@ class ExitReason(StrEnum):
     LIQUIDATION = "liquidation"
     ADL = "adl"
     ENTRY_UNFILLED = "entry_unfilled"
+    DRIFT = "drift"  # the venue held more than the position's tally: the excess was closed
+    CANCELLED = "cancelled"
 
 
 class PositionOptions(_Msg):
@@ -58,6 +49,9 @@ class PositionOptions(_Msg):
     mark_check_seconds: float = Field(10.0, gt=0, le=3600)
     # Continue-as-new also when history passes this many events (tests lower it).
     max_history_events: int = Field(4000, ge=100)
+    # An entry not executed this long after the intent is looked up and, if nothing executed, denied:
+    # after a long outage a 5-minute-bar intent must not execute hours later at another price.
+    entry_deadline_seconds: float = Field(60.0, gt=0, le=86_400)
 
 
 class ClosePositionRequest(_Msg):
@@ -94,6 +88,11 @@ class PositionCarry(_Msg):
     opened_at_ms: int
     levels_version: int = 0
     last_mark: Decimal | None = None
+    # What arrived during the hand-over and must not be lost with it.
+    flatten_reason: str | None = None
+    venue_changed: bool = False
+    pending_price: Decimal | None = None
+    drift_fills: list[Fill] = Field(default_factory=list)
 
 
 class PriceCrossed(_Msg):
@@ -186,6 +185,7 @@ class PositionView(_Msg):
     trigger_above: Decimal | None = None
     trigger_below: Decimal | None = None
     reason: str | None = None
+    venue_unreachable_since_ms: int | None = None  # venue reads failing since then (still managed)
 
 
 class PositionResult(_Msg):
@@ -256,6 +256,27 @@ class KillSwitchRequest(_Msg):
     reason: str = "operator"
 
 
+class PendingFlatten(_Msg):
+    """An emergency flatten being told: the holders of the moment it was asked (a position still entering
+    included), each told again at the holder checks until it lets its slot go."""
+
+    request: FlattenRequest
+    holders: list[str]
+    told: bool = False
+
+
+class RunningHolder(_Msg):
+    """A running position as a fresh portfolio finds it when it rebuilds its book: what its `state` query
+    says or, when it did not answer, what visibility indexes (no status: not even that)."""
+
+    holder_id: str
+    status: PositionStatus | None = None
+    symbol: str = ""
+    side: Side = Side.LONG
+    open_qty: Decimal = Decimal(0)
+    entry_price: Decimal = Decimal(0)
+
+
 class PortfolioInput(_Msg):
     policy: RiskPolicy | None = None
     book: PortfolioBook | None = None
@@ -264,6 +285,7 @@ class PortfolioInput(_Msg):
     max_history_events: int = Field(3000, ge=100)
     granted_total: int = 0
     denied_total: int = 0
+    flattens: list[PendingFlatten] = Field(default_factory=list)  # carried: a flatten outlives the hand-over
 
 
 class PortfolioView(_Msg):

@@ -13,11 +13,12 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 import pydantic
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from trading.execution import (
@@ -110,6 +111,20 @@ ORDER_RETRY = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=["Rejected", "UnknownSymbol"],
 )
+# A venue read while money is on the venue never fails the position: after these attempts it is
+# reported (log, metric, details) and tried again after a capped pause, for as long as it takes.
+VENUE_READ_PAUSE_MAX_S = 30.0
+# The mark timer's read: a few attempts, then the position says the venue is unreachable and goes on
+# deciding on the watcher's prices until the next timer (it never blocks the exit loop for long).
+MARK_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=3,
+    non_retryable_error_types=["Rejected", "UnknownSymbol"],
+)
+# An order attempt sends nothing in its last (HTTP timeout + recvWindow + 1 s) = 16 s (activities/
+# exchange.py: a request sent later could execute after the retry's look-up), so it needs room beyond.
+ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=60)
 PUBLISH_PAUSE_S = 5.0
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 PROJECTION_RETRY = RetryPolicy(
@@ -127,8 +142,19 @@ def _venue_reason(client_id: str, hard_stop_prefix: str) -> str:
     return ExitReason.EXCHANGE_CLOSED.value
 
 
+_T = TypeVar("_T")
 _NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
 TRANSIENT_STATUSES = (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING)
+TERMINAL_STATUSES = (
+    PositionStatus.CLOSED,
+    PositionStatus.REJECTED,
+    PositionStatus.FAILED,
+    PositionStatus.CANCELLED,
+)
+
+
+class _ExitRefused(Exception):
+    """The venue refused an exit order for good; the position stays open and managed."""
 
 
 @dataclass
@@ -173,7 +199,17 @@ class PositionWorkflow:
         self.levels_version = carry.levels_version if carry else 0
         self._published: tuple[Decimal | None, Decimal | None] | None = None
         self._publishing: asyncio.Future[None] | None = None
-        self._price: Decimal | None = None  # the latest price to decide on (watcher or mark timer)
+        self._price: Decimal | None = carry.pending_price if carry else None  # latest price to decide on
+        meter = workflow.metric_meter()
+        self._unreachable_alerts = meter.create_counter(
+            "quantum_position_venue_unreachable", "venue reads that kept failing while a position was open"
+        )
+        self._drift_alerts = meter.create_counter(
+            "quantum_position_drift", "venue positions found larger than the workflow's tally"
+        )
+        self._died_exposed = meter.create_counter(
+            "quantum_position_died_exposed", "position workflows that ended with quantity on the venue"
+        )
         self._hard_stop_alerts = workflow.metric_meter().create_counter(
             "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)"
         )
@@ -184,6 +220,14 @@ class PositionWorkflow:
             self.status = carry.status
         self.exit_reason: str | None = None
         self.exit_controller: str | None = None
+        # A flatten or cancel is remembered in every state until the position is flat (a flatten that
+        # arrived while the entry was in flight used to be dropped, and the position opened anyway).
+        self.flatten_reason: str | None = carry.flatten_reason if carry else None
+        self._venue_changed = carry.venue_changed if carry else False
+        self.drift_fills: list[Fill] = list(carry.drift_fills) if carry else []
+        self._drift = False
+        self.unreachable_since_ms: int | None = None
+        self._inflight: asyncio.Future | None = None  # the order activity in flight, never cancelled
         self._queue: list[_ExitTicket] = []
         self._results: dict[int, CloseResult] = {}
         self._next_ticket = 0
@@ -209,6 +253,13 @@ class PositionWorkflow:
                 ).record(self.intent.confidence, {"source": self.intent.source.value})
                 check = await self._validate()
                 decision = await self._govern(check)
+                if isinstance(decision, Grant) and self.flatten_reason is not None:
+                    # Flattened while waiting for the slot: never enter.
+                    decision = Denial(
+                        holder_id=decision.holder_id, gate=Gate.FLATTENED, reason=self.flatten_reason
+                    )
+                    self.denial = decision
+                    await self._release(Gate.FLATTENED.value, traded=False)
                 if isinstance(decision, Denial):
                     self.denial = decision
                     self._set_status(PositionStatus.REJECTED)
@@ -219,31 +270,42 @@ class PositionWorkflow:
                     await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
                 else:
                     await self._enter()
-                if self.denial is not None:  # below the venue's minimum, or entries halted: nothing was sent
+                if (
+                    self.denial is not None
+                ):  # below the venue's minimum, entries halted, too late: nothing sent
                     await self._release(self.denial.gate.value, traded=False)
                     self._set_status(PositionStatus.REJECTED)
                     return self._result()
             if self._tally().open_qty > 0 and not self._venue_flat:
                 self._set_status(PositionStatus.OPEN)
+                if self.flatten_reason is not None and not self._queue:  # remembered from before the entry
+                    self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
                 self._project("snapshot")  # the read model (and the user-data stream's routing) sees it open
                 await self._manage()
             await self._finish_close()
             return self._result()
-        except asyncio.CancelledError:
-            # An operator cancelled the workflow: flatten what is open, then stop.
+        except workflow.ContinueAsNewError:
+            raise
+        except BaseException as err:
+            if not is_cancelled_exception(err):
+                self._set_status(PositionStatus.FAILED)
+                self._alert_if_exposed(err)
+                raise
+            # An operator cancelled the workflow: take what the order in flight did, flatten what is
+            # open, then stop (cancelling the entry used to leave its fill unowned and unprotected).
             self._cancelled = True
+            self.flatten_reason = self.flatten_reason or "cancelled"
+            await self._settle_inflight()
             if self._tally().open_qty > 0:
-                self._queue.append(_ExitTicket(-1, None, "cancelled", "operator"))
+                self._queue.append(_ExitTicket(-1, None, ExitReason.CANCELLED.value, "operator"))
                 await self._process_exits()
             await self._finish_close(final_status=PositionStatus.CANCELLED)
             raise
-        except workflow.ContinueAsNewError:
-            raise
-        except BaseException:
-            self._set_status(PositionStatus.FAILED)
-            raise
         finally:
-            if self.grant is not None and not self._released and not self._continuing:
+            # The slot is never given back while the venue may hold this position: a workflow that
+            # dies exposed keeps it until reconcile adopts the position (the holder check frees it
+            # once the workflow is gone, and the venue position is then adopted with its exits).
+            if self.grant is not None and not self._released and not self._continuing and not self._exposed():
                 await self._release("workflow ended" if self.status != PositionStatus.CLOSED else "closed")
 
     _cancelled = False
@@ -320,27 +382,32 @@ class PositionWorkflow:
 
     async def _enter(self) -> None:
         """Size, leverage and the entry order in one exchange activity (each workflow step costs a task
-        round trip): the order's client id is fixed by the workflow, so a retry looks it up first."""
+        round trip): the order's client id is fixed by the workflow, so every attempt looks it up first.
+        The activity is never cancelled with the workflow: a cancel waits for what it did."""
         assert self.grant is not None
+        start_ms = int(workflow.info().start_time.timestamp() * 1000)
         self._order_in_flight = True
+        self._inflight = workflow.start_activity(
+            "open_entry",
+            OpenEntryInput(
+                symbol=self.intent.symbol,
+                side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
+                leverage=self.intent.leverage,
+                notional_usdt=self.grant.notional_usdt,
+                quantity=self.intent.quantity,
+                client_order_id=client_order_id(workflow.info().workflow_id, "entry"),
+                intent_at_ms=start_ms,
+                deadline_ms=start_ms + int(self.options.entry_deadline_seconds * 1000),
+            ),
+            result_type=OpenEntryOutcome,
+            task_queue=EXCHANGE_TASK_QUEUE,
+            start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
+            retry_policy=ORDER_RETRY,
+        )
         try:
-            entry: OpenEntryOutcome = await workflow.execute_activity(
-                "open_entry",
-                OpenEntryInput(
-                    symbol=self.intent.symbol,
-                    side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
-                    leverage=self.intent.leverage,
-                    notional_usdt=self.grant.notional_usdt,
-                    quantity=self.intent.quantity,
-                    client_order_id=client_order_id(workflow.info().workflow_id, "entry"),
-                    intent_at_ms=int(workflow.info().start_time.timestamp() * 1000),
-                ),
-                result_type=OpenEntryOutcome,
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=ORDER_RETRY,
-            )
+            entry: OpenEntryOutcome = await asyncio.shield(self._inflight)
         except ActivityError as err:
+            self._inflight = None
             cause = err.cause
             if not (isinstance(cause, ApplicationError) and cause.type == "EntriesHalted"):
                 raise
@@ -349,10 +416,19 @@ class PositionWorkflow:
             return
         finally:
             self._order_in_flight = False
+        self._inflight = None
         market = entry.market
         self.rules = market.rules
         if entry.outcome is None:
             self.exit_reason = ExitReason.ENTRY_UNFILLED.value
+            if entry.expired:
+                self.denial = Denial(
+                    holder_id=self.grant.holder_id,
+                    gate=Gate.ENTRY_DEADLINE,
+                    reason=f"not executed within {self.options.entry_deadline_seconds:g} s of the intent: "
+                    "nothing was sent after that",
+                )
+                return
             self.denial = Denial(
                 holder_id=self.grant.holder_id,
                 gate=Gate.EXCHANGE_MINIMUM,
@@ -369,7 +445,7 @@ class PositionWorkflow:
             return
         filled_notional = filled.entry_notional
         if filled_notional < self.grant.notional_usdt:
-            await self._portfolio_signal(
+            await self._tell_portfolio(
                 "adjust_reservation",
                 AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
             )
@@ -377,6 +453,44 @@ class PositionWorkflow:
         self.mark = outcome.avg_price
         await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
         self._project("apply_result", action="entry", outcome=outcome)
+
+    async def _settle_inflight(self) -> None:
+        """After a cancel: wait for the order activity that was in flight and take its fills."""
+        task, self._inflight = self._inflight, None
+        if task is None:
+            return
+        try:
+            done = await task
+        except ActivityError as err:
+            workflow.logger.warning("the order in flight at the cancel failed: %s", err.cause)
+            return
+        finally:
+            self._order_in_flight = False
+        if isinstance(done, OpenEntryOutcome):
+            self.rules = done.market.rules
+            if done.outcome is not None:
+                self._record_fills(done.outcome)
+                self.opened_at_ms = self.opened_at_ms or int(workflow.now().timestamp() * 1000)
+        else:
+            self._record_fills(done)
+
+    def _exposed(self) -> bool:
+        return self._tally().open_qty > 0 or self._inflight is not None
+
+    def _alert_if_exposed(self, err: BaseException) -> None:
+        """A position that dies with money on the venue must be loud: reconcile adopts it, with this
+        trade's exits, but an operator has to know."""
+        if not self._exposed():
+            return
+        self._died_exposed.add(1, {"symbol": self.intent.symbol})
+        workflow.logger.error(
+            "ALERT position %s ended %s with %s %s open on the venue: %s",
+            workflow.info().workflow_id,
+            self.status.value,
+            self._tally().open_qty,
+            self.intent.symbol,
+            err,
+        )
 
     def _adopt(self, adopted: AdoptedPosition, market: EntryMarket) -> None:
         """Take a position found on the venue as it is: its quantity at its entry price."""
@@ -429,7 +543,7 @@ class PositionWorkflow:
                 ),
                 result_type=StopOutcome,
                 task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=15),
+                start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
                 retry_policy=ORDER_RETRY,
             )
             self.hard_stop_id = stop_id
@@ -443,14 +557,60 @@ class PositionWorkflow:
 
     async def _cancel_hard_stop(self) -> None:
         assert self.hard_stop_id is not None
-        await workflow.execute_activity(
+        await self._venue_read(
             "cancel_stop",
             CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=QUICK_RETRY,
+            bool,
+            timedelta(seconds=10),
         )
         self.hard_stop_id = None
+
+    async def _venue_read(self, name: str, arg: object, result_type: type[_T], limit: timedelta) -> _T:
+        """A venue call that must eventually succeed while money is on the venue (a read, or a cancel
+        that is idempotent): it never fails the position. After the quick retries it says so (log,
+        metric, details) and tries again after a capped pause, for as long as the outage lasts (a 30 s
+        outage used to end the workflow FAILED with the position still open and its slot released)."""
+        pause = 1.0
+        while True:
+            try:
+                result = await workflow.execute_activity(
+                    name,
+                    arg,
+                    result_type=result_type,
+                    task_queue=EXCHANGE_TASK_QUEUE,
+                    start_to_close_timeout=limit,
+                    retry_policy=QUICK_RETRY,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.non_retryable:
+                    raise
+                self._venue_unreachable(name, err)
+                await workflow.sleep(pause)
+                pause = min(pause * 2, VENUE_READ_PAUSE_MAX_S)
+                continue
+            self._venue_reachable()
+            return result
+
+    def _venue_unreachable(self, what: str, err: BaseException) -> None:
+        if self.unreachable_since_ms is None:
+            self.unreachable_since_ms = int(workflow.now().timestamp() * 1000)
+            self._unreachable_alerts.add(1, {"symbol": self.intent.symbol, "call": what})
+            workflow.logger.error(
+                "ALERT position %s cannot reach the venue (%s: %s); %s %s open, still managed, retrying",
+                workflow.info().workflow_id,
+                what,
+                err.cause if isinstance(err, ActivityError) else err,
+                self._tally().open_qty,
+                self.intent.symbol,
+            )
+            self._update_details()
+
+    def _venue_reachable(self) -> None:
+        if self.unreachable_since_ms is not None:
+            workflow.logger.warning("position %s reaches the venue again", workflow.info().workflow_id)
+            self.unreachable_since_ms = None
+            self._update_details()
 
     async def _manage(self) -> None:
         self._publish_levels()
@@ -463,6 +623,7 @@ class PositionWorkflow:
                             or self._price is not None
                             or self._publish_due()
                             or self._venue_changed
+                            or self._drift
                         ),
                         timeout=timedelta(seconds=self.options.mark_check_seconds),
                     )
@@ -470,23 +631,38 @@ class PositionWorkflow:
                     await self._check_mark()  # the safety net when the watcher is down
             if self._venue_changed:
                 await self._settle_with_venue()
+            if self._drift:
+                await self._correct_drift()
             await self._process_exits()
             if self._price is not None and self._tally().open_qty > 0 and not self._venue_flat:
                 price, self._price = self._price, None
                 await self._apply_exit_policies(price)
             self._publish_levels()
             if self._should_continue_as_new():
-                await self._continue_as_new()
+                if workflow.patched("can-at-a-quiet-point"):
+                    # Only here, at a point where the loop itself has drained every request: waiting
+                    # for an empty queue would wait on this very loop (a close or a flatten that came
+                    # with an exit in flight was never served, its update never answered).
+                    if not self._queue and workflow.all_handlers_finished():
+                        self._hand_over()
+                else:
+                    await self._continue_as_new()
 
     async def _check_mark(self) -> None:
-        self.mark = await workflow.execute_activity(
-            "get_mark_price",
-            MarkPriceInput(symbol=self.intent.symbol),
-            result_type=Decimal,
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=5),
-            retry_policy=QUICK_RETRY,
-        )
+        try:
+            self.mark = await workflow.execute_activity(
+                "get_mark_price",
+                MarkPriceInput(symbol=self.intent.symbol),
+                result_type=Decimal,
+                task_queue=EXCHANGE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=MARK_RETRY,
+            )
+        except ActivityError as err:
+            # Not fatal: the watcher's prices still drive the exits, the next timer tries again.
+            self._venue_unreachable("get_mark_price", err)
+            return
+        self._venue_reachable()
         if self._price is None:
             self._price = self.mark
         if self.hard_stop_id is None and self.exit_state is not None and self._tally().open_qty > 0:
@@ -519,7 +695,10 @@ class PositionWorkflow:
             if action.hard_stop is not None:
                 await self._replace_hard_stop(action.hard_stop)
             if action.kind == "close" and action.quantity > 0:
-                await self._close(action.quantity, action.reason, action.controller)
+                try:
+                    await self._close(action.quantity, action.reason, action.controller)
+                except _ExitRefused:
+                    return  # the next price or timer decides again
         self._update_details()
 
     async def _process_exits(self) -> None:
@@ -537,7 +716,17 @@ class PositionWorkflow:
                     detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero",
                 )
                 continue
-            outcome = await self._close(qty, ticket.reason, ticket.controller)
+            try:
+                outcome = await self._close(qty, ticket.reason, ticket.controller)
+            except _ExitRefused as refused:
+                self._results[ticket.ticket] = CloseResult(
+                    closed_qty=Decimal(0),
+                    avg_price=Decimal(0),
+                    remaining_qty=self._tally().open_qty,
+                    noop=True,
+                    detail=f"refused by the exchange: {refused}",
+                )
+                continue
             if outcome is None:
                 self._results[ticket.ticket] = CloseResult(
                     closed_qty=Decimal(0),
@@ -558,9 +747,18 @@ class PositionWorkflow:
         liquidation closed the position): then the venue's fills are taken instead."""
         self._set_status(PositionStatus.CLOSING)
         self.exit_seq += 1
-        outcome = await self._order(
-            self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
-        )
+        try:
+            outcome = await self._order(
+                self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
+            )
+        except ActivityError as err:
+            # Refused for good (e.g. a filter the venue changed): the position stays managed, the
+            # next decision tries again, and operators see it; it must never end the workflow.
+            self._set_status(PositionStatus.OPEN)
+            workflow.logger.error(
+                "ALERT exit of %s %s refused: %s", qty, self.intent.symbol, err.cause or err
+            )
+            raise _ExitRefused(str(err.cause or err)) from None
         if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
             await self._settle_with_venue()
             return None
@@ -629,29 +827,32 @@ class PositionWorkflow:
         """Take the venue's fills for this position and its word on the size: the venue closed some or
         all of it on its own (hard stop, liquidation, ADL, a close made by hand on the venue). Only
         fills after this position's entry count, never more than is open: an earlier position on the
-        same symbol must not leak into this one."""
+        same symbol must not leak into this one, and a venue fill that also closed an excess (drift)
+        counts only up to the open quantity."""
         self._venue_changed = False
         known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
         since = min((f.time_ms for f in self.fills if f.time_ms), default=self.opened_at_ms) - 1_000
-        fills = await workflow.execute_activity(
+        fills = await self._venue_read(
             "sync_fills",
             SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known),
-            result_type=list[Fill],
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=20),
-            retry_policy=QUICK_RETRY,
+            list[Fill],  # type: ignore[arg-type]
+            timedelta(seconds=20),
         )
         # Trade ids rise per symbol: everything after this position's first entry fill is its own.
         first = min((f.trade_id for f in self.fills if f.trade_id is not None), default=-1)
-        seen = {f.trade_id for f in self.fills}
+        seen = {f.trade_id for f in [*self.fills, *self.drift_fills]}
         new = []
         room = self._tally().open_qty
         for f in sorted(fills, key=lambda f: f.trade_id or 0):
             if f.trade_id in seen or f.side != self.intent.side.exit_order_side or (f.trade_id or 0) <= first:
                 continue
+            if room <= 0:
+                break
             if f.qty > room:
-                workflow.logger.error("venue fill %s exceeds the open quantity %s: ignored", f, room)
-                continue
+                workflow.logger.error(
+                    "venue fill %s exceeds the open quantity %s: %s of it is ours", f, room, room
+                )
+                f = f.model_copy(update={"qty": room, "fee": f.fee * room / f.qty})
             room -= f.qty
             new.append(f)
         self.fills.extend(new)
@@ -662,15 +863,87 @@ class PositionWorkflow:
             if self.exit_reason == ExitReason.HARD_STOP.value:
                 self.hard_stop_id = None  # it has fired: nothing left to cancel
         if self._tally().open_qty > 0:
-            venue = await workflow.execute_activity(
-                "get_position",
-                ExchangePositionInput(symbol=self.intent.symbol),
-                result_type=ExchangePosition,
+            venue = await self._read_position()
+            held = venue.position_amt * self.intent.side.sign
+            self._venue_flat = held <= 0
+            if self._venue_flat:
+                # The venue holds nothing, yet no fill explains it: book the rest at the venue's mark,
+                # loudly, so the trade is closed, journaled and released rather than left open forever.
+                rest = self._tally().open_qty
+                workflow.logger.error(
+                    "ALERT venue flat on %s but %s unexplained by its fills: closed at mark %s",
+                    self.intent.symbol,
+                    rest,
+                    venue.mark_price or self.mark,
+                )
+                self.fills.append(
+                    Fill(
+                        client_order_id=client_order_id(workflow.info().workflow_id, "venueflat"),
+                        side=self.intent.side.exit_order_side,  # type: ignore[arg-type]
+                        price=venue.mark_price or self.mark or self._tally().avg_entry,
+                        qty=rest,
+                        fee=Decimal(0),
+                        time_ms=int(workflow.now().timestamp() * 1000),
+                    )
+                )
+                self.exit_reason = self.exit_reason or ExitReason.EXCHANGE_CLOSED.value
+                self.exit_controller = "exchange"
+            elif held > self._tally().open_qty:
+                self._drift = True
+
+    async def _read_position(self) -> ExchangePosition:
+        return await self._venue_read(
+            "get_position",
+            ExchangePositionInput(symbol=self.intent.symbol),
+            ExchangePosition,
+            timedelta(seconds=10),
+        )
+
+    async def _correct_drift(self) -> None:
+        """The venue holds more than this position's tally (an order executed after we gave up on it,
+        or something added by hand): alert, then close the excess so nothing on the venue is
+        unmanaged. The excess's fills are kept apart: they are not this trade's PnL."""
+        self._drift = False
+        venue = await self._read_position()
+        excess = venue.position_amt * self.intent.side.sign - self._tally().open_qty
+        assert self.rules is not None
+        qty = close_quantity(excess, excess, self.rules) if excess > 0 else Decimal(0)
+        if qty <= 0:
+            return
+        self._drift_alerts.add(1, {"symbol": self.intent.symbol})
+        workflow.logger.error(
+            "ALERT drift on %s: the venue holds %s, position %s %s; closing the excess %s",
+            self.intent.symbol,
+            venue.position_amt,
+            workflow.info().workflow_id,
+            self._tally().open_qty,
+            qty,
+        )
+        self.exit_seq += 1
+        self._order_in_flight = True
+        try:
+            outcome = await workflow.execute_activity(
+                "place_order",
+                PlaceOrderInput(
+                    symbol=self.intent.symbol,
+                    side=self.intent.side.exit_order_side,
+                    quantity=qty,  # type: ignore[arg-type]
+                    client_order_id=client_order_id(workflow.info().workflow_id, f"drift{self.exit_seq}"),
+                    reduce_only=True,
+                ),
+                result_type=OrderOutcome,
                 task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=QUICK_RETRY,
+                start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
+                retry_policy=ORDER_RETRY,
             )
-            self._venue_flat = venue.position_amt == 0
+        except ActivityError as err:
+            workflow.logger.error(
+                "ALERT the drift close on %s was refused: %s", self.intent.symbol, err.cause
+            )
+            return
+        finally:
+            self._order_in_flight = False
+        self.drift_fills.extend(outcome.fills)
 
     _venue_flat = False
     _venue_changed = False
@@ -690,10 +963,26 @@ class PositionWorkflow:
             await self._release(self.exit_reason or final_status.value.lower())
         self._project("trade_closed", result=self._result())  # the reward's margin comes from the fills
         self._journal()
+        self._answer_waiting_closes()
         # Projections catch up after a Redis outage; the trade itself is already done and released.
         await asyncio.gather(
             *self._projections, *([self._publishing] if self._publishing else []), return_exceptions=True
         )
+        # Every update gets its answer before the run returns (one accepted while the last exit
+        # filled used to be aborted with the run).
+        self._answer_waiting_closes()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    def _answer_waiting_closes(self) -> None:
+        while self._queue:
+            ticket = self._queue.pop(0)
+            self._results[ticket.ticket] = CloseResult(
+                closed_qty=Decimal(0),
+                avg_price=Decimal(0),
+                remaining_qty=self._tally().open_qty,
+                noop=True,
+                detail=f"already {self.status.value.lower()}: nothing open to close",
+            )
 
     def _journal(self) -> None:
         """One trade-journal row for a position that traded and is flat (the row's key is this workflow
@@ -730,7 +1019,8 @@ class PositionWorkflow:
             self._order_in_flight = False
 
     async def _place(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
-        outcome = await workflow.execute_activity(
+        # Shielded: cancelling the workflow must not cancel an order that may already have executed.
+        self._inflight = workflow.start_activity(
             "place_order",
             PlaceOrderInput(
                 symbol=self.intent.symbol,
@@ -742,9 +1032,15 @@ class PositionWorkflow:
             ),
             result_type=OrderOutcome,
             task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=20),
+            start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
             retry_policy=ORDER_RETRY,
         )
+        try:
+            outcome = await asyncio.shield(self._inflight)
+        except ActivityError:
+            self._inflight = None
+            raise
+        self._inflight = None
         self._record_fills(outcome)
         return outcome
 
@@ -757,12 +1053,21 @@ class PositionWorkflow:
     async def _portfolio_signal(self, name: str, arg: object) -> None:
         await workflow.get_external_workflow_handle(DEFAULT_PORTFOLIO_ID).signal(name, arg)
 
+    async def _tell_portfolio(self, name: str, arg: object) -> None:
+        """A release or an adjustment: with no portfolio running (it failed, or is being replaced) the
+        signal fails; the position goes on, and a fresh portfolio rebuilds its book from the running
+        positions (a just-filled position used to fail here before its hard stop was placed)."""
+        try:
+            await self._portfolio_signal(name, arg)
+        except FailureError as err:
+            workflow.logger.warning("portfolio not reachable for %s: %s", name, err)
+
     async def _release(self, reason: str, *, traded: bool | None = None) -> None:
         assert self.grant is not None
         self._released = True
         if traded is None:
             traded = bool(self.fills)
-        await self._portfolio_signal(
+        await self._tell_portfolio(
             "release_reservation",
             ReleaseRequest(holder_id=self.grant.holder_id, reason=reason, cooldown=traded),
         )
@@ -776,12 +1081,20 @@ class PositionWorkflow:
         )
 
     async def _continue_as_new(self) -> None:
+        """Before the "can-at-a-quiet-point" patch (kept so runs started earlier replay)."""
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._queue)
         await asyncio.gather(*self._projections, return_exceptions=True)
-        assert self.rules is not None and self.grant is not None
-        assert self.profile is not None and self.exit_state is not None
         if self._publishing is not None:
             await self._publishing
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Continue as new with everything this position knows: what arrived during the hand-over
+        (a flatten, the venue's word, the latest price) is carried, not lost. Projections still
+        retrying are left behind: the read model catches up from the next run's writes, and a Redis
+        outage must not keep a position from being managed."""
+        assert self.rules is not None and self.grant is not None
+        assert self.profile is not None and self.exit_state is not None
         self._continuing = True
         carried = PositionInput.model_validate(
             {**self.intent.model_dump(exclude={"options", "carry"}), "options": self.options}
@@ -802,6 +1115,10 @@ class PositionWorkflow:
                         exit_seq=self.exit_seq,
                         opened_at_ms=self.opened_at_ms,
                         last_mark=self.mark,
+                        flatten_reason=self.flatten_reason,
+                        venue_changed=self._venue_changed or self._drift,
+                        pending_price=self._price,
+                        drift_fills=self.drift_fills,
                     )
                 }
             )
@@ -815,8 +1132,13 @@ class PositionWorkflow:
 
     @workflow.signal(name="emergency_flatten")
     def emergency_flatten(self, req: FlattenRequest) -> None:
-        if self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
+        if self.status in TERMINAL_STATUSES:
+            return
+        first = self.flatten_reason is None
+        self.flatten_reason = self.flatten_reason or req.reason
+        if first and self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
             self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
+        # VALIDATING/GOVERNING/ENTERING: remembered; the position never enters, or closes its fill.
 
     @workflow.signal(name="price_crossed")
     def price_crossed(self, raw: dict) -> None:
@@ -858,6 +1180,8 @@ class PositionWorkflow:
             venue_qty = event.position_amt * self.intent.side.sign
             if venue_qty < self._tally().open_qty:
                 self._venue_changed = True
+            elif venue_qty > self._tally().open_qty:
+                self._drift = True  # checked against a fresh read before anything is sent
 
     def _own_prefix(self) -> str:
         return client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
@@ -871,13 +1195,25 @@ class PositionWorkflow:
 
     @close.validator
     def _validate_close(self, raw: dict) -> None:
-        # Raw JSON parsed here, so a bad field is refused by name before anything reaches history.
-        req = parse_message(ClosePositionRequest, raw)
+        """Every refusal in one shape, `CloseRefused` naming the problem, before anything reaches
+        history: a bad field, a position that is not open, more than is open."""
+        try:
+            req = parse_message(ClosePositionRequest, raw)
+        except ValueError as err:
+            raise ApplicationError(str(err), type="CloseRefused", non_retryable=True) from None
         if self.status not in (PositionStatus.OPEN, PositionStatus.CLOSING):
-            raise ValueError(f"position is {self.status.value}, not open: nothing to close")
+            raise ApplicationError(
+                f"position is {self.status.value}, not open: nothing to close",
+                type="CloseRefused",
+                non_retryable=True,
+            )
         open_qty = self._tally().open_qty
         if req.quantity is not None and req.quantity > open_qty:
-            raise ValueError(f"quantity {req.quantity} exceeds the open quantity {open_qty}")
+            raise ApplicationError(
+                f"quantity {req.quantity} exceeds the open quantity {open_qty}",
+                type="CloseRefused",
+                non_retryable=True,
+            )
 
     @workflow.query(name="state")
     def state(self) -> PositionView:
@@ -901,6 +1237,7 @@ class PositionWorkflow:
             trigger_above=self._levels()[0],
             trigger_below=self._levels()[1],
             reason=self.exit_reason or (self.denial.reason if self.denial else None),
+            venue_unreachable_since_ms=self.unreachable_since_ms,
         )
 
     @workflow.query(name="fills")
@@ -990,6 +1327,11 @@ class PositionWorkflow:
         ]
         if v.reason:
             lines.append(f"reason: {v.reason}")
+        if self.unreachable_since_ms is not None:
+            since = datetime.fromtimestamp(self.unreachable_since_ms / 1000, tz=UTC).strftime("%H:%M:%S")
+            lines.append(f"**venue unreachable since {since} UTC**: still managed, retrying")
+        if self.flatten_reason is not None and self.status not in TERMINAL_STATUSES:
+            lines.append(f"flatten requested: {self.flatten_reason}")
         workflow.set_current_details("\n\n".join(lines))
 
     def _project(
