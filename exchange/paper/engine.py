@@ -42,6 +42,7 @@ from exchange.paper.shapes import (
     price_str,
     qty_str,
 )
+from exchange.paper.split_fills import SplitPlan, plan_split
 from exchange.paper.store import Store
 from trading.instruments import FilterViolation, SymbolRules
 from trading.margin import Position, fill_effect, liquidation_price
@@ -172,6 +173,7 @@ class PaperEngine:
         self.algos: dict[int, AlgoOrder] = {}
         self.open_algos: dict[str, dict[int, AlgoOrder]] = {s: {} for s in self.symbols}
         self.algo_client_index: dict[str, int] = {}
+        self._splits: dict[int, SplitPlan] = {}  # MARKET orders filling in parts (fault injection)
         self.trades: list[dict[str, Any]] = []
         self.incomes: list[dict[str, Any]] = []
         self.counters: dict[str, int] = {
@@ -217,6 +219,10 @@ class PaperEngine:
             p = prices.price_at(s, m)
             self.last[s] = p
             self._record_price(s, p, m, emit=False)
+        for o in [o for book in self.book.values() for o in book.values() if o.type == "MARKET"]:
+            # A MARKET order still filling in parts when the process stopped: its plan died with
+            # the process, so it would stay open (PARTIALLY_FILLED) forever.
+            self._end_order(o, "EXPIRED", now)
         self._flush()
 
     # ------------------------------------------------------------------ persistence
@@ -901,7 +907,9 @@ class PaperEngine:
         return out
 
     # ------------------------------------------------------------------ orders
-    def new_order(self, p: dict[str, str]) -> dict[str, Any]:
+    def new_order(self, p: dict[str, str], *, pieces: int = 1, interval_ms: int = 0) -> dict[str, Any]:
+        """POST /fapi/v1/order. `pieces` > 1 (the `partial_fills` fault): a MARKET order fills in that
+        many parts, the first now and one more every `interval_ms` from `advance()`."""
         now = self.wall_ms()
         sym = self._symbol(p)
         assert sym is not None
@@ -970,8 +978,14 @@ class PaperEngine:
         o = self._new_order_record(sym, cid, side, otype, tif, qty, price, reduce_only, now)
         ack = ack_shape(o, rules) if resp == "ACK" else None
         if marketable:
-            self._fill(o, fill_qty, fill_price, False, now)
-            if o.is_open:  # a capped reduce-only order: the rest cannot execute
+            split = None
+            if pieces > 1 and not is_limit:
+                split = plan_split(fill_qty, pieces, rules.market_step_size, now, interval_ms)
+            self._fill(o, split.piece if split else fill_qty, fill_price, False, now)
+            if split is not None:  # the rest fills in parts: open (PARTIALLY_FILLED) meanwhile
+                self._splits[o.order_id] = split
+                self.book[sym][o.order_id] = o
+            elif o.is_open:  # a capped reduce-only order: the rest cannot execute
                 self._end_order(o, "EXPIRED", now)
         elif tif in ("IOC", "FOK"):
             self._end_order(o, "EXPIRED", now)
@@ -1642,6 +1656,8 @@ class PaperEngine:
                 if sec - self._mark3_sec.get(s, -10) >= 3:
                     self._mark3_sec[s] = sec
                     self._market(f"{s.lower()}@markPrice", payload)
+        if self._splits:
+            self._fill_parts(now)
         self._check_liquidations(now)
         if m >= self.next_funding:
             self._funding(now, m)
@@ -1652,6 +1668,34 @@ class PaperEngine:
         if store is not None and store.pending_writes and now - self._checkpoint_ms >= CHECKPOINT_MS:
             self._checkpoint_ms = now
             store.checkpoint()
+
+    def _fill_parts(self, now: int) -> None:
+        """The next parts of MARKET orders filling over time, at the current price."""
+        for oid, split in list(self._splits.items()):
+            if now < split.next_ms:
+                continue
+            o = self.orders[oid]
+            if not o.is_open:  # canceled, swept (reduce-only) or liquidated meanwhile
+                del self._splits[oid]
+                continue
+            sym, side = o.symbol, o.side
+            qty = split.take()
+            if o.reduce_only:
+                qty = self._reduce_cap(sym, side, qty)
+            price = self._taker_price(sym, side)
+            ok = bool(qty)
+            if ok and not o.reduce_only:
+                # The rest of a MARKET order holds no margin: it may be gone by now.
+                try:
+                    self._check_margin(sym, side, qty, price)
+                except ApiError:
+                    ok = False
+            if ok:
+                self._fill(o, qty, price, False, now)
+            if o.is_open and (not ok or split.done):
+                self._end_order(o, "EXPIRED", now)
+            if not o.is_open:
+                del self._splits[oid]
 
     def _mark_payload(self, s: str, now: int) -> dict[str, Any]:
         mark = money(self.last[s])

@@ -12,16 +12,41 @@ Keys (all optional):
 - `http_5xx_rate`, `http_5xx_status` (503), `http_5xx_msg` ("Service Unavailable."): not executed.
   500/502 answer -1001 "Internal error; ..."; 503 answers the configured message with -1001 (a
   certain failure), or -1000 when the message is an "Unknown error..." one.
-- `count`: apply only to the next N requests a fault actually hits, then clear everything.
+- `count`: apply only to the next N requests a fault actually hits, then switch the faults above
+  off (the timed faults below keep going).
 - `paths`: path prefixes the faults apply to (default: every /fapi path).
 - `seed`: seed of the random draws (rates between 0 and 1).
+
+Timed and one-shot faults (each documented in its module; `count` and `paths` above do not apply
+to them, and a `null` value disarms one):
+- `outage` (outages.py): `{"paths": [...], "mode": "5xx" | "refuse" | "hang", "seconds": 30}`, or
+  a list of such windows; each POST adds windows, which end by themselves.
+- `late_execution` (late_orders.py): `{"delay_s": 5, "count": 1, "answer": "503" | "timeout",
+  "hang_s": 30}`: orders held back, their answer lost, executed `delay_s` later.
+- `ban_at` (bans.py): `{"path": "/fapi/v1/userTrades", "after": 0, "seconds": 10}`: a 418 IP ban
+  that starts at the (after+1)-th matching request.
+- `partial_fills` (split_fills.py): `{"pieces": 3, "interval_s": 0.5, "count": 1}`: MARKET orders
+  filled in parts over time.
+`GET` shows them with what is in force (`outage` windows, `bans`, `late_pending` orders);
+`DELETE` clears everything: open windows, bans, and late orders not yet executed.
+Metrics kinds: `outage_5xx`, `outage_refuse`, `outage_hang`, `ban` (each request refused by an
+injected ban), `late_execution` (each order held back), `partial_fills` (each order split).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
+
+from exchange.paper.bans import Bans, ban_message, parse_ban_at
+from exchange.paper.fault_params import FaultConfigError
+from exchange.paper.late_orders import LateOrders, parse_late_execution
+from exchange.paper.outages import Outage, Outages, parse_outages
+from exchange.paper.split_fills import PartialFills, parse_partial_fills
+
+__all__ = ["INTERNAL_ERROR_MSG", "LOST_ANSWER_MSG", "Block", "Decision", "FaultConfigError", "Faults"]
 
 LOST_ANSWER_MSG = "Unknown error, please check your request or try again later."
 INTERNAL_ERROR_MSG = "Internal error; unable to process your request. Please try again."
@@ -42,10 +67,8 @@ _DEFAULTS: dict[str, Any] = {
     "paths": None,
     "seed": None,
 }
-
-
-class FaultConfigError(ValueError):
-    pass
+# Timed and one-shot faults, each with its own module.
+_TIMED = ("outage", "late_execution", "ban_at", "partial_fills")
 
 
 @dataclass(frozen=True)
@@ -62,9 +85,38 @@ class Decision:
     hang_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class Block:
+    """A request the venue does not serve (outage or injected ban): answered with `status`/`code`/
+    `msg`, or, when `drop`, never answered (the connection is closed; "hang" holds it while
+    `outage` is open first)."""
+
+    kind: str
+    status: int = 0
+    code: int = 0
+    msg: str = ""
+    retry_after_s: int = 0
+    drop: bool = False
+    outage: Outage | None = None
+
+
+def _parse_timed(key: str, value: Any, now_ms: int) -> Any:
+    """The parsed setting of one timed fault (None: switch it off)."""
+    if value is None:
+        return None
+    if key == "outage":
+        return parse_outages(value, now_ms)
+    if key == "late_execution":
+        return parse_late_execution(value)
+    if key == "ban_at":
+        return parse_ban_at(value)
+    return parse_partial_fills(value)
+
+
 def _validate(key: str, value: Any) -> Any:
     if key not in _DEFAULTS:
-        raise FaultConfigError(f"unknown fault '{key}'; known: {', '.join(sorted(_DEFAULTS))}")
+        known = ", ".join(sorted([*_DEFAULTS, *_TIMED]))
+        raise FaultConfigError(f"unknown fault '{key}'; known: {known}")
     if value is None:
         return _DEFAULTS[key]
     try:
@@ -107,27 +159,114 @@ class Faults:
     def __init__(self) -> None:
         self._cfg: dict[str, Any] = dict(_DEFAULTS)
         self._rng = random.Random()
-        self.active = False  # fast path: nothing to do
+        self.active = False  # fast path of the rate faults (`decide`): nothing to do
         self.fired: dict[str, int] = {}
+        self.outages = Outages()
+        self.bans = Bans()
+        self.late = LateOrders()
+        self.partial: PartialFills | None = None
 
-    def snapshot(self) -> dict[str, Any]:
-        return {**self._cfg, "active": self.active, "fired": dict(self.fired)}
+    @property
+    def armed(self) -> bool:
+        """Fast path of `gate`: an outage window is open, or a ban is in force or armed."""
+        return bool(self.outages.windows) or self.bans.armed
 
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+    def snapshot(self, now_ms: int | None = None) -> dict[str, Any]:
+        now = _now_ms() if now_ms is None else now_ms
+        windows = self.outages.show(now)
+        bans = self.bans.show(now)
+        late, trigger, split = self.late.config, self.bans.trigger, self.partial
+        in_force = bool(windows or bans or late or trigger or split or self.late.pending)
+        return {
+            **self._cfg,
+            "outage": windows,
+            "late_execution": late.show() if late else None,
+            "ban_at": trigger.show() if trigger else None,
+            "partial_fills": split.show() if split else None,
+            "bans": bans,
+            "late_pending": self.late.show(now),
+            "active": self.active or in_force,
+            "fired": dict(self.fired),
+        }
+
+    def update(self, changes: dict[str, Any], now_ms: int | None = None) -> dict[str, Any]:
+        """Merge `changes` into the active set (all validated first: a refused POST changes nothing)."""
         if not isinstance(changes, dict):
             raise FaultConfigError("expected a JSON object")
-        cleaned = {k: _validate(k, v) for k, v in changes.items()}
+        now = _now_ms() if now_ms is None else now_ms
+        timed = {k: _parse_timed(k, v, now) for k, v in changes.items() if k in _TIMED}
+        cleaned = {k: _validate(k, v) for k, v in changes.items() if k not in _TIMED}
         self._cfg.update(cleaned)
         if "seed" in cleaned and cleaned["seed"] is not None:
             self._rng.seed(cleaned["seed"])
         self._refresh()
-        return self.snapshot()
+        for key, value in timed.items():
+            if key == "outage":
+                if value is None:
+                    self.outages.clear()
+                else:
+                    self.outages.open(value)
+            elif key == "late_execution":
+                self.late.arm(value)
+            elif key == "ban_at":
+                self.bans.arm(value)
+            else:
+                self.partial = value
+        return self.snapshot(now)
 
-    def clear(self) -> dict[str, Any]:
-        self._cfg = dict(_DEFAULTS)
+    def clear(self, now_ms: int | None = None) -> dict[str, Any]:
+        """Everything off: rate faults, windows, bans and their trigger, late orders not yet executed."""
+        self._clear_rates()
         self.fired = {}
+        self.outages.clear()
+        self.bans.clear()
+        self.late.clear()
+        self.partial = None
+        return self.snapshot(now_ms)
+
+    def _clear_rates(self) -> None:
+        self._cfg = dict(_DEFAULTS)
         self._refresh()
-        return self.snapshot()
+
+    def _fire(self, kind: str) -> None:
+        self.fired[kind] = self.fired.get(kind, 0) + 1
+
+    def gate(self, path: str, ip: str, now_ms: int) -> Block | None:
+        """Whether a /fapi request is served at all: an open outage window or an injected ban may
+        refuse it before anything else happens. Call only when `armed`."""
+        outage = self.outages.find(path, now_ms)
+        if outage is not None:
+            kind = f"outage_{outage.mode}"
+            self._fire(kind)
+            if outage.mode == "5xx":
+                return Block(kind, 503, -1001, "Service Unavailable.")
+            return Block(kind, drop=True, outage=outage)
+        if self.bans.armed:
+            until = self.bans.check(path, ip, now_ms)
+            if until is not None:
+                self._fire("ban")
+                return Block("ban", 418, -1003, ban_message(ip, until), -(-(until - now_ms) // 1000))
+        return None
+
+    def hold_back(self, params: dict[str, str], now_ms: int) -> tuple[str, float] | None:
+        """A POST /fapi/v1/order to execute late: (answer, hang_s) for the client, or None to
+        execute it now. Its time comes through `late.due`."""
+        cfg = self.late.take(params, now_ms)
+        if cfg is None:
+            return None
+        self._fire("late_execution")
+        return cfg.answer, cfg.hang_s
+
+    def take_split(self) -> PartialFills | None:
+        """The split for an accepted MARKET order, counted; None when `partial_fills` is off."""
+        cfg = self.partial
+        if cfg is None:
+            return None
+        cfg.count -= 1
+        if cfg.count <= 0:
+            self.partial = None
+        self._fire("partial_fills")
+        return cfg
 
     def _refresh(self) -> None:
         c = self._cfg
@@ -147,15 +286,24 @@ class Faults:
         if self._draw(c["http_418_rate"]):
             retry = max(1, c["retry_after_s"])
             decision = Decision(
-                "418", latency_s, 418, -1003,
+                "418",
+                latency_s,
+                418,
+                -1003,
                 f"Way too many requests; IP({ip}) banned until {now_ms + retry * 1000}. "
-                "Please use WebSocket Streams for live updates to avoid bans.", retry)
+                "Please use WebSocket Streams for live updates to avoid bans.",
+                retry,
+            )
         elif self._draw(c["http_429_rate"]):
             decision = Decision(
-                "429", latency_s, 429, -1003,
+                "429",
+                latency_s,
+                429,
+                -1003,
                 f"Too many requests; current limit of IP({ip}) request weight per minute is 2400. "
                 "Please use WebSocket Streams for live updates to avoid polling the API.",
-                max(1, c["retry_after_s"]))
+                max(1, c["retry_after_s"]),
+            )
         elif self._draw(c["http_5xx_rate"]):
             status = c["http_5xx_status"]
             if status == 503:
@@ -165,18 +313,26 @@ class Faults:
                 msg, code = INTERNAL_ERROR_MSG, -1001
             decision = Decision("5xx", latency_s, status, code, msg)
         elif places_order and self._draw(c["lost_answer_rate"]):
-            decision = Decision("lost", latency_s, 503, -1000, LOST_ANSWER_MSG,
-                                lost_mode=c["lost_answer_mode"], hang_s=c["hang_s"])
+            decision = Decision(
+                "lost",
+                latency_s,
+                503,
+                -1000,
+                LOST_ANSWER_MSG,
+                lost_mode=c["lost_answer_mode"],
+                hang_s=c["hang_s"],
+            )
         elif latency_s > 0:
             decision = Decision(None, latency_s)
         if decision is None:
             return None
-        name = decision.kind or "latency"
-        self.fired[name] = self.fired.get(name, 0) + 1
+        self._fire(decision.kind or "latency")
         if c["count"] is not None:
             c["count"] -= 1
             if c["count"] <= 0:
-                fired = self.fired
-                self.clear()
-                self.fired = fired
+                self._clear_rates()  # the timed faults keep going
         return decision
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

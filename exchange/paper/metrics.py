@@ -18,7 +18,8 @@ Exported:
 - `paper_exchange_rejections_total{code}`: error answers of `/fapi` by Binance error code (a refused
   request, a rate limit, an internal error); injected faults are counted apart;
 - `paper_exchange_faults_injected_total{kind}`: faults the fault injector applied (`418`, `429`,
-  `5xx`, `lost`, `latency`);
+  `5xx`, `lost`, `latency`; timed ones: `outage_5xx`, `outage_refuse`, `outage_hang`, `ban`,
+  `late_execution`, `partial_fills`);
 - `paper_exchange_ws_connections`, `paper_exchange_open_positions`,
   `paper_exchange_wallet_balance_usdt`: gauges read at scrape time;
 - `paper_exchange_liquidations_total`: positions the venue liquidated.

@@ -8,7 +8,8 @@
 - every WebSocket goes to the StreamHub (streams.py).
 
 The engine is synchronous and runs on the event loop thread, so requests, the background
-`advance()` ticker and stream fan-out are serialized without locks.
+`advance()` ticker and stream fan-out are serialized without locks. The ticker also places the
+orders the `late_execution` fault held back once their time has come (faults.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal, InvalidOperation
@@ -33,9 +36,10 @@ from exchange.paper import auth
 from exchange.paper.auth import API_KEY, NONE, SIGNED, Authenticator
 from exchange.paper.config import PaperConfig
 from exchange.paper.errors import ApiError
-from exchange.paper.faults import FaultConfigError, Faults
+from exchange.paper.faults import LOST_ANSWER_MSG, FaultConfigError, Faults
 from exchange.paper.limits import LimitError, RateLimiter
 from exchange.paper.metrics import CONTENT_TYPE, OTHER_PATH, PaperMetrics
+from exchange.paper.outages import Outage
 from exchange.paper.streams import StreamHub
 
 log = logging.getLogger("exchange.paper.server")
@@ -46,6 +50,7 @@ try:  # optional speed-up; the stdlib is the fallback
     def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, default=_default)
 except ImportError:  # pragma: no cover - depends on the environment
+
     def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), default=_default).encode()
 
@@ -61,6 +66,7 @@ _JSON = (b"content-type", b"application/json")
 _WEIGHT_HEADER = b"x-mbx-used-weight-1m"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 METRICS_PATH = "/metrics"
+ORDER_PATH = "/fapi/v1/order"
 
 Weight = int | Callable[[dict[str, str]], int]
 
@@ -86,8 +92,9 @@ def _klines_weight(p: dict[str, str]) -> int:
 class _Route:
     __slots__ = ("fn", "places_order", "security", "weight")
 
-    def __init__(self, fn: Callable[[dict[str, str]], Any], security: int, weight: Weight,
-                 places_order: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[[dict[str, str]], Any], security: int, weight: Weight, places_order: bool = False
+    ) -> None:
         self.fn = fn
         self.security = security
         self.weight = weight
@@ -99,8 +106,14 @@ def build_routes(engine: Any) -> dict[tuple[str, str], _Route]:
     e = engine
     r: dict[tuple[str, str], _Route] = {}
 
-    def add(method: str, path: str, fn: Callable[[dict[str, str]], Any], security: int,
-            weight: Weight, places_order: bool = False) -> None:
+    def add(
+        method: str,
+        path: str,
+        fn: Callable[[dict[str, str]], Any],
+        security: int,
+        weight: Weight,
+        places_order: bool = False,
+    ) -> None:
         r[(method, path)] = _Route(fn, security, weight, places_order)
 
     # public market data
@@ -172,6 +185,7 @@ class PaperServer:
         self.faults = Faults()
         self.hub = StreamHub(engine.listen_key_valid)
         self.routes = build_routes(engine)
+        self.routes[("POST", ORDER_PATH)].fn = self._new_order
         self.shutting_down = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
@@ -216,8 +230,13 @@ class PaperServer:
                     status = 200
                 else:
                     body, ctype, status = b"Method Not Allowed", b"text/plain", 405
-                await send({"type": "http.response.start", "status": status, "headers": [
-                    (b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
             else:
                 await self.admin(scope, receive, send_status)
@@ -225,7 +244,9 @@ class PaperServer:
             self.metrics.request(
                 method if method in _METHODS else "OTHER",
                 path if path == METRICS_PATH or path in self._admin_paths else OTHER_PATH,
-                status, time.perf_counter() - started)
+                status,
+                time.perf_counter() - started,
+            )
 
     async def _fapi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -242,7 +263,21 @@ class PaperServer:
         metrics = self.metrics
         rejected = 0  # the Binance code of an error answer the venue chose (not an injected fault)
         injected = False
+        faults = self.faults
         try:
+            # An open outage window or an injected ban refuses the request before anything else:
+            # a venue that is down or has banned the IP must execute nothing, whatever was asked.
+            if faults.armed and (block := faults.gate(path, ip, now)) is not None:
+                metrics.fault(block.kind)
+                if block.drop:
+                    if block.outage is not None and block.outage.mode == "hang":
+                        await self._hold(block.outage)
+                    await _drop_connection(send)
+                    return
+                if block.retry_after_s:
+                    headers.append((b"retry-after", str(block.retry_after_s).encode()))
+                injected = True
+                raise ApiError(block.code, block.msg, block.status)
             if route is None:
                 try:
                     self.limits.charge(ip, 1, now)
@@ -257,8 +292,8 @@ class PaperServer:
                 self.limits.charge(ip, weight, now)
             finally:
                 headers.append((_WEIGHT_HEADER, str(self.limits.used_weight(ip, now)).encode()))
-            if self.faults.active:
-                decision = self.faults.decide(path, route.places_order and method == "POST", now, ip)
+            if faults.active:
+                decision = faults.decide(path, route.places_order and method == "POST", now, ip)
                 if decision is not None:
                     metrics.fault(decision.kind or "latency")
                     if decision.latency_s:
@@ -290,6 +325,23 @@ class PaperServer:
                 finally:
                     headers.append((b"x-mbx-order-count-10s", str(c10).encode()))
                     headers.append((b"x-mbx-order-count-1m", str(c60).encode()))
+                if (
+                    lost is None
+                    and faults.late.config is not None
+                    and path == ORDER_PATH
+                    and method == "POST"
+                    and (held := faults.hold_back(params, now)) is not None
+                ):
+                    # Received, not executed: the ticker places it later (`_run_late_orders`).
+                    metrics.fault("late_execution")
+                    answer, hang_s = held
+                    if answer == "timeout":
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.shutting_down.wait(), hang_s)
+                        await _drop_connection(send)
+                        return
+                    injected = True
+                    raise ApiError(-1000, LOST_ANSWER_MSG, 503)
             result = route.fn(params)
             if route.places_order:
                 metrics.order(params.get("symbol", ""), params.get("type", ""), params.get("side", ""))
@@ -323,8 +375,48 @@ class PaperServer:
         await send({"type": "http.response.body", "body": payload})
         if rejected:
             metrics.rejection(rejected)
-        metrics.request(method if method in _METHODS else "OTHER", path if route is not None else OTHER_PATH,
-                        status, time.perf_counter() - started)
+        metrics.request(
+            method if method in _METHODS else "OTHER",
+            path if route is not None else OTHER_PATH,
+            status,
+            time.perf_counter() - started,
+        )
+
+    def _new_order(self, params: dict[str, str]) -> Any:
+        """POST /fapi/v1/order: the engine's, but a MARKET order fills in parts while the
+        `partial_fills` fault is armed (counted only when the order is accepted)."""
+        split = self.faults.partial
+        if split is None or params.get("type") != "MARKET":
+            return self.engine.new_order(params)
+        result = self.engine.new_order(params, pieces=split.pieces, interval_ms=split.interval_ms)
+        self.faults.take_split()
+        self.metrics.fault("partial_fills")
+        return result
+
+    async def _hold(self, outage: Outage) -> None:
+        """Keep a request unanswered while its "hang" outage window is open (or until shutdown)."""
+        while not self.shutting_down.is_set():
+            left_ms = outage.end_ms - self.engine.wall_ms()
+            if left_ms <= 0 or not self.faults.outages.is_open(outage, self.engine.wall_ms()):
+                return
+            # Short waits: a DELETE /admin/faults releases the held requests within a quarter second.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shutting_down.wait(), min(left_ms / 1000, 0.25))
+
+    def _run_late_orders(self) -> None:
+        """Place the orders the `late_execution` fault held back whose time has come, exactly as if
+        they had just been received; a refusal now (duplicate open clientOrderId, nothing left to
+        reduce, margin) has no one to answer to and is only counted and logged."""
+        for params in self.faults.late.due(self.engine.wall_ms()):
+            try:
+                self._new_order(params)
+            except ApiError as exc:
+                self.metrics.rejection(exc.code)
+                log.info("late order %s refused: %s", params.get("newClientOrderId", ""), exc.msg)
+            except Exception:
+                log.exception("late order %s failed", params.get("newClientOrderId", ""))
+            else:
+                self.metrics.order(params.get("symbol", ""), params.get("type", ""), params.get("side", ""))
 
     # ---- admin -----------------------------------------------------------------------------
     def _admin_ok(self, request: Request) -> Response | None:
@@ -336,13 +428,14 @@ class PaperServer:
         async def faults(request: Request) -> Response:
             if (denied := self._admin_ok(request)) is not None:
                 return denied
+            now = self.engine.wall_ms()
             if request.method == "GET":
-                return _json_response(self.faults.snapshot())
+                return _json_response(self.faults.snapshot(now))
             if request.method == "DELETE":
-                return _json_response(self.faults.clear())
+                return _json_response(self.faults.clear(now))
             try:
                 changes = json.loads(await request.body() or b"{}")
-                return _json_response(self.faults.update(changes))
+                return _json_response(self.faults.update(changes, now))
             except (ValueError, FaultConfigError) as exc:
                 return _json_response({"code": -1102, "msg": str(exc)}, 400)
 
@@ -389,8 +482,8 @@ class PaperServer:
         async def status(request: Request) -> Response:
             if (denied := self._admin_ok(request)) is not None:
                 return denied
-            return _json_response({"ws_connections": self.hub.connection_count,
-                                   "faults": self.faults.snapshot()})
+            faults = self.faults.snapshot(self.engine.wall_ms())
+            return _json_response({"ws_connections": self.hub.connection_count, "faults": faults})
 
         return [
             Route("/admin/faults", faults, methods=["GET", "POST", "DELETE"]),
@@ -430,6 +523,8 @@ class PaperServer:
         next_at = loop.time()
         while True:
             next_at += interval
+            if self.faults.late.pending:
+                self._run_late_orders()
             try:
                 self.engine.advance()
             except Exception:
@@ -458,6 +553,27 @@ class PaperServer:
             self.engine.close()
         except Exception:
             log.exception("engine.close failed")
+
+
+async def _drop_connection(send: Any) -> None:
+    """Close the client's connection without an HTTP answer (refused and hung requests).
+
+    ASGI has no message for this, so the server's own transport is closed: uvicorn's `send` is a
+    method of the request cycle that holds it. SO_LINGER 0 makes the close a reset, so the client
+    sees a connection error at once rather than an orderly end of stream. Under another ASGI server
+    (or in-process transports) the request fails with an exception instead."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionAbortedError("connection dropped by the paper exchange's fault injector")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    # Let the server see the connection gone before this app returns: it must not try to send its
+    # own "500 Internal Server Error" on the closed transport.
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 def _json_response(obj: Any, status: int = 200) -> Response:
