@@ -35,26 +35,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m exchange.paper",
         description="Binance USD-M compatible paper exchange (REST + WebSocket). "
-                    "Keys: BINANCE_API_KEY / BINANCE_API_SECRET.")
+        "Keys: BINANCE_API_KEY / BINANCE_API_SECRET.",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--state", default=str(qt_home / "paper" / "state.sqlite"),
-                   help="SQLite file keeping orders and positions across restarts "
-                        "(':memory:' keeps nothing; default: $QT_HOME/paper/state.sqlite)")
-    p.add_argument("--prices", choices=["manual", "replay", "synthetic"],
-                   default="replay" if default_data else "synthetic",
-                   help="price source (default: replay when the shared data folder exists, else synthetic)")
-    p.add_argument("--data-dir", type=Path, default=default_data,
-                   help=f"folder of kline files (default: {DEFAULT_DATA_DIR} when present)")
+    p.add_argument(
+        "--state",
+        default=str(qt_home / "paper" / "state.sqlite"),
+        help="SQLite file keeping orders and positions across restarts "
+        "(':memory:' keeps nothing; default: $QT_HOME/paper/state.sqlite)",
+    )
+    p.add_argument(
+        "--prices",
+        choices=["manual", "replay", "synthetic"],
+        default="replay" if default_data else "synthetic",
+        help="price source (default: replay when the shared data folder exists, else synthetic)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data,
+        help=f"folder of kline files (default: {DEFAULT_DATA_DIR} when present)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="market clock speed vs wall time")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--slippage-bps", type=_decimal, default=Decimal("0"))
     p.add_argument("--funding-rate", type=_decimal, default=Decimal("0.0001"))
     p.add_argument("--start-balance", type=_decimal, default=Decimal("10000"))
     p.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    p.add_argument("--extra-symbols", type=int, default=0, metavar="N",
-                   help="also list N synthetic perpetuals T001USDT..TNNNUSDT for load tests (generic "
-                        "filters, start price 100.00; constant under --prices replay; 0..999)")
+    p.add_argument(
+        "--extra-symbols",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list N synthetic perpetuals T001USDT..TNNNUSDT for load tests (generic "
+        "filters, start price 100.00; constant under --prices replay; 0..999)",
+    )
     p.add_argument("--tick-ms", type=int, default=100, help="engine tick interval in ms")
     p.add_argument("--weight-limit", type=int, default=2400, help="request weight per minute per IP")
     p.add_argument("--order-limit-10s", type=int, default=300)
@@ -69,9 +85,11 @@ def run(argv: list[str] | None = None) -> int:
     api_secret = os.environ.get("BINANCE_API_SECRET", "")
     for name, value in (("BINANCE_API_KEY", api_key), ("BINANCE_API_SECRET", api_secret)):
         if not value:
-            print(f"paper exchange: environment variable {name} is not set; it holds the paper "
-                  "account's API key pair (any non-empty value, the client must use the same).",
-                  file=sys.stderr)
+            print(
+                f"paper exchange: environment variable {name} is not set; it holds the paper "
+                "account's API key pair (any non-empty value, the client must use the same).",
+                file=sys.stderr,
+            )
             return 2
 
     import uvicorn
@@ -83,12 +101,21 @@ def run(argv: list[str] | None = None) -> int:
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
     try:
         config = PaperConfig(
-            api_key=api_key, api_secret=api_secret, prices=args.prices, data_dir=args.data_dir,
-            symbols=symbols, extra_symbols=args.extra_symbols, speed=args.speed, seed=args.seed,
+            api_key=api_key,
+            api_secret=api_secret,
+            prices=args.prices,
+            data_dir=args.data_dir,
+            symbols=symbols,
+            extra_symbols=args.extra_symbols,
+            speed=args.speed,
+            seed=args.seed,
             slippage_bps=args.slippage_bps,
-            funding_rate=args.funding_rate, start_balance=args.start_balance,
-            tick_interval_ms=args.tick_ms, weight_limit_1m=args.weight_limit,
-            order_limit_10s=args.order_limit_10s, order_limit_1m=args.order_limit_1m,
+            funding_rate=args.funding_rate,
+            start_balance=args.start_balance,
+            tick_interval_ms=args.tick_ms,
+            weight_limit_1m=args.weight_limit,
+            order_limit_10s=args.order_limit_10s,
+            order_limit_1m=args.order_limit_1m,
         )
     except ValidationError as exc:
         print(f"paper exchange: bad setting: {exc}", file=sys.stderr)
@@ -105,10 +132,19 @@ def run(argv: list[str] | None = None) -> int:
             if loop is not None:
                 loop.call_soon_threadsafe(app.begin_shutdown)
 
-    server = _Server(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False,
-        ws_ping_interval=180.0, ws_ping_timeout=600.0, timeout_graceful_shutdown=5,
-    ))
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            ws_ping_interval=180.0,
+            ws_ping_timeout=600.0,
+            timeout_graceful_shutdown=5,
+        )
+    )
 
     async def serve() -> None:
         server._qt_loop = asyncio.get_running_loop()  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ def split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
     sig: bytes | None = None
     for part in raw.split(b"&"):
         if part.startswith(_SIG_PREFIX):
-            sig = part[len(_SIG_PREFIX):]
+            sig = part[len(_SIG_PREFIX) :]
         else:
             keep.append(part)
     return b"&".join(keep), sig
@@ -79,8 +79,9 @@ class Authenticator:
     def sign(self, payload: bytes) -> str:
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
-    def check_signed(self, key: bytes | None, query: bytes, body: bytes,
-                     params: dict[str, str], now_ms: int) -> None:
+    def check_signed(
+        self, key: bytes | None, query: bytes, body: bytes, params: dict[str, str], now_ms: int
+    ) -> None:
         """Raise the ApiError Binance would answer, or return when the request is authentic."""
         self.check_key(key)
         q, qsig = split_signature(query)
@@ -94,15 +95,18 @@ class Authenticator:
         try:
             ts = int(ts_raw)
         except ValueError:
-            raise ApiError(-1100, "Illegal characters found in parameter 'timestamp'; "
-                                  "legal range is '^[0-9]{1,20}$'.") from None
+            raise ApiError(
+                -1100, "Illegal characters found in parameter 'timestamp'; legal range is '^[0-9]{1,20}$'."
+            ) from None
         rw_raw = params.get("recvWindow")
         if rw_raw:
             try:
                 recv_window = float(rw_raw)
             except ValueError:
-                raise ApiError(-1100, "Illegal characters found in parameter 'recvWindow'; "
-                                      "legal range is '^[0-9]{1,20}$'.") from None
+                raise ApiError(
+                    -1100,
+                    "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,20}$'.",
+                ) from None
             if recv_window <= 0 or recv_window > MAX_RECV_WINDOW:
                 raise ApiError(-1131, "recvWindow must be less than 60000")
         else:

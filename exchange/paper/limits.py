@@ -70,8 +70,14 @@ class _IpState:
 
 
 class RateLimiter:
-    def __init__(self, weight_limit_1m: int = 2400, order_limit_10s: int = 300,
-                 order_limit_1m: int = 1200, ban_s: int = 120, strikes_to_ban: int = 3) -> None:
+    def __init__(
+        self,
+        weight_limit_1m: int = 2400,
+        order_limit_10s: int = 300,
+        order_limit_1m: int = 1200,
+        ban_s: int = 120,
+        strikes_to_ban: int = 3,
+    ) -> None:
         self.weight_limit = weight_limit_1m
         self.order_limit_10s = order_limit_10s
         self.order_limit_1m = order_limit_1m
@@ -90,14 +96,18 @@ class RateLimiter:
             -1003,
             f"Way too many requests; IP({ip}) banned until {st.banned_until_ms}. "
             "Please use WebSocket Streams for live updates to avoid bans.",
-            418, -(-(st.banned_until_ms - now_ms) // 1000))
+            418,
+            -(-(st.banned_until_ms - now_ms) // 1000),
+        )
 
     def _limit_error(self, ip: str, retry_after_s: int) -> LimitError:
         return LimitError(
             -1003,
             f"Too many requests; current limit of IP({ip}) request weight per minute is "
             f"{self.weight_limit}. Please use WebSocket Streams for live updates to avoid polling the API.",
-            429, retry_after_s)
+            429,
+            retry_after_s,
+        )
 
     def charge(self, ip: str, weight: int, now_ms: int) -> int:
         """Count `weight` for `ip`; the weight used over the last minute, or raise LimitError."""
@@ -136,13 +146,19 @@ class RateLimiter:
         c10 = self._orders_10s.used(now_s)
         c60 = self._orders_1m.used(now_s)
         if c10 + 1 > self.order_limit_10s:
-            raise LimitError(-1015, f"Too many new orders; current limit is {self.order_limit_10s} "
-                                    "orders per TEN_SECONDS.", 429,
-                             self._orders_10s.seconds_until_below(now_s, self.order_limit_10s))
+            raise LimitError(
+                -1015,
+                f"Too many new orders; current limit is {self.order_limit_10s} orders per TEN_SECONDS.",
+                429,
+                self._orders_10s.seconds_until_below(now_s, self.order_limit_10s),
+            )
         if c60 + 1 > self.order_limit_1m:
-            raise LimitError(-1015, f"Too many new orders; current limit is {self.order_limit_1m} "
-                                    "orders per MINUTE.", 429,
-                             self._orders_1m.seconds_until_below(now_s, self.order_limit_1m))
+            raise LimitError(
+                -1015,
+                f"Too many new orders; current limit is {self.order_limit_1m} orders per MINUTE.",
+                429,
+                self._orders_1m.seconds_until_below(now_s, self.order_limit_1m),
+            )
         self._orders_10s.add(now_s, 1)
         self._orders_1m.add(now_s, 1)
         return c10 + 1, c60 + 1

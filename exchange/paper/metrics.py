@@ -68,8 +68,9 @@ class _EngineCollector(Collector):
         for symbol, n in sorted(fills.items()):
             fam.add_metric([symbol], n)
         yield fam
-        yield CounterMetricFamily("paper_exchange_liquidations", "Positions liquidated by the venue.",
-                                  value=liquidations)
+        yield CounterMetricFamily(
+            "paper_exchange_liquidations", "Positions liquidated by the venue.", value=liquidations
+        )
 
 
 def _number(read: Any) -> float:
@@ -85,25 +86,48 @@ class PaperMetrics:
 
     def __init__(self, engine: Any, hub: Any) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("paper_exchange_requests", "HTTP requests by method, route and status.",
-                                ["method", "path", "status"], registry=registry)
-        self.request_seconds = Histogram("paper_exchange_request_seconds",
-                                         "Time to answer one HTTP request, by method and route.",
-                                         ["method", "path"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.orders = Counter("paper_exchange_orders", "Orders accepted (order and algo-order endpoints).",
-                              ["symbol", "type", "side"], registry=registry)
-        self.rejections = Counter("paper_exchange_rejections",
-                                  "Error answers of /fapi by Binance error code (injected faults excluded).",
-                                  ["code"], registry=registry)
-        self.faults = Counter("paper_exchange_faults_injected", "Faults applied by the fault injector.",
-                              ["kind"], registry=registry)
-        Gauge("paper_exchange_ws_connections", "Open WebSocket connections.",
-              registry=registry).set_function(lambda: _number(lambda: hub.connection_count))
-        Gauge("paper_exchange_open_positions", "Symbols with a non-zero position.",
-              registry=registry).set_function(
-                  lambda: _number(lambda: sum(1 for p in engine.positions.values() if p.amt)))
-        Gauge("paper_exchange_wallet_balance_usdt", "Wallet balance of the paper account (USDT).",
-              registry=registry).set_function(lambda: _number(lambda: engine.wallet))
+        self.requests = Counter(
+            "paper_exchange_requests",
+            "HTTP requests by method, route and status.",
+            ["method", "path", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "paper_exchange_request_seconds",
+            "Time to answer one HTTP request, by method and route.",
+            ["method", "path"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.orders = Counter(
+            "paper_exchange_orders",
+            "Orders accepted (order and algo-order endpoints).",
+            ["symbol", "type", "side"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "paper_exchange_rejections",
+            "Error answers of /fapi by Binance error code (injected faults excluded).",
+            ["code"],
+            registry=registry,
+        )
+        self.faults = Counter(
+            "paper_exchange_faults_injected",
+            "Faults applied by the fault injector.",
+            ["kind"],
+            registry=registry,
+        )
+        Gauge("paper_exchange_ws_connections", "Open WebSocket connections.", registry=registry).set_function(
+            lambda: _number(lambda: hub.connection_count)
+        )
+        Gauge(
+            "paper_exchange_open_positions", "Symbols with a non-zero position.", registry=registry
+        ).set_function(lambda: _number(lambda: sum(1 for p in engine.positions.values() if p.amt)))
+        Gauge(
+            "paper_exchange_wallet_balance_usdt",
+            "Wallet balance of the paper account (USDT).",
+            registry=registry,
+        ).set_function(lambda: _number(lambda: engine.wallet))
         registry.register(_EngineCollector(engine))
         # label tuple → child: the per-request cost is one dict lookup, not `labels()`' validation
         self._req: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -116,8 +140,10 @@ class PaperMetrics:
         key = (method, path, status)
         pair = self._req.get(key)
         if pair is None:
-            pair = self._req[key] = (self.requests.labels(method, path, str(status)),
-                                     self.request_seconds.labels(method, path))
+            pair = self._req[key] = (
+                self.requests.labels(method, path, str(status)),
+                self.request_seconds.labels(method, path),
+            )
         pair[0].inc()
         pair[1].observe(seconds)
 

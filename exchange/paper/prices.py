@@ -115,8 +115,12 @@ def _last_close(path: Path) -> Decimal | None:
 class ManualPrices:
     """Fixed prices; `set` moves one. Initial price: the last close of the symbol's shipped data file."""
 
-    def __init__(self, symbols: list[str] | None = None, data_dir: Path | None = None,
-                 rules: dict[str, SymbolRules] | None = None) -> None:
+    def __init__(
+        self,
+        symbols: list[str] | None = None,
+        data_dir: Path | None = None,
+        rules: dict[str, SymbolRules] | None = None,
+    ) -> None:
         self._rules = rules = DEFAULT_RULES if rules is None else rules
         names = [s for s in (symbols or list(rules)) if s in rules]
         files = data_files(data_dir)
@@ -185,8 +189,13 @@ class ReplayPrices:
     """
 
     def __init__(
-        self, data_dir: Path, symbols: list[str] | None = None, speed: float = 1.0, origin_ms: int = 0,
-        rules: dict[str, SymbolRules] | None = None, constant: dict[str, Decimal] | None = None,
+        self,
+        data_dir: Path,
+        symbols: list[str] | None = None,
+        speed: float = 1.0,
+        origin_ms: int = 0,
+        rules: dict[str, SymbolRules] | None = None,
+        constant: dict[str, Decimal] | None = None,
     ) -> None:
         self._rules = rules = DEFAULT_RULES if rules is None else rules
         files = data_files(data_dir)
@@ -361,6 +370,7 @@ def build_price_source(config: PaperConfig) -> PriceSource:
         constant = {s: SYNTHETIC_START_PRICE for s in extra}
         return ReplayPrices(data_dir, symbols, config.speed, origin, rules=rules, constant=constant)
     if config.prices == "synthetic":
-        return SyntheticPrices(symbols, config.seed, config.speed, origin, data_dir=config.data_dir,
-                               rules=rules)
+        return SyntheticPrices(
+            symbols, config.seed, config.speed, origin, data_dir=config.data_dir, rules=rules
+        )
     return ManualPrices(symbols, config.data_dir, rules)

@@ -37,8 +37,10 @@ try:  # optional speed-up; the stdlib is the fallback
     def _dumps(obj: Any) -> str:
         return orjson.dumps(obj, default=str).decode()
 except ImportError:  # pragma: no cover - depends on the environment
+
     def _dumps(obj: Any) -> str:
         return json.dumps(obj, separators=(",", ":"), default=str)
+
 
 _CATEGORIES = ("public", "market", "private")
 MAX_BUFFER = 5000  # messages waiting for one connection before it counts as too slow
@@ -299,8 +301,11 @@ class StreamHub:
         params = req.get("params") or []
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-                conn.push(_dumps({"error": {"code": 2, "msg": "Invalid request: params must be strings"},
-                                  "id": rid}))
+                conn.push(
+                    _dumps(
+                        {"error": {"code": 2, "msg": "Invalid request: params must be strings"}, "id": rid}
+                    )
+                )
                 return
             for name in params:
                 if method == "SUBSCRIBE":
@@ -321,5 +326,8 @@ class StreamHub:
         elif method == "GET_PROPERTY":
             conn.push(_dumps({"result": conn.combined, "id": rid}))
         else:
-            conn.push(_dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"},
-                              "id": rid}))
+            conn.push(
+                _dumps(
+                    {"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": rid}
+                )
+            )

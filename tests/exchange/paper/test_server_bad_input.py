@@ -15,15 +15,44 @@ def api(paper_exchange) -> Any:
     paper_exchange.set_price("BTCUSDT", "60000")
     with Api(paper_exchange) as a:
         # Some state worth protecting: an open position, a resting LIMIT order, a stop.
-        a.ok("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
-                                        "quantity": "0.010", "newClientOrderId": "seed-open"})
-        a.ok("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT",
-                                        "timeInForce": "GTC", "quantity": "0.005", "price": "50000",
-                                        "newClientOrderId": "seed-limit"})
-        a.ok("POST", "/fapi/v1/algoOrder", {"algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL",
-                                            "type": "STOP_MARKET", "triggerPrice": "55000",
-                                            "quantity": "0.010", "reduceOnly": "true",
-                                            "clientAlgoId": "seed-stop"})
+        a.ok(
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "BUY",
+                "type": "MARKET",
+                "quantity": "0.010",
+                "newClientOrderId": "seed-open",
+            },
+        )
+        a.ok(
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "BUY",
+                "type": "LIMIT",
+                "timeInForce": "GTC",
+                "quantity": "0.005",
+                "price": "50000",
+                "newClientOrderId": "seed-limit",
+            },
+        )
+        a.ok(
+            "POST",
+            "/fapi/v1/algoOrder",
+            {
+                "algoType": "CONDITIONAL",
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "STOP_MARKET",
+                "triggerPrice": "55000",
+                "quantity": "0.010",
+                "reduceOnly": "true",
+                "clientAlgoId": "seed-stop",
+            },
+        )
         yield a
 
 
@@ -37,19 +66,24 @@ def _expect(resp: Any, status: int, code: int) -> None:
     assert isinstance(body["msg"], str) and body["msg"]
 
 
-@pytest.mark.parametrize(("name", "params", "status", "code"), [
-    ("malformed symbol", {**ORDER, "symbol": "BTC-USDT!"}, 400, -1121),
-    ("unknown symbol", {**ORDER, "symbol": "FOOBARUSDT"}, 400, -1121),
-    ("negative quantity", {**ORDER, "quantity": "-0.010"}, 400, -4003),
-    ("quantity below the step size", {**ORDER, "quantity": "0.0105"}, 400, -1111),
-])
-def test_bad_order_is_refused_and_changes_nothing(api: Api, name: str, params: dict[str, str],
-                                                  status: int, code: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "params", "status", "code"),
+    [
+        ("malformed symbol", {**ORDER, "symbol": "BTC-USDT!"}, 400, -1121),
+        ("unknown symbol", {**ORDER, "symbol": "FOOBARUSDT"}, 400, -1121),
+        ("negative quantity", {**ORDER, "quantity": "-0.010"}, 400, -4003),
+        ("quantity below the step size", {**ORDER, "quantity": "0.0105"}, 400, -1111),
+    ],
+)
+def test_bad_order_is_refused_and_changes_nothing(
+    api: Api, name: str, params: dict[str, str], status: int, code: int
+) -> None:
     before = api.snapshot()
     _expect(api.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "bad-1"}), status, code)
     assert api.snapshot() == before, name
-    _expect(api.signed("GET", "/fapi/v1/order", {"symbol": "BTCUSDT", "origClientOrderId": "bad-1"}),
-            400, -2013)
+    _expect(
+        api.signed("GET", "/fapi/v1/order", {"symbol": "BTCUSDT", "origClientOrderId": "bad-1"}), 400, -2013
+    )
 
 
 def test_wrong_signature_old_timestamp_and_wrong_key_change_nothing(api: Api) -> None:
@@ -66,14 +100,18 @@ def test_wrong_signature_old_timestamp_and_wrong_key_change_nothing(api: Api) ->
     ts = int(time.time() * 1000)
     payload = f"symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.010&timestamp={ts}"
     tampered = payload.replace("0.010", "0.100") + "&signature=" + sign(api.secret, payload)
-    resp = api.http.post("/fapi/v1/order", content=tampered,
-                         headers={"X-MBX-APIKEY": api.key,
-                                  "content-type": "application/x-www-form-urlencoded"})
+    resp = api.http.post(
+        "/fapi/v1/order",
+        content=tampered,
+        headers={"X-MBX-APIKEY": api.key, "content-type": "application/x-www-form-urlencoded"},
+    )
     _expect(resp, 400, -1022)
     # No signature, no timestamp.
-    resp = api.http.post("/fapi/v1/order", content=payload,
-                         headers={"X-MBX-APIKEY": api.key,
-                                  "content-type": "application/x-www-form-urlencoded"})
+    resp = api.http.post(
+        "/fapi/v1/order",
+        content=payload,
+        headers={"X-MBX-APIKEY": api.key, "content-type": "application/x-www-form-urlencoded"},
+    )
     _expect(resp, 400, -1102)
     assert api.snapshot() == before
 

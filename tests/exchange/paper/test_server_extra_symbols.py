@@ -39,9 +39,24 @@ def test_synthetic_rules_are_pure_and_generic() -> None:
     assert r == synthetic_rules(SYM)
     assert (r.symbol, r.base_asset, r.price_precision, r.quantity_precision) == (SYM, "T042", 2, 3)
     assert (r.tick_size, r.step_size, r.min_qty, r.market_max_qty, r.min_notional) == (
-        Decimal("0.01"), Decimal("0.001"), Decimal("0.001"), Decimal("100000"), Decimal("5"))
-    assert SymbolRules.from_exchange_info({"symbol": SYM, "baseAsset": "T042", "pricePrecision": 2,
-                                           "quantityPrecision": 3, "filters": r.to_filters()}) == r
+        Decimal("0.01"),
+        Decimal("0.001"),
+        Decimal("0.001"),
+        Decimal("100000"),
+        Decimal("5"),
+    )
+    assert (
+        SymbolRules.from_exchange_info(
+            {
+                "symbol": SYM,
+                "baseAsset": "T042",
+                "pricePrecision": 2,
+                "quantityPrecision": 3,
+                "filters": r.to_filters(),
+            }
+        )
+        == r
+    )
     assert synthetic_symbols(3) == ["T001USDT", "T002USDT", "T003USDT"]
     assert synthetic_symbol(999) == "T999USDT"
     with pytest.raises(ValueError):
@@ -66,23 +81,52 @@ def test_market_order_stop_algo_and_close_on_a_synthetic_symbol(exchange: PaperE
         mark = api.public("/fapi/v1/premiumIndex", symbol=SYM).json()
         assert mark["symbol"] == SYM and Decimal(mark["markPrice"]) == Decimal("100")
         api.ok("POST", "/fapi/v1/leverage", {"symbol": SYM, "leverage": 10})
-        entry = api.ok("POST", "/fapi/v1/order", {"symbol": SYM, "side": "BUY", "type": "MARKET",
-                                                  "quantity": "1.000", "newOrderRespType": "RESULT"})
+        entry = api.ok(
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": SYM,
+                "side": "BUY",
+                "type": "MARKET",
+                "quantity": "1.000",
+                "newOrderRespType": "RESULT",
+            },
+        )
         assert entry["status"] == "FILLED" and Decimal(entry["avgPrice"]) == Decimal("100")
         assert api.position_amt(SYM) == 1.0
-        stop = api.ok("POST", "/fapi/v1/algoOrder", {"algoType": "CONDITIONAL", "symbol": SYM, "side": "SELL",
-                                                     "type": "STOP_MARKET", "triggerPrice": "90.00",
-                                                     "quantity": "1.000", "reduceOnly": "true",
-                                                     "clientAlgoId": "t042-stop"})
+        stop = api.ok(
+            "POST",
+            "/fapi/v1/algoOrder",
+            {
+                "algoType": "CONDITIONAL",
+                "symbol": SYM,
+                "side": "SELL",
+                "type": "STOP_MARKET",
+                "triggerPrice": "90.00",
+                "quantity": "1.000",
+                "reduceOnly": "true",
+                "clientAlgoId": "t042-stop",
+            },
+        )
         assert stop["algoStatus"] == "NEW"
         assert [a["clientAlgoId"] for a in api.ok("GET", "/fapi/v1/openAlgoOrders", {"symbol": SYM})] == [
-            "t042-stop"]
+            "t042-stop"
+        ]
         exchange.set_price(SYM, "95.5")  # settable like any manual price; above the stop
         tick = api.public("/fapi/v1/ticker/price", symbol=SYM).json()
         assert tick["price"] == "95.50"
-        close = api.ok("POST", "/fapi/v1/order", {"symbol": SYM, "side": "SELL", "type": "MARKET",
-                                                  "quantity": "1.000", "reduceOnly": "true",
-                                                  "newOrderRespType": "RESULT"})
+        close = api.ok(
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": SYM,
+                "side": "SELL",
+                "type": "MARKET",
+                "quantity": "1.000",
+                "reduceOnly": "true",
+                "newOrderRespType": "RESULT",
+            },
+        )
         assert close["status"] == "FILLED"
         assert api.position_amt(SYM) == 0.0
         assert api.ok("GET", "/fapi/v1/openAlgoOrders", {"symbol": SYM}) == []  # reduce-only stop expired
@@ -106,8 +150,9 @@ def test_every_price_mode_lists_the_synthetic_symbols(mode: str) -> None:
     engine.close()
 
 
-def test_bad_extra_symbols_count_is_refused(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_extra_symbols_count_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("BINANCE_API_KEY", "k")
     monkeypatch.setenv("BINANCE_API_SECRET", "s")
     assert run(["--extra-symbols", "1000", "--state", ":memory:"]) == 2

@@ -37,8 +37,14 @@ def api(exchange: PaperExchange) -> Iterator[Api]:
 
 
 def _order(cid: str, side: str = "BUY") -> dict[str, str]:
-    return {"symbol": "ETHUSDT", "side": side, "type": "MARKET", "quantity": "0.010",
-            "newClientOrderId": cid, "newOrderRespType": "RESULT"}
+    return {
+        "symbol": "ETHUSDT",
+        "side": side,
+        "type": "MARKET",
+        "quantity": "0.010",
+        "newClientOrderId": cid,
+        "newOrderRespType": "RESULT",
+    }
 
 
 def _lookup(api: Api, cid: str) -> httpx.Response:
@@ -48,9 +54,17 @@ def _lookup(api: Api, cid: str) -> httpx.Response:
 def _flatten(api: Api) -> None:
     amt = api.position_amt("ETHUSDT")
     if amt:
-        api.ok("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "SELL" if amt > 0 else "BUY",
-                                          "type": "MARKET", "quantity": f"{abs(amt):.3f}",
-                                          "reduceOnly": "true"})
+        api.ok(
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "ETHUSDT",
+                "side": "SELL" if amt > 0 else "BUY",
+                "type": "MARKET",
+                "quantity": f"{abs(amt):.3f}",
+                "reduceOnly": "true",
+            },
+        )
 
 
 def test_admin_faults_need_the_paper_key(exchange: PaperExchange) -> None:
@@ -58,8 +72,11 @@ def test_admin_faults_need_the_paper_key(exchange: PaperExchange) -> None:
     assert resp.status_code == 401
     resp = httpx.get(f"{exchange.base_url}/admin/faults", headers={"X-MBX-APIKEY": "nope"})
     assert resp.status_code == 401
-    resp = httpx.post(f"{exchange.base_url}/admin/faults", json={"no_such_fault": 1},
-                      headers={"X-MBX-APIKEY": exchange.api_key})
+    resp = httpx.post(
+        f"{exchange.base_url}/admin/faults",
+        json={"no_such_fault": 1},
+        headers={"X-MBX-APIKEY": exchange.api_key},
+    )
     assert resp.status_code == 400
     shown = exchange.admin("GET", "faults")
     assert shown["active"] is False
@@ -81,8 +98,10 @@ def test_lost_answer_503_order_exists(api: Api, exchange: PaperExchange) -> None
     assert api.public("/fapi/v1/time").status_code == 200  # only order placement is hit
     resp = api.signed("POST", "/fapi/v1/order", _order("lost-503"))
     assert resp.status_code == 503
-    assert resp.json() == {"code": -1000,
-                           "msg": "Unknown error, please check your request or try again later."}
+    assert resp.json() == {
+        "code": -1000,
+        "msg": "Unknown error, please check your request or try again later.",
+    }
     found = _lookup(api, "lost-503")
     assert found.status_code == 200 and found.json()["status"] == "FILLED"
     assert api.position_amt("ETHUSDT") == pytest.approx(0.01)
@@ -104,9 +123,20 @@ def test_lost_answer_on_algo_order(api: Api, exchange: PaperExchange) -> None:
     _flatten(api)
     api.ok("POST", "/fapi/v1/order", _order("algo-base"))
     exchange.set_faults(lost_answer_rate=1, count=1, paths=["/fapi/v1/algoOrder"])
-    resp = api.signed("POST", "/fapi/v1/algoOrder", {
-        "algoType": "CONDITIONAL", "symbol": "ETHUSDT", "side": "SELL", "type": "STOP_MARKET",
-        "triggerPrice": "2500", "quantity": "0.010", "reduceOnly": "true", "clientAlgoId": "lost-algo"})
+    resp = api.signed(
+        "POST",
+        "/fapi/v1/algoOrder",
+        {
+            "algoType": "CONDITIONAL",
+            "symbol": "ETHUSDT",
+            "side": "SELL",
+            "type": "STOP_MARKET",
+            "triggerPrice": "2500",
+            "quantity": "0.010",
+            "reduceOnly": "true",
+            "clientAlgoId": "lost-algo",
+        },
+    )
     assert resp.status_code == 503 and resp.json()["code"] == -1000
     found = api.ok("GET", "/fapi/v1/algoOrder", {"clientAlgoId": "lost-algo"})
     assert found["algoStatus"] == "NEW"
@@ -114,15 +144,25 @@ def test_lost_answer_on_algo_order(api: Api, exchange: PaperExchange) -> None:
     _flatten(api)
 
 
-@pytest.mark.parametrize(("faults", "status", "code", "msg_start", "retry_after"), [
-    ({"http_429_rate": 1, "retry_after_s": 7}, 429, -1003, "Too many requests", "7"),
-    ({"http_418_rate": 1, "retry_after_s": 9}, 418, -1003, "Way too many requests; IP", "9"),
-    ({"http_5xx_rate": 1}, 503, -1001, "Service Unavailable.", None),
-    ({"http_5xx_rate": 1, "http_5xx_status": 500}, 500, -1001, "Internal error;", None),
-    ({"http_5xx_rate": 1, "http_5xx_status": 502}, 502, -1001, "Internal error;", None),
-])
-def test_refusals_do_not_execute(api: Api, exchange: PaperExchange, faults: dict[str, Any], status: int,
-                                 code: int, msg_start: str, retry_after: str | None) -> None:
+@pytest.mark.parametrize(
+    ("faults", "status", "code", "msg_start", "retry_after"),
+    [
+        ({"http_429_rate": 1, "retry_after_s": 7}, 429, -1003, "Too many requests", "7"),
+        ({"http_418_rate": 1, "retry_after_s": 9}, 418, -1003, "Way too many requests; IP", "9"),
+        ({"http_5xx_rate": 1}, 503, -1001, "Service Unavailable.", None),
+        ({"http_5xx_rate": 1, "http_5xx_status": 500}, 500, -1001, "Internal error;", None),
+        ({"http_5xx_rate": 1, "http_5xx_status": 502}, 502, -1001, "Internal error;", None),
+    ],
+)
+def test_refusals_do_not_execute(
+    api: Api,
+    exchange: PaperExchange,
+    faults: dict[str, Any],
+    status: int,
+    code: int,
+    msg_start: str,
+    retry_after: str | None,
+) -> None:
     _flatten(api)
     cid = f"refused-{status}-{faults.get('http_5xx_status', 0)}"
     exchange.set_faults(**faults, count=1)

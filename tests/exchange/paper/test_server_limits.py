@@ -42,11 +42,15 @@ def test_order_count_headers(paper_exchange) -> None:
     with Api(paper_exchange) as api:
         counts = []
         for side in ("BUY", "SELL"):
-            resp = api.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": side, "type": "MARKET",
-                                                        "quantity": "0.010"})
+            resp = api.signed(
+                "POST",
+                "/fapi/v1/order",
+                {"symbol": "ETHUSDT", "side": side, "type": "MARKET", "quantity": "0.010"},
+            )
             assert resp.status_code == 200, resp.text
-            counts.append((int(resp.headers["x-mbx-order-count-10s"]),
-                           int(resp.headers["x-mbx-order-count-1m"])))
+            counts.append(
+                (int(resp.headers["x-mbx-order-count-10s"]), int(resp.headers["x-mbx-order-count-1m"]))
+            )
             assert "x-mbx-used-weight-1m" in resp.headers
         assert counts == [(1, 1), (2, 2)]
         # Non-order endpoints carry only the weight header.

@@ -55,10 +55,16 @@ def test_an_order_and_a_rejection_move_the_counters_by_exactly_one(paper_exchang
         before = scrape(ex.base_url)
         assert value(before, "paper_exchange_open_positions") == 0
         assert value(before, "paper_exchange_wallet_balance_usdt") == 10000
-        api.ok("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET",
-                                          "quantity": "0.010"})
-        refused = api.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET",
-                                                        "quantity": "0.001"})  # 3 USDT < 20 minimum
+        api.ok(
+            "POST",
+            "/fapi/v1/order",
+            {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.010"},
+        )
+        refused = api.signed(
+            "POST",
+            "/fapi/v1/order",
+            {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"},
+        )  # 3 USDT < 20 minimum
         assert refused.status_code == 400 and refused.json()["code"] == -4164
         after = scrape(ex.base_url)
 
@@ -96,8 +102,17 @@ def test_injected_faults_are_counted_apart_from_rejections(paper_exchange: Paper
     assert delta(before, after, "paper_exchange_faults_injected_total", kind="429") == 1
     assert total_delta(before, after, "paper_exchange_rejections_total") == 1
     assert delta(before, after, "paper_exchange_rejections_total", code="-1121") == 1
-    assert delta(before, after, "paper_exchange_requests_total", method="GET", path="/fapi/v1/ticker/price",
-                 status="429") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "paper_exchange_requests_total",
+            method="GET",
+            path="/fapi/v1/ticker/price",
+            status="429",
+        )
+        == 1
+    )
 
 
 def test_ws_connections_gauge(paper_exchange: PaperExchange) -> None:
@@ -119,8 +134,9 @@ def _signed_order(params: str) -> tuple[str, dict[str, str]]:
 async def test_each_app_has_its_own_registry_and_paths_stay_bounded() -> None:
     apps = [create_app(PaperConfig(api_key="KEY", api_secret="SECRET")) for _ in range(2)]
     assert apps[0].metrics.registry is not apps[1].metrics.registry
-    first, second = (httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://paper")
-                     for a in apps)
+    first, second = (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://paper") for a in apps
+    )
     async with first, second:
         for i in range(5):
             assert (await first.get(f"/fapi/v1/nothing/{i}")).status_code == 404
@@ -141,8 +157,9 @@ async def test_liquidation_is_counted() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://paper") as c:
 
         async def set_price(price: str) -> None:
-            resp = await c.post("/admin/price", json={"symbol": "ETHUSDT", "price": price},
-                                headers={"X-MBX-APIKEY": "KEY"})
+            resp = await c.post(
+                "/admin/price", json={"symbol": "ETHUSDT", "price": price}, headers={"X-MBX-APIKEY": "KEY"}
+            )
             resp.raise_for_status()
 
         await set_price("3000")
@@ -154,5 +171,6 @@ async def test_liquidation_is_counted() -> None:
     assert value(samples, "paper_exchange_liquidations_total") == 1
     assert value(samples, "paper_exchange_fills_total", symbol="ETHUSDT") == 2
     assert value(samples, "paper_exchange_open_positions") == 0
-    assert value(samples, "paper_exchange_requests_total", method="POST", path="/admin/price",
-                 status="200") == 2
+    assert (
+        value(samples, "paper_exchange_requests_total", method="POST", path="/admin/price", status="200") == 2
+    )

@@ -18,8 +18,13 @@ class FakeSocket:
     """The ASGI side of one WebSocket; `stuck=True` never completes a send (a peer that stops reading)."""
 
     def __init__(self, path: str, query: str = "", stuck: bool = False) -> None:
-        self.scope = {"type": "websocket", "path": path, "query_string": query.encode(), "headers": [],
-                      "subprotocols": []}
+        self.scope = {
+            "type": "websocket",
+            "path": path,
+            "query_string": query.encode(),
+            "headers": [],
+            "subprotocols": [],
+        }
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.incoming.put_nowait({"type": "websocket.connect"})
         self.sent: list[Any] = []
@@ -99,17 +104,22 @@ async def test_control_frames() -> None:
     hub.bind_loop()
     sock = FakeSocket("/public/ws")
     task = asyncio.create_task(hub.serve(sock.websocket()))
-    for frame in ({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker"], "id": 1},
-                  {"method": "LIST_SUBSCRIPTIONS", "id": 2},
-                  {"method": "GET_PROPERTY", "params": ["combined"], "id": 3},
-                  {"method": "NOPE", "id": 4}):
+    for frame in (
+        {"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker"], "id": 1},
+        {"method": "LIST_SUBSCRIPTIONS", "id": 2},
+        {"method": "GET_PROPERTY", "params": ["combined"], "id": 3},
+        {"method": "NOPE", "id": 4},
+    ):
         sock.incoming.put_nowait({"type": "websocket.receive", "text": json.dumps(frame)})
     sock.incoming.put_nowait({"type": "websocket.receive", "text": "{not json"})
     await _settle()
     hub.on_event(Event("market", {"e": "bookTicker"}, "btcusdt@bookTicker"))
     await _settle()
-    assert sock.sent[:3] == [{"result": None, "id": 1}, {"result": ["btcusdt@bookTicker"], "id": 2},
-                             {"result": False, "id": 3}]
+    assert sock.sent[:3] == [
+        {"result": None, "id": 1},
+        {"result": ["btcusdt@bookTicker"], "id": 2},
+        {"result": False, "id": 3},
+    ]
     assert sock.sent[3]["id"] == 4 and sock.sent[3]["error"]["code"] == 2
     assert sock.sent[4]["error"]["code"] == 3
     assert sock.sent[5] == {"e": "bookTicker"}

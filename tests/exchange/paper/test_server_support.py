@@ -45,10 +45,19 @@ class Api:
     def public(self, path: str, **params: Any) -> httpx.Response:
         return self.http.get(path, params=params or None)
 
-    def signed(self, method: str, path: str, params: dict[str, Any] | None = None, *,
-               in_body: bool | None = None, key: str | None = None, secret: str | None = None,
-               timestamp: int | None = None, recv_window: int | None = None,
-               timeout: float | None = None) -> httpx.Response:
+    def signed(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        in_body: bool | None = None,
+        key: str | None = None,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        recv_window: int | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         """Sign like Binance: HMAC-SHA256 over the urlencoded parameters, `signature` last.
         POST/PUT/DELETE put them in a form body unless `in_body=False`; GET uses the query."""
         p = {k: v for k, v in (params or {}).items() if v is not None}
@@ -62,8 +71,9 @@ class Api:
             in_body = method.upper() != "GET"
         extra = {"timeout": timeout} if timeout is not None else {}
         if in_body:
-            return self.http.request(method, path, content=f"{payload}&signature={signature}",
-                                     headers={**headers, **FORM}, **extra)
+            return self.http.request(
+                method, path, content=f"{payload}&signature={signature}", headers={**headers, **FORM}, **extra
+            )
         return self.http.request(method, f"{path}?{payload}&signature={signature}", headers=headers, **extra)
 
     def ok(self, method: str, path: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -78,7 +88,8 @@ class Api:
         """What must not change when a request is refused (times and marks left out)."""
         positions = [
             {k: p[k] for k in ("symbol", "positionSide", "positionAmt", "entryPrice")}
-            for p in self.ok("GET", "/fapi/v3/positionRisk") if float(p["positionAmt"]) != 0
+            for p in self.ok("GET", "/fapi/v3/positionRisk")
+            if float(p["positionAmt"]) != 0
         ]
         account = self.ok("GET", "/fapi/v3/account")
         balances = sorted((a["asset"], a["walletBalance"]) for a in account["assets"])
@@ -101,10 +112,13 @@ class Api:
 
 # ---- pure parts, in process ----------------------------------------------------------------
 
+
 def test_signing_vector_from_binance_docs() -> None:
     secret = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
-    payload = ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
-               "&recvWindow=5000&timestamp=1591702613943")
+    payload = (
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
+        "&recvWindow=5000&timestamp=1591702613943"
+    )
     want = "3c661234138461fcc7a7d8746c6558c9842d4e10870d2ecbedf7777cad694af9"
     assert Authenticator("k", secret).sign(payload.encode()) == want
     assert sign(secret, payload) == want
@@ -124,16 +138,20 @@ def test_query_and_body_merge_query_wins_and_signature_spans_both() -> None:
     assert err.value.code == -1022
 
 
-@pytest.mark.parametrize(("key", "ts", "recv", "now", "code", "status"), [
-    (None, 1000, None, 1000, -2014, 401),
-    (b"WRONG", 1000, None, 1000, -2015, 401),
-    (b"KEY", 1000, None, 7000, -1021, 400),       # older than the default 5000 ms window
-    (b"KEY", 1000, "10000", 7000, None, 200),     # inside a wider window
-    (b"KEY", 2000, None, 1000, -1021, 400),       # 1000 ms ahead of the server
-    (b"KEY", 1000, "70000", 1000, -1131, 400),    # recvWindow above 60000
-])
-def test_key_and_timestamp_rules(key: bytes | None, ts: int, recv: str | None, now: int,
-                                 code: int | None, status: int) -> None:
+@pytest.mark.parametrize(
+    ("key", "ts", "recv", "now", "code", "status"),
+    [
+        (None, 1000, None, 1000, -2014, 401),
+        (b"WRONG", 1000, None, 1000, -2015, 401),
+        (b"KEY", 1000, None, 7000, -1021, 400),  # older than the default 5000 ms window
+        (b"KEY", 1000, "10000", 7000, None, 200),  # inside a wider window
+        (b"KEY", 2000, None, 1000, -1021, 400),  # 1000 ms ahead of the server
+        (b"KEY", 1000, "70000", 1000, -1131, 400),  # recvWindow above 60000
+    ],
+)
+def test_key_and_timestamp_rules(
+    key: bytes | None, ts: int, recv: str | None, now: int, code: int | None, status: int
+) -> None:
     a = Authenticator("KEY", "SECRET")
     q = f"timestamp={ts}" + (f"&recvWindow={recv}" if recv else "")
     query = f"{q}&signature={sign('SECRET', q)}".encode()
@@ -234,6 +252,7 @@ class _BrokenEngine:
     def __getattr__(self, name: str) -> Any:
         def fail(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError(f"boom in {name}")
+
         return fail
 
 
@@ -252,8 +271,11 @@ async def test_unexpected_engine_error_is_a_binance_500() -> None:
         assert "x-mbx-used-weight-1m" in resp.headers
         ts = int(time.time() * 1000)
         payload = f"symbol=BTCUSDT&side=BUY&type=MARKET&quantity=1&timestamp={ts}"
-        resp = await client.post("/fapi/v1/order", content=f"{payload}&signature={sign('SECRET', payload)}",
-                                 headers={"X-MBX-APIKEY": "KEY", **FORM})
+        resp = await client.post(
+            "/fapi/v1/order",
+            content=f"{payload}&signature={sign('SECRET', payload)}",
+            headers={"X-MBX-APIKEY": "KEY", **FORM},
+        )
         assert resp.status_code == 500 and resp.json()["code"] == -1000
         assert resp.headers["x-mbx-order-count-10s"] == "1"
         resp = await client.post("/admin/faults", json={"latency_ms": 1})

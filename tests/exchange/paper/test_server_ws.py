@@ -68,14 +68,18 @@ def _listen_key(api: Api) -> str:
 
 
 def _trade(api: Api, side: str = "BUY") -> None:
-    api.ok("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": side, "type": "MARKET",
-                                      "quantity": "0.010"})
+    api.ok(
+        "POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": side, "type": "MARKET", "quantity": "0.010"}
+    )
 
 
 def test_subscribe_frames_and_market_events(exchange: PaperExchange, api: Api) -> None:
     with connect(f"{exchange.ws_url}/market/ws/7") as ws:  # ccxt pro's numeric suffix
-        ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice@1s", "btcusdt@aggTrade"],
-                            "id": 1}))
+        ws.send(
+            json.dumps(
+                {"method": "SUBSCRIBE", "params": ["btcusdt@markPrice@1s", "btcusdt@aggTrade"], "id": 1}
+            )
+        )
         assert _wait_for(ws, lambda m: m.get("id") == 1) == {"result": None, "id": 1}
         ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
         listed = _wait_for(ws, lambda m: m.get("id") == 2)
@@ -104,8 +108,12 @@ def test_combined_stream_url(exchange: PaperExchange, prefix: str) -> None:
     url = f"{exchange.ws_url}{prefix}/stream?streams=btcusdt@markPrice@1s/ethusdt@markPrice@1s"
     with connect(url) as ws:
         exchange.set_price("BTCUSDT", "61000")
-        msg = _wait_for(ws, lambda m: m.get("stream") == "btcusdt@markPrice@1s"
-                        and m["data"].get("p", "").startswith("61000"))
+        msg = _wait_for(
+            ws,
+            lambda m: (
+                m.get("stream") == "btcusdt@markPrice@1s" and m["data"].get("p", "").startswith("61000")
+            ),
+        )
         assert msg["data"]["e"] == "markPriceUpdate" and msg["data"]["s"] == "BTCUSDT"
 
 
@@ -118,10 +126,12 @@ def test_raw_stream_path(exchange: PaperExchange) -> None:
 
 def test_user_stream_private_and_legacy_paths(exchange: PaperExchange, api: Api) -> None:
     key = _listen_key(api)
-    with connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as private, \
-            connect(f"{exchange.ws_url}/ws/{key}") as legacy, \
-            connect(f"{exchange.ws_url}/private/ws?listenKey={key}&events=ACCOUNT_UPDATE") as filtered, \
-            connect(f"{exchange.ws_url}/private/stream?listenKey={key}") as combined:
+    with (
+        connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as private,
+        connect(f"{exchange.ws_url}/ws/{key}") as legacy,
+        connect(f"{exchange.ws_url}/private/ws?listenKey={key}&events=ACCOUNT_UPDATE") as filtered,
+        connect(f"{exchange.ws_url}/private/stream?listenKey={key}") as combined,
+    ):
         time.sleep(0.1)
         _trade(api)
         for ws in (private, legacy):
@@ -153,8 +163,10 @@ def test_invalid_listen_key_is_closed(exchange: PaperExchange) -> None:
 
 def test_listen_key_expiry_delivers_event_and_closes(exchange: PaperExchange, api: Api) -> None:
     key = _listen_key(api)
-    with connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as ws, \
-            connect(f"{exchange.ws_url}/market/ws/btcusdt@markPrice@1s") as market:
+    with (
+        connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as ws,
+        connect(f"{exchange.ws_url}/market/ws/btcusdt@markPrice@1s") as market,
+    ):
         time.sleep(0.1)
         exchange.admin("POST", "listen-keys/expire")
         msg = _wait_for(ws, lambda m: m.get("e") == "listenKeyExpired")
@@ -163,15 +175,16 @@ def test_listen_key_expiry_delivers_event_and_closes(exchange: PaperExchange, ap
         # Market streams are not affected.
         exchange.set_price("BTCUSDT", "62000")
         _wait_for(market, lambda m: m.get("p", "").startswith("62000"))
-    resp = api.http.put("/fapi/v1/listenKey", headers={"X-MBX-APIKEY": api.key},
-                        content=f"listenKey={key}")
+    resp = api.http.put("/fapi/v1/listenKey", headers={"X-MBX-APIKEY": api.key}, content=f"listenKey={key}")
     assert resp.status_code == 400 and resp.json()["code"] == -1125
 
 
 def test_admin_drop_closes_every_socket(exchange: PaperExchange, api: Api) -> None:
     key = _listen_key(api)
-    with connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as user, \
-            connect(f"{exchange.ws_url}/market/stream?streams=btcusdt@aggTrade") as market:
+    with (
+        connect(f"{exchange.ws_url}/private/ws?listenKey={key}") as user,
+        connect(f"{exchange.ws_url}/market/stream?streams=btcusdt@aggTrade") as market,
+    ):
         time.sleep(0.1)
         dropped = exchange.admin("POST", "ws/drop")
         assert dropped["dropped"] >= 2

@@ -41,13 +41,15 @@ def _open_algo(api: Api, symbol: str) -> list[dict[str, Any]]:
 def test_stock_ccxt_binanceusdm(paper_exchange) -> None:
     ex_ = paper_exchange
     ex_.set_price("BTCUSDT", "60000")
-    ex = ccxt.binanceusdm({
-        "apiKey": ex_.api_key,
-        "secret": ex_.api_secret,
-        "enableRateLimit": False,
-        "timeout": 10_000,
-        "options": {"fetchCurrencies": False, "adjustForTimeDifference": False},
-    })
+    ex = ccxt.binanceusdm(
+        {
+            "apiKey": ex_.api_key,
+            "secret": ex_.api_secret,
+            "enableRateLimit": False,
+            "timeout": 10_000,
+            "options": {"fetchCurrencies": False, "adjustForTimeDifference": False},
+        }
+    )
     ex.urls["api"] = _rewrite(ex.urls["api"], ex_.base_url)
     symbol = "BTC/USDT:USDT"
     with Api(ex_) as api:
@@ -64,8 +66,9 @@ def test_stock_ccxt_binanceusdm(paper_exchange) -> None:
         assert order["status"] == "closed" and float(order["filled"]) == pytest.approx(0.01)
         assert api.position_amt("BTCUSDT") == pytest.approx(0.01)
 
-        stop = ex.create_order(symbol, "market", "sell", 0.01, params={"stopLossPrice": 55000,
-                                                                       "reduceOnly": True})
+        stop = ex.create_order(
+            symbol, "market", "sell", 0.01, params={"stopLossPrice": 55000, "reduceOnly": True}
+        )
         algos = _open_algo(api, "BTCUSDT")
         assert len(algos) == 1
         assert algos[0]["orderType"] == "STOP_MARKET" and Decimal(algos[0]["triggerPrice"]) == 55000
@@ -105,21 +108,24 @@ def test_stock_python_binance(paper_exchange) -> None:
         risk = api.ok("GET", "/fapi/v2/positionRisk", {"symbol": "ETHUSDT"})
         assert int(risk[0]["leverage"]) == 4
 
-        opened = client.futures_create_order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity=0.1,
-                                             newOrderRespType="RESULT")
+        opened = client.futures_create_order(
+            symbol="ETHUSDT", side="BUY", type="MARKET", quantity=0.1, newOrderRespType="RESULT"
+        )
         assert opened["status"] == "FILLED" and opened["clientOrderId"].startswith("x-Cb7ytekJ")
         assert api.position_amt("ETHUSDT") == pytest.approx(0.1)
 
         # python-binance routes STOP_MARKET to /fapi/v1/algoOrder by itself (stopPrice -> triggerPrice).
-        stop = client.futures_create_order(symbol="ETHUSDT", side="SELL", type="STOP_MARKET",
-                                           stopPrice=2800, quantity=0.1, reduceOnly=True)
+        stop = client.futures_create_order(
+            symbol="ETHUSDT", side="SELL", type="STOP_MARKET", stopPrice=2800, quantity=0.1, reduceOnly=True
+        )
         assert "algoId" in stop and stop["algoType"] == "CONDITIONAL"
         algos = _open_algo(api, "ETHUSDT")
         assert [a["algoId"] for a in algos] == [stop["algoId"]]
         assert algos[0]["orderType"] == "STOP_MARKET" and Decimal(algos[0]["triggerPrice"]) == 2800
 
-        positions = [p for p in client.futures_position_information(symbol="ETHUSDT")
-                     if float(p["positionAmt"])]
+        positions = [
+            p for p in client.futures_position_information(symbol="ETHUSDT") if float(p["positionAmt"])
+        ]
         assert len(positions) == 1 and float(positions[0]["positionAmt"]) == pytest.approx(0.1)
         account = client.futures_account()
         assert 9_000 < float(account["totalWalletBalance"]) < 10_000
@@ -131,8 +137,14 @@ def test_stock_python_binance(paper_exchange) -> None:
         assert _open_algo(api, "ETHUSDT") == []
         assert api.position_amt("ETHUSDT") == pytest.approx(0.1)
 
-        closed = client.futures_create_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.1,
-                                             reduceOnly=True, newOrderRespType="RESULT")
+        closed = client.futures_create_order(
+            symbol="ETHUSDT",
+            side="SELL",
+            type="MARKET",
+            quantity=0.1,
+            reduceOnly=True,
+            newOrderRespType="RESULT",
+        )
         assert closed["status"] == "FILLED" and closed["reduceOnly"] is True
         assert api.position_amt("ETHUSDT") == 0
         assert api.ok("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}) == []
