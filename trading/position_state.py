@@ -41,6 +41,10 @@ and closed positions twice):
   again (VENUE_DRIFT with qty equal to the open quantity: no excess left). `drift_qty` holds the excess
   seen and not yet resolved; FINISHED waits until it is adopted, reported gone, or the venue reports
   flat, so an extra position on the venue never outlives its manager.
+* VENUE_FLAT while the tally still shows quantity (the venue's fills were not found) writes the rest off
+  with one fill marked `venue-flat-N`, at the given price (else the last mark, else the open entry
+  price): the venue is the truth, so the position can end and be journaled instead of being managed
+  forever against quantity that no longer exists; the cost is an estimated exit price for that part.
 
 Two kinds of table targets are refined, always from the state and never by the caller:
 

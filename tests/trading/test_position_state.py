@@ -379,6 +379,8 @@ def test_cancel_during_entry_is_remembered_until_flat() -> None:
     assert s.cancel_requested and s.flatten_reason == "operator" and not must_flatten(s)
     s = apply(s, E.ENTRY_FILLED, fills=[buy("1")])
     assert s.status is S.OPEN and must_flatten(s)
+    s = apply(s, E.FLATTEN_REQUESTED, reason="portfolio")
+    assert s.flatten_reason == "operator"  # the first request's reason is kept
     s = apply(s, E.EXIT_SENT)
     assert must_flatten(s) and not can_send_exit(s)  # waiting for the answer
     s = apply(s, E.EXIT_FILLED, fills=[sell("0.6")])
@@ -760,9 +762,10 @@ class PositionMachine(RuleBasedStateMachine):
         self._do(event, now_ms=self._tick())
 
     @rule(
-        event=st.sampled_from([E.FLATTEN_REQUESTED, E.CANCEL_REQUESTED]), reason=st.sampled_from(["a", "b"])
+        event=st.sampled_from([E.FLATTEN_REQUESTED, E.CANCEL_REQUESTED]),
+        reason=st.sampled_from([None, "a", "b"]),
     )
-    def flatten_or_cancel(self, event: PositionEvent, reason: str) -> None:
+    def flatten_or_cancel(self, event: PositionEvent, reason: str | None) -> None:
         self._do(event, reason=reason)
 
     @rule(event=st.sampled_from([E.FINISHED, E.FAILED]))
