@@ -1,17 +1,38 @@
 """Lifecycle-queue activities that talk to Temporal itself: reserve through the portfolio (starting it
-if needed) and find holders whose workflows stopped without releasing."""
+if needed), find holders whose workflows stopped without releasing, and tell a fresh portfolio what the
+running positions hold."""
 
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
-from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, DecisionBatch, PortfolioInput
+from trading.governor import HOLDING_STATES, Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
+from trading.intents import Side
+from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
+    LIFECYCLE_TASK_QUEUE,
+    DecisionBatch,
+    PortfolioInput,
+    PositionStatus,
+    PositionView,
+    RunningHolder,
+)
+from workflows.position import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
+
+RUNNING_POSITIONS = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
+STATE_QUERY_TIMEOUT_S = 10.0
 
 
 async def start_portfolio(
@@ -95,3 +116,57 @@ class PortfolioActivities:
 
         flags = await asyncio.gather(*(stopped(h) for h in holder_ids))
         return [h for h, gone in zip(holder_ids, flags, strict=True) if gone]
+
+    @activity.defn(name="running_holders")
+    async def running_holders(self) -> list[RunningHolder]:
+        """Every running position and what it holds, for a fresh portfolio rebuilding its book: listed
+        through visibility (one paged call), each asked by its `state` query, since visibility has no
+        entry price and positions still entering are not indexed. One that does not answer is described
+        by what visibility indexes, or has no status when it indexed nothing yet."""
+        listed = [
+            wf
+            async for wf in self.client.list_workflows(RUNNING_POSITIONS)
+            # Indexed as done (closed, rejected, ...): released already, and a final status never changes.
+            if wf.typed_search_attributes.get(SA_STATUS) in (None, *HOLDING_STATES)
+        ]
+        limit = asyncio.Semaphore(20)
+
+        async def ask(wf: WorkflowExecution) -> RunningHolder | None:
+            async with limit:
+                try:
+                    v = await asyncio.wait_for(
+                        self.client.get_workflow_handle(wf.id).query("state", result_type=PositionView),
+                        STATE_QUERY_TIMEOUT_S,
+                    )
+                except RPCError as err:
+                    if err.status == RPCStatusCode.NOT_FOUND:
+                        return None  # gone since the listing: it holds nothing
+                    return indexed_holder(wf)
+                except (WorkflowQueryFailedError, WorkflowQueryRejectedError, TimeoutError):
+                    return indexed_holder(wf)
+            return RunningHolder(
+                holder_id=wf.id,
+                status=v.status,
+                symbol=v.symbol,
+                side=v.side,
+                open_qty=v.open_qty,
+                entry_price=v.entry_price,
+            )
+
+        found = await asyncio.gather(*(ask(wf) for wf in listed))
+        return [h for h in found if h is not None]
+
+
+def indexed_holder(wf: WorkflowExecution) -> RunningHolder:
+    """A position that did not answer, as visibility indexes it (its open quantity without a price)."""
+    sa = wf.typed_search_attributes
+    symbol, side, status, qty = (sa.get(k) for k in (SA_SYMBOL, SA_SIDE, SA_STATUS, SA_OPEN_QTY))
+    if symbol is None or side is None or status not in PositionStatus.__members__:
+        return RunningHolder(holder_id=wf.id)
+    return RunningHolder(
+        holder_id=wf.id,
+        status=PositionStatus(status),
+        symbol=symbol,
+        side=Side(side),
+        open_qty=Decimal(str(qty or 0)),
+    )

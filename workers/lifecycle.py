@@ -54,9 +54,11 @@ def lifecycle_worker(
     redis: aioredis.Redis,
     market: BinanceFuturesClient,
     gauges: PerformanceGauges | None = None,
+    position_workflow: type = PositionWorkflow,
 ) -> Worker:
     """`market` is a keyless exchange client: the lifecycle worker reads public market data only.
-    `gauges`: the performance gauges the journal activity keeps up to date (none: not computed)."""
+    `gauges`: the performance gauges the journal activity keeps up to date (none: not computed).
+    `position_workflow`: another version of it (the upgrade test deploys one over open positions)."""
     portfolio = PortfolioActivities(
         client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
     )
@@ -67,11 +69,12 @@ def lifecycle_worker(
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
-        workflows=[PositionWorkflow, PortfolioWorkflow, ReconcileWorkflow],
+        workflows=[position_workflow, PortfolioWorkflow, ReconcileWorkflow],
         activities=[
             portfolio.request_reservation,
             portfolio.deliver_decisions,
             portfolio.find_stopped_holders,
+            portfolio.running_holders,
             projections.project_position,
             projections.project_portfolio,
             projections.publish_levels,

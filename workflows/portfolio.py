@@ -4,12 +4,22 @@ Reservation requests arrive as signals (a burst of a thousand cannot hit the ser
 in-flight updates per workflow), are decided one after another in arrival order by the pure gates,
 and each holder is answered by a signal back. Releases are idempotent; holders that stopped without
 releasing (terminated, timed out) are found by a periodic check and freed.
+
+The singleton must never fail: a failed one is started again EMPTY by the next position's
+signal-with-start, and every limit resets (the old system's audit found 17 open positions under a limit
+of 10). So a failed holder check, delivery or projection is logged, counted
+(`quantum_portfolio_step_failures`) and tried again later; and a fresh run (not its own
+continue-as-new) rebuilds its book from the running positions before it decides anything.
+
+Versioning: portfolios run forever, so each change to the command sequence is behind `workflow.patched`
+(the patch ids below); recorded histories and running portfolios keep replaying the first version.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -26,8 +36,10 @@ with workflow.unsafe.imports_passed_through():
         adjust,
         apply_grant,
         decide,
+        held_notional,
         prune,
         release,
+        restore_reservation,
     )
     from workflows.messages import (
         LIFECYCLE_TASK_QUEUE,
@@ -35,9 +47,11 @@ with workflow.unsafe.imports_passed_through():
         DecisionBatch,
         FlattenRequest,
         KillSwitchRequest,
+        PendingFlatten,
         PortfolioInput,
         PortfolioView,
         ReleaseRequest,
+        RunningHolder,
         parse_message,
     )
 
@@ -48,6 +62,16 @@ DELIVERY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
 )
 LAST_DECISIONS_KEPT = 50
+# Reading what the running positions hold: retried server-side for as long as visibility is down (one
+# activity in history however long it takes); requests wait meanwhile.
+REBUILD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+REBUILD_PAUSE_S = 5.0
+REBUILD_ROUNDS = 3  # a position that does not answer is asked again this often before the book goes on
+
+# Patch ids (see the module docstring).
+PATCH_SURVIVE = "portfolio-survives-failed-activities"
+PATCH_REBUILD = "portfolio-rebuilds-book-on-fresh-start"
+PATCH_FLATTEN = "portfolio-flatten-until-released"
 
 
 @workflow.defn(name="PortfolioWorkflow", sandboxed=False)  # see PositionWorkflow
@@ -61,7 +85,13 @@ class PortfolioWorkflow:
         self.last_decisions: list[Grant | Denial] = []
         self.granted_total = inp.granted_total
         self.denied_total = inp.denied_total
-        self._flatten: list[FlattenRequest] = []
+        self._flattens: list[PendingFlatten] = list(inp.flattens)
+        # A fresh run (not its own continue-as-new) knows nothing of the slots running positions hold
+        # until it has rebuilt its book: until then nothing is decided.
+        self._book_known = workflow.info().continued_run_id is not None
+        # Released, or filled below the grant, while the book was being rebuilt: applied to what it finds.
+        self._released_early: set[str] = set()
+        self._adjusted_early: dict[str, Decimal] = {}
         self._deliveries: list[asyncio.Future[None]] = []
         self._projections: list[asyncio.Future[None]] = []
         self._dirty = True
@@ -77,9 +107,20 @@ class PortfolioWorkflow:
         self._notional = self._meter.create_gauge_float(
             "quantum_portfolio_notional_used_usdt", "reserved notional"
         )
+        self._step_failures = self._meter.create_counter(
+            "quantum_portfolio_step_failures", "portfolio steps that failed and are tried again, by step"
+        )
 
     @workflow.run
     async def run(self, inp: PortfolioInput) -> None:
+        if not self._book_known:
+            # Fresh: the singleton failed or was terminated and a position's signal-with-start began this
+            # run with an empty book, while running positions still hold their slots.
+            if workflow.patched(PATCH_REBUILD):
+                await self._rebuild_book()
+            self._book_known = True
+            self._released_early.clear()
+            self._adjusted_early.clear()
         next_check = workflow.time() + inp.holder_check_seconds
         while True:
             wake = next_check
@@ -94,7 +135,7 @@ class PortfolioWorkflow:
                     await workflow.wait_condition(
                         lambda was=was_dirty, proj=projecting: bool(
                             self._actionable()
-                            or self._flatten
+                            or self._flatten_due()
                             or (self._dirty and not was)
                             or (proj and all(p.done() for p in self._projections))
                         ),
@@ -106,6 +147,7 @@ class PortfolioWorkflow:
             await self._flatten_holders()
             if workflow.time() >= next_check:
                 await self._release_stopped_holders()
+                await self._retell_flattens()
                 prune(self.book, self._now_ms())
                 next_check = workflow.time() + inp.holder_check_seconds
             self._project_if_due()
@@ -125,13 +167,18 @@ class PortfolioWorkflow:
                         max_history_events=inp.max_history_events,
                         granted_total=self.granted_total,
                         denied_total=self.denied_total,
+                        # A flatten asked while this run was handing over must reach its holders.
+                        flattens=self._flattens,
                     )
                 )
 
     # ------------------------------------------------------------------ decisions
     def _actionable(self) -> list[ReservationRequest]:
         """Requests that can be decided now: all of them once the startup reconcile is done, before that
-        only adoptions of positions the venue already holds."""
+        only adoptions of positions the venue already holds. Nothing before a fresh run's book is rebuilt
+        (decided against an empty book, every request would pass the limits)."""
+        if not self._book_known:
+            return []
         if self.book.reconciled:
             return self.pending
         return [p for p in self.pending if p.adoption]
@@ -164,47 +211,155 @@ class PortfolioWorkflow:
         self._deliveries = [d for d in self._deliveries if not d.done()]
 
     async def _deliver(self, decisions: list[Grant | Denial]) -> None:
-        gone: list[str] = await workflow.execute_activity(
-            "deliver_decisions",
-            DecisionBatch(decisions=decisions),
-            result_type=list[str],
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DELIVERY_RETRY,
-        )
+        try:
+            gone: list[str] = await workflow.execute_activity(
+                "deliver_decisions",
+                DecisionBatch(decisions=decisions),
+                result_type=list[str],
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DELIVERY_RETRY,
+            )
+        except ActivityError as err:
+            if not workflow.patched(PATCH_SURVIVE):
+                raise  # the first version failed here: its histories replay that way
+            # Raised at the continue-as-new, this failed the singleton (restarted empty). A holder not
+            # told asks again and gets the same answer; one that is gone is freed by the holder check.
+            self._step_failed("delivery", err)
+            return
         for holder in gone:  # terminated between asking and hearing back: take the slot back
             release(self.book, self.policy, holder, self._now_ms())
             self._changed()
 
-    async def _flatten_holders(self) -> None:
-        while self._flatten:
-            req = self._flatten.pop(0)
-            await asyncio.gather(
-                *(self._tell_flatten(holder, req) for holder in list(self.book.reservations))
-            )
+    def _flatten_due(self) -> bool:
+        return any(not f.told for f in self._flattens)
 
-    async def _tell_flatten(self, holder: str, req: FlattenRequest) -> None:
+    async def _flatten_holders(self) -> None:
+        """Tell the holders of each new flatten."""
+        if not self._flatten_due():
+            return
+        if not workflow.patched(PATCH_FLATTEN):
+            # The first version: each flatten told once, to the holders of the moment it was processed.
+            while self._flattens:
+                req = self._flattens.pop(0).request
+                await asyncio.gather(
+                    *(self._tell_flatten(holder, req) for holder in list(self.book.reservations))
+                )
+            return
+        fresh = [f for f in self._flattens if not f.told]
+        for f in fresh:
+            f.told = True
+        await self._tell_flattens(fresh)
+
+    async def _retell_flattens(self) -> None:
+        """At each holder check, tell again the holders of a flatten that still hold their slot: a
+        position that could not act on it (still entering, on code that ignored it there) must not keep
+        its slot, and its position, because it heard the one signal too early."""
+        told = [f for f in self._flattens if f.told]
+        if told and workflow.patched(PATCH_FLATTEN):
+            await self._tell_flattens(told)
+
+    async def _tell_flattens(self, flattens: list[PendingFlatten]) -> None:
+        """Signal each holder of these flattens that still holds its slot (once, however many flattens
+        name it). A holder that let its slot go, or is gone, is crossed off; a flatten with no holder
+        left is done."""
+        targets: dict[str, FlattenRequest] = {}
+        for f in flattens:
+            f.holders = [h for h in f.holders if h in self.book.reservations]
+            for holder in f.holders:
+                targets.setdefault(holder, f.request)
+        holders = list(targets)
+        gone = await asyncio.gather(*(self._tell_flatten(h, targets[h]) for h in holders))
+        lost = {h for h, g in zip(holders, gone, strict=True) if g}
+        for f in flattens:
+            f.holders = [h for h in f.holders if h not in lost]
+        self._flattens = [f for f in self._flattens if f.holders or not f.told]
+
+    async def _tell_flatten(self, holder: str, req: FlattenRequest) -> bool:
+        """Signal one holder; True when it is gone."""
         try:
             await workflow.get_external_workflow_handle(holder).signal("emergency_flatten", req)
         except FailureError:
-            pass  # a holder that is gone is released by the periodic check
+            return True  # a holder that is gone is released by the periodic check
+        return False
 
     async def _release_stopped_holders(self) -> None:
         holders = sorted(self.book.reservations)
         if not holders:
             return
-        stopped: list[str] = await workflow.execute_activity(
-            "find_stopped_holders",
-            holders,
-            result_type=list[str],
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=HOLDER_CHECK_RETRY,
-        )
+        try:
+            stopped: list[str] = await workflow.execute_activity(
+                "find_stopped_holders",
+                holders,
+                result_type=list[str],
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=HOLDER_CHECK_RETRY,
+            )
+        except ActivityError as err:
+            if not workflow.patched(PATCH_SURVIVE):
+                raise  # the first version failed here: its histories replay that way
+            # Visibility down: failing here is scenario 5 (the singleton restarted empty, every limit
+            # reset). The book stays as it is; the next check tries again.
+            self._step_failed("holder_check", err)
+            return
         for holder in stopped:
             if release(self.book, self.policy, holder, self._now_ms()) is not None:
                 self._changed()
                 workflow.logger.warning("released the slot of %s: its workflow is no longer running", holder)
+
+    async def _rebuild_book(self) -> None:
+        """Count the slots the running positions hold (ENTERING, OPEN, CLOSING), as they say through their
+        `state` query, before anything is decided. Requests that arrive meanwhile wait; a holder that
+        releases meanwhile is not brought back; one already in the book is not counted twice."""
+        rounds = 0
+        while True:
+            try:
+                found: list[RunningHolder] = await workflow.execute_activity(
+                    "running_holders",
+                    result_type=list[RunningHolder],
+                    task_queue=LIFECYCLE_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=REBUILD_RETRY,
+                )
+            except ActivityError as err:  # not retryable (a malformed answer): nothing known yet
+                self._step_failed("rebuild", err)
+                await workflow.sleep(REBUILD_PAUSE_S)
+                continue
+            rounds += 1
+            silent = sorted(h.holder_id for h in found if h.status is None)
+            if not silent or rounds >= REBUILD_ROUNDS:
+                break
+            # A position that indexed nothing yet and did not answer may be entering: ask again.
+            workflow.logger.warning("rebuild: %d running positions did not answer; asking again", len(silent))
+            await workflow.sleep(REBUILD_PAUSE_S)
+        if silent:
+            self._step_failed("rebuild_unanswered", None)
+            workflow.logger.error("rebuild: not counted, never answered: %s", ", ".join(silent))
+        now = self._now_ms()
+        restored = 0
+        for h in found:
+            if h.status is None or h.holder_id in self._released_early:
+                continue
+            notional = held_notional(h.status, h.open_qty, h.entry_price, self.policy)
+            if notional is not None and restore_reservation(
+                self.book, h.holder_id, h.symbol, h.side, notional, now
+            ):
+                restored += 1
+        for holder, filled in self._adjusted_early.items():
+            adjust(self.book, holder, filled)
+        self._changed()
+        workflow.logger.warning(
+            "fresh portfolio: %d reservations of running positions counted (%d slots, %s USDT)",
+            restored,
+            len(self.book.reservations),
+            self.book.total_notional,
+        )
+        if (
+            len(self.book.reservations) > self.policy.max_open_positions
+            or self.book.total_notional > self.policy.max_total_notional_usdt
+        ):
+            workflow.logger.error("fresh portfolio: the running positions already exceed the limits")
 
     # ------------------------------------------------------------------ messages
     @workflow.signal(name="request_reservation")
@@ -213,6 +368,8 @@ class PortfolioWorkflow:
 
     @workflow.signal(name="release_reservation")
     def release_reservation(self, req: ReleaseRequest) -> None:
+        if not self._book_known:
+            self._released_early.add(req.holder_id)
         release(self.book, self.policy, req.holder_id, self._now_ms(), cooldown=req.cooldown)
         # A request still waiting from the same holder must not be granted after its release.
         self.pending = [p for p in self.pending if p.holder_id != req.holder_id]
@@ -227,6 +384,8 @@ class PortfolioWorkflow:
 
     @workflow.signal(name="adjust_reservation")
     def adjust_reservation(self, req: AdjustRequest) -> None:
+        if not self._book_known:
+            self._adjusted_early[req.holder_id] = req.notional_usdt
         adjust(self.book, req.holder_id, req.notional_usdt)
         self._changed()
 
@@ -276,11 +435,15 @@ class PortfolioWorkflow:
             raise ValueError(f"state: must be one of {', '.join(EmergencyState.__members__)}")
 
     @workflow.update(name="emergency_flatten")
-    def emergency_flatten(self, raw: dict) -> list[str]:
+    async def emergency_flatten(self, raw: dict) -> list[str]:
         req = parse_message(FlattenRequest, raw)
-        holders = sorted(self.book.reservations)
         self.book.emergency = EmergencyState.HALTED
-        self._flatten.append(req)
+        if not self._book_known:  # a fresh run still reading the running positions: they are holders too
+            await workflow.wait_condition(lambda: self._book_known)
+        holders = sorted(self.book.reservations)
+        # Every holder of this moment (a position still entering included) is told until it lets go;
+        # carried through continue-as-new.
+        self._flattens.append(PendingFlatten(request=req, holders=holders))
         self._changed()
         return holders
 
@@ -327,8 +490,14 @@ class PortfolioWorkflow:
                 start_to_close_timeout=timedelta(seconds=5),
                 retry_policy=PROJECTION_RETRY,
             )
-        except ActivityError:
+        except ActivityError as err:
+            self._step_failed("projection", err)
             self._dirty = True  # try again with the next state
+
+    def _step_failed(self, step: str, err: ActivityError | None) -> None:
+        self._step_failures.add(1, {"step": step})
+        if err is not None:
+            workflow.logger.warning("portfolio %s failed (tried again later): %s", step, err.cause or err)
 
     def _changed(self) -> None:
         self._dirty = True
