@@ -272,6 +272,9 @@ class PositionState(BaseModel):
     drift_qty: Decimal = Field(ZERO, ge=0)  # venue excess seen and not yet adopted
     exit_reason: str | None = None
     exit_controller: str | None = None
+    # The venue's excess over the tally, closed outside this trade (never part of its PnL or tally).
+    drift_fills: list[Fill] = Field(default_factory=list)
+    drift_seq: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _invariants(self) -> PositionState:
@@ -311,6 +314,8 @@ WORKFLOW_FIELDS: frozenset[str] = frozenset(
         "pending_price",
         "exit_reason",
         "exit_controller",
+        "drift_fills",
+        "drift_seq",
     }
 )
 

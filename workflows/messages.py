@@ -14,7 +14,7 @@ from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, R
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
-from trading.position_state import PositionStatus  # re-exported: the position state machine owns it
+from trading.position_state import PositionState, PositionStatus  # PositionStatus re-exported
 from trading.reconcile import VenueOrder, VenuePosition
 
 LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
@@ -74,7 +74,7 @@ class FlattenRequest(_Msg):
 
 
 class PositionCarry(_Msg):
-    """Everything a position needs to continue as new without losing its place."""
+    """What runs continued before the state machine carried (read into a PositionState on resume)."""
 
     status: PositionStatus
     rules: SymbolRules
@@ -88,11 +88,6 @@ class PositionCarry(_Msg):
     opened_at_ms: int
     levels_version: int = 0
     last_mark: Decimal | None = None
-    # What arrived during the hand-over and must not be lost with it.
-    flatten_reason: str | None = None
-    venue_changed: bool = False
-    pending_price: Decimal | None = None
-    drift_fills: list[Fill] = Field(default_factory=list)
 
 
 class PriceCrossed(_Msg):
@@ -156,7 +151,9 @@ class PositionInput(TradeIntent):
     (set by the workflow only; refused on a first run)."""
 
     options: PositionOptions = Field(default_factory=PositionOptions)
-    carry: PositionCarry | None = None
+    # The position's state, handed over by its own continue-as-new (PositionCarry: runs continued
+    # before the state machine, read field by field).
+    carry: PositionState | PositionCarry | None = None
     adopt: AdoptedPosition | None = None  # set by reconcile only, with source "adopted"
 
     @model_validator(mode="after")

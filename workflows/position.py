@@ -5,6 +5,12 @@ the price watcher (a tick crossed a published trigger level) or from the workflo
 timer, and the exit engine (trading/exit_policy.py: harvest, take-profit ladder, ratchet, trailing,
 stops, emergency, time) decides one action at a time against the current state. At most one order is
 in flight, so a duplicate or stale trigger becomes a no-op and the position can never reverse.
+
+Everything the position knows is one `PositionState` (trading/position_state.py). Its lifecycle
+changes only through the state machine's `apply`, which refuses what would break a promise (ending or
+giving the slot back while quantity is open, a second order in flight, closing more than is open, a
+flatten forgotten because it came at the wrong moment); the exit engine's own fields change through
+`update`. The state is also the whole carry across continue-as-new.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 from temporalio import workflow
@@ -39,19 +45,24 @@ with workflow.unsafe.imports_passed_through():
         SymbolCheckInput,
         SyncFillsInput,
     )
-    from trading.exit_policy import (
-        ExitProfile,
-        ExitState,
-        evaluate,
-        initial_state,
-        resolve_profile,
-        trigger_levels,
-    )
+    from trading.exit_policy import evaluate, initial_state, resolve_profile, trigger_levels
     from trading.exits import close_quantity
     from trading.governor import Denial, Gate, Grant, ReservationRequest
     from trading.ids import client_order_id
     from trading.intents import TradeIntent
-    from trading.pnl import Fill, PositionTally, tally
+    from trading.pnl import Fill, PositionTally
+    from trading.position_state import (
+        PositionEvent,
+        PositionState,
+        apply,
+        mark_released,
+        may_release,
+        must_flatten,
+        notice_venue_change,
+        offer_price,
+        take_price,
+        update,
+    )
     from trading.records import closed_trade
     from workflows.messages import (
         DEFAULT_PORTFOLIO_ID,
@@ -76,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
         parse_message,
     )
 
+E = PositionEvent
 SA_SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 SA_SIDE = SearchAttributeKey.for_keyword("Side")
 SA_STATUS = SearchAttributeKey.for_keyword("PositionStatus")
@@ -98,7 +110,7 @@ SEARCH_ATTRIBUTES = [
 ]
 
 # Reads and idempotent writes retry briefly; orders retry only after the activity has looked the order
-# up by its client id (the activity does that on every attempt after the first).
+# up by its client id (the activity does that on every attempt).
 QUICK_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=5),
@@ -111,7 +123,7 @@ ORDER_RETRY = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=["Rejected", "UnknownSymbol"],
 )
-# A venue read while money is on the venue never fails the position: after these attempts it is
+# A venue read while money is on the venue never fails the position: after the quick retries it is
 # reported (log, metric, details) and tried again after a capped pause, for as long as it takes.
 VENUE_READ_PAUSE_MAX_S = 30.0
 # The mark timer's read: a few attempts, then the position says the venue is unreachable and goes on
@@ -142,15 +154,31 @@ def _venue_reason(client_id: str, hard_stop_prefix: str) -> str:
     return ExitReason.EXCHANGE_CLOSED.value
 
 
+def _carried_state(carry: PositionState | PositionCarry, intent: TradeIntent) -> PositionState:
+    """The state a continued run resumes from: the state itself, or the older carry's fields (runs
+    continued before the state machine carried their state field by field)."""
+    if isinstance(carry, PositionState):
+        return carry
+    return PositionState(
+        status=carry.status,
+        side=intent.side,
+        fills=carry.fills,
+        rules=carry.rules,
+        grant=carry.grant,
+        profile=carry.profile,
+        exit_state=carry.exit_state,
+        hard_stop_id=carry.hard_stop_id,
+        hard_stop_seq=carry.hard_stop_seq,
+        levels_version=carry.levels_version,
+        exit_seq=carry.exit_seq,
+        opened_at_ms=carry.opened_at_ms,
+        last_mark=carry.last_mark,
+    )
+
+
 _T = TypeVar("_T")
 _NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
 TRANSIENT_STATUSES = (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING)
-TERMINAL_STATUSES = (
-    PositionStatus.CLOSED,
-    PositionStatus.REJECTED,
-    PositionStatus.FAILED,
-    PositionStatus.CANCELLED,
-)
 
 
 class _ExitRefused(Exception):
@@ -184,23 +212,16 @@ class PositionWorkflow:
             )
         inp = raw if isinstance(raw, PositionInput) else PositionInput.model_validate(raw)
         self.input = inp
-        carry = inp.carry
         self.intent: TradeIntent = inp
         self.options = inp.options
-        self.status = PositionStatus.VALIDATING
-        self.rules = carry.rules if carry else None
-        self.grant: Grant | None = carry.grant if carry else None
-        self.denial: Denial | None = None
-        self.fills: list[Fill] = list(carry.fills) if carry else []
-        self.profile: ExitProfile | None = carry.profile if carry else None
-        self.exit_state: ExitState | None = carry.exit_state if carry else None
-        self.hard_stop_id: str | None = carry.hard_stop_id if carry else None
-        self.hard_stop_seq = carry.hard_stop_seq if carry else 0
-        self.levels_version = carry.levels_version if carry else 0
-        self._published: tuple[Decimal | None, Decimal | None] | None = None
-        self._publishing: asyncio.Future[None] | None = None
-        self._price: Decimal | None = carry.pending_price if carry else None  # latest price to decide on
+        self.s = _carried_state(inp.carry, inp) if inp.carry else PositionState(side=inp.side)
+        # The status as published (search attributes, queries): it follows the machine's at the points
+        # a reader can rely on (OPEN once the exits are armed, CLOSING while an exit is on its way).
+        self.shown = self.s.status
         meter = workflow.metric_meter()
+        self._hard_stop_alerts = meter.create_counter(
+            "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)"
+        )
         self._unreachable_alerts = meter.create_counter(
             "quantum_position_venue_unreachable", "venue reads that kept failing while a position was open"
         )
@@ -210,30 +231,32 @@ class PositionWorkflow:
         self._died_exposed = meter.create_counter(
             "quantum_position_died_exposed", "position workflows that ended with quantity on the venue"
         )
-        self._hard_stop_alerts = workflow.metric_meter().create_counter(
-            "quantum_hard_stop_refused", "exchange stops the venue refused (the internal stop still holds)"
-        )
-        self.exit_seq = carry.exit_seq if carry else 0
-        self.opened_at_ms = carry.opened_at_ms if carry else 0
-        self.mark: Decimal | None = carry.last_mark if carry else None
-        if carry:
-            self.status = carry.status
-        self.exit_reason: str | None = None
-        self.exit_controller: str | None = None
-        # A flatten or cancel is remembered in every state until the position is flat (a flatten that
-        # arrived while the entry was in flight used to be dropped, and the position opened anyway).
-        self.flatten_reason: str | None = carry.flatten_reason if carry else None
-        self._venue_changed = carry.venue_changed if carry else False
-        self.drift_fills: list[Fill] = list(carry.drift_fills) if carry else []
-        self._drift = False
-        self.unreachable_since_ms: int | None = None
-        self._inflight: asyncio.Future | None = None  # the order activity in flight, never cancelled
+        self._published: tuple[Decimal | None, Decimal | None] | None = None
+        self._publishing: asyncio.Future[None] | None = None
+        self._publish_retry_at = 0.0
+        self._inflight: asyncio.Future[Any] | None = None  # the order activity in flight, never cancelled
         self._queue: list[_ExitTicket] = []
         self._results: dict[int, CloseResult] = {}
         self._next_ticket = 0
-        self._released = False
         self._projections: list[workflow.ActivityHandle] = []
         self._projection_seq = 0
+        self._continuing = False
+        self._indexed_qty: Decimal | None = None
+
+    # ------------------------------------------------------------------ the state
+    def _on(self, event: PositionEvent, **data: Any) -> None:
+        """Move the state machine (it refuses, loudly, anything that would break an invariant)."""
+        self.s = apply(self.s, event, **data)
+
+    def _set(self, **changes: Any) -> None:
+        self.s = update(self.s, **changes)
+
+    def _tally(self) -> PositionTally:
+        return self.s.tally
+
+    @property
+    def status(self) -> PositionStatus:
+        return self.s.status
 
     # ------------------------------------------------------------------ run
     @workflow.run
@@ -252,34 +275,22 @@ class PositionWorkflow:
                     "quantum_intent_confidence", "confidence of the intents that start positions"
                 ).record(self.intent.confidence, {"source": self.intent.source.value})
                 check = await self._validate()
-                decision = await self._govern(check)
-                if isinstance(decision, Grant) and self.flatten_reason is not None:
-                    # Flattened while waiting for the slot: never enter.
-                    decision = Denial(
-                        holder_id=decision.holder_id, gate=Gate.FLATTENED, reason=self.flatten_reason
-                    )
-                    self.denial = decision
-                    await self._release(Gate.FLATTENED.value, traded=False)
-                if isinstance(decision, Denial):
-                    self.denial = decision
-                    self._set_status(PositionStatus.REJECTED)
+                await self._govern(check)
+                if self.s.terminal:  # denied, or flattened while waiting for the slot
+                    await self._release_if_held(self.s.denial.gate.value if self.s.denial else "flattened")
+                    self._show()
                     return self._result()
-                self._set_status(PositionStatus.ENTERING)
+                self._show()
                 if inp.adopt is not None:
-                    self._adopt(inp.adopt, await self._prepare_entry())
-                    await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
+                    await self._adopt(inp.adopt)
                 else:
                     await self._enter()
-                if (
-                    self.denial is not None
-                ):  # below the venue's minimum, entries halted, too late: nothing sent
-                    await self._release(self.denial.gate.value, traded=False)
-                    self._set_status(PositionStatus.REJECTED)
+                if self.s.terminal:  # below the venue's minimum, halted or too late: nothing was sent
+                    await self._release_if_held(self.s.denial.gate.value if self.s.denial else "entry")
+                    self._show()
                     return self._result()
-            if self._tally().open_qty > 0 and not self._venue_flat:
-                self._set_status(PositionStatus.OPEN)
-                if self.flatten_reason is not None and not self._queue:  # remembered from before the entry
-                    self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
+            if self.s.open_qty > 0:
+                self._show(PositionStatus.OPEN)
                 self._project("snapshot")  # the read model (and the user-data stream's routing) sees it open
                 await self._manage()
             await self._finish_close()
@@ -288,33 +299,45 @@ class PositionWorkflow:
             raise
         except BaseException as err:
             if not is_cancelled_exception(err):
-                self._set_status(PositionStatus.FAILED)
-                self._alert_if_exposed(err)
+                self._fail(err)
                 raise
             # An operator cancelled the workflow: take what the order in flight did, flatten what is
             # open, then stop (cancelling the entry used to leave its fill unowned and unprotected).
-            self._cancelled = True
-            self.flatten_reason = self.flatten_reason or "cancelled"
+            self._on(E.CANCEL_REQUESTED, reason=ExitReason.CANCELLED.value)
             await self._settle_inflight()
-            if self._tally().open_qty > 0:
+            if self.s.open_qty > 0:
                 self._queue.append(_ExitTicket(-1, None, ExitReason.CANCELLED.value, "operator"))
                 await self._process_exits()
-            await self._finish_close(final_status=PositionStatus.CANCELLED)
+            await self._finish_close()
             raise
         finally:
             # The slot is never given back while the venue may hold this position: a workflow that
-            # dies exposed keeps it until reconcile adopts the position (the holder check frees it
-            # once the workflow is gone, and the venue position is then adopted with its exits).
-            if self.grant is not None and not self._released and not self._continuing and not self._exposed():
-                await self._release("workflow ended" if self.status != PositionStatus.CLOSED else "closed")
+            # dies exposed keeps it until the holder check sees the workflow gone and reconcile adopts
+            # the position with this trade's exits.
+            if not self._continuing:
+                await self._release_if_held("workflow ended")
 
-    _cancelled = False
-    _continuing = False
+    def _fail(self, err: BaseException) -> None:
+        """An unexpected error ends the workflow. FAILED only with nothing on the venue; otherwise the
+        state stays as it is and the death is loud: reconcile adopts the position with its exits."""
+        if not self.s.exposed:
+            self._on(E.FAILED, reason=str(err)[:200])
+            self._show()
+            return
+        self._died_exposed.add(1, {"symbol": self.intent.symbol})
+        workflow.logger.error(
+            "ALERT position %s ended %s with %s %s open on the venue: %s",
+            workflow.info().workflow_id,
+            self.s.status.value,
+            self.s.open_qty,
+            self.intent.symbol,
+            err,
+        )
 
     # ------------------------------------------------------------------ steps
     async def _validate(self) -> SymbolCheck:
         try:
-            return await workflow.execute_local_activity(
+            check = await workflow.execute_local_activity(
                 "check_symbol",
                 SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
                 result_type=SymbolCheck,
@@ -325,14 +348,17 @@ class PositionWorkflow:
             # A local activity's failure arrives as the activity's own ApplicationError, not wrapped.
             cause = err.cause if isinstance(err, ActivityError) else err
             if isinstance(cause, ApplicationError) and cause.type == "UnknownSymbol":
-                self._set_status(PositionStatus.FAILED)
+                self._on(E.INVALID, reason=cause.message)
+                self._show()
                 raise ApplicationError(
                     f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True
                 ) from None
             raise
+        self._on(E.VALIDATED)
+        return check
 
-    async def _govern(self, check: SymbolCheck) -> Grant | Denial:
-        self._set_status(PositionStatus.GOVERNING)
+    async def _govern(self, check: SymbolCheck) -> None:
+        self._show()
         adopt = self.input.adopt
         notional = self.intent.notional_usdt or (self.intent.quantity or Decimal(0)) * (check.mark_price or 0)
         if adopt is not None:
@@ -366,8 +392,11 @@ class PositionWorkflow:
             except TimeoutError:
                 continue  # the portfolio answers a repeated request with its first decision
         if isinstance(self._decision, Grant):
-            self.grant = self._decision
-        return self._decision
+            # Already CANCELLED by a flatten while waiting? The machine records the grant so that the
+            # slot is handed back, and the position never enters.
+            self._on(E.GRANTED, grant=self._decision)
+        else:
+            self._on(E.DENIED, denial=self._decision)
 
     async def _prepare_entry(self) -> EntryMarket:
         """Fresh rules and mark price for sizing, once a slot is granted."""
@@ -384,16 +413,17 @@ class PositionWorkflow:
         """Size, leverage and the entry order in one exchange activity (each workflow step costs a task
         round trip): the order's client id is fixed by the workflow, so every attempt looks it up first.
         The activity is never cancelled with the workflow: a cancel waits for what it did."""
-        assert self.grant is not None
+        grant = self.s.grant
+        assert grant is not None
         start_ms = int(workflow.info().start_time.timestamp() * 1000)
-        self._order_in_flight = True
+        self._on(E.ENTRY_SENT)
         self._inflight = workflow.start_activity(
             "open_entry",
             OpenEntryInput(
                 symbol=self.intent.symbol,
                 side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
                 leverage=self.intent.leverage,
-                notional_usdt=self.grant.notional_usdt,
+                notional_usdt=grant.notional_usdt,
                 quantity=self.intent.quantity,
                 client_order_id=client_order_id(workflow.info().workflow_id, "entry"),
                 intent_at_ms=start_ms,
@@ -410,52 +440,72 @@ class PositionWorkflow:
             self._inflight = None
             cause = err.cause
             if not (isinstance(cause, ApplicationError) and cause.type == "EntriesHalted"):
+                self._on(E.ENTRY_NOTHING, reason=ExitReason.ENTRY_UNFILLED.value)  # refused: nothing executed
                 raise
-            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
-            self.denial = Denial(holder_id=self.grant.holder_id, gate=Gate.VENUE_HALT, reason=cause.message)
+            denial = Denial(holder_id=grant.holder_id, gate=Gate.VENUE_HALT, reason=cause.message)
+            self._on(E.ENTRY_NOTHING, reason=ExitReason.ENTRY_UNFILLED.value, denial=denial)
             return
-        finally:
-            self._order_in_flight = False
         self._inflight = None
+        await self._entered(entry)
+
+    async def _entered(self, entry: OpenEntryOutcome) -> None:
+        """What the entry did: nothing (below the minimum, too late, unfilled), or fills to manage."""
+        grant = self.s.grant
+        assert grant is not None
         market = entry.market
-        self.rules = market.rules
-        if entry.outcome is None:
-            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
+        self._set(rules=market.rules)
+        fills = entry.outcome.fills if entry.outcome is not None else []
+        if not any(f.side == self.intent.side.entry_order_side for f in fills):
+            denial = None
             if entry.expired:
-                self.denial = Denial(
-                    holder_id=self.grant.holder_id,
+                denial = Denial(
+                    holder_id=grant.holder_id,
                     gate=Gate.ENTRY_DEADLINE,
                     reason=f"not executed within {self.options.entry_deadline_seconds:g} s of the intent: "
                     "nothing was sent after that",
                 )
-                return
-            self.denial = Denial(
-                holder_id=self.grant.holder_id,
-                gate=Gate.EXCHANGE_MINIMUM,
-                reason=f"granted {self.grant.notional_usdt} USDT is below the exchange minimum "
-                f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)",
-            )
+            elif entry.outcome is None:
+                denial = Denial(
+                    holder_id=grant.holder_id,
+                    gate=Gate.EXCHANGE_MINIMUM,
+                    reason=f"granted {grant.notional_usdt} USDT is below the exchange minimum "
+                    f"({market.rules.min_notional} USDT, {market.rules.market_min_qty} qty)",
+                )
+            self._on(E.ENTRY_NOTHING, reason=ExitReason.ENTRY_UNFILLED.value, denial=denial)
             return
-        outcome = entry.outcome
-        self._record_fills(outcome)
-        self.opened_at_ms = int(workflow.now().timestamp() * 1000)
+        assert entry.outcome is not None
+        self._on(E.ENTRY_FILLED, fills=fills, now_ms=self._now_ms())
         filled = self._tally()
-        if filled.open_qty <= 0:
-            self.exit_reason = ExitReason.ENTRY_UNFILLED.value
-            return
-        filled_notional = filled.entry_notional
-        if filled_notional < self.grant.notional_usdt:
+        if filled.entry_notional < grant.notional_usdt:
             await self._tell_portfolio(
                 "adjust_reservation",
-                AdjustRequest(holder_id=self.grant.holder_id, notional_usdt=filled_notional),
+                AdjustRequest(holder_id=grant.holder_id, notional_usdt=filled.entry_notional),
             )
         self._arm_exits(market, filled)
-        self.mark = outcome.avg_price
-        await self._replace_hard_stop(self.exit_state.hard_stop)  # type: ignore[union-attr]
-        self._project("apply_result", action="entry", outcome=outcome)
+        self._set(last_mark=entry.outcome.avg_price)
+        await self._replace_hard_stop(self.s.exit_state.hard_stop)  # type: ignore[union-attr]
+        self._project("apply_result", action="entry", outcome=entry.outcome)
+
+    async def _adopt(self, adopted: AdoptedPosition) -> None:
+        """Take a position found on the venue as it is: its quantity at its entry price."""
+        market = await self._prepare_entry()
+        now_ms = self._now_ms()
+        self._set(rules=market.rules)
+        fill = Fill(
+            client_order_id=client_order_id(workflow.info().workflow_id, "adopted"),
+            side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
+            price=adopted.entry_price,
+            qty=adopted.quantity,
+            fee=Decimal(0),
+            time_ms=now_ms,
+        )
+        self._on(E.ENTRY_FILLED, fills=[fill], now_ms=now_ms)
+        self._set(last_mark=market.mark_price)
+        self._arm_exits(market, self._tally())
+        await self._replace_hard_stop(self.s.exit_state.hard_stop)  # type: ignore[union-attr]
 
     async def _settle_inflight(self) -> None:
-        """After a cancel: wait for the order activity that was in flight and take its fills."""
+        """After a cancel: wait for the order activity that was in flight and take what it did."""
         task, self._inflight = self._inflight, None
         if task is None:
             return
@@ -463,75 +513,42 @@ class PositionWorkflow:
             done = await task
         except ActivityError as err:
             workflow.logger.warning("the order in flight at the cancel failed: %s", err.cause)
+            if self.s.status is PositionStatus.ENTERING:
+                self._on(E.ENTRY_NOTHING, reason=ExitReason.ENTRY_UNFILLED.value)
+            else:
+                self._on(E.EXIT_NOTHING)
             return
-        finally:
-            self._order_in_flight = False
         if isinstance(done, OpenEntryOutcome):
-            self.rules = done.market.rules
-            if done.outcome is not None:
-                self._record_fills(done.outcome)
-                self.opened_at_ms = self.opened_at_ms or int(workflow.now().timestamp() * 1000)
+            await self._entered(done)
         else:
-            self._record_fills(done)
-
-    def _exposed(self) -> bool:
-        return self._tally().open_qty > 0 or self._inflight is not None
-
-    def _alert_if_exposed(self, err: BaseException) -> None:
-        """A position that dies with money on the venue must be loud: reconcile adopts it, with this
-        trade's exits, but an operator has to know."""
-        if not self._exposed():
-            return
-        self._died_exposed.add(1, {"symbol": self.intent.symbol})
-        workflow.logger.error(
-            "ALERT position %s ended %s with %s %s open on the venue: %s",
-            workflow.info().workflow_id,
-            self.status.value,
-            self._tally().open_qty,
-            self.intent.symbol,
-            err,
-        )
-
-    def _adopt(self, adopted: AdoptedPosition, market: EntryMarket) -> None:
-        """Take a position found on the venue as it is: its quantity at its entry price."""
-        self.rules = market.rules
-        self.opened_at_ms = int(workflow.now().timestamp() * 1000)
-        self.fills.append(
-            Fill(
-                client_order_id=client_order_id(workflow.info().workflow_id, "adopted"),
-                side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
-                price=adopted.entry_price,
-                qty=adopted.quantity,
-                fee=Decimal(0),
-                time_ms=self.opened_at_ms,
-            )
-        )
-        self.mark = market.mark_price
-        self._arm_exits(market, self._tally())
+            self._exit_outcome(done, None, None)
 
     def _arm_exits(self, market: EntryMarket, filled: PositionTally) -> None:
-        assert self.grant is not None
-        self.profile, stop_price = resolve_profile(
-            self.grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry
+        grant = self.s.grant
+        assert grant is not None
+        profile, stop_price = resolve_profile(
+            grant.exit_profile, self.intent.exits, self.intent.side, filled.avg_entry
         )
-        self.exit_state = initial_state(
+        exit_state = initial_state(
             self.intent.side,
             filled.avg_entry,
             filled.open_qty,
             self.intent.leverage,
             filled.fees,
-            self.profile,
+            profile,
             market.rules,
-            self.opened_at_ms,
+            self.s.opened_at_ms,
             stop_price,
         )
+        self._set(profile=profile, exit_state=exit_state)
 
     async def _replace_hard_stop(self, price: Decimal) -> None:
         """Cancel-and-replace the exchange stop, each with its own client id: never two live stops."""
-        if self.hard_stop_id is not None:
+        if self.s.hard_stop_id is not None:
             await self._cancel_hard_stop()
-        self.hard_stop_seq += 1
-        stop_id = client_order_id(workflow.info().workflow_id, f"hstop{self.hard_stop_seq}")
+        seq = self.s.hard_stop_seq + 1
+        self._set(hard_stop_seq=seq)
+        stop_id = client_order_id(workflow.info().workflow_id, f"hstop{seq}")
         try:
             await workflow.execute_activity(
                 "place_stop",
@@ -546,26 +563,26 @@ class PositionWorkflow:
                 start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
                 retry_policy=ORDER_RETRY,
             )
-            self.hard_stop_id = stop_id
+            self._set(hard_stop_id=stop_id)
         except ActivityError as err:
             # The venue refused it (e.g. -2021 "would immediately trigger"). The position is not left
             # unprotected: the internal stop still holds, the next price check closes it if the price
             # is already past, the next stop move tries again, and operators see the alert metric.
             workflow.logger.warning("hard stop at %s refused: %s", price, err.cause)
             self._hard_stop_alerts.add(1, {"symbol": self.intent.symbol})
-            self.hard_stop_id = None
+            self._set(hard_stop_id=None)
 
     async def _cancel_hard_stop(self) -> None:
-        assert self.hard_stop_id is not None
-        await self._venue_read(
+        assert self.s.hard_stop_id is not None
+        await self._venue_call(
             "cancel_stop",
-            CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.hard_stop_id),
+            CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.s.hard_stop_id),
             bool,
             timedelta(seconds=10),
         )
-        self.hard_stop_id = None
+        self._set(hard_stop_id=None)
 
-    async def _venue_read(self, name: str, arg: object, result_type: type[_T], limit: timedelta) -> _T:
+    async def _venue_call(self, name: str, arg: object, result_type: type[_T], limit: timedelta) -> _T:
         """A venue call that must eventually succeed while money is on the venue (a read, or a cancel
         that is idempotent): it never fails the position. After the quick retries it says so (log,
         metric, details) and tries again after a capped pause, for as long as the outage lasts (a 30 s
@@ -593,56 +610,60 @@ class PositionWorkflow:
             return result
 
     def _venue_unreachable(self, what: str, err: BaseException) -> None:
-        if self.unreachable_since_ms is None:
-            self.unreachable_since_ms = int(workflow.now().timestamp() * 1000)
-            self._unreachable_alerts.add(1, {"symbol": self.intent.symbol, "call": what})
-            workflow.logger.error(
-                "ALERT position %s cannot reach the venue (%s: %s); %s %s open, still managed, retrying",
-                workflow.info().workflow_id,
-                what,
-                err.cause if isinstance(err, ActivityError) else err,
-                self._tally().open_qty,
-                self.intent.symbol,
-            )
-            self._update_details()
+        if self.s.unreachable_since_ms is not None:
+            return
+        self._on(E.VENUE_UNREACHABLE, now_ms=self._now_ms())
+        self._unreachable_alerts.add(1, {"symbol": self.intent.symbol, "call": what})
+        workflow.logger.error(
+            "ALERT position %s cannot reach the venue (%s: %s); %s %s open, still managed, retrying",
+            workflow.info().workflow_id,
+            what,
+            err.cause if isinstance(err, ActivityError) else err,
+            self.s.open_qty,
+            self.intent.symbol,
+        )
+        self._update_details()
 
     def _venue_reachable(self) -> None:
-        if self.unreachable_since_ms is not None:
-            workflow.logger.warning("position %s reaches the venue again", workflow.info().workflow_id)
-            self.unreachable_since_ms = None
-            self._update_details()
+        if self.s.unreachable_since_ms is None:
+            return
+        workflow.logger.warning("position %s reaches the venue again", workflow.info().workflow_id)
+        self._on(E.VENUE_REACHABLE)
+        self._update_details()
 
     async def _manage(self) -> None:
+        if must_flatten(self.s) and not self._queue:  # remembered from before the entry (or the hand-over)
+            self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
         self._publish_levels()
-        while self._tally().open_qty > 0 and not self._venue_flat:
-            if not self._queue and self._price is None:
+        while self.s.open_qty > 0:
+            if not self._queue and self.s.pending_price is None:
                 try:
                     await workflow.wait_condition(
                         lambda: (
                             bool(self._queue)
-                            or self._price is not None
+                            or self.s.pending_price is not None
                             or self._publish_due()
-                            or self._venue_changed
-                            or self._drift
+                            or self.s.venue_changed
                         ),
                         timeout=timedelta(seconds=self.options.mark_check_seconds),
                     )
                 except TimeoutError:
                     await self._check_mark()  # the safety net when the watcher is down
-            if self._venue_changed:
+            if self.s.venue_changed:
                 await self._settle_with_venue()
-            if self._drift:
+            if self.s.drift_qty > 0:
                 await self._correct_drift()
             await self._process_exits()
-            if self._price is not None and self._tally().open_qty > 0 and not self._venue_flat:
-                price, self._price = self._price, None
+            if self.s.pending_price is not None and self.s.open_qty > 0:
+                price, self.s = take_price(self.s)
+                assert price is not None
                 await self._apply_exit_policies(price)
             self._publish_levels()
             if self._should_continue_as_new():
                 if workflow.patched("can-at-a-quiet-point"):
-                    # Only here, at a point where the loop itself has drained every request: waiting
-                    # for an empty queue would wait on this very loop (a close or a flatten that came
-                    # with an exit in flight was never served, its update never answered).
+                    # Only here, where the loop itself has drained every request: waiting for an empty
+                    # queue would wait on this very loop (a close or a flatten that came with an exit
+                    # in flight was never served, its update never answered).
                     if not self._queue and workflow.all_handlers_finished():
                         self._hand_over()
                 else:
@@ -650,7 +671,7 @@ class PositionWorkflow:
 
     async def _check_mark(self) -> None:
         try:
-            self.mark = await workflow.execute_activity(
+            mark = await workflow.execute_activity(
                 "get_mark_price",
                 MarkPriceInput(symbol=self.intent.symbol),
                 result_type=Decimal,
@@ -663,33 +684,34 @@ class PositionWorkflow:
             self._venue_unreachable("get_mark_price", err)
             return
         self._venue_reachable()
-        if self._price is None:
-            self._price = self.mark
-        if self.hard_stop_id is None and self.exit_state is not None and self._tally().open_qty > 0:
-            await self._replace_hard_stop(self.exit_state.hard_stop)  # try again after a refusal
+        self._set(last_mark=mark)
+        if self.s.pending_price is None:
+            self.s = offer_price(self.s, mark)
+        if self.s.hard_stop_id is None and self.s.exit_state is not None and self.s.open_qty > 0:
+            await self._replace_hard_stop(self.s.exit_state.hard_stop)  # try again after a refusal
         self._update_details()
 
     async def _apply_exit_policies(self, price: Decimal) -> None:
         """Let the exit engine act on this price until it has nothing more to do (several levels
         crossed at once are handled one after another, each against the state the last one left)."""
-        assert self.profile is not None and self.exit_state is not None and self.rules is not None
-        self.mark = price
+        profile, rules = self.s.profile, self.s.rules
+        assert profile is not None and self.s.exit_state is not None and rules is not None
+        self._set(last_mark=price)
         for _ in range(16):  # every action consumes a level or closes everything: this ends quickly
-            open_qty = self._tally().open_qty
-            if open_qty <= 0 or self._venue_flat:
+            open_qty = self.s.open_qty
+            if open_qty <= 0:
                 return
-            now_ms = int(workflow.now().timestamp() * 1000)
-            action, state = evaluate(
-                self.profile,
-                self.exit_state,
+            action, exit_state = evaluate(
+                profile,
+                self.s.exit_state,
                 self.intent.side,
                 open_qty,
                 price,
                 self.intent.leverage,
-                self.rules,
-                now_ms,
+                rules,
+                self._now_ms(),
             )
-            self.exit_state = state
+            self._set(exit_state=exit_state)
             if action is None:
                 return
             if action.hard_stop is not None:
@@ -704,82 +726,84 @@ class PositionWorkflow:
     async def _process_exits(self) -> None:
         while self._queue:
             ticket = self._queue.pop(0)
-            t = self._tally()
-            assert self.rules is not None
-            qty = close_quantity(ticket.quantity, t.open_qty, self.rules)
-            if qty <= 0 or self._venue_flat:
-                self._results[ticket.ticket] = CloseResult(
-                    closed_qty=Decimal(0),
-                    avg_price=Decimal(0),
-                    remaining_qty=t.open_qty,
-                    noop=True,
-                    detail="nothing open to close" if t.open_qty <= 0 else "quantity rounds to zero",
+            rules = self.s.rules
+            assert rules is not None
+            qty = close_quantity(ticket.quantity, self.s.open_qty, rules)
+            if qty <= 0:
+                self._answer(
+                    ticket, "nothing open to close" if self.s.open_qty <= 0 else "quantity rounds to zero"
                 )
                 continue
             try:
                 outcome = await self._close(qty, ticket.reason, ticket.controller)
             except _ExitRefused as refused:
-                self._results[ticket.ticket] = CloseResult(
-                    closed_qty=Decimal(0),
-                    avg_price=Decimal(0),
-                    remaining_qty=self._tally().open_qty,
-                    noop=True,
-                    detail=f"refused by the exchange: {refused}",
-                )
+                self._answer(ticket, f"refused by the exchange: {refused}")
                 continue
             if outcome is None:
-                self._results[ticket.ticket] = CloseResult(
-                    closed_qty=Decimal(0),
-                    avg_price=Decimal(0),
-                    remaining_qty=self._tally().open_qty,
-                    noop=True,
-                    detail=f"the exchange had already closed the position ({self.exit_reason})",
-                )
+                self._answer(ticket, f"the exchange had already closed the position ({self.s.exit_reason})")
                 continue
             self._results[ticket.ticket] = CloseResult(
                 closed_qty=outcome.executed_qty,
                 avg_price=outcome.avg_price,
-                remaining_qty=self._tally().open_qty,
+                remaining_qty=self.s.open_qty,
             )
+
+    def _answer(self, ticket: _ExitTicket, detail: str) -> None:
+        """A close request that sent nothing: answered with why."""
+        self._results[ticket.ticket] = CloseResult(
+            closed_qty=Decimal(0),
+            avg_price=Decimal(0),
+            remaining_qty=self.s.open_qty,
+            noop=True,
+            detail=detail,
+        )
 
     async def _close(self, qty: Decimal, reason: str, controller: str) -> OrderOutcome | None:
         """One reduce-only order. None when the venue had nothing left to reduce (its hard stop or a
         liquidation closed the position): then the venue's fills are taken instead."""
-        self._set_status(PositionStatus.CLOSING)
-        self.exit_seq += 1
+        if self.s.venue_changed:  # the venue moved first: settle, so the close is sized on the truth
+            await self._settle_with_venue()
+        qty = min(qty, self.s.open_qty)
+        if qty <= 0:
+            return None
+        self._on(E.EXIT_SENT, qty=qty)
+        self._show()
         try:
-            outcome = await self._order(
-                self.intent.side.exit_order_side, qty, f"x{self.exit_seq}", reduce_only=True
+            outcome = await self._place(
+                self.intent.side.exit_order_side, qty, f"x{self.s.exit_seq}", reduce_only=True
             )
         except ActivityError as err:
             # Refused for good (e.g. a filter the venue changed): the position stays managed, the
             # next decision tries again, and operators see it; it must never end the workflow.
-            self._set_status(PositionStatus.OPEN)
+            self._on(E.EXIT_NOTHING)
+            self._show()
             workflow.logger.error(
                 "ALERT exit of %s %s refused: %s", qty, self.intent.symbol, err.cause or err
             )
             raise _ExitRefused(str(err.cause or err)) from None
-        if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
+        if not self._exit_outcome(outcome, reason, controller):
             await self._settle_with_venue()
             return None
-        self.exit_reason, self.exit_controller = reason, controller
         self._project("apply_result", action="exit", outcome=outcome)
-        if self._tally().open_qty > 0:
-            self._set_status(PositionStatus.OPEN)
+        if self.s.open_qty > 0:
+            self._show()
         return outcome
+
+    def _exit_outcome(self, outcome: OrderOutcome, reason: str | None, controller: str | None) -> bool:
+        """Record what an exit order did; False when the venue had nothing left to reduce."""
+        if outcome.status == OrderStatus.REJECTED and outcome.executed_qty == 0:
+            self._on(E.EXIT_NOTHING)  # the venue changed the position on its own: settle before more
+            return False
+        self._on(E.EXIT_FILLED, fills=outcome.fills, reason=reason, controller=controller)
+        self._update_details()
+        return True
 
     # ------------------------------------------------------------------ trigger levels
     def _levels(self) -> tuple[Decimal | None, Decimal | None]:
-        if (
-            self.profile is None
-            or self.exit_state is None
-            or self.rules is None
-            or self._tally().open_qty <= 0
-        ):
+        s = self.s
+        if s.profile is None or s.exit_state is None or s.rules is None or s.open_qty <= 0:
             return None, None
-        return trigger_levels(
-            self.profile, self.exit_state, self.intent.side, self.intent.leverage, self.rules
-        )
+        return trigger_levels(s.profile, s.exit_state, self.intent.side, self.intent.leverage, s.rules)
 
     def _publish_due(self) -> bool:
         if self._publishing is not None and not self._publishing.done():
@@ -793,7 +817,7 @@ class PositionWorkflow:
         if not remove and not self._publish_due():
             return
         above, below = (None, None) if remove else self._levels()
-        self.levels_version += 1
+        self._set(levels_version=self.s.levels_version + 1)
         self._published = (above, below)
         self._publishing = asyncio.ensure_future(
             self._publish(
@@ -802,7 +826,7 @@ class PositionWorkflow:
                     symbol=self.intent.symbol,
                     above=above,
                     below=below,
-                    version=self.levels_version,
+                    version=self.s.levels_version,
                     remove=remove,
                 )
             )
@@ -823,26 +847,28 @@ class PositionWorkflow:
             self._published = None
             self._publish_retry_at = workflow.time() + PUBLISH_PAUSE_S
 
+    # ------------------------------------------------------------------ the venue's word
     async def _settle_with_venue(self) -> None:
         """Take the venue's fills for this position and its word on the size: the venue closed some or
         all of it on its own (hard stop, liquidation, ADL, a close made by hand on the venue). Only
         fills after this position's entry count, never more than is open: an earlier position on the
         same symbol must not leak into this one, and a venue fill that also closed an excess (drift)
-        counts only up to the open quantity."""
-        self._venue_changed = False
-        known = {f.order_id: f.client_order_id for f in self.fills if f.order_id is not None}
-        since = min((f.time_ms for f in self.fills if f.time_ms), default=self.opened_at_ms) - 1_000
-        fills = await self._venue_read(
+        counts only up to the open quantity (a larger one used to be dropped whole, and the position
+        ended CLOSED with quantity open and no journal row)."""
+        fills_now = self.s.fills
+        known = {f.order_id: f.client_order_id for f in fills_now if f.order_id is not None}
+        since = min((f.time_ms for f in fills_now if f.time_ms), default=self.s.opened_at_ms) - 1_000
+        fills = await self._venue_call(
             "sync_fills",
             SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known),
             list[Fill],  # type: ignore[arg-type]
             timedelta(seconds=20),
         )
         # Trade ids rise per symbol: everything after this position's first entry fill is its own.
-        first = min((f.trade_id for f in self.fills if f.trade_id is not None), default=-1)
-        seen = {f.trade_id for f in [*self.fills, *self.drift_fills]}
+        first = min((f.trade_id for f in fills_now if f.trade_id is not None), default=-1)
+        seen = {f.trade_id for f in [*fills_now, *self.s.drift_fills]}
         new = []
-        room = self._tally().open_qty
+        room = self.s.open_qty
         for f in sorted(fills, key=lambda f: f.trade_id or 0):
             if f.trade_id in seen or f.side != self.intent.side.exit_order_side or (f.trade_id or 0) <= first:
                 continue
@@ -850,49 +876,35 @@ class PositionWorkflow:
                 break
             if f.qty > room:
                 workflow.logger.error(
-                    "venue fill %s exceeds the open quantity %s: %s of it is ours", f, room, room
+                    "venue fill %s exceeds the open quantity %s: only that is ours", f, room
                 )
                 f = f.model_copy(update={"qty": room, "fee": f.fee * room / f.qty})
             room -= f.qty
             new.append(f)
-        self.fills.extend(new)
+        reason = _venue_reason(new[-1].client_order_id, self._hard_stop_prefix()) if new else None
+        self._on(E.VENUE_FILLS, fills=new, reason=reason, controller="exchange")
+        if reason == ExitReason.HARD_STOP.value:
+            self._set(hard_stop_id=None)  # it has fired: nothing left to cancel
         self._update_details()
-        if new:
-            self.exit_reason = _venue_reason(new[-1].client_order_id, self._hard_stop_prefix())
-            self.exit_controller = "exchange"
-            if self.exit_reason == ExitReason.HARD_STOP.value:
-                self.hard_stop_id = None  # it has fired: nothing left to cancel
-        if self._tally().open_qty > 0:
-            venue = await self._read_position()
-            held = venue.position_amt * self.intent.side.sign
-            self._venue_flat = held <= 0
-            if self._venue_flat:
-                # The venue holds nothing, yet no fill explains it: book the rest at the venue's mark,
-                # loudly, so the trade is closed, journaled and released rather than left open forever.
-                rest = self._tally().open_qty
-                workflow.logger.error(
-                    "ALERT venue flat on %s but %s unexplained by its fills: closed at mark %s",
-                    self.intent.symbol,
-                    rest,
-                    venue.mark_price or self.mark,
-                )
-                self.fills.append(
-                    Fill(
-                        client_order_id=client_order_id(workflow.info().workflow_id, "venueflat"),
-                        side=self.intent.side.exit_order_side,  # type: ignore[arg-type]
-                        price=venue.mark_price or self.mark or self._tally().avg_entry,
-                        qty=rest,
-                        fee=Decimal(0),
-                        time_ms=int(workflow.now().timestamp() * 1000),
-                    )
-                )
-                self.exit_reason = self.exit_reason or ExitReason.EXCHANGE_CLOSED.value
-                self.exit_controller = "exchange"
-            elif held > self._tally().open_qty:
-                self._drift = True
+        if self.s.open_qty <= 0:
+            return
+        venue = await self._read_position()
+        held = venue.position_amt * self.intent.side.sign
+        if held <= 0:
+            # The venue holds nothing, yet no fill explains it: the rest is written off at the venue's
+            # mark, loudly, so the trade is closed, journaled and released rather than open forever.
+            workflow.logger.error(
+                "ALERT venue flat on %s but %s unexplained by its fills: closed at mark %s",
+                self.intent.symbol,
+                self.s.open_qty,
+                venue.mark_price or self.s.last_mark,
+            )
+            self._on(E.VENUE_FLAT, price=venue.mark_price or None, now_ms=self._now_ms())
+        elif held > self.s.open_qty:
+            self._on(E.VENUE_DRIFT, qty=held)
 
     async def _read_position(self) -> ExchangePosition:
-        return await self._venue_read(
+        return await self._venue_call(
             "get_position",
             ExchangePositionInput(symbol=self.intent.symbol),
             ExchangePosition,
@@ -903,64 +915,58 @@ class PositionWorkflow:
         """The venue holds more than this position's tally (an order executed after we gave up on it,
         or something added by hand): alert, then close the excess so nothing on the venue is
         unmanaged. The excess's fills are kept apart: they are not this trade's PnL."""
-        self._drift = False
-        venue = await self._read_position()
-        excess = venue.position_amt * self.intent.side.sign - self._tally().open_qty
-        assert self.rules is not None
-        qty = close_quantity(excess, excess, self.rules) if excess > 0 else Decimal(0)
-        if qty <= 0:
-            return
+        rules = self.s.rules
+        assert rules is not None
+        excess = self.s.drift_qty
+        qty = close_quantity(excess, excess, rules)
         self._drift_alerts.add(1, {"symbol": self.intent.symbol})
         workflow.logger.error(
-            "ALERT drift on %s: the venue holds %s, position %s %s; closing the excess %s",
+            "ALERT drift on %s: the venue holds %s more than position %s (%s); closing the excess %s",
             self.intent.symbol,
-            venue.position_amt,
+            excess,
             workflow.info().workflow_id,
-            self._tally().open_qty,
+            self.s.open_qty,
             qty,
         )
-        self.exit_seq += 1
-        self._order_in_flight = True
-        try:
-            outcome = await workflow.execute_activity(
-                "place_order",
-                PlaceOrderInput(
-                    symbol=self.intent.symbol,
-                    side=self.intent.side.exit_order_side,
-                    quantity=qty,  # type: ignore[arg-type]
-                    client_order_id=client_order_id(workflow.info().workflow_id, f"drift{self.exit_seq}"),
-                    reduce_only=True,
-                ),
-                result_type=OrderOutcome,
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
-                retry_policy=ORDER_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.error(
-                "ALERT the drift close on %s was refused: %s", self.intent.symbol, err.cause
-            )
-            return
-        finally:
-            self._order_in_flight = False
-        self.drift_fills.extend(outcome.fills)
-
-    _venue_flat = False
-    _venue_changed = False
-    _publish_retry_at = 0.0
-    _order_in_flight = False
+        if qty > 0:
+            seq = self.s.drift_seq + 1
+            self._set(drift_seq=seq)
+            try:
+                outcome = await workflow.execute_activity(
+                    "place_order",
+                    PlaceOrderInput(
+                        symbol=self.intent.symbol,
+                        side=self.intent.side.exit_order_side,
+                        quantity=qty,  # type: ignore[arg-type]
+                        client_order_id=client_order_id(workflow.info().workflow_id, f"drift{seq}"),
+                        reduce_only=True,
+                    ),
+                    result_type=OrderOutcome,
+                    task_queue=EXCHANGE_TASK_QUEUE,
+                    start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
+                    retry_policy=ORDER_RETRY,
+                )
+                self._set(drift_fills=[*self.s.drift_fills, *outcome.fills])
+            except ActivityError as err:
+                workflow.logger.error("ALERT drift close on %s refused: %s", self.intent.symbol, err.cause)
+        # Settled either way: what is left over the tally is reconcile's to adopt once this ends.
+        self._on(E.VENUE_DRIFT, qty=self.s.open_qty)
 
     def _hard_stop_prefix(self) -> str:
         return client_order_id(workflow.info().workflow_id, "hstop").rsplit(".", 1)[0] + ".hstop"
 
-    async def _finish_close(self, final_status: PositionStatus = PositionStatus.CLOSED) -> None:
-        if self.hard_stop_id is not None:
+    def _own_prefix(self) -> str:
+        return client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
+
+    # ------------------------------------------------------------------ the end
+    async def _finish_close(self) -> None:
+        if self.s.hard_stop_id is not None:
             await self._cancel_hard_stop()
         if self._published is not None:
             self._publish_levels(remove=True)
-        self._set_status(final_status)
-        if self.grant is not None and not self._released:
-            await self._release(self.exit_reason or final_status.value.lower())
+        self._on(E.FINISHED)
+        self._show()
+        await self._release_if_held(self.s.exit_reason or self.s.status.value.lower())
         self._project("trade_closed", result=self._result())  # the reward's margin comes from the fills
         self._journal()
         self._answer_waiting_closes()
@@ -975,14 +981,7 @@ class PositionWorkflow:
 
     def _answer_waiting_closes(self) -> None:
         while self._queue:
-            ticket = self._queue.pop(0)
-            self._results[ticket.ticket] = CloseResult(
-                closed_qty=Decimal(0),
-                avg_price=Decimal(0),
-                remaining_qty=self._tally().open_qty,
-                noop=True,
-                detail=f"already {self.status.value.lower()}: nothing open to close",
-            )
+            self._answer(self._queue.pop(0), f"already {self.s.status.value.lower()}: nothing open to close")
 
     def _journal(self) -> None:
         """One trade-journal row for a position that traded and is flat (the row's key is this workflow
@@ -994,10 +993,10 @@ class PositionWorkflow:
             workflow.info().workflow_id,
             self.intent,
             t,
-            opened_at_ms=self.opened_at_ms,
-            closed_at_ms=int(workflow.now().timestamp() * 1000),
-            exit_reason=self.exit_reason or self.status.value.lower(),
-            exit_controller=self.exit_controller,
+            opened_at_ms=self.s.opened_at_ms,
+            closed_at_ms=self._now_ms(),
+            exit_reason=self.s.exit_reason or self.s.status.value.lower(),
+            exit_controller=self.s.exit_controller,
         )
         self._projections.append(
             workflow.start_activity(
@@ -1011,13 +1010,6 @@ class PositionWorkflow:
         )
 
     # ------------------------------------------------------------------ orders
-    async def _order(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
-        self._order_in_flight = True
-        try:
-            return await self._place(side, qty, step, reduce_only=reduce_only)
-        finally:
-            self._order_in_flight = False
-
     async def _place(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
         # Shielded: cancelling the workflow must not cancel an order that may already have executed.
         self._inflight = workflow.start_activity(
@@ -1036,18 +1028,10 @@ class PositionWorkflow:
             retry_policy=ORDER_RETRY,
         )
         try:
-            outcome = await asyncio.shield(self._inflight)
-        except ActivityError:
-            self._inflight = None
-            raise
-        self._inflight = None
-        self._record_fills(outcome)
-        return outcome
-
-    def _record_fills(self, outcome: OrderOutcome) -> None:
-        known = {(f.client_order_id, f.trade_id) for f in self.fills}
-        self.fills.extend(f for f in outcome.fills if (f.client_order_id, f.trade_id) not in known)
-        self._update_details()
+            return await asyncio.shield(self._inflight)
+        finally:
+            if self._inflight is not None and self._inflight.done():
+                self._inflight = None
 
     # ------------------------------------------------------------------ portfolio
     async def _portfolio_signal(self, name: str, arg: object) -> None:
@@ -1062,14 +1046,16 @@ class PositionWorkflow:
         except FailureError as err:
             workflow.logger.warning("portfolio not reachable for %s: %s", name, err)
 
-    async def _release(self, reason: str, *, traded: bool | None = None) -> None:
-        assert self.grant is not None
-        self._released = True
-        if traded is None:
-            traded = bool(self.fills)
+    async def _release_if_held(self, reason: str) -> None:
+        """Give the slot back when the machine says it may (never while the venue may hold this)."""
+        if not may_release(self.s):
+            return
+        grant = self.s.grant
+        assert grant is not None
+        self.s = mark_released(self.s)
         await self._tell_portfolio(
             "release_reservation",
-            ReleaseRequest(holder_id=self.grant.holder_id, reason=reason, cooldown=traded),
+            ReleaseRequest(holder_id=grant.holder_id, reason=reason, cooldown=bool(self.s.fills)),
         )
 
     # ------------------------------------------------------------------ continue-as-new
@@ -1089,40 +1075,15 @@ class PositionWorkflow:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        """Continue as new with everything this position knows: what arrived during the hand-over
-        (a flatten, the venue's word, the latest price) is carried, not lost. Projections still
-        retrying are left behind: the read model catches up from the next run's writes, and a Redis
-        outage must not keep a position from being managed."""
-        assert self.rules is not None and self.grant is not None
-        assert self.profile is not None and self.exit_state is not None
+        """Continue as new with the state: what arrived during the hand-over (a flatten, the venue's
+        word, the latest price) is in it, not lost. Projections still retrying are left behind: the
+        read model catches up from the next run's writes, and a Redis outage must not keep a position
+        from being managed."""
         self._continuing = True
         carried = PositionInput.model_validate(
             {**self.intent.model_dump(exclude={"options", "carry"}), "options": self.options}
         )
-        workflow.continue_as_new(
-            carried.model_copy(
-                update={
-                    "carry": PositionCarry(
-                        status=self.status,
-                        rules=self.rules,
-                        grant=self.grant,
-                        fills=self.fills,
-                        profile=self.profile,
-                        exit_state=self.exit_state,
-                        hard_stop_id=self.hard_stop_id,
-                        hard_stop_seq=self.hard_stop_seq,
-                        levels_version=self.levels_version,
-                        exit_seq=self.exit_seq,
-                        opened_at_ms=self.opened_at_ms,
-                        last_mark=self.mark,
-                        flatten_reason=self.flatten_reason,
-                        venue_changed=self._venue_changed or self._drift,
-                        pending_price=self._price,
-                        drift_fills=self.drift_fills,
-                    )
-                }
-            )
-        )
+        workflow.continue_as_new(carried.model_copy(update={"carry": self.s}))
 
     # ------------------------------------------------------------------ messages
     @workflow.signal(name="reservation_decided")
@@ -1132,13 +1093,16 @@ class PositionWorkflow:
 
     @workflow.signal(name="emergency_flatten")
     def emergency_flatten(self, req: FlattenRequest) -> None:
-        if self.status in TERMINAL_STATUSES:
+        """Remembered in every state: before the entry the position never enters, while entering its
+        fill is closed once it is known, once open it is closed now (a flatten that came while the entry
+        was in flight used to be dropped, and the position opened with no close)."""
+        if self.s.terminal:
             return
-        first = self.flatten_reason is None
-        self.flatten_reason = self.flatten_reason or req.reason
-        if first and self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
+        first = self.s.flatten_reason is None
+        self._on(E.FLATTEN_REQUESTED, reason=req.reason)
+        if first and self.s.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
             self._enqueue(None, ExitReason.EMERGENCY_FLATTEN.value, "portfolio")
-        # VALIDATING/GOVERNING/ENTERING: remembered; the position never enters, or closes its fill.
+        self._update_details()
 
     @workflow.signal(name="price_crossed")
     def price_crossed(self, raw: dict) -> None:
@@ -1147,44 +1111,36 @@ class PositionWorkflow:
         except ValueError:
             workflow.logger.warning("ignored a malformed price_crossed signal: %s", raw)
             return
-        if tick.symbol == self.intent.symbol and self.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
-            self._price = tick.price  # only the latest price matters
+        if tick.symbol == self.intent.symbol:
+            self.s = offer_price(self.s, tick.price)  # only the latest price matters
 
     @workflow.signal(name="exchange_event")
     def exchange_event(self, raw: dict) -> None:
         """From the user-data stream (or reconcile): the venue did something. Fills of this position's own
         orders are accounted by the order activity; anything else means the venue changed the
-        position (its hard stop, a liquidation, ADL, a close by hand on the venue): settle with it."""
+        position (its hard stop, a liquidation, ADL, a close by hand on the venue, more than the tally):
+        settle with it, on a fresh read, before anything else is sent."""
         try:
             event = parse_message(ExchangeEvent, raw)
         except ValueError:
             workflow.logger.warning("ignored a malformed exchange_event signal: %s", raw)
             return
-        if event.symbol != self.intent.symbol or self.status not in (
-            PositionStatus.OPEN,
-            PositionStatus.CLOSING,
-        ):
+        if event.symbol != self.intent.symbol:
             return
+        changed = False
         if event.kind == "order_update":
             cid = event.client_order_id or ""
             own_order = cid.startswith(self._own_prefix()) and not cid.startswith(self._hard_stop_prefix())
             venue_fill = event.exec_type in ("TRADE", "CALCULATED")  # CALCULATED: liquidation, ADL
-            if (venue_fill and not own_order) or event.reason in ("liquidation", "adl"):
-                self._venue_changed = True
+            changed = (venue_fill and not own_order) or event.reason in ("liquidation", "adl")
         elif event.kind == "algo_update":
-            if event.order_status in ("TRIGGERED", "FINISHED") and (event.client_order_id or "").startswith(
-                self._hard_stop_prefix()
-            ):
-                self._venue_changed = True
-        elif event.position_amt is not None and not self._order_in_flight:
-            venue_qty = event.position_amt * self.intent.side.sign
-            if venue_qty < self._tally().open_qty:
-                self._venue_changed = True
-            elif venue_qty > self._tally().open_qty:
-                self._drift = True  # checked against a fresh read before anything is sent
-
-    def _own_prefix(self) -> str:
-        return client_order_id(workflow.info().workflow_id, "entry").rsplit(".", 1)[0] + "."
+            changed = event.order_status in ("TRIGGERED", "FINISHED") and (
+                event.client_order_id or ""
+            ).startswith(self._hard_stop_prefix())
+        elif event.position_amt is not None and not self.s.order_in_flight:
+            changed = event.position_amt * self.intent.side.sign != self.s.open_qty
+        if changed:
+            self.s = notice_venue_change(self.s)
 
     @workflow.update(name="close")
     async def close(self, raw: dict) -> CloseResult:
@@ -1201,13 +1157,13 @@ class PositionWorkflow:
             req = parse_message(ClosePositionRequest, raw)
         except ValueError as err:
             raise ApplicationError(str(err), type="CloseRefused", non_retryable=True) from None
-        if self.status not in (PositionStatus.OPEN, PositionStatus.CLOSING):
+        if self.shown not in (PositionStatus.OPEN, PositionStatus.CLOSING) or self.s.terminal:
             raise ApplicationError(
-                f"position is {self.status.value}, not open: nothing to close",
+                f"position is {self.shown.value}, not open: nothing to close",
                 type="CloseRefused",
                 non_retryable=True,
             )
-        open_qty = self._tally().open_qty
+        open_qty = self.s.open_qty
         if req.quantity is not None and req.quantity > open_qty:
             raise ApplicationError(
                 f"quantity {req.quantity} exceeds the open quantity {open_qty}",
@@ -1217,80 +1173,79 @@ class PositionWorkflow:
 
     @workflow.query(name="state")
     def state(self) -> PositionView:
-        t = self._tally()
+        s, t = self.s, self.s.tally
+        exit_state, mark = s.exit_state, s.last_mark
         return PositionView(
             workflow_id=workflow.info().workflow_id,
-            status=self.status,
+            status=self.shown,
             symbol=self.intent.symbol,
             side=self.intent.side,
             open_qty=t.open_qty,
             entry_price=t.open_entry_price or t.avg_entry,
-            mark_price=self.mark,
-            unrealized_pnl=t.unrealized(self.mark) if self.mark and t.open_qty else None,
+            mark_price=mark,
+            unrealized_pnl=t.unrealized(mark) if mark and t.open_qty else None,
             realized_pnl=t.realized_net,
             fees=t.fees,
-            stop_loss_price=self.exit_state.stop if self.exit_state else None,
-            stop_kind=self.exit_state.stop_kind if self.exit_state else None,
+            stop_loss_price=exit_state.stop if exit_state else None,
+            stop_kind=exit_state.stop_kind if exit_state else None,
             take_profit_price=self._next_target(),
-            hard_stop_price=self.exit_state.hard_stop if self.exit_state and self.hard_stop_id else None,
+            hard_stop_price=exit_state.hard_stop if exit_state and s.hard_stop_id else None,
             next_trigger=self._next_trigger(),
             trigger_above=self._levels()[0],
             trigger_below=self._levels()[1],
-            reason=self.exit_reason or (self.denial.reason if self.denial else None),
-            venue_unreachable_since_ms=self.unreachable_since_ms,
+            reason=s.exit_reason or (s.denial.reason if s.denial else None),
+            venue_unreachable_since_ms=s.unreachable_since_ms,
         )
 
     @workflow.query(name="fills")
     def get_fills(self) -> list[Fill]:
-        return list(self.fills)
+        return list(self.s.fills)
 
     @workflow.query(name="pnl")
     def pnl(self) -> dict[str, Decimal]:
-        t = self._tally()
+        t, mark = self.s.tally, self.s.last_mark
         return {
             "realized_gross": t.realized_gross,
             "fees": t.fees,
             "realized_net": t.realized_net,
-            "unrealized": t.unrealized(self.mark) if self.mark else Decimal(0),
+            "unrealized": t.unrealized(mark) if mark else Decimal(0),
         }
 
     # ------------------------------------------------------------------ helpers
+    def _now_ms(self) -> int:
+        return int(workflow.now().timestamp() * 1000)
+
     def _enqueue(self, quantity: Decimal | None, reason: str, controller: str) -> int:
         self._next_ticket += 1
         self._queue.append(_ExitTicket(self._next_ticket, quantity, reason, controller))
         return self._next_ticket
 
-    def _tally(self) -> PositionTally:
-        return tally(self.intent.side, self.fills)
-
     def _next_target(self) -> Decimal | None:
-        p, st = self.profile, self.exit_state
-        if (
-            p is None
-            or st is None
-            or self.rules is None
-            or not p.tp_enabled
-            or st.tps_done >= len(p.tp_levels)
-        ):
+        p, st, rules = self.s.profile, self.s.exit_state, self.s.rules
+        if p is None or st is None or rules is None or not p.tp_enabled or st.tps_done >= len(p.tp_levels):
             return None
         pct = p.tp_levels[st.tps_done].at
-        return self.rules.round_price(st.entry * (1 + self.intent.side.sign * pct / 100))
+        return rules.round_price(st.entry * (1 + self.intent.side.sign * pct / 100))
 
     def _next_trigger(self) -> str | None:
-        if self.exit_state is None or self.status != PositionStatus.OPEN:
+        st = self.s.exit_state
+        if st is None or self.shown != PositionStatus.OPEN:
             return None
-        parts = [f"{self.exit_state.stop_kind.replace('_', ' ')} {self.exit_state.stop}"]
+        parts = [f"{st.stop_kind.replace('_', ' ')} {st.stop}"]
         target = self._next_target()
         if target is not None:
             parts.append(f"target {target}")
-        if self.hard_stop_id is not None:
-            parts.append(f"hard stop {self.exit_state.hard_stop}")
+        if self.s.hard_stop_id is not None:
+            parts.append(f"hard stop {st.hard_stop}")
         above, below = self._levels()
         parts.append(f"watching {below} / {above}")
         return ", ".join(parts)
 
-    def _set_status(self, status: PositionStatus) -> None:
-        self.status = status
+    def _show(self, status: PositionStatus | None = None) -> None:
+        """Publish the status (the machine's, unless given): search attributes and details. Called at
+        fixed points of the lifecycle, so the visibility writes (commands) come where they always did."""
+        status = status or self.s.status
+        self.shown = status
         if status in TRANSIENT_STATUSES:
             self._update_details()
             return  # seen in queries and details; not worth a visibility write per intent in a burst
@@ -1305,18 +1260,15 @@ class PositionWorkflow:
             SearchAttributePair(SA_SOURCE, self.intent.source.value),
             SearchAttributePair(SA_REALIZED_PNL, float(t.realized_net)),
         ]
-        if self.opened_at_ms:
-            pairs.append(
-                SearchAttributePair(SA_OPENED_AT, datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC))
-            )
+        if self.s.opened_at_ms:
+            opened = datetime.fromtimestamp(self.s.opened_at_ms / 1000, tz=UTC)
+            pairs.append(SearchAttributePair(SA_OPENED_AT, opened))
         workflow.upsert_search_attributes(pairs)
         self._update_details()
 
-    _indexed_qty: Decimal | None = None
-
     def _update_details(self) -> None:
-        open_qty = self._tally().open_qty
-        if self.status not in TRANSIENT_STATUSES and open_qty != self._indexed_qty:
+        open_qty = self.s.open_qty
+        if self.shown not in TRANSIENT_STATUSES and open_qty != self._indexed_qty:
             self._indexed_qty = open_qty  # a partial close, or the venue's own fills
             workflow.upsert_search_attributes([SearchAttributePair(SA_OPEN_QTY, float(open_qty))])
         v = self.state()
@@ -1327,11 +1279,11 @@ class PositionWorkflow:
         ]
         if v.reason:
             lines.append(f"reason: {v.reason}")
-        if self.unreachable_since_ms is not None:
-            since = datetime.fromtimestamp(self.unreachable_since_ms / 1000, tz=UTC).strftime("%H:%M:%S")
+        if self.s.unreachable_since_ms is not None:
+            since = datetime.fromtimestamp(self.s.unreachable_since_ms / 1000, tz=UTC).strftime("%H:%M:%S")
             lines.append(f"**venue unreachable since {since} UTC**: still managed, retrying")
-        if self.flatten_reason is not None and self.status not in TERMINAL_STATUSES:
-            lines.append(f"flatten requested: {self.flatten_reason}")
+        if self.s.flatten_reason is not None and not self.s.terminal:
+            lines.append(f"flatten requested: {self.s.flatten_reason}")
         workflow.set_current_details("\n\n".join(lines))
 
     def _project(
@@ -1353,7 +1305,7 @@ class PositionWorkflow:
                     outcome=outcome,
                     intent=self.intent,
                     result=result,
-                    event_ms=int(workflow.now().timestamp() * 1000),
+                    event_ms=self._now_ms(),
                     seq=self._projection_seq,
                 ),
                 task_queue=LIFECYCLE_TASK_QUEUE,
@@ -1364,17 +1316,18 @@ class PositionWorkflow:
         )
 
     def _result(self) -> PositionResult:
+        s = self.s
         base = dict(
             workflow_id=workflow.info().workflow_id,
-            status=self.status,
+            status=s.status if s.terminal else self.shown,
             symbol=self.intent.symbol,
             side=self.intent.side,
             intent_id=self.intent.intent_id,
             strategy=self.intent.strategy,
-            exit_reason=self.exit_reason,
-            exit_controller=self.exit_controller,
-            rejection_gate=self.denial.gate if self.denial else None,
-            rejection_reason=self.denial.reason if self.denial else None,
-            fills=self.fills,
+            exit_reason=s.exit_reason,
+            exit_controller=s.exit_controller,
+            rejection_gate=s.denial.gate if s.denial else None,
+            rejection_reason=s.denial.reason if s.denial else None,
+            fills=s.fills,
         )
-        return PositionResult.from_tally(base, self._tally())
+        return PositionResult.from_tally(base, s.tally)

@@ -250,8 +250,10 @@ async def test_entry_deadline_denies_and_releases_when_nothing_executed(stack: S
             TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)),
             options=PositionOptions(mark_check_seconds=0.3, entry_deadline_seconds=3),
         )
-        result = await asyncio.wait_for(handle.result(), 60)
+        await asyncio.sleep(8)  # the outage outlasts the deadline; nothing can be looked up meanwhile
+        assert (await handle.query("state", result_type=PositionView)).status == PositionStatus.ENTERING
         stack.exchange.clear_faults()
+        result = await asyncio.wait_for(handle.result(), 60)
         assert (await portfolio_view(stack)).slots_used == 0
     assert result.status == PositionStatus.REJECTED and result.rejection_gate == "entry_deadline"
     assert venue_record(stack, ["BTCUSDT"]).orders == []
