@@ -211,6 +211,12 @@ class PositionWorkflow:
                 non_retryable=True,
             )
         inp = raw if isinstance(raw, PositionInput) else PositionInput.model_validate(raw)
+        if inp.carry is not None and workflow.info().continued_run_id is None:
+            raise ApplicationError(
+                "carry: only set by the workflow's own continue-as-new",
+                type="InvalidIntent",
+                non_retryable=True,
+            )
         self.input = inp
         self.intent: TradeIntent = inp
         self.options = inp.options
@@ -262,12 +268,6 @@ class PositionWorkflow:
     @workflow.run
     async def run(self, raw: object = _NO_INPUT, *extra: object) -> PositionResult:
         inp = self.input
-        if inp.carry is not None and workflow.info().continued_run_id is None:
-            raise ApplicationError(
-                "carry: only set by the workflow's own continue-as-new",
-                type="InvalidIntent",
-                non_retryable=True,
-            )
         try:
             if inp.carry is None:
                 # The confidence behind each position (the model's; 1 for a manual trade), for Grafana.
