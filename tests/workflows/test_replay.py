@@ -120,7 +120,11 @@ async def test_histories_replay_and_hold_no_secrets(stack: Stack) -> None:
             (HISTORIES / f"{history.workflow_id}.json").write_text(history.to_json())
 
 
-@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+# Histories of earlier versions stay in dated folders (histories/2026-12-v1/: before the position state
+# machine); each file is named by its workflow id, which the replay needs (client ids derive from it).
+@pytest.mark.parametrize(
+    "path", sorted(HISTORIES.rglob("*.json")), ids=lambda p: str(p.relative_to(HISTORIES).with_suffix(""))
+)
 async def test_committed_histories_still_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     await replayer().replay_workflow(history)
