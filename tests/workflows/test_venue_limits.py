@@ -48,8 +48,9 @@ async def test_ban_halts_entries_while_an_exit_waits_its_turn(stack: Stack) -> N
         second = await start_position(
             stack, TradeIntent(symbol="SOLUSDT", side=Side.SHORT, notional_usdt=D(150)), options=QUIET
         )
+        # Both entries were decided inside the ban: each was refused for it (asserted below), never
+        # sent (no ETH or SOL order on the venue). No wall-clock bound: a loaded machine is slower.
         refused: PositionResult = await asyncio.wait_for(second.result(), 10)
-        assert time.monotonic() - banned_at < BAN_S  # both entries were decided inside the ban
         closed: PositionResult = await asyncio.wait_for(held.result(), 30)
         closed_after = time.monotonic() - banned_at
         await close
