@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -168,7 +167,6 @@ def test_bad_arguments_fail_before_work(
     home: Path, capsys: pytest.CaptureFixture[str], args: list[str], problem: str
 ) -> None:
     out = home / "never"
-    t0 = time.monotonic()
     try:
         code = qtrader(["backtest", *args, "--out", str(out)])
     except SystemExit as exit_:  # argparse refuses a bad type itself
@@ -176,5 +174,5 @@ def test_bad_arguments_fail_before_work(
     assert code == 2
     err = capsys.readouterr().err
     assert problem in err, err
-    assert not out.exists() and "backtest " not in err.replace("qtrader backtest", "")  # no progress
-    assert time.monotonic() - t0 < 10
+    # Before any work: nothing written, no progress line (not a wall-clock bound: load makes it slower).
+    assert not out.exists() and "backtest " not in err.replace("qtrader backtest", "")

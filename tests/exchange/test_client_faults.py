@@ -93,10 +93,10 @@ async def test_lost_answer_timeout_is_unknown_outcome_and_the_order_is_found(
                                     paper_exchange.api_secret, timeout_s=1.0) as c:
         await c.exchange_info()
         paper_exchange.set_faults(lost_answer_rate=1.0, lost_answer_mode="timeout", hang_s=5, count=1)
-        started = time.monotonic()
-        with pytest.raises(UnknownOutcomeError) as info:
+        # The client's own timeout (1 s) ended it, not the venue's 5 s hang (that would end in a dropped
+        # connection, "connection failed mid-request"): asserted by the error, not by wall time.
+        with pytest.raises(UnknownOutcomeError, match="no answer before the timeout") as info:
             await c.new_order(SYM, "SELL", "MARKET", D("0.002"), client_order_id="lost-timeout")
-        assert time.monotonic() - started < 3
         assert info.value.client_order_id == "lost-timeout" and info.value.http_status is None
         found = await c.find_order(SYM, "lost-timeout")
         assert found is not None and found.status == "FILLED"
@@ -123,9 +123,13 @@ async def test_old_timestamp_is_resynced_and_retried_once(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="exchange.client")
     client.offset_ms = -60_000.0  # our clock is a minute behind: every timestamp is too old
+    t0 = time.time()
     acct = await client.account()
+    round_trip_ms = (time.time() - t0) * 1000
     assert acct.assets
-    assert abs(client.offset_ms) < 1000
+    # Resynced: the venue and we share one clock, so what is left is within the resync's round trip (a
+    # part of this call's), however slow a loaded machine makes it; the injected minute is gone.
+    assert abs(client.offset_ms) <= round_trip_ms + 5, (client.offset_ms, round_trip_ms)
     assert any("resyncing" in r.getMessage() for r in caplog.records)
     # an order placed with a skewed clock also gets through (the venue refused it before executing)
     client.offset_ms = -60_000.0

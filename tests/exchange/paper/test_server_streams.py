@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -61,12 +60,12 @@ async def test_slow_consumer_is_dropped_without_stalling(monkeypatch: Any) -> No
     tasks = [asyncio.create_task(hub.serve(s.websocket())) for s in (slow, fast)]
     await _settle()
     assert hub.connection_count == 2
-    t0 = time.perf_counter()
+    # Without stalling: publishing never waits on a consumer (on_event returns at once, the stuck one
+    # included), and a few loop turns are enough for the fast one to get everything (asserted below).
     for i in range(200):
         hub.on_event(Event("market", {"e": "aggTrade", "a": i}, "btcusdt@aggTrade"))
         if i % 10 == 0:
             await _settle()
-    assert time.perf_counter() - t0 < 1.0
     await _settle()
     assert tasks[0].done(), "the stuck connection's handler should have ended"
     assert hub.connection_count == 1
