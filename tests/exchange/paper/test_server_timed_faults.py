@@ -47,8 +47,14 @@ def api(exchange: PaperExchange) -> Iterator[Api]:
     exchange.clear_faults()
 
 
-def _until(pred: Callable[[], bool], limit_s: float) -> bool:
-    """Poll `pred` until it holds; False when `limit_s` (a bound far above the expected time) passed."""
+# How long a poll waits for what must happen (a window's end, a late execution): a hang guard, never a
+# latency bound (a healthy venue gets there in a fraction of it; a loaded machine may take several times
+# the window). Only the venue's behaviour is asserted, not how fast this machine shows it.
+GUARD_S = 30.0
+
+
+def _until(pred: Callable[[], bool], limit_s: float = GUARD_S) -> bool:
+    """Poll `pred` until it holds; False when `limit_s` (a hang guard) passed."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if pred():
@@ -112,15 +118,13 @@ def test_outage_5xx_covers_its_paths_and_ends_by_itself(api: Api, exchange: Pape
     assert [(w["paths"], w["mode"], w["seconds"]) for w in shown["outage"]] == [
         (["/fapi/v1/premiumIndex", "/fapi/v1/order"], "5xx", 1.5)
     ]
-    started = time.monotonic()
     resp = api.public("/fapi/v1/premiumIndex", symbol=SYMBOL)
     assert resp.status_code == 503 and resp.json() == {"code": -1001, "msg": "Service Unavailable."}
     assert api.public("/fapi/v1/time").status_code == 200  # not covered
     refused = api.signed("POST", "/fapi/v1/order", _order("outage-5xx"))
     assert refused.status_code == 503
     assert _faults_of(exchange, "outage_5xx") - before == 2
-    assert _until(lambda: api.public("/fapi/v1/premiumIndex", symbol=SYMBOL).status_code == 200, 4.5)
-    assert time.monotonic() - started < 3 * 1.5 + 1
+    assert _until(lambda: api.public("/fapi/v1/premiumIndex", symbol=SYMBOL).status_code == 200)
     assert exchange.admin("GET", "faults")["outage"] == []
     assert _missing(api, "outage-5xx")  # (GET /fapi/v1/order was covered too) it never executed
     assert api.ok("POST", "/fapi/v1/order", _order("after-outage"))["status"] == "FILLED"
@@ -140,19 +144,17 @@ def test_outage_refuse_drops_the_connection_without_an_answer(api: Api, exchange
         except httpx.TransportError:
             return False
 
-    assert _until(served, 4.5)
+    assert _until(served)
 
 
 def test_outage_hang_holds_then_drops_without_executing(api: Api, exchange: PaperExchange) -> None:
     exchange.set_faults(outage={"paths": ["/fapi/v1/order"], "mode": "hang", "seconds": 2})
-    started = time.monotonic()
     with pytest.raises(httpx.TimeoutException):  # the client gives up first
         api.signed("POST", "/fapi/v1/order", _order("hang-short"), timeout=0.3)
     # A patient client is held until the window ends, then loses the connection.
     with pytest.raises(httpx.TransportError) as err:
         api.signed("POST", "/fapi/v1/order", _order("hang-long"), timeout=20)
-    assert not isinstance(err.value, httpx.TimeoutException)
-    assert time.monotonic() - started < 3 * 2
+    assert not isinstance(err.value, httpx.TimeoutException)  # dropped by the venue, not the client's 20 s
     assert _faults_of(exchange, "outage_hang") >= 2
     assert exchange.admin("GET", "faults")["outage"] == []
     assert _missing(api, "hang-short") and _missing(api, "hang-long")  # neither was executed
@@ -167,10 +169,10 @@ def test_several_windows_at_once_each_ends_by_itself(api: Api, exchange: PaperEx
     assert api.public("/fapi/v1/premiumIndex", symbol=SYMBOL).status_code == 503
     with pytest.raises(httpx.TransportError):
         api.public("/fapi/v1/ticker/price", symbol=SYMBOL)
-    assert _until(lambda: api.public("/fapi/v1/premiumIndex", symbol=SYMBOL).status_code == 200, 3)
+    assert _until(lambda: api.public("/fapi/v1/premiumIndex", symbol=SYMBOL).status_code == 200)
     windows = exchange.admin("GET", "faults")["outage"]
     assert [w["mode"] for w in windows] == ["refuse"] or windows == []  # the longer one may be over too
-    assert _until(lambda: exchange.admin("GET", "faults")["outage"] == [], 9)
+    assert _until(lambda: exchange.admin("GET", "faults")["outage"] == [])
 
 
 # ---- late execution ------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def test_late_execution_503_order_appears_later(api: Api, exchange: PaperExchang
     assert [(o["symbol"], o["clientOrderId"]) for o in shown["late_pending"]] == [(SYMBOL, "late-503")]
     assert api.position_amt(SYMBOL) == 0
     assert _faults_of(exchange, "late_execution") - before == 1
-    assert _until(lambda: not _missing(api, "late-503"), 3 * 2)
+    assert _until(lambda: not _missing(api, "late-503"))
     found = _lookup(api, "late-503").json()
     assert found["status"] == "FILLED" and found["type"] == "MARKET"
     assert api.position_amt(SYMBOL) == pytest.approx(0.01)
@@ -206,7 +208,7 @@ def test_late_execution_timeout_fills_at_the_price_of_its_time(api: Api, exchang
     assert _missing(api, "late-timeout")
     exchange.set_price(SYMBOL, "3100")  # before it executes: a MARKET order takes the price of its time
     try:
-        assert _until(lambda: not _missing(api, "late-timeout"), 3 * 2)
+        assert _until(lambda: not _missing(api, "late-timeout"))
         found = _lookup(api, "late-timeout").json()
         assert found["status"] == "FILLED" and Decimal(found["avgPrice"]) == Decimal("3100")
     finally:
@@ -222,7 +224,7 @@ def test_resending_the_client_id_before_the_late_copy_makes_a_double_order(
     # A client that trusts its look-up sends the order again: it fills at once...
     assert api.ok("POST", "/fapi/v1/order", _order("late-twice"))["status"] == "FILLED"
     # ...and the late copy still executes: its twin is filled, not open, so the id is not refused.
-    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [], 3 * 1.5)
+    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [])
     twins = [
         o
         for o in api.ok("GET", "/fapi/v1/allOrders", {"symbol": SYMBOL})
@@ -246,7 +248,7 @@ def test_late_copy_of_an_open_client_id_is_refused_as_a_duplicate(api: Api, exch
     exchange.set_faults(late_execution={"delay_s": 1.5})
     assert api.signed("POST", "/fapi/v1/order", resting).status_code == 503
     assert api.ok("POST", "/fapi/v1/order", resting)["status"] == "NEW"  # resent; rests in the book
-    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [], 3 * 1.5)
+    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [])
     same = [
         o
         for o in api.ok("GET", "/fapi/v1/allOrders", {"symbol": SYMBOL})
@@ -263,7 +265,7 @@ def test_late_reduce_only_order_is_judged_at_execution(api: Api, exchange: Paper
         api.signed("POST", "/fapi/v1/order", _order("late-ro", "SELL", reduceOnly="true")).status_code == 503
     )
     api.ok("POST", "/fapi/v1/order", _order("late-ro-close", "SELL", reduceOnly="true"))  # closed meanwhile
-    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [], 3 * 1.5)
+    assert _until(lambda: exchange.admin("GET", "faults")["late_pending"] == [])
     assert _missing(api, "late-ro")  # nothing left to reduce: rejected, no order, no short
     assert api.position_amt(SYMBOL) == 0
 
@@ -278,7 +280,7 @@ async def test_project_client_finds_nothing_then_the_order_appears(api: Api, exc
             await client.new_order(SYMBOL, "BUY", "MARKET", Decimal("0.010"), client_order_id="client-late")
         assert err.value.client_order_id == "client-late"
         assert await client.find_order(SYMBOL, "client-late") is None
-        deadline = time.monotonic() + 3 * 1.5
+        deadline = time.monotonic() + GUARD_S
         found = None
         while found is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -305,7 +307,6 @@ def test_ban_starts_at_the_chosen_request_covers_every_path_and_ends(
     }
     assert api.signed("GET", "/fapi/v1/userTrades", {"symbol": SYMBOL}).status_code == 200  # the 1st
     assert api.public("/fapi/v1/time").status_code == 200  # another path: not counted
-    started = time.monotonic()
     banned = api.signed("GET", "/fapi/v1/userTrades", {"symbol": SYMBOL})  # the 2nd: banned
     assert banned.status_code == 418
     body = banned.json()
@@ -318,8 +319,7 @@ def test_ban_starts_at_the_chosen_request_covers_every_path_and_ends(
     assert refused.status_code == 418 and "retry-after" in refused.headers
     shown = exchange.admin("GET", "faults")  # /admin is not /fapi: still served
     assert shown["ban_at"] is None and list(shown["bans"]) == ["127.0.0.1"]
-    assert _until(lambda: api.public("/fapi/v1/time").status_code == 200, 3 * 2)
-    assert time.monotonic() - started < 3 * 2 + 1
+    assert _until(lambda: api.public("/fapi/v1/time").status_code == 200)
     assert _missing(api, "banned-order")
     assert _faults_of(exchange, "ban") - before >= 3
 
@@ -342,9 +342,8 @@ def test_market_order_fills_in_parts_over_time(api: Api, exchange: PaperExchange
             assert [o["orderId"] for o in api.ok("GET", "/fapi/v1/openOrders", {"symbol": SYMBOL})] == [oid]
         assert _until(
             lambda: api.ok("GET", "/fapi/v1/order", {"symbol": SYMBOL, "orderId": oid})["status"] == "FILLED",
-            3 * 3 * 0.5 + 2,
         )
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + GUARD_S
         while time.monotonic() < deadline and len(updates) < 3:
             try:
                 msg = json.loads(ws.recv(timeout=deadline - time.monotonic()))
@@ -414,7 +413,7 @@ def test_delete_clears_windows_bans_and_late_orders(api: Api, exchange: PaperExc
 
     thread = threading.Thread(target=held)
     thread.start()
-    assert _until(lambda: exchange.admin("GET", "faults")["fired"].get("outage_hang") == 1, 10)
+    assert _until(lambda: exchange.admin("GET", "faults")["fired"].get("outage_hang") == 1)
     exchange.set_faults(late_execution={"delay_s": 1}, partial_fills={"pieces": 2})
     assert api.signed("POST", "/fapi/v1/order", _order("late-cleared")).status_code == 503
     exchange.set_faults(ban_at={"path": "/fapi/v1/time", "seconds": 60})
