@@ -4,7 +4,7 @@ simulation testing, run against the real processes.
     python -m bench.faults                 # 200 seeds (1..200)
     python -m bench.faults --quick         # 10 seeds
     python -m bench.faults --seeds 50 --first 1000
-    python -m bench.faults --seed 17       # replay seed 17: the same schedule, drawn again
+    python -m bench.faults --seed 17       # replay seed 17: the same schedule, drawn again (repeatable)
     python -m bench.faults --schedule .qt/faults/schedule-17.json   # replay a schedule file as it is
 
 One stack serves every seed: the Temporal dev server (on a SQLite file, so it can be restarted), Redis,
@@ -109,6 +109,7 @@ class Summary:
             "faults": dict(_by_kind(labels)),
             "fault_labels": dict(labels),
             "faults_skipped": dict(sum((r.skipped for r in rs), Counter())),
+            "service_crashes": dict(sum((r.crashes for r in rs), Counter())),
             "fault_keys_new": sorted(set(self.fault_keys) - _base_keys()),
             "max_unmanaged_s": round(max_unmanaged, 2),
             "max_unprotected_s": round(max((r.max_unprotected_s for r in rs), default=0.0), 2),
@@ -278,8 +279,8 @@ def schedules_for(args: argparse.Namespace) -> list[Schedule]:
     )
     if args.schedule:
         return [Schedule.from_json(json.loads(Path(args.schedule).read_text()))]
-    if args.seed is not None:
-        return [draw_schedule(args.seed, cfg)]
+    if args.seed:
+        return [draw_schedule(seed, cfg) for seed in args.seed]
     return [draw_schedule(seed, cfg) for seed in range(args.first, args.first + args.seeds)]
 
 
@@ -292,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=int, default=None, help=f"how many seeds (default {DEFAULT_SEEDS})")
     p.add_argument("--first", type=int, default=1, help="the first seed (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="run (replay) this one seed")
+    p.add_argument("--seed", type=int, action="append", help="run (replay) this seed; repeat for more")
     p.add_argument("--schedule", type=Path, default=None, help="replay this schedule JSON file")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seeds")
     p.add_argument("--time-factor", type=float, default=0.1, help="fault durations × this (default 0.1)")

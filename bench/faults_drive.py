@@ -22,7 +22,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.client import (
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -57,11 +61,14 @@ from workflows.messages import (
 
 D = Decimal
 RPC = timedelta(seconds=2)
+UPDATE_RPC = timedelta(seconds=5)  # an update is accepted only once a worker has run its validator
 START_PRICE = D(100)
 TRANSIENT = ("VALIDATING", "GOVERNING", "ENTERING")
 # Faults after which the system may need time to act again (reconcile, stops, slots); a dead price
 # watcher, user-data stream or Redis must not leave any invariant broken.
 NOT_EXCUSING = ("kill:watcher", "kill:user-stream", "redis_outage")
+# Faults that can lose an activity in flight: Temporal retries it only after its start-to-close timeout.
+LOSES_ACTIVITIES = ("kill:exchange", "kill:lifecycle", "temporal_restart")
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,9 @@ class RunOptions:
     stop_grace_s: float = 5.0  # exposure without a live stop, after the entry filled
     slots_settle_s: float = 5.0
     adopt_after_s: float = 15.0  # ReconcileInput.adopt_after_ms: a venue position must stand this long
+    # The longest start-to-close timeout of the position's activities (open_entry, 30 s): an activity
+    # lost with a killed worker or a Temporal crash is retried only after it.
+    activity_timeout_s: float = 30.0
     unmanaged_grace_s: float = 3.0
 
     def bounds(self, limit: int, reconcile_interval_s: float) -> Bounds:
@@ -98,6 +108,7 @@ class SeedResult:
     recoveries: list[float] = field(default_factory=list)
     samples: int = 0
     wall_s: float = 0.0
+    crashes: Counter[str] = field(default_factory=Counter)  # services that died on their own
     trace: list[dict[str, Any]] = field(default_factory=list)  # what happened, for a failing seed
 
 
@@ -112,32 +123,36 @@ class Started:
 
 
 class FaultLog:
-    """When each fault was really active (wall seconds into the seed)."""
+    """When each fault was really active (wall seconds into the seed), and until when it excuses the
+    timed invariants: a fault that can lose an activity in flight (a killed worker, a Temporal crash)
+    excuses them for one activity timeout more, the time Temporal waits before it retries one."""
 
-    def __init__(self) -> None:
-        self.windows: list[list[Any]] = []  # [label, start, end or None]
+    def __init__(self, activity_timeout_s: float = 0.0) -> None:
+        self.windows: list[list[Any]] = []  # [label, start, end or None, excused until or None]
+        self.activity_timeout_s = activity_timeout_s
 
     def begin(self, label: str, t: float) -> int:
-        self.windows.append([label, t, None])
+        self.windows.append([label, t, None, None])
         return len(self.windows) - 1
 
     def end(self, index: int, t: float) -> None:
+        label = self.windows[index][0]
         self.windows[index][2] = t
+        self.windows[index][3] = t + (self.activity_timeout_s if label.startswith(LOSES_ACTIVITIES) else 0.0)
 
-    def active(self, t: float, excusing_only: bool = False) -> bool:
-        return any(
-            (end is None or end > t) and start <= t and not (excusing_only and label.startswith(NOT_EXCUSING))
-            for label, start, end in self.windows
-        )
+    def last_end(self, t: float) -> float:
+        return max((end for _, _, end, _ in self.windows if end is not None and end <= t), default=t)
+
+    def active(self, t: float) -> bool:
+        """Some fault is on at `t` (for recoveries: they are timed from the moment none is)."""
+        return any(start <= t and (end is None or end > t) for _, start, end, _ in self.windows)
 
     def quiet_since(self, t: float) -> float:
-        """Since when no fault that excuses the timed invariants has been active (t while one is)."""
-        if self.active(t, excusing_only=True):
+        """Since when no fault that excuses the timed invariants has been in effect (t while one is)."""
+        excusing = [w for w in self.windows if not w[0].startswith(NOT_EXCUSING) and w[1] <= t]
+        if any(until is None or until > t for _, _, _, until in excusing):
             return t
-        ends = [
-            end for label, _, end in self.windows if end is not None and not label.startswith(NOT_EXCUSING)
-        ]
-        return max([e for e in ends if e <= t], default=0.0)
+        return max((until for _, _, _, until in excusing), default=0.0)
 
 
 class SeedRun:
@@ -163,7 +178,7 @@ class SeedRun:
         self.symbol_of = {wid: symbols[lc.symbol] for wid, lc in self.plan.items()}
         self.observer = Observer(stack, symbols, self.symbol_of)
         self.monitor = Monitor(schedule.seed, opts.bounds(stack.cfg.limit, stack.cfg.reconcile_interval_s))
-        self.log = FaultLog()
+        self.log = FaultLog(opts.activity_timeout_s)
         self.result = SeedResult(schedule.seed, schedule, symbols)
         self.prices = dict.fromkeys(symbols, START_PRICE)
         self.started: set[str] = set()
@@ -171,6 +186,7 @@ class SeedRun:
         self._sampling = True
         self._last_seen: dict[str, Any] = {}
         self.exits: dict[str, str] = {}  # closes accepted and cancels sent: id → symbol
+        self.down: set[str] = set()  # services killed by the schedule, not yet due back
 
     # ------------------------------------------------------------ time
     def now(self) -> float:
@@ -229,19 +245,21 @@ class SeedRun:
 
     async def prepare(self) -> None:
         await clear_faults(self.stack)
-        await asyncio.to_thread(self.stack.ensure_services)
+        await self.stack.restart_services()
         for sym in self.symbols:
             await self.stack.set_price(sym, START_PRICE)
         await self.portfolio_normal(deadline=30)
 
     async def play(self) -> None:
         sampler = asyncio.create_task(self.sample_loop())
+        supervisor = asyncio.create_task(self.supervise())
         lifecycles = [asyncio.create_task(self.lifecycle(lc)) for lc in self.s.lifecycles]
         events = [asyncio.create_task(self.event(ev)) for ev in self.s.events]
         try:
             await self.until(self.s.window_s)
             last_end = max((ev.end_s for ev in self.s.events), default=0.0)
             await asyncio.wait(events, timeout=max(0.0, last_end - self.now()) + 5.0)
+            await self.starts_done(lifecycles)
             for task in (*events, *lifecycles):
                 task.cancel()
             await asyncio.gather(*events, *lifecycles, return_exceptions=True)
@@ -253,10 +271,35 @@ class SeedRun:
             self._sampling = False
             for task in (*events, *lifecycles):
                 task.cancel()
-            await asyncio.gather(sampler, *events, *lifecycles, return_exceptions=True)
+            supervisor.cancel()
+            await asyncio.gather(sampler, supervisor, *events, *lifecycles, return_exceptions=True)
+
+    async def starts_done(self, lifecycles: list[asyncio.Task[None]], timeout_s: float = 20.0) -> None:
+        """A start still being retried (Temporal away) is let finish: cancelled half way, it may have
+        started a workflow nobody then asks to close."""
+        ends = self.now() + timeout_s
+        while len(self.started) < len(self.plan) and self.now() < ends:
+            if all(t.done() for t in lifecycles):
+                return
+            await asyncio.sleep(0.1)
+
+    async def supervise(self) -> None:
+        """What a process manager does: a service that died on its own (not killed by the schedule) is
+        started again within a second. Each such death is counted: it is a finding of its own."""
+        while self._sampling:
+            await asyncio.sleep(1.0)
+            dead = [n for n, p in self.stack.services.items() if not p.alive() and n not in self.down]
+            for name in dead:
+                code = self.stack.services[name].popen.poll()  # type: ignore[union-attr]
+                self.result.crashes[name] += 1
+                self.note("crashed", service=name, exit_code=code)
+                self.stack.say(f"seed {self.s.seed}: {name} exited on its own (code {code}); restarted")
+            if dead:
+                await self.stack.restart_services(frozenset(self.down))
 
     # ------------------------------------------------------------ sampling
     async def sample_loop(self) -> None:
+        faults_were_active = False
         while self._sampling:
             began = time.monotonic()
             venue, temporal = await asyncio.gather(self.observer.venue(), self.observer.temporal())
@@ -270,6 +313,12 @@ class SeedRun:
                 exits=dict(self.exits),
             )
             self.note_sample(sample)
+            if sample.faults_active != faults_were_active:
+                if sample.faults_active:
+                    self.monitor.fault_started(t)
+                else:
+                    self.monitor.faults_cleared(self.log.last_end(t))
+                faults_were_active = sample.faults_active
             for v in self.monitor.feed(sample):
                 self.note("violation", invariant=v.invariant, details=v.details)
             await asyncio.sleep(max(0.0, self.opts.sample_s - (time.monotonic() - began)))
@@ -321,6 +370,8 @@ class SeedRun:
         """Ask the position to close (half of it with `partial`) until it accepts, is past open, or the
         deadline passes. True when the request was accepted."""
         handle = self.stack.client.get_workflow_handle(wid)
+        refused: str | None = "-"
+        failed = ""
         while self.now() < deadline:
             try:
                 request: dict[str, Any] = {"reason": "operator"}
@@ -332,21 +383,33 @@ class SeedRun:
                         await asyncio.sleep(0.3)
                         continue
                     request = {"quantity": str(view.open_qty / 2), "reason": "partial"}
-                await handle.start_update(
-                    "close", request, wait_for_stage=WorkflowUpdateStage.ACCEPTED, rpc_timeout=RPC
+                update = await handle.start_update(
+                    "close", request, wait_for_stage=WorkflowUpdateStage.ACCEPTED, rpc_timeout=UPDATE_RPC
                 )
+                # A refusal by the validator comes back as a known outcome, not as an error from
+                # start_update: asking for the result raises it at once; an accepted close is still
+                # running (or already done), so a short wait says which.
+                # (the SDK turns the cancelled wait into WorkflowUpdateRPCTimeoutOrCancelledError)
+                with contextlib.suppress(TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                    await asyncio.wait_for(update.result(), 0.05)
                 self.note("close accepted", workflow=wid, request=request)
                 if not partial and wid in self.symbol_of:
                     self.exits.setdefault(wid, self.symbol_of[wid])
                 return True
-            except WorkflowUpdateFailedError:
-                if await self.status_of(wid) not in (*TRANSIENT, None):
+            except WorkflowUpdateFailedError as err:
+                status = await self.status_of(wid)
+                if status != refused:
+                    refused = status
+                    self.note("close refused", workflow=wid, status=status, error=str(err.cause)[:200])
+                if status not in (*TRANSIENT, None):
                     return False  # closing or closed already
             except RPCError as err:
                 if err.status == RPCStatusCode.NOT_FOUND:  # finished
                     return False
-            except Exception:  # Temporal or the lifecycle worker away for a moment
-                pass
+            except Exception as err:  # Temporal or the lifecycle worker away for a moment
+                if type(err).__name__ != failed:
+                    failed = type(err).__name__
+                    self.note("close failed", workflow=wid, error=f"{failed}: {err}"[:200])
             await asyncio.sleep(0.3)
         return False
 
@@ -419,9 +482,16 @@ class SeedRun:
             return Started(fault.label, lambda: clear_faults(self.stack))
         if ev.kind == "kill":
             target = ev.params["target"]
+            self.down.add(target)
             await asyncio.to_thread(self.stack.kill, target)
-            return Started(f"kill:{target}", lambda: asyncio.to_thread(self.stack.ensure_services))
+
+            async def restart() -> None:  # ends once it serves again
+                self.down.discard(target)
+                await self.stack.restart_services(frozenset(self.down))
+
+            return Started(f"kill:{target}", restart)
         if ev.kind == "temporal_restart":
+            self.note("stopping", label="temporal_restart")
             await asyncio.to_thread(self.stack.stop_temporal)
             return Started("temporal_restart", lambda: asyncio.to_thread(self.stack.start_temporal))
         if ev.kind == "redis_outage":
@@ -473,7 +543,7 @@ class SeedRun:
         await clear_faults(self.stack)
         await asyncio.to_thread(self.stack.start_temporal)
         await asyncio.to_thread(self.stack.start_redis)
-        await asyncio.to_thread(self.stack.ensure_services)
+        await self.stack.restart_services()
         await self.portfolio_normal(deadline=30)
 
     # ------------------------------------------------------------ drain
@@ -523,10 +593,15 @@ class SeedRun:
 
     async def statuses(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for wid in sorted(self.started):
-            with contextlib.suppress(Exception):
+        for wid in sorted(self.plan):
+            try:
                 desc = await self.stack.client.get_workflow_handle(wid).describe(rpc_timeout=RPC)
                 out[wid] = desc.status.name if desc.status else "UNKNOWN"
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    self.note("never started", workflow=wid)
+                else:
+                    self.violation("harness", f"describe {wid}: {err}")
         running = await self.observer.running() or {}
         out.update(dict.fromkeys((w for w in running if w not in out), "RUNNING"))
         return out
@@ -600,7 +675,7 @@ class SeedRun:
         await clear_faults(self.stack)
         await asyncio.to_thread(self.stack.start_temporal)
         await asyncio.to_thread(self.stack.start_redis)
-        await asyncio.to_thread(self.stack.ensure_services)
+        await self.stack.restart_services()
         running = await self.observer.running() or {}
         for wid in running:
             with contextlib.suppress(Exception):

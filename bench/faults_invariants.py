@@ -264,6 +264,12 @@ class Monitor:
         if self._cleared_at is None:
             self._cleared_at = t
 
+    def fault_started(self, t: float) -> None:
+        """A fault began before the last one's recovery was over: that recovery took at least until now."""
+        if self._cleared_at is not None:
+            self.recoveries.append(t - self._cleared_at)
+            self._cleared_at = None
+
     def feed(self, s: Sample) -> list[Violation]:
         self.samples += 1
         found: list[Violation] = []

@@ -36,6 +36,13 @@ SERVICES: dict[str, tuple[str, ...]] = {
     "watcher": ("watcher",),
 }
 KEYED = frozenset({"exchange", "user-stream"})  # the processes that hold the API keys
+# The log line each service writes once it is serving: a restart ends there, not at the spawn.
+READY = {
+    "lifecycle": "lifecycle worker polling task queue",
+    "exchange": "exchange worker polling task queue",
+    "user-stream": "ws connected key=",
+    "watcher": "levels loaded reason=start",
+}
 RESERVED_SYMBOLS = 2  # T001, T002: the floor's lifecycles; seeds use the ones after
 
 
@@ -64,6 +71,30 @@ class StackConfig:
         }
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _stop(proc: ManagedProcess) -> None:
+    """Stop one of our processes, only while it is still ours: one that has exited and been reaped no
+    longer owns its PID, which another process may have been given since."""
+    if proc.alive():
+        with contextlib.suppress(Exception):
+            proc.stop()
+
+
 @contextlib.contextmanager
 def _environ(extra: dict[str, str]) -> Iterator[None]:
     """bench.stack.start_service copies os.environ into the child: lend it our settings for the call."""
@@ -90,6 +121,7 @@ class ExplorerStack:
     services: dict[str, ManagedProcess] = field(default_factory=dict)
     started: list[ManagedProcess] = field(default_factory=list)
     admin_http: httpx.AsyncClient | None = None
+    restart_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def tmp(self) -> Path:
@@ -115,19 +147,48 @@ class ExplorerStack:
             assert proc.popen is not None
             proc.popen.wait(timeout=10)
 
-    def ensure_services(self) -> list[str]:
-        """Start again any service that is not running; returns their names."""
-        restarted = [name for name, proc in self.services.items() if not proc.alive()]
-        for name in restarted:
-            self.start_service(name)
+    def ensure_services(self, skip: frozenset[str] = frozenset()) -> dict[str, int]:
+        """Start again any service that is not running (but those in `skip`); returns their names with
+        where their log stood (see `wait_ready`)."""
+        restarted = {}
+        for name, proc in list(self.services.items()):
+            if not proc.alive() and name not in skip:
+                restarted[name] = _size(proc.log_path)
+                self.start_service(name)
         return restarted
+
+    async def wait_ready(self, started: dict[str, int], timeout_s: float = 45.0) -> list[str]:
+        """Wait until each service started at that log position has said it is serving; returns the ones
+        that did not within the time."""
+        ends = asyncio.get_running_loop().time() + timeout_s
+        waiting = dict(started)
+        while waiting and asyncio.get_running_loop().time() < ends:
+            for name, offset in list(waiting.items()):
+                if READY[name].encode() in _read_from(self.services[name].log_path, offset):
+                    del waiting[name]
+            await asyncio.sleep(0.1)
+        return sorted(waiting)
+
+    async def restart_services(self, skip: frozenset[str] = frozenset()) -> dict[str, int]:
+        """Start whatever is down (one caller at a time: never two of a service) and wait until it serves."""
+        async with self.restart_lock:
+            started = await asyncio.to_thread(self.ensure_services, skip)
+            if late := await self.wait_ready(started):
+                self.say(f"not serving 45 s after a restart: {', '.join(late)}")
+            return started
 
     def log_paths(self) -> list[Path]:
         return sorted({p.log_path for p in self.started if p.name in SERVICES})
 
     # ------------------------------------------------------------ Temporal and Redis
     def stop_temporal(self) -> None:
-        self.local.processes["temporal"].stop()
+        """A crash (SIGKILL): its graceful stop waits out the workers' long polls (10 s and more), so a
+        restart would be a long outage instead; the SQLite file keeps what was committed."""
+        proc = self.local.processes["temporal"]
+        if proc.alive():
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.popen is not None
+            proc.popen.wait(timeout=10)
 
     def start_temporal(self) -> None:
         if self.local.processes["temporal"].alive():
@@ -137,7 +198,7 @@ class ExplorerStack:
         self.started.append(proc)
 
     def stop_redis(self) -> None:
-        self.local.processes["redis"].stop()
+        _stop(self.local.processes["redis"])
 
     def start_redis(self) -> None:
         if self.local.processes["redis"].alive():
@@ -148,8 +209,7 @@ class ExplorerStack:
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):
-            with contextlib.suppress(Exception):
-                proc.stop()
+            _stop(proc)
 
     # ------------------------------------------------------------ the venue
     async def admin(self, method: str, path: str, body: Any = None) -> Any:
@@ -212,10 +272,10 @@ async def explorer_stack(
                 await stack.admin_http.aclose()
             with contextlib.suppress(Exception):
                 await stack.local.redis.aclose()
-        for proc in reversed(started):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        say(f"stopped {len(started)} processes started by this run")
+        alive = [proc for proc in started if proc.alive()]
+        for proc in reversed(alive):
+            _stop(proc)
+        say(f"stopped the {len(alive)} processes of this run still running ({len(started)} started in all)")
 
 
 # ---------------------------------------------------------------- venue faults
