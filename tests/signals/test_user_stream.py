@@ -239,7 +239,12 @@ class Service:
         raise AssertionError(f"{name} = {last}, wanted >= {at_least}:\n{self.proc.log_tail()}")
 
 
-async def wait_for(wf: str, match: Callable[[dict[str, Any]], bool], timeout: float = 5.0,
+# How long a wait for a signal may take before the test gives up: a hang guard, not a latency bound
+# (the event-to-workflow lag is printed here and measured by `python -m bench.truth`).
+GUARD_S = 30.0
+
+
+async def wait_for(wf: str, match: Callable[[dict[str, Any]], bool], timeout: float = GUARD_S,
                    since: int = 0) -> tuple[float, dict[str, Any]]:
     """The first signal to `wf` (from index `since`) that `match`es."""
     deadline = time.monotonic() + timeout
@@ -298,7 +303,8 @@ def lag_ms(t: float, p: dict[str, Any]) -> float:
 
 async def test_user_stream_end_to_end(env: Env) -> None:
     """Fills, an algo stop, a liquidation, an expired listenKey and a dropped socket all reach the
-    owning workflow within a second; every reconnect is followed by a REST catch-up snapshot."""
+    owning workflow, in order; every reconnect is followed by a REST catch-up snapshot. The lags are
+    printed, not asserted: latency belongs to the benchmark (`python -m bench.truth`)."""
     btc, eth, ghost = "pos-btc", "pos-eth", "pos-ghost"
     await env.track("BTCUSDT", btc)
     await env.track("ETHUSDT", eth)
@@ -316,7 +322,7 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     assert (p["symbol"], p["position_amt"], p["reason"]) == ("BTCUSDT", "0", "start")
     await wait_for(eth, lambda p: p["kind"] == "position_snapshot")
 
-    # 1. a MARKET order: order_update (TRADE) and account_update, each within 1 s of the venue's event
+    # 1. a MARKET order: order_update (TRADE) and account_update, each signalled to the owner
     for i in range(4):  # buy, sell, buy, sell: flat again
         n = count(btc)
         cid = f"t-mkt-{i}"
@@ -329,7 +335,6 @@ async def test_user_stream_end_to_end(env: Env) -> None:
             "FILLED", side, "0.01", "MARKET", "venue")
         assert o["commission"] is not None and D(o["last_price"]) > 0 and isinstance(o["order_id"], int)
         assert (a["position_amt"], a["reason"]) == ("0.01" if side == "BUY" else "0", "ORDER")
-        assert lag_ms(t1, o) < 1000 and lag_ms(t2, a) < 1000
         lags += [lag_ms(t1, o), lag_ms(t2, a)]
     await env.venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.010"), client_order_id="t-open")
     await wait_for(btc, lambda p: p["kind"] == "account_update" and p["position_amt"] == "0.01")
@@ -349,7 +354,6 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     _, a = await wait_for(btc, lambda p: p["kind"] == "account_update" and p["position_amt"] == "0", since=n)
     assert (al["client_order_id"], al["order_type"], fin["last_qty"]) == ("t-hardstop", "STOP_MARKET", "0.01")
     assert (o["exec_type"], o["order_status"], o["side"]) == ("TRADE", "FILLED", "SELL")
-    assert max(lag_ms(t1, al), lag_ms(t3, o)) < 1000
     lags += [lag_ms(t1, al), lag_ms(t2, fin), lag_ms(t3, o)]
     seen = [(p["kind"], p["order_status"]) for _, p in RECEIVED[btc][n:] if p["kind"] != "account_update"]
     assert seen == [("algo_update", "TRIGGERED"), ("order_update", "FILLED"), ("algo_update", "FINISHED")]
@@ -368,7 +372,6 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     t2, a = await wait_for(eth, lambda p: p["kind"] == "account_update" and p["position_amt"] == "0", since=n)
     assert o["client_order_id"].startswith("autoclose-") and o["order_status"] == "FILLED"
     assert (o["order_type"], o["side"]) == ("LIQUIDATION", "SELL")
-    assert lag_ms(t1, o) < 1000 and lag_ms(t2, a) < 1000
     lags += [lag_ms(t1, o), lag_ms(t2, a)]
 
     # 4. routing: a ghost workflow is counted as not found; a CLOSED position is unroutable
@@ -410,7 +413,7 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     # 7. the key vanishes without an event (closed elsewhere): the keepalive's -1125 renews it
     n = count(btc)
     await env.venue.close_listen_key()
-    await svc.wait_metric('user_stream_listen_key_renewals_total{reason="keepalive_1125"}', 1, timeout=5)
+    await svc.wait_metric('user_stream_listen_key_renewals_total{reason="keepalive_1125"}', 1)
     await svc.wait_metric("user_stream_reconnects_total", 3)
     await wait_for(btc, lambda p: p["kind"] == "position_snapshot", since=n)
     await env.venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.010"), client_order_id="t-after-1125")
@@ -447,4 +450,3 @@ async def test_user_stream_end_to_end(env: Env) -> None:
             "p90": round(lags[int(0.9 * (len(lags) - 1))], 2), "max": round(lags[-1], 2),
         }
     }))
-    assert lags[-1] < 1000
