@@ -19,9 +19,11 @@ Durations are drawn on the real scale (an outage of 1-120 s) and multiplied by -
 The invariants (bench/faults_invariants.py) are checked every --sample seconds from the venue's own
 record and from Temporal, and again at the end of each seed (bench/faults_drive.py). A failing seed
 prints its schedule (stderr, and a file in --out that --schedule replays). Progress goes to stderr, one
-line per seed; the last line of stdout is one JSON object (fields: see `summary`). Exit status 1 when
-any invariant was violated. Each seed has a hard cap (--seed-cap) and the whole run a budget
-(--budget): the JSON is printed even when something hangs.
+line per seed; the last line of stdout is one JSON object (fields: `Summary.to_json`). Exit status 1
+when any invariant was violated, 2 when the explorer itself could not drive a seed (`harness_errors`)
+or stopped on an error, else 0. Each seed has a hard cap (--seed-cap, plus at most 60 s each for its
+end checks and cleanup) and the whole run a budget (--budget): the JSON is printed even when
+something hangs (a watchdog prints it and stops our processes if the event loop itself is stuck).
 """
 
 from __future__ import annotations
@@ -106,10 +108,20 @@ class Summary:
             "failing_seeds": sorted({v.seed for v in violations}),
             "lifecycles": sum(r.lifecycles for r in rs),
             "outcomes": dict(sum((r.outcomes for r in rs), Counter())),
-            "faults": dict(_by_kind(labels)),
-            "fault_labels": dict(labels),
+            "faults": dict(_by_kind(Counter({k: n for k, n in labels.items() if not k.startswith("op:")}))),
+            "fault_labels": {k: n for k, n in labels.items() if not k.startswith("op:")},
+            "operator_actions": {k[3:]: n for k, n in labels.items() if k.startswith("op:")},
+            "lifecycle_ends": dict(
+                sum((Counter(lc.end for lc in r.schedule.lifecycles) for r in rs), Counter())
+            ),
+            "continue_as_new_capped": sum(
+                1 for r in rs for lc in r.schedule.lifecycles if lc.max_history_events
+            ),
+            "continued_as_new": sum(r.continued_as_new for r in rs),
             "faults_skipped": dict(sum((r.skipped for r in rs), Counter())),
             "service_crashes": dict(sum((r.crashes for r in rs), Counter())),
+            "harness_errors": [e for r in rs for e in r.harness_errors][:20],
+            "workflow_task_failures": sum(r.task_failures for r in rs),
             "fault_keys_new": sorted(set(self.fault_keys) - _base_keys()),
             "max_unmanaged_s": round(max_unmanaged, 2),
             "max_unprotected_s": round(max((r.max_unprotected_s for r in rs), default=0.0), 2),
@@ -338,7 +350,8 @@ def run(argv: list[str] | None = None) -> tuple[int, dict[str, Any]]:
     finally:
         watchdog.cancel()
     out = summary.to_json()
-    return (1 if out["violations"] or (out["aborted"] and not out["seeds"]) else 0), out
+    broken = out["harness_errors"] or (out["aborted"] and not out["aborted"].startswith("budget"))
+    return (1 if out["violations"] else 2 if broken else 0), out
 
 
 async def _main(args: argparse.Namespace, summary: Summary, schedules: list[Schedule], holder: dict) -> None:

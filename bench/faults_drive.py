@@ -42,6 +42,7 @@ from bench.faults_invariants import (
     nondeterminism,
     pnl_mismatch,
     positions_from_orders,
+    task_failures,
     unfinished,
 )
 from bench.faults_observe import Observer
@@ -109,6 +110,9 @@ class SeedResult:
     samples: int = 0
     wall_s: float = 0.0
     crashes: Counter[str] = field(default_factory=Counter)  # services that died on their own
+    continued_as_new: int = 0  # positions whose latest run is not their first
+    harness_errors: list[str] = field(default_factory=list)
+    task_failures: int = 0  # workflow-task failure lines in the workers' logs
     trace: list[dict[str, Any]] = field(default_factory=list)  # what happened, for a failing seed
 
 
@@ -186,7 +190,7 @@ class SeedRun:
         self._sampling = True
         self._last_seen: dict[str, Any] = {}
         self.exits: dict[str, str] = {}  # closes accepted and cancels sent: id → symbol
-        self.down: set[str] = set()  # services killed by the schedule, not yet due back
+        self.down: Counter[str] = Counter()  # services killed by the schedule, not yet due back
 
     # ------------------------------------------------------------ time
     def now(self) -> float:
@@ -197,6 +201,11 @@ class SeedRun:
 
     def violation(self, invariant: str, details: str) -> None:
         self.result.violations.append(Violation(self.s.seed, invariant, self.now(), details))
+
+    def harness_error(self, where: str, err: BaseException) -> None:
+        """Something the explorer itself could not do (not a violation of the system's promises)."""
+        self.result.harness_errors.append(f"seed {self.s.seed} {where}: {type(err).__name__}: {err}"[:300])
+        self.note("harness error", where=where, error=f"{type(err).__name__}: {err}"[:300])
 
     def note(self, what: str, **data: Any) -> None:
         self.result.trace.append({"t": round(self.now(), 3), "what": what, **data})
@@ -223,15 +232,17 @@ class SeedRun:
                 self.t0 = time.monotonic()
                 await self.play()
         except TimeoutError:
-            self.violation("seed_timeout", f"the seed ran past its hard cap of {self.opts.seed_cap_s:.0f} s")
+            self.harness_error("seed", TimeoutError(f"past its hard cap of {self.opts.seed_cap_s:.0f} s"))
+        except Exception as err:  # the explorer could not drive this seed: said apart from violations
+            self.harness_error("play", err)
         finally:
             self._sampling = False
             for check in (self.end_checks, self.cleanup):
                 try:
                     async with asyncio.timeout(60):
                         await check()
-                except Exception as err:  # a check that cannot finish is itself worth a line
-                    self.violation("harness", f"{check.__name__}: {type(err).__name__}: {err}")
+                except Exception as err:
+                    self.harness_error(check.__name__, err)
         self.monitor.finish(self.now())
         r = self.result
         r.violations = self.monitor.violations + r.violations
@@ -248,7 +259,7 @@ class SeedRun:
         await self.stack.restart_services()
         for sym in self.symbols:
             await self.stack.set_price(sym, START_PRICE)
-        await self.portfolio_normal(deadline=30)
+        await self.portfolio_normal_or_note(deadline=30)
 
     async def play(self) -> None:
         sampler = asyncio.create_task(self.sample_loop())
@@ -288,14 +299,17 @@ class SeedRun:
         started again within a second. Each such death is counted: it is a finding of its own."""
         while self._sampling:
             await asyncio.sleep(1.0)
-            dead = [n for n, p in self.stack.services.items() if not p.alive() and n not in self.down]
+            dead = [n for n, p in self.stack.services.items() if not p.alive() and not self.down[n]]
             for name in dead:
                 code = self.stack.services[name].popen.poll()  # type: ignore[union-attr]
                 self.result.crashes[name] += 1
                 self.note("crashed", service=name, exit_code=code)
                 self.stack.say(f"seed {self.s.seed}: {name} exited on its own (code {code}); restarted")
             if dead:
-                await self.stack.restart_services(frozenset(self.down))
+                await self.stack.restart_services(self.killed())
+
+    def killed(self) -> frozenset[str]:
+        return frozenset(name for name, n in self.down.items() if n > 0)
 
     # ------------------------------------------------------------ sampling
     async def sample_loop(self) -> None:
@@ -482,12 +496,12 @@ class SeedRun:
             return Started(fault.label, lambda: clear_faults(self.stack))
         if ev.kind == "kill":
             target = ev.params["target"]
-            self.down.add(target)
+            self.down[target] += 1  # two kills of one service may overlap: it is back after the last
             await asyncio.to_thread(self.stack.kill, target)
 
             async def restart() -> None:  # ends once it serves again
-                self.down.discard(target)
-                await self.stack.restart_services(frozenset(self.down))
+                self.down[target] -= 1
+                await self.stack.restart_services(self.killed())
 
             return Started(f"kill:{target}", restart)
         if ev.kind == "temporal_restart":
@@ -537,6 +551,12 @@ class SeedRun:
         await self.portfolio_update("set_kill_switch", {"on": False, "reason": "fault explorer"}, deadline)
         await self.portfolio_update("set_emergency_state", "NORMAL", deadline)
 
+    async def portfolio_normal_or_note(self, deadline: float) -> None:
+        try:
+            await self.portfolio_normal(deadline)
+        except Exception as err:  # the portfolio did not take an operator update for `deadline` s
+            self.harness_error("portfolio back to NORMAL", err)
+
     async def faults_clear(self) -> None:
         """Every fault ends: venue faults cleared, every process up, the portfolio NORMAL."""
         await settle_late_orders(self.stack)
@@ -544,7 +564,7 @@ class SeedRun:
         await asyncio.to_thread(self.stack.start_temporal)
         await asyncio.to_thread(self.stack.start_redis)
         await self.stack.restart_services()
-        await self.portfolio_normal(deadline=30)
+        await self.portfolio_normal_or_note(deadline=30)
 
     # ------------------------------------------------------------ drain
     async def drain(self) -> None:
@@ -597,11 +617,14 @@ class SeedRun:
             try:
                 desc = await self.stack.client.get_workflow_handle(wid).describe(rpc_timeout=RPC)
                 out[wid] = desc.status.name if desc.status else "UNKNOWN"
+                first = desc.raw_description.workflow_execution_info.first_run_id
+                if first and first != desc.run_id:
+                    self.result.continued_as_new += 1
             except RPCError as err:
                 if err.status == RPCStatusCode.NOT_FOUND:
                     self.note("never started", workflow=wid)
                 else:
-                    self.violation("harness", f"describe {wid}: {err}")
+                    self.harness_error(f"describe {wid}", err)
         running = await self.observer.running() or {}
         out.update(dict.fromkeys((w for w in running if w not in out), "RUNNING"))
         return out
@@ -657,7 +680,7 @@ class SeedRun:
             fills = await handle.query("fills", result_type=list[Fill], rpc_timeout=timedelta(seconds=5))
             return fills, status
         except Exception as err:
-            self.violation("harness", f"fills of {wid} ({status}) unreadable: {type(err).__name__}: {err}")
+            self.harness_error(f"fills of {wid} ({status})", err)
             return [], status
 
     def scan_logs(self) -> None:
@@ -669,6 +692,10 @@ class SeedRun:
                 self.log_offsets[path] = start + len(text.encode(errors="replace"))
                 for line in nondeterminism(text)[:3]:
                     self.violation("nondeterminism", f"{path.name}: {line}")
+                failures = task_failures(text)
+                self.result.task_failures += len(failures)
+                for line in failures[:5]:
+                    self.note("worker log", log=path.name, line=line)
 
     # ------------------------------------------------------------ leave a clean stack
     async def cleanup(self) -> None:
@@ -681,7 +708,7 @@ class SeedRun:
             with contextlib.suppress(Exception):
                 await self.stack.client.get_workflow_handle(wid).terminate("fault explorer: end of seed")
         await self.flatten_venue()
-        await self.portfolio_normal(deadline=20)
+        await self.portfolio_normal_or_note(deadline=20)
         ends = time.monotonic() + 3 * self.stack.cfg.holder_check_s + 10
         while time.monotonic() < ends:
             portfolio = await self.observer.portfolio()

@@ -23,6 +23,10 @@ from trading.pnl import Fill, OverfillError, cents, tally
 
 ZERO = Decimal(0)
 NONDETERMINISM = re.compile(r"Nondeterminism|TMPRL1100")
+# Not violations by themselves, but what a stuck workflow usually left in its worker's log.
+TASK_FAILURES = re.compile(
+    r"Failed activation|Failed running eviction|IllegalTransition|workflow task failed", re.I
+)
 LIVE_ALGO_STATUSES = ("NEW",)
 
 
@@ -169,6 +173,10 @@ def pnl_mismatch(pos: FinishedPosition, orders: Iterable[Mapping], trades: Itera
 # ------------------------------------------------------------------ logs and the end of a seed
 def nondeterminism(text: str) -> list[str]:
     return [line.strip()[:240] for line in text.splitlines() if NONDETERMINISM.search(line)]
+
+
+def task_failures(text: str) -> list[str]:
+    return [line.strip()[:240] for line in text.splitlines() if TASK_FAILURES.search(line)]
 
 
 def unfinished(statuses: Mapping[str, str]) -> list[str]:
