@@ -4,27 +4,43 @@ workflows already running in production fails here). Also: no API key or secret 
 
 Changing a workflow's commands: guard the new path with `workflow.patched(...)` so old histories still
 replay, then record new histories with `RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py`.
-(Before the first deployment they were simply re-recorded.)"""
+(Before the first deployment they were simply re-recorded.)
+
+What a replay does not see must not change what a workflow does: queries, updates its validator
+refused and signals its handlers ignore leave nothing behind (or nothing but the signal), so one more
+run drives the same scenario with all three interleaved as fast as they go, and must replay too. A
+replay failure names the workflow, keeps its history under the test's tmp_path and prints the events
+around the mismatch, so a failure seen once on a loaded CI machine can be read afterwards."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHistory
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHistory,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
 from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import FAST, start_position, wait_status
 from trading.intents import ExitOverrides, Side, TradeIntent
 from workflows.bar_close import BarCloseWorkflow
-from workflows.messages import ClosePositionRequest, PositionStatus
+from workflows.messages import DEFAULT_PORTFOLIO_ID, ClosePositionRequest, PositionStatus
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -92,9 +108,45 @@ async def fetch_histories(stack: Stack) -> list[WorkflowHistory]:
     ]
 
 
-async def test_histories_replay_and_hold_no_secrets(stack: Stack) -> None:
-    await run_scenario(stack)
-    histories = await fetch_histories(stack)
+def _events_near(history: WorkflowHistory, error: str, around: int = 6) -> str:
+    """The events around the one a replay error names (all of them when it names none), one a line."""
+    events = json.loads(history.to_json())["events"]
+    named = [int(a or b) for a, b in re.findall(r"HistoryEvent\(id: (\d+)|[Ee]vent id (\d+)", error)]
+    lo, hi = (max(1, min(named) - around), max(named) + around) if named else (1, len(events))
+    lines = []
+    for e in events:
+        eid = int(e["eventId"])
+        if lo <= eid <= hi:
+            attrs = next((v for k, v in e.items() if k.endswith("Attributes")), {})
+            what = attrs.get("activityType", {}).get("name") or attrs.get("signalName") or ""
+            lines.append(f"  {eid:>4} {e['eventTime']} {e['eventType'].removeprefix('EVENT_TYPE_')} {what}")
+    return "\n".join(lines)
+
+
+async def replay_all(histories: list[WorkflowHistory], keep: Path) -> list[str]:
+    """Replay every history (a running workflow's so far, as a worker restart would); for each failure,
+    the workflow id, the error and the events around the mismatch, its history kept under `keep`."""
+
+    async def each() -> AsyncIterator[WorkflowHistory]:
+        for history in histories:
+            yield history
+
+    results = await replayer().replay_workflows(each(), raise_on_replay_failure=False)
+    by_run = {h.run_id: h for h in histories}
+    problems = []
+    for run_id, error in results.replay_failures.items():
+        history = by_run[run_id]
+        keep.mkdir(parents=True, exist_ok=True)
+        kept = keep / f"{history.workflow_id}.{run_id}.json"
+        kept.write_text(history.to_json())
+        problems.append(
+            f"{history.workflow_id} (run {run_id}) does not replay: {error}\n"
+            f"history kept in {kept}; its events around the mismatch:\n{_events_near(history, str(error))}"
+        )
+    return problems
+
+
+def assert_positions_and_portfolio_without_secrets(stack: Stack, histories: list[WorkflowHistory]) -> None:
     types = {
         json.loads(h.to_json())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
             "name"
@@ -107,17 +159,82 @@ async def test_histories_replay_and_hold_no_secrets(stack: Stack) -> None:
         assert stack.exchange.api_key not in text, f"API key in the history of {history.workflow_id}"
         assert stack.exchange.api_secret not in text, f"API secret in the history of {history.workflow_id}"
 
-    # The portfolio is still running: replay what it has so far, as a worker restart would.
-    async def each() -> AsyncIterator[WorkflowHistory]:
-        for history in histories:
-            yield history
 
-    results = await replayer().replay_workflows(each(), raise_on_replay_failure=False)
-    assert not results.replay_failures, results.replay_failures
+async def test_histories_replay_and_hold_no_secrets(stack: Stack, tmp_path: Path) -> None:
+    await run_scenario(stack)
+    histories = await fetch_histories(stack)
+    assert_positions_and_portfolio_without_secrets(stack, histories)
+    problems = await replay_all(histories, tmp_path / "not-replaying")
+    assert not problems, "\n\n".join(problems)
     if os.environ.get("RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
         for history in histories:
             (HISTORIES / f"{history.workflow_id}.json").write_text(history.to_json())
+
+
+SCENARIO_IDS = ("replay-full", "replay-rejected", "replay-failed")
+
+
+async def interleave(stack: Stack, seen: Counter[str]) -> None:
+    """Until cancelled: queries, updates each validator refuses and signals each handler ignores, to every
+    workflow of the scenario, as fast as they go (counted in `seen`). None may change a command: queries
+    and refused updates leave nothing in history, the ignored signals leave only themselves."""
+    refused = (
+        RPCError,
+        WorkflowQueryFailedError,
+        WorkflowQueryRejectedError,
+        WorkflowUpdateFailedError,
+        WorkflowUpdateRPCTimeoutOrCancelledError,
+    )
+
+    async def attempt(kind: str, call: Awaitable[object]) -> None:
+        try:
+            await call
+            seen[kind] += 1
+        except refused as err:  # not started yet, finished, or refused: what is being exercised
+            seen[f"{kind} refused ({type(err).__name__})"] += 1
+
+    while True:
+        for wid in SCENARIO_IDS:
+            h = stack.client.get_workflow_handle(wid)
+            await attempt("query", h.query("state"))
+            await attempt("query", h.query("fills"))
+            await attempt("update", h.execute_update("close", {"quantity": "1000"}))  # more than is open
+            await attempt("signal", h.signal("price_crossed", {"symbol": "ZZZUSDT", "price": "1"}))
+            await attempt("signal", h.signal("exchange_event", {"kind": "no-such-kind"}))
+        portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+        await attempt("query", portfolio.query("state"))
+        await attempt("update", portfolio.execute_update("set_policy", {"no_such_field": 1}))
+        await attempt("update", portfolio.execute_update("set_emergency_state", "BOGUS"))
+        await asyncio.sleep(0)
+
+
+async def test_histories_replay_with_queries_refused_updates_and_ignored_signals_interleaved(
+    stack: Stack, tmp_path: Path
+) -> None:
+    seen: Counter[str] = Counter()
+    hammers = [asyncio.create_task(interleave(stack, seen)) for _ in range(2)]
+    try:
+        await run_scenario(stack)
+    finally:  # (an update waiting for a worker that has stopped waits until cancelled)
+        for hammer in hammers:
+            hammer.cancel()
+        await asyncio.gather(*hammers, return_exceptions=True)
+    print(f"\ninterleaved: {dict(seen)}")
+    validators_refused = seen["update refused (WorkflowUpdateFailedError)"]
+    assert seen["query"] > 0 and validators_refused > 0 and seen["signal"] > 0, seen
+    histories = await fetch_histories(stack)
+    assert_positions_and_portfolio_without_secrets(stack, histories)
+    # The refused updates left nothing: the only update accepted is the scenario's own close.
+    accepted = [
+        h.workflow_id
+        for h in histories
+        for e in json.loads(h.to_json())["events"]
+        if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED"
+    ]
+    assert accepted == ["replay-full"], accepted
+    problems = await replay_all(histories, tmp_path / "not-replaying")
+    assert not problems, "\n\n".join(problems)
 
 
 # Histories of earlier versions stay in dated folders (histories/2026-12-v1/: before the position state
