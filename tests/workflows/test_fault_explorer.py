@@ -153,6 +153,13 @@ def test_a_venue_fault_uses_the_venues_own_key_or_the_nearest_one_it_has() -> No
     assert s.seed == 3
 
 
+def test_a_late_execution_is_disarmed_not_cleared_so_held_orders_still_execute() -> None:
+    late = next(e for seed in range(1, 60) for e in draw_schedule(seed).events if e.kind == "late_execution")
+    fault = venue_fault(late, {"late_execution"}, 2.0)
+    assert fault.config is not None and fault.config["late_execution"]["delay_s"] >= 2.5  # past the timeout
+    assert fault.disarm == {"late_execution": None} and fault.tail_s >= 2.5
+
+
 def test_fault_log_excuses_only_while_a_fault_is_on_and_from_its_end() -> None:
     log = FaultLog()
     i = log.begin("outage:5xx", 1.0)
