@@ -305,9 +305,15 @@ class PositionWorkflow:
             # open, then stop (cancelling the entry used to leave its fill unowned and unprotected).
             self._on(E.CANCEL_REQUESTED, reason=ExitReason.CANCELLED.value)
             await self._settle_inflight()
-            if self.s.open_qty > 0:
+            pause = 1.0
+            while self.s.open_qty > 0:  # never finished while open: an exit refused or unfilled is retried
                 self._queue.append(_ExitTicket(-1, None, ExitReason.CANCELLED.value, "operator"))
                 await self._process_exits()
+                if self.s.open_qty > 0:
+                    if self.s.venue_changed:
+                        await self._settle_with_venue()
+                    await workflow.sleep(pause)
+                    pause = min(pause * 2, VENUE_READ_PAUSE_MAX_S)
             await self._finish_close()
             raise
         finally:
