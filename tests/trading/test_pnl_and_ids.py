@@ -168,7 +168,7 @@ def test_a_trade_row_carries_its_commission_asset_to_the_fill() -> None:
 
 
 def _history_fills() -> list[dict]:
-    """Every serialized Fill in the committed workflow histories (written before fills had an asset)."""
+    """Every serialized Fill in the histories committed before fills had an asset (histories/2026-12-v1)."""
     import base64
     import json
     from pathlib import Path
@@ -190,7 +190,7 @@ def _history_fills() -> list[dict]:
             for value in node:
                 walk(value, decode)
 
-    for path in sorted((Path(__file__).parents[1] / "workflows" / "histories").glob("*.json")):
+    for path in sorted((Path(__file__).parents[1] / "workflows" / "histories" / "2026-12-v1").glob("*.json")):
         walk(json.loads(path.read_text()), True)
     return found
 
