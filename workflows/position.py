@@ -938,20 +938,8 @@ class PositionWorkflow:
             seq = self.s.drift_seq + 1
             self._set(drift_seq=seq)
             try:
-                outcome = await workflow.execute_activity(
-                    "place_order",
-                    PlaceOrderInput(
-                        symbol=self.intent.symbol,
-                        side=self.intent.side.exit_order_side,
-                        quantity=qty,  # type: ignore[arg-type]
-                        client_order_id=client_order_id(workflow.info().workflow_id, f"drift{seq}"),
-                        reduce_only=True,
-                    ),
-                    result_type=OrderOutcome,
-                    task_queue=EXCHANGE_TASK_QUEUE,
-                    start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
-                    retry_policy=ORDER_RETRY,
-                )
+                side = self.intent.side.exit_order_side
+                outcome = await self._start_order(side, qty, f"drift{seq}", reduce_only=True)
                 self._set(drift_fills=[*self.s.drift_fills, *outcome.fills])
             except ActivityError as err:
                 workflow.logger.error("ALERT drift close on %s refused: %s", self.intent.symbol, err.cause)
@@ -1018,7 +1006,18 @@ class PositionWorkflow:
     # ------------------------------------------------------------------ orders
     async def _place(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
         # Shielded: cancelling the workflow must not cancel an order that may already have executed.
-        self._inflight = workflow.start_activity(
+        self._inflight = self._start_order(side, qty, step, reduce_only=reduce_only)
+        try:
+            return await asyncio.shield(self._inflight)
+        finally:
+            if self._inflight is not None and self._inflight.done():
+                self._inflight = None
+
+    def _start_order(
+        self, side: str, qty: Decimal, step: str, *, reduce_only: bool
+    ) -> workflow.ActivityHandle[OrderOutcome]:
+        """One MARKET order under this position's client id for `step` (looked up on every attempt)."""
+        return workflow.start_activity(
             "place_order",
             PlaceOrderInput(
                 symbol=self.intent.symbol,
@@ -1033,11 +1032,6 @@ class PositionWorkflow:
             start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
             retry_policy=ORDER_RETRY,
         )
-        try:
-            return await asyncio.shield(self._inflight)
-        finally:
-            if self._inflight is not None and self._inflight.done():
-                self._inflight = None
 
     # ------------------------------------------------------------------ portfolio
     async def _portfolio_signal(self, name: str, arg: object) -> None:
