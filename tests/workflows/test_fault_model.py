@@ -17,7 +17,7 @@ from tests.workflows.conftest import Stack
 from tests.workflows.drills import venue_positions, venue_record
 from tests.workflows.test_portfolio import eventually, portfolio_view
 from tests.workflows.test_position_lifecycle import start_position, wait_status
-from tests.workflows.test_reconcile import reconcile_now
+from tests.workflows.test_reconcile import adopted_position, reconcile_now
 from trading.intents import ExitOverrides, Side, TradeIntent
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
@@ -280,14 +280,7 @@ async def test_a_position_whose_workflow_died_is_adopted_with_its_own_exits(stac
         await eventually(freed)
         fixes = await reconcile_now(stack)
         assert [(f.kind, f.symbol) for f in fixes if f.kind == "adopt"] == [("adopt", "BTCUSDT")]
-        adopted = None
-        async with asyncio.timeout(15):
-            while adopted is None:
-                async for wf in stack.client.list_workflows(
-                    "WorkflowType='PositionWorkflow' AND Source='adopted' AND ExecutionStatus='Running'"
-                ):
-                    adopted = stack.client.get_workflow_handle(wf.id, result_type=PositionResult)
-                await asyncio.sleep(0.2)
+        adopted = await adopted_position(stack)
         view = await wait_status(adopted, PositionStatus.OPEN)
         assert (view.stop_loss_price, view.hard_stop_price) == (D("57000.0"), D("55200.0"))
         await adopted.execute_update("close", {})

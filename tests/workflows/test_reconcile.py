@@ -59,6 +59,17 @@ async def reconcile_now(stack: Stack, wid: str | None = None) -> list[Fix]:
     )
 
 
+async def adopted_position(stack: Stack, timeout: float = 15) -> WorkflowHandle:
+    """The running position workflow a reconcile started for a venue position, once visibility lists it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async for wf in stack.client.list_workflows(
+                "WorkflowType='PositionWorkflow' AND Source='adopted' AND ExecutionStatus='Running'"
+            ):
+                return stack.client.get_workflow_handle(wf.id, result_type=PositionResult)
+            await asyncio.sleep(0.2)
+
+
 async def test_hard_stop_fill_reaches_the_workflow_through_the_user_stream(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     stack.start_worker_process("user-stream")
@@ -111,14 +122,7 @@ async def test_position_opened_outside_is_adopted_and_closed_by_its_stop(stack: 
         await replayer().replay_workflow(history)  # deterministic (and recorded with RECORD_HISTORIES=1)
         if os.environ.get("RECORD_HISTORIES"):
             (HISTORIES / "reconcile-adopt.json").write_text(history.to_json())
-        adopted = None
-        async with asyncio.timeout(10):
-            while adopted is None:
-                async for wf in stack.client.list_workflows(
-                    "WorkflowType='PositionWorkflow' AND Source='adopted'"
-                ):
-                    adopted = stack.client.get_workflow_handle(wf.id, result_type=PositionResult)
-                await asyncio.sleep(0.2)
+        adopted = await adopted_position(stack)
         view = await until(adopted, lambda v: v.status == PositionStatus.OPEN)
         assert (view.open_qty, view.entry_price, view.stop_loss_price) == (D("0.003"), D(60000), D(58800))
         assert await reconcile_now(stack) == []  # nothing left to fix
