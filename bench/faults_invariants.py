@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -116,6 +116,19 @@ def stuck_exits(
 ) -> set[str]:
     """Positions asked to close (or cancelled) whose workflow still runs with its symbol exposed."""
     return {wid for wid, sym in exits.items() if wid in running and sym in positions}
+
+
+def slot_mismatch(slots: int, exposed: Collection[str], running: Mapping[str, str]) -> set[str]:
+    """Slots in use must cover every exposed symbol (fewer: more positions than the limit could open)
+    and no more than that plus the running workflows on symbols not exposed (more: a slot leaked). A
+    position still ENTERING holds its slot before its order reaches the venue and must keep it while
+    that order may exist; one whose workflow died exposed keeps its slot until it is adopted."""
+    entering = sum(1 for sym in running.values() if sym not in exposed)
+    if slots < len(exposed):
+        return {f"slots {slots} < exposed {len(exposed)}"}
+    if slots > len(exposed) + entering:
+        return {f"slots {slots} > exposed {len(exposed)} + entering {entering}"}
+    return set()
 
 
 # ------------------------------------------------------------------ PnL against the venue's trades
@@ -292,12 +305,7 @@ class Monitor:
             bad = stuck_exits(s.exits, s.venue.positions, s.temporal.running)
             found += self._timed(s, "exit_not_carried_out", bad, self.bounds.exit_s)
             if s.temporal.slots_used is not None:
-                exposed = len(s.venue.positions)
-                bad = (
-                    {f"slots {s.temporal.slots_used} != exposed {exposed}"}
-                    if s.temporal.slots_used != exposed
-                    else set()
-                )
+                bad = slot_mismatch(s.temporal.slots_used, set(s.venue.positions), s.temporal.running)
                 found += self._timed(
                     s, "slots_mismatch", {"slots"} if bad else set(), self.bounds.slots_s, bad
                 )

@@ -327,3 +327,12 @@ def test_the_explorer_finds_no_violation_on_fixed_seeds(tmp_path) -> None:
     assert sum(out["faults"].values()) > 0
     assert out["violations"] == 0, (out["violation_list"], proc.stderr[-3000:])
     assert proc.returncode == 0
+
+
+def test_slots_are_checked_between_exposure_and_running_holders() -> None:
+    from bench.faults_invariants import slot_mismatch
+
+    assert slot_mismatch(1, set(), {"w": "AUSDT"}) == set()  # still entering: holds its slot
+    assert slot_mismatch(1, {"AUSDT"}, {}) == set()  # died exposed: keeps its slot until adopted
+    assert slot_mismatch(1, {"AUSDT", "BUSDT"}, {"w": "AUSDT", "v": "BUSDT"})  # the limit could be passed
+    assert slot_mismatch(2, {"AUSDT"}, {"w": "AUSDT"})  # a slot with no holder: leaked
