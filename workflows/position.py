@@ -135,8 +135,9 @@ MARK_RETRY = RetryPolicy(
     non_retryable_error_types=["Rejected", "UnknownSymbol"],
 )
 # An order attempt sends nothing in its last (HTTP timeout + recvWindow + 1 s) = 16 s (activities/
-# exchange.py: a request sent later could execute after the retry's look-up), so it needs room beyond.
-ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=60)
+# exchange.py: a request sent later could execute after the retry's look-up), so it needs room beyond;
+# not much more, since an attempt lost with a killed worker is retried only after it.
+ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=30)
 PUBLISH_PAUSE_S = 5.0
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 PROJECTION_RETRY = RetryPolicy(
@@ -298,6 +299,8 @@ class PositionWorkflow:
         except workflow.ContinueAsNewError:
             raise
         except BaseException as err:
+            if isinstance(err, GeneratorExit):
+                raise  # evicted from the worker's cache (shutdown): nothing happened to the position
             if not is_cancelled_exception(err):
                 self._fail(err)
                 raise

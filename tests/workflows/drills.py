@@ -100,17 +100,25 @@ async def venue_positions(stack: Stack) -> dict[str, Decimal]:
         return {p.symbol: p.position_amt for p in await venue.position_risk() if p.position_amt != 0}
 
 
-async def venue_fills(stack: Stack, symbol: str, client_ids: dict[int, str]) -> list[Fill]:
-    """The venue's trades on `symbol` for the given orders (order id → client id)."""
-    async with BinanceFuturesClient.from_settings(stack.settings) as venue:
-        trades = await venue.user_trades(symbol, limit=1000)
-    return [t.to_fill(client_ids[t.order_id]) for t in trades if t.order_id in client_ids]
+async def venue_fills(
+    stack: Stack, symbol: str, client_ids: dict[int, str], cache: dict | None = None
+) -> list[Fill]:
+    """The venue's trades on `symbol` for the given orders (order id → client id). `cache` keeps each
+    symbol's trades, read once: a drill of hundreds of lifecycles would otherwise spend the IP's request
+    weight (userTrades weighs 5) on its own checks and meet a 429."""
+    cache = {} if cache is None else cache
+    if symbol not in cache:
+        async with BinanceFuturesClient.from_settings(stack.settings) as venue:
+            cache[symbol] = await venue.user_trades(symbol, limit=1000)
+    return [t.to_fill(client_ids[t.order_id]) for t in cache[symbol] if t.order_id in client_ids]
 
 
-async def pnl_matches_venue(stack: Stack, result: PositionResult, record: VenueRecord) -> bool:
+async def pnl_matches_venue(
+    stack: Stack, result: PositionResult, record: VenueRecord, cache: dict | None = None
+) -> bool:
     """The workflow's realized PnL equals what the venue's own trades for its orders add up to."""
     cids = {f.client_order_id for f in result.fills}
     orders = {o["orderId"]: o["clientOrderId"] for o in record.orders_of(cids)}
-    fills = await venue_fills(stack, result.symbol, orders)
+    fills = await venue_fills(stack, result.symbol, orders, cache)
     venue = tally(result.side, fills)
     return cents(venue.realized_net) == cents(result.realized_pnl) and venue.open_qty == 0
