@@ -159,10 +159,13 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         host=settings.redis_host, port=settings.redis_port, socket_timeout=5, socket_connect_timeout=2
     )
     chooser = strategy_chooser(redis)
-    worker = inference_worker(client, settings, redis, chooser=chooser)
+
+    def worker() -> Worker:
+        return inference_worker(client, settings, redis, chooser=chooser)
+
     periods = await ensure_signal_schedules(client, settings)
     await ensure_retrain_schedule(client, settings)
     log.info("schedules: %s (mode %s)", periods, TradingMode(settings.trading_mode).value)
     async with rewards_consumer(chooser):
-        await run_until_sigterm(worker, "inference", metrics_port)
+        await run_until_sigterm(worker, "inference", metrics_port, client)
     await redis.aclose()

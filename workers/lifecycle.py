@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
 )
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -35,6 +37,7 @@ from trading.config import Settings
 from trading.governor import RiskPolicy
 from trading.promotion import PromotionPolicy
 from trading.records import RecordMode
+from workers.fresh_cache import FreshCacheWorker
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
 from workflows.messages import LIFECYCLE_TASK_QUEUE
 from workflows.portfolio import PortfolioWorkflow
@@ -43,6 +46,7 @@ from workflows.reconcile import ReconcileWorkflow
 from workflows.retrain import INFERENCE_TASK_QUEUE, RETRAIN_WORKFLOW_ID, RetrainInput, RetrainWindow
 
 RECONCILE_SCHEDULE_ID = "reconcile-schedule"
+STICKY_TIMEOUT_S = 3.0
 RETRAIN_SCHEDULE_ID = "retrain-schedule"
 
 log = logging.getLogger("qtrader.worker.lifecycle")
@@ -86,6 +90,9 @@ def lifecycle_worker(
             journaling.journal_trade,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # A worker that died or was replaced (workers/fresh_cache.py) leaves its workflows' next tasks on
+        # its own sticky queue until this passes: positions must not wait the default 10 s for an exit.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
     )
 
 
@@ -110,7 +117,10 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         settings.rest_url, None, None, shared_budget=budget_from_settings(settings, redis)
     ) as market:
         gauges = PerformanceGauges()
-        worker = lifecycle_worker(client, settings, redis, market, gauges)
+
+        def worker() -> Worker:
+            return lifecycle_worker(client, settings, redis, market, gauges)
+
         await show_journal_figures(settings, gauges)
         if metrics_port:  # served once the journal's figures are in (a scrape never sees them blank)
             try:
@@ -127,7 +137,7 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         await ensure_reconcile_schedule(
             client, settings.reconcile_interval_seconds, run_now=settings.reconcile_on_start
         )
-        await run_until_sigterm(worker, "lifecycle", metrics_port)
+        await run_until_sigterm(worker, "lifecycle", metrics_port, client)
     await redis.aclose()
 
 
@@ -217,15 +227,30 @@ async def ensure_signal_schedules(client: Client, settings: Settings) -> dict[st
     return out
 
 
-async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None) -> None:
-    """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first)."""
+async def run_until_sigterm(
+    worker: Worker | Callable[[], Worker], name: str, metrics_port: int | None, client: Client | None = None
+) -> None:
+    """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first).
+    A worker that hosts workflows is given as its factory with its `client`: whenever the Temporal server
+    stops answering it is replaced by a fresh one (workers/fresh_cache.py says why)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(worker.run())
+    if isinstance(worker, Worker):
+        task = asyncio.create_task(worker.run())
+        queue = worker.task_queue
+    else:
+        assert client is not None, "a worker factory needs its client"
+        runtime = client.service_client.config.runtime or Runtime.default()
+        dropped = runtime.metric_meter.create_counter(
+            "quantum_worker_cache_dropped", "workers replaced (cache dropped): the server stopped answering"
+        )
+        runner = FreshCacheWorker(client, worker, on_replaced=lambda: dropped.add(1, {"worker": name}))
+        task = asyncio.create_task(runner.run(stop))
+        queue = runner.task_queue
     print(
-        f"{name} worker polling task queue {worker.task_queue!r}"
+        f"{name} worker polling task queue {queue!r}"
         + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""),
         flush=True,
     )
@@ -234,5 +259,6 @@ async def run_until_sigterm(worker: Worker, name: str, metrics_port: int | None)
     )
     if task not in done:
         log.info("%s worker: shutting down", name)
-        await worker.shutdown()
+        if isinstance(worker, Worker):
+            await worker.shutdown()
     await task

@@ -1,0 +1,130 @@
+"""A workflow worker that forgets what it cached whenever the Temporal server stops answering.
+
+The failure this prevents (reproduced, `tests/workers/test_fresh_cache.py`): an update is delivered to
+the worker in a speculative workflow task, the worker applies it and answers, and the server is
+killed before that task is persisted. The server comes back without the task; the client retries the
+update, which then appears once in history. The worker, though, kept the workflow in its cache with
+the lost task's effects applied (a kill switch set, a projection started, timers renumbered) and goes
+on deciding from that state; the commands it sends from then on follow a history the server does
+not have, and the next replay of that workflow (a restarted worker, an eviction) fails with a
+nondeterminism error: a portfolio or position stuck until someone resets it.
+
+So the worker is replaced by a fresh one (an empty workflow cache) when the server is found
+unreachable, before it takes any workflow task from the server that came back. Cached workflows are
+then replayed from the persisted history. Losing contact without a server restart costs only that
+replay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+log = logging.getLogger("qtrader.worker.fresh_cache")
+
+PROBE_EVERY_S = 0.1
+PROBE_TIMEOUT_S = 2.0
+# Health checks that must fail in a row: one slow answer on a loaded machine is not an outage. A server
+# that crashed is seen sooner: its port refuses connections (cheap to ask every PROBE_EVERY_S).
+FAILED_PROBES = 2
+HEALTH_EVERY = 10  # one health check per this many port probes
+
+
+async def port_refuses(client: Client, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """True when the server's address refuses a TCP connection (the process is gone)."""
+    host, _, port = client.service_client.config.target_host.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    except (OSError, TimeoutError, ValueError):
+        return True
+    writer.close()
+    return False
+
+
+async def reachable(client: Client, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    if await port_refuses(client, timeout_s):
+        return False
+    try:
+        return await client.service_client.check_health(timeout=timedelta(seconds=timeout_s))
+    except Exception:
+        return False
+
+
+class FreshCacheWorker:
+    """Runs `make_worker()`'s worker until `stop` is set; whenever the server stops answering, shuts it
+    down and, once the server answers again, runs a new one from `make_worker()`."""
+
+    def __init__(
+        self,
+        client: Client,
+        make_worker: Callable[[], Worker],
+        *,
+        probe_every_s: float = PROBE_EVERY_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        on_replaced: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.make_worker = make_worker
+        self.probe_every_s = probe_every_s
+        self.probe_timeout_s = probe_timeout_s
+        self.on_replaced = on_replaced
+        self.replaced = 0  # workers replaced after the server stopped answering
+        self.worker = make_worker()  # built here: a worker that cannot be built fails at start
+
+    @property
+    def task_queue(self) -> str:
+        return self.worker.task_queue
+
+    async def run(self, stop: asyncio.Event) -> None:
+        worker = self.worker
+        while not stop.is_set():
+            self.worker = worker
+            running = asyncio.create_task(worker.run())
+            lost = await self._until_lost(stop, running)
+            if lost:
+                log.warning(
+                    "the Temporal server stopped answering: this worker drops its workflow cache and "
+                    "starts afresh once the server answers (workflows are replayed from history)"
+                )
+            if not running.done():
+                await worker.shutdown()
+            with contextlib.suppress(Exception):
+                await running  # a worker that failed on its own is started again below
+            if not lost:
+                if running.exception() is None or stop.is_set():
+                    return
+                log.error("the worker stopped on an error; starting a new one: %s", running.exception())
+            self.replaced += 1
+            if self.on_replaced is not None:
+                self.on_replaced()
+            while not stop.is_set() and not await reachable(self.client, self.probe_timeout_s):
+                await _sleep_or(stop, self.probe_every_s)
+            worker = self.make_worker()
+
+    async def _until_lost(self, stop: asyncio.Event, running: asyncio.Task[None]) -> bool:
+        """True when the server stopped answering; False when `stop` was set or the worker ended."""
+        failed = 0
+        probes = 0
+        while not stop.is_set() and not running.done():
+            if await port_refuses(self.client, self.probe_timeout_s):
+                return True
+            probes += 1
+            if probes % HEALTH_EVERY == 0:  # a server that answers TCP but not requests
+                failed = 0 if await reachable(self.client, self.probe_timeout_s) else failed + 1
+                if failed >= FAILED_PROBES:
+                    return True
+            await _sleep_or(stop, self.probe_every_s, running)
+        return False
+
+
+async def _sleep_or(stop: asyncio.Event, seconds: float, *also: asyncio.Future[None]) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, *also}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
