@@ -253,18 +253,3 @@ def test_there_are_committed_histories_for_each_workflow() -> None:
     assert {"bar-close", "bar-close-shadow", "universe"} <= names  # tests/workflows/test_bar_close.py
     assert "retrain" in names  # recorded by tests/workflows/test_retrain.py
     assert "reconcile-adopt" in names  # tests/workflows/test_reconcile.py
-
-
-KNOWN_BAD = Path(__file__).parent / "histories_known_bad"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: a portfolio history recorded by bench.faults (--quick, seed 10, after seeds 1-9 on "
-    "the same stack) does not replay: at event 298 the replay schedules project_portfolio where the live "
-    "run started a timer. The live run saw other state at WFT 291 (its timer 293 is 0.767 s, the replay "
-    "projects there); cause not found yet. Passing this test means it is fixed: move the file to histories/.",
-)
-async def test_known_bad_portfolio_history_replays() -> None:
-    path = KNOWN_BAD / "portfolio-default.json"
-    await replayer().replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
