@@ -95,12 +95,11 @@ class FreshCacheWorker:
                 )
             if not running.done():
                 await worker.shutdown()
-            with contextlib.suppress(Exception):
-                await running  # a worker that failed on its own is started again below
             if not lost:
-                if running.exception() is None or stop.is_set():
-                    return
-                log.error("the worker stopped on an error; starting a new one: %s", running.exception())
+                await running  # stopped as asked; a worker that failed on its own fails the process
+                return
+            with contextlib.suppress(Exception):
+                await running  # a worker that failed during the outage is replaced all the same
             self.replaced += 1
             if self.on_replaced is not None:
                 self.on_replaced()
