@@ -225,6 +225,10 @@ def report_seed(r: SeedResult, ordinal: int, total: int, out: Path, traces: bool
         path = out / f"schedule-{r.seed}.json"
         path.write_text(r.schedule.dumps())
         trace = write_trace(r, out)
+        for wid, history in r.histories.items():
+            kept = out / f"history-{r.seed}-{wid}.json"
+            kept.write_text(history)
+            log(f"  seed {r.seed} kept the history of {wid}, which failed to replay: {kept}")
         log(
             f"  seed {r.seed} trace {trace}; schedule ({path}, replay: --seed {r.seed} "
             f"or --schedule {path}): "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,10 @@ class RunOptions:
         )
 
 
+RUN_ID = re.compile(r"run_id=([0-9a-f-]{36})")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the SDK core's log lines are coloured
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -114,6 +119,8 @@ class SeedResult:
     harness_errors: list[str] = field(default_factory=list)
     task_failures: int = 0  # workflow-task failure lines in the workers' logs
     trace: list[dict[str, Any]] = field(default_factory=list)  # what happened, for a failing seed
+    # Histories of runs that failed to replay (workflow id → history JSON), written beside the trace.
+    histories: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,7 @@ class SeedRun:
         self._last_seen: dict[str, Any] = {}
         self.exits: dict[str, str] = {}  # closes accepted and cancels sent: id → symbol
         self.down: Counter[str] = Counter()  # services killed by the schedule, not yet due back
+        self.nondeterministic_runs: set[str] = set()  # run ids the workers' logs say failed to replay
 
     # ------------------------------------------------------------ time
     def now(self) -> float:
@@ -692,6 +700,8 @@ class SeedRun:
                 self.log_offsets[path] = start + len(text.encode(errors="replace"))
                 for line in nondeterminism(text)[:3]:
                     self.violation("nondeterminism", f"{path.name}: {line}")
+                failed_runs = RUN_ID.findall(ANSI.sub("", "\n".join(nondeterminism(text))))
+                self.nondeterministic_runs.update(failed_runs)
                 failures = task_failures(text)
                 self.result.task_failures += len(failures)
                 for line in failures[:5]:
@@ -703,6 +713,7 @@ class SeedRun:
         await asyncio.to_thread(self.stack.start_temporal)
         await asyncio.to_thread(self.stack.start_redis)
         await self.stack.restart_services()
+        await self.set_aside_nondeterministic_runs()
         running = await self.observer.running() or {}
         for wid in running:
             with contextlib.suppress(Exception):
@@ -716,6 +727,21 @@ class SeedRun:
                 return
             await asyncio.sleep(0.5)
         self.stack.say(f"seed {self.s.seed}: portfolio still holds slots after the cleanup")
+
+    async def set_aside_nondeterministic_runs(self) -> None:
+        """Keep the history of each run that failed to replay (the evidence), then terminate it: a
+        portfolio stuck on its nondeterminism error would refuse every later seed's entries, and count
+        one defect as hundreds of violations."""
+        for run_id in sorted(self.nondeterministic_runs):
+            try:
+                async for wf in self.stack.client.list_workflows(f"RunId = '{run_id}'"):
+                    handle = self.stack.client.get_workflow_handle(wf.id, run_id=run_id)
+                    self.result.histories[wf.id] = (await handle.fetch_history()).to_json()
+                    if wf.status is not None and wf.status.name == "RUNNING":
+                        await handle.terminate("fault explorer: failed to replay (history kept)")
+                    self.note("nondeterministic run set aside", workflow=wf.id, run_id=run_id)
+            except Exception as err:
+                self.harness_error(f"setting aside run {run_id}", err)
 
     async def flatten_venue(self) -> None:
         """Whatever a broken seed left on its symbols goes, so the next seed starts from nothing."""
