@@ -17,7 +17,10 @@ ARG PIP_EXTRA_INDEX_URL=
 RUN pip install --no-cache-dir . \
  && useradd --create-home --uid 10001 qtrader \
  && mkdir -p /data && chown qtrader /data
+# The sample klines the repository ships (data/README.md): the installed package has no repository
+# next to it, so without these the paper exchange had nothing to replay.
+COPY data ./data
 USER qtrader
-ENV QT_HOME=/data
+ENV QT_HOME=/data QT_DATA_DIR=/app/data
 ENTRYPOINT ["qtrader"]
 CMD ["--help"]

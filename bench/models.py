@@ -2,7 +2,7 @@
 
 `python -m bench.models [--quick]`
 
-Paper check: ETTh1 (`../shared/data/ett/ETTh1.csv`), the standard split of 12/4/4 months
+Paper check: ETTh1 (`data/ett/ETTh1.csv.gz`), the standard split of 12/4/4 months
 (8640/2880/2880 hourly rows; validation and test windows start `context` rows before their border),
 per-channel standardisation fitted on the training rows, channel-independent windows of all 7
 channels, horizon 96, test MSE in standardised units averaged over all test windows and channels.
@@ -34,16 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from signals.data import AlignedKlines, available, load_klines
+from signals.data import AlignedKlines, available, default_data_dir, load_klines
 from signals.ensemble import Ensemble
 from signals.features import compute_features
 from signals.models.base import ModelInput
 from signals.models.nhits import NHiTSDirectionModel, NHiTSForecaster
 from signals.models.patchtst import PatchTSTDirectionModel, PatchTSTForecaster
 from signals.models.torch_common import TorchForecaster, TrainConfig
+from trading.config import SHIPPED_DATA_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-ETTH1 = REPO.parent / "shared" / "data" / "ett" / "ETTh1.csv"
+ETTH1 = SHIPPED_DATA_DIR / "ett" / "ETTh1.csv.gz"  # the unmodified file, gzipped
 HORIZON = 96
 PAPER = {"patchtst": 0.370, "nhits": 0.378}
 MONTH = 30 * 24
@@ -54,9 +54,19 @@ def log(msg: str) -> None:
     print(f"[bench.models] {msg}", file=sys.stderr, flush=True)
 
 
+def etth1_path() -> Path:
+    """ETTh1 in `QT_DATA_DIR/ett` (gzipped or the plain CSV, as the full data folder holds it), else the
+    repository's copy."""
+    for name in ("ETTh1.csv.gz", "ETTh1.csv"):
+        path = default_data_dir() / "ett" / name
+        if path.is_file():
+            return path
+    return ETTH1
+
+
 def load_etth1() -> np.ndarray:
-    """[T, 7] float64 of the 7 channels (HUFL … OT), in file order."""
-    return np.loadtxt(ETTH1, delimiter=",", skiprows=1, usecols=range(1, 8), dtype=np.float64)
+    """[T, 7] float64 of the 7 channels (HUFL … OT), in file order (numpy reads the .gz itself)."""
+    return np.loadtxt(etth1_path(), delimiter=",", skiprows=1, usecols=range(1, 8), dtype=np.float64)
 
 
 def etth1_windows(context: int, horizon: int = HORIZON) -> dict[str, np.ndarray]:

@@ -1,8 +1,8 @@
-"""Shipped Binance USD-M klines (`../shared/data`, gzip CSV) as numpy arrays, per symbol and aligned.
+"""Shipped Binance USD-M klines (`data/`, gzip CSV) as numpy arrays, per symbol and aligned.
 
 File layout: `binance-futures-<SYMBOL>-<tf>.csv.gz` with the header
 `open_time_ms,open,high,low,close,volume,close_time_ms`. The folder is `QT_DATA_DIR` when set, else
-`shared/data` next to the repository. Nothing is downloaded.
+the repository's own `data/` (a sample; data/README.md lists its ranges). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from trading.config import SHIPPED_DATA_DIR
+
 DATA_DIR_ENV = "QT_DATA_DIR"
 HEADER = "open_time_ms,open,high,low,close,volume,close_time_ms"
 _FILE_RE = re.compile(r"^binance-futures-([A-Z0-9]+)-(\d+[mhd])\.csv\.gz$")
@@ -38,8 +39,9 @@ def timeframe_ms(timeframe: str) -> int:
 
 
 def default_data_dir() -> Path:
+    """`QT_DATA_DIR` when set, else the repository's `data/` (whatever the current directory)."""
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return Path(env) if env else SHIPPED_DATA_DIR
 
 
 def kline_path(symbol: str, timeframe: str, data_dir: Path | None = None) -> Path:

@@ -7,7 +7,7 @@ Two sources (`MARKET_DATA_SOURCE`):
   `<ws_url>/market/stream?streams=…`. At start and after every reconnect the bars are backfilled
   over REST (`GET /fapi/v1/klines`, newest `MARKET_BACKFILL_BARS`), so a gap never survives a
   reconnect. Reconnects back off from 0.5 s doubling to 10 s.
-* `replay` — the shipped klines (`../shared/data`) replayed at `MARKET_REPLAY_SPEED` × real time.
+* `replay` — the shipped klines (`data/`, or `QT_DATA_DIR`) replayed at `MARKET_REPLAY_SPEED` × real time.
   History before the replay cursor is the backfill; each replayed bar moves the paper exchange's
   price (`POST /admin/price`, the exchange must run with `--prices manual`) along the bar's path
   open → low → high → close (open → high → low → close on a down bar), so positions see the real

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from trading.config import SHIPPED_DATA_DIR
 from workers.devservers import PaperExchange, start_paper_exchange
 
-__all__ = ["REPO", "SHARED_DATA", "PaperExchange", "start_paper_exchange"]
+__all__ = ["REPO", "SHIPPED_DATA", "PaperExchange", "start_paper_exchange"]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHIPPED_DATA = SHIPPED_DATA_DIR  # the sample klines in the repository (data/README.md)
 
 
 @pytest.fixture

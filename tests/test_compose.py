@@ -146,14 +146,12 @@ def test_the_signal_services_run_with_metrics_and_their_data(compose: dict) -> N
     dockerfile = (REPO / "Dockerfile").read_text()
     qt_home = re.search(r"ENV QT_HOME=(\S+)", dockerfile).group(1)  # type: ignore[union-attr]
     assert f"inference-data:{qt_home}" in inference["volumes"]
-    paper_data = next(v for v in services["paper-exchange"]["volumes"] if v.startswith("paper-data:"))
-    replayed = services["paper-exchange"]["command"][
-        services["paper-exchange"]["command"].index("--data-dir") + 1
-    ]
-    for svc in (market, inference):
-        mount = next(v for v in svc["volumes"] if v.startswith("paper-data:")).split(":")
-        assert mount[2] == "ro"
-        # the same folder of the volume the paper exchange replays from
-        assert svc["environment"]["QT_DATA_DIR"].removeprefix(mount[1]) == replayed.removeprefix(
-            paper_data.split(":")[1]
-        )
+    # the klines are the repository's data/, copied into the image: a named volume starts empty, so
+    # a folder in one left the paper exchange nothing to replay
+    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    shipped = f"{workdir}/data"
+    assert "COPY data ./data" in dockerfile and f"QT_DATA_DIR={shipped}" in dockerfile
+    command = services["paper-exchange"]["command"]
+    assert command[command.index("--data-dir") + 1] == shipped
+    for svc in (market, inference):  # the same folder the paper exchange replays from
+        assert svc["environment"]["QT_DATA_DIR"] == shipped

@@ -15,6 +15,11 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The sample klines the repository ships (data/README.md), located from this file, not the current
+# directory: the old default, a folder beside the repository and relative to the current directory,
+# left a fresh clone (or a run from another folder) with no data. QT_DATA_DIR points at a fuller one.
+SHIPPED_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
 
 class TradingMode(StrEnum):
     PAPER = "paper"
@@ -153,7 +158,7 @@ class Settings(BaseSettings):
     # --- paper exchange ---
     paper_start_balance_usdt: Decimal = Field(Decimal("10000"), gt=0)
     paper_data_dir: Path = Field(
-        Path("../shared/data"), validation_alias=AliasChoices("PAPER_DATA_DIR", "QT_DATA_DIR")
+        SHIPPED_DATA_DIR, validation_alias=AliasChoices("PAPER_DATA_DIR", "QT_DATA_DIR")
     )
 
     @field_validator("apply_allowlist", "retrain_symbols", mode="before")

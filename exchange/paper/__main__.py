@@ -15,8 +15,9 @@ import threading
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+from trading.config import SHIPPED_DATA_DIR
+
+DEFAULT_DATA_DIR = SHIPPED_DATA_DIR  # the repository's `data/`; QT_DATA_DIR points elsewhere
 
 
 def _decimal(text: str) -> Decimal:
@@ -30,7 +31,9 @@ def _decimal(text: str) -> Decimal:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    default_data = DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else None
+    env_data = os.environ.get("QT_DATA_DIR")
+    data = Path(env_data) if env_data else DEFAULT_DATA_DIR
+    default_data = data if data.is_dir() else None
     qt_home = Path(os.environ.get("QT_HOME", ".qt"))
     p = argparse.ArgumentParser(
         prog="python -m exchange.paper",
@@ -49,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--prices",
         choices=["manual", "replay", "synthetic"],
         default="replay" if default_data else "synthetic",
-        help="price source (default: replay when the shared data folder exists, else synthetic)",
+        help="price source (default: replay when the data folder exists, else synthetic)",
     )
     p.add_argument(
         "--data-dir",
         type=Path,
         default=default_data,
-        help=f"folder of kline files (default: {DEFAULT_DATA_DIR} when present)",
+        help=f"folder of kline files (default: $QT_DATA_DIR, else {DEFAULT_DATA_DIR}; when present)",
     )
     p.add_argument("--speed", type=float, default=1.0, help="market clock speed vs wall time")
     p.add_argument("--seed", type=int, default=7)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from exchange.paper.config import PaperConfig
+from trading.config import SHIPPED_DATA_DIR
 from trading.instruments import (
     DEFAULT_RULES,
     SYNTHETIC_START_PRICE,
@@ -35,8 +36,8 @@ from trading.instruments import (
     synthetic_symbols,
 )
 
-# The shipped data folder next to the repository (`../shared/data`).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+# The repository's shipped data folder (`data/`).
+DEFAULT_DATA_DIR = SHIPPED_DATA_DIR
 
 # Used when no data file says otherwise.
 DEFAULT_PRICES: dict[str, Decimal] = {
