@@ -86,8 +86,10 @@ class ExchangeError(Exception):
         return " ".join(parts)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, http_status={self.http_status!r}, " \
-               f"message={self.message!r})"
+        return (
+            f"{type(self).__name__}(code={self.code!r}, http_status={self.http_status!r}, "
+            f"message={self.message!r})"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable with keyword-only fields
         return (_rebuild, (type(self), dict(self.__dict__)))
@@ -173,18 +175,23 @@ def classify(
     `body` is the decoded JSON (`{"code":..,"msg":..}`), the raw text/bytes, or None; `exc` is the
     transport exception when no answer came back.
     """
-    kw: dict[str, Any] = {"http_status": http_status, "endpoint": endpoint,
-                          "client_order_id": client_order_id}
+    kw: dict[str, Any] = {
+        "http_status": http_status,
+        "endpoint": endpoint,
+        "client_order_id": client_order_id,
+    }
     if exc is not None:
         detail = str(exc).strip()
         text = type(exc).__name__ + (f": {detail}" if detail else "")
         if isinstance(exc, _NOT_SENT):
             return RetryableError(f"request not sent ({text})", **kw)
         if isinstance(exc, httpx.TimeoutException):
-            return UnknownOutcomeError(f"no answer before the timeout ({text}); the request may have "
-                                       "executed", **kw)
-        return UnknownOutcomeError(f"connection failed mid-request ({text}); the request may have "
-                                   "executed", **kw)
+            return UnknownOutcomeError(
+                f"no answer before the timeout ({text}); the request may have executed", **kw
+            )
+        return UnknownOutcomeError(
+            f"connection failed mid-request ({text}); the request may have executed", **kw
+        )
 
     code, msg = _parse_body(body)
     kw["code"] = code

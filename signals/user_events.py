@@ -74,7 +74,7 @@ def snapshot_key(symbol: str) -> str:
 
 
 def canonical_decimal(value: Any) -> str | None:
-    """"0.000" → "0", "65000.10" → "65000.1", "1E+3" → "1000"; None / "" → None; not a number → as is."""
+    """ "0.000" → "0", "65000.10" → "65000.1", "1E+3" → "1000"; None / "" → None; not a number → as is."""
     if value is None:
         return None
     text = str(value).strip()

@@ -29,10 +29,24 @@ REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
 
 # PromQL words that look like identifiers but are not metric names.
-_KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
-    "unless", "inf", "nan", "le",
-})
+_KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "and",
+        "or",
+        "unless",
+        "inf",
+        "nan",
+        "le",
+    }
+)
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _GRAFANA_VAR = re.compile(r"\$\{[^}]*\}|\$\w+|\[\[[^\]]*\]\]")
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -191,9 +205,12 @@ def test_there_is_a_paper_exchange_dashboard() -> None:
 
 def test_the_checker_finds_metric_names() -> None:
     assert metric_names('sum by (code) (rate(paper_x_total{code="-2019", path=~"/fapi.*"}[5m]))') == {
-        "paper_x_total"}
-    assert metric_names("histogram_quantile(0.99, sum by (le) (rate(a_bucket[$__rate_interval]))) "
-                        "/ ignoring(x) b + on(y) group_left(z) c offset 5m") == {"a_bucket", "b", "c"}
+        "paper_x_total"
+    }
+    assert metric_names(
+        "histogram_quantile(0.99, sum by (le) (rate(a_bucket[$__rate_interval]))) "
+        "/ ignoring(x) b + on(y) group_left(z) c offset 5m"
+    ) == {"a_bucket", "b", "c"}
     assert metric_names("up == bool 1 and nope_total") == {"up", "nope_total"}
 
 

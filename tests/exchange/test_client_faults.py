@@ -28,8 +28,9 @@ SYM = "BTCUSDT"
 @pytest.fixture
 async def client(paper_exchange: PaperExchange) -> AsyncIterator[BinanceFuturesClient]:
     paper_exchange.set_price(SYM, "60000")
-    async with BinanceFuturesClient(paper_exchange.base_url, paper_exchange.api_key,
-                                    paper_exchange.api_secret, timeout_s=5) as c:
+    async with BinanceFuturesClient(
+        paper_exchange.base_url, paper_exchange.api_key, paper_exchange.api_secret, timeout_s=5
+    ) as c:
         await c.exchange_info()
         yield c
 
@@ -89,8 +90,9 @@ async def test_lost_answer_timeout_is_unknown_outcome_and_the_order_is_found(
     paper_exchange: PaperExchange,
 ) -> None:
     paper_exchange.set_price(SYM, "60000")
-    async with BinanceFuturesClient(paper_exchange.base_url, paper_exchange.api_key,
-                                    paper_exchange.api_secret, timeout_s=1.0) as c:
+    async with BinanceFuturesClient(
+        paper_exchange.base_url, paper_exchange.api_key, paper_exchange.api_secret, timeout_s=1.0
+    ) as c:
         await c.exchange_info()
         paper_exchange.set_faults(lost_answer_rate=1.0, lost_answer_mode="timeout", hang_s=5, count=1)
         # The client's own timeout (1 s) ended it, not the venue's 5 s hang (that would end in a dropped

@@ -22,25 +22,33 @@ def _fail(request: httpx.Request) -> httpx.Response:
 
 
 def client() -> BinanceFuturesClient:
-    return BinanceFuturesClient("http://127.0.0.1:9", API_KEY, API_SECRET,
-                                transport=httpx.MockTransport(_fail), symbol_rules=DEFAULT_RULES)
+    return BinanceFuturesClient(
+        "http://127.0.0.1:9",
+        API_KEY,
+        API_SECRET,
+        transport=httpx.MockTransport(_fail),
+        symbol_rules=DEFAULT_RULES,
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "code", "words"), [
-    # BTCUSDT: step 0.001, min qty 0.001, min notional 100
-    ({"type": "LIMIT", "quantity": Decimal("0.002"), "price": Decimal("30000")}, -4164, "notional"),
-    ({"type": "MARKET", "quantity": Decimal("0.002"), "price_hint": Decimal("30000")}, -4164, "notional"),
-    ({"type": "MARKET", "quantity": Decimal("0.0009")}, -4003, "step"),  # rounds down to 0
-    ({"type": "LIMIT", "quantity": Decimal("0.0004"), "price": Decimal("60000")}, -4003, "rounded down"),
-    ({"type": "MARKET", "quantity": Decimal("-0.01")}, -4003, "greater than zero"),
-    ({"type": "MARKET", "quantity": Decimal("0")}, -4003, "greater than zero"),
-    ({"type": "MARKET", "quantity": Decimal("200"), "price_hint": Decimal("30000")}, -4005, "greater"),
-    ({"type": "LIMIT", "quantity": Decimal("0.01"), "price": Decimal("1")}, -4013, "price"),
-    ({"type": "LIMIT", "quantity": Decimal("0.01")}, -1102, "needs a price"),
-    ({"type": "STOP_MARKET", "quantity": Decimal("0.01")}, -4120, "new_algo_order"),
-    ({"type": "MARKET", "quantity": Decimal("0.01"), "client_order_id": "bad id!"}, -4015, "not valid"),
-    ({"type": "MARKET", "quantity": Decimal("0.01"), "client_order_id": "x" * 37}, -4015, "not valid"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "code", "words"),
+    [
+        # BTCUSDT: step 0.001, min qty 0.001, min notional 100
+        ({"type": "LIMIT", "quantity": Decimal("0.002"), "price": Decimal("30000")}, -4164, "notional"),
+        ({"type": "MARKET", "quantity": Decimal("0.002"), "price_hint": Decimal("30000")}, -4164, "notional"),
+        ({"type": "MARKET", "quantity": Decimal("0.0009")}, -4003, "step"),  # rounds down to 0
+        ({"type": "LIMIT", "quantity": Decimal("0.0004"), "price": Decimal("60000")}, -4003, "rounded down"),
+        ({"type": "MARKET", "quantity": Decimal("-0.01")}, -4003, "greater than zero"),
+        ({"type": "MARKET", "quantity": Decimal("0")}, -4003, "greater than zero"),
+        ({"type": "MARKET", "quantity": Decimal("200"), "price_hint": Decimal("30000")}, -4005, "greater"),
+        ({"type": "LIMIT", "quantity": Decimal("0.01"), "price": Decimal("1")}, -4013, "price"),
+        ({"type": "LIMIT", "quantity": Decimal("0.01")}, -1102, "needs a price"),
+        ({"type": "STOP_MARKET", "quantity": Decimal("0.01")}, -4120, "new_algo_order"),
+        ({"type": "MARKET", "quantity": Decimal("0.01"), "client_order_id": "bad id!"}, -4015, "not valid"),
+        ({"type": "MARKET", "quantity": Decimal("0.01"), "client_order_id": "x" * 37}, -4015, "not valid"),
+    ],
+)
 async def test_bad_orders_are_refused_locally(kwargs: dict, code: int, words: str) -> None:
     async with client() as c:
         with pytest.raises(OrderValidationError) as info:
@@ -62,22 +70,50 @@ async def test_reduce_only_below_min_notional_is_sent_and_rounding_is_applied() 
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(200, json={
-            "symbol": "BTCUSDT", "orderId": 1, "clientOrderId": "cid-1", "side": "SELL", "type": "LIMIT",
-            "status": "NEW", "price": "30000.0", "origQty": "0.002", "executedQty": "0", "cumQty": "0",
-            "cumQuote": "0", "avgPrice": "0", "updateTime": 1})
+        return httpx.Response(
+            200,
+            json={
+                "symbol": "BTCUSDT",
+                "orderId": 1,
+                "clientOrderId": "cid-1",
+                "side": "SELL",
+                "type": "LIMIT",
+                "status": "NEW",
+                "price": "30000.0",
+                "origQty": "0.002",
+                "executedQty": "0",
+                "cumQty": "0",
+                "cumQuote": "0",
+                "avgPrice": "0",
+                "updateTime": 1,
+            },
+        )
 
-    async with BinanceFuturesClient("http://127.0.0.1:9", API_KEY, API_SECRET, symbol_rules=DEFAULT_RULES,
-                                    transport=httpx.MockTransport(handler)) as c:
-        order = await c.new_order("BTCUSDT", "SELL", "LIMIT", Decimal("0.00299"), price=Decimal("30000.04"),
-                                  reduce_only=True, client_order_id="cid-1")
+    async with BinanceFuturesClient(
+        "http://127.0.0.1:9",
+        API_KEY,
+        API_SECRET,
+        symbol_rules=DEFAULT_RULES,
+        transport=httpx.MockTransport(handler),
+    ) as c:
+        order = await c.new_order(
+            "BTCUSDT",
+            "SELL",
+            "LIMIT",
+            Decimal("0.00299"),
+            price=Decimal("30000.04"),
+            reduce_only=True,
+            client_order_id="cid-1",
+        )
     assert order.orig_qty == Decimal("0.002")
     (req,) = sent
     body = req.content.decode()
     assert req.url.query == b""  # POST: everything signed goes in the form body
-    assert body.startswith("symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.002"
-                           "&price=30000.00&reduceOnly=true&newClientOrderId=cid-1&newOrderRespType=RESULT"
-                           "&recvWindow=5000&timestamp=")
+    assert body.startswith(
+        "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.002"
+        "&price=30000.00&reduceOnly=true&newClientOrderId=cid-1&newOrderRespType=RESULT"
+        "&recvWindow=5000&timestamp="
+    )
     assert body.rsplit("&", 1)[1].startswith("signature=")
     assert req.headers["X-MBX-APIKEY"] == API_KEY
     assert API_SECRET not in body
@@ -86,13 +122,20 @@ async def test_reduce_only_below_min_notional_is_sent_and_rounding_is_applied() 
 async def test_algo_order_local_refusals() -> None:
     async with client() as c:
         with pytest.raises(OrderValidationError):
-            await c.new_algo_order("BTCUSDT", "SELL", "STOP_MARKET", Decimal("50000"),
-                                   quantity=Decimal("0.01"), close_position=True)
+            await c.new_algo_order(
+                "BTCUSDT",
+                "SELL",
+                "STOP_MARKET",
+                Decimal("50000"),
+                quantity=Decimal("0.01"),
+                close_position=True,
+            )
         with pytest.raises(OrderValidationError):
             await c.new_algo_order("BTCUSDT", "SELL", "STOP_MARKET", Decimal("50000"))
         with pytest.raises(OrderValidationError) as info:
-            await c.new_algo_order("BTCUSDT", "SELL", "STOP_MARKET", Decimal("50000"),
-                                   quantity=Decimal("0.001"))
+            await c.new_algo_order(
+                "BTCUSDT", "SELL", "STOP_MARKET", Decimal("50000"), quantity=Decimal("0.001")
+            )
         assert info.value.code == -4164
         with pytest.raises(OrderValidationError):
             await c.new_algo_order("BTCUSDT", "SELL", "STOP", Decimal("50000"), close_position=True)  # type: ignore[arg-type]
@@ -108,12 +151,21 @@ async def test_keys_never_in_repr_errors_or_logs(caplog: pytest.LogCaptureFixtur
         return httpx.Response(400, json={"code": -2015, "msg": f"Invalid API-key {API_KEY}"})
 
     caplog.set_level(logging.DEBUG)
-    c = BinanceFuturesClient("http://127.0.0.1:9", API_KEY, API_SECRET, symbol_rules=DEFAULT_RULES,
-                             transport=httpx.MockTransport(handler), backoff_s=0.0)
+    c = BinanceFuturesClient(
+        "http://127.0.0.1:9",
+        API_KEY,
+        API_SECRET,
+        symbol_rules=DEFAULT_RULES,
+        transport=httpx.MockTransport(handler),
+        backoff_s=0.0,
+    )
     texts = [repr(c), str(c)]
     async with c:
-        for call in (c.account(), c.server_time(), c.new_order("BTCUSDT", "BUY", "MARKET", Decimal("0.01"),
-                                                                price_hint=Decimal("30000"))):
+        for call in (
+            c.account(),
+            c.server_time(),
+            c.new_order("BTCUSDT", "BUY", "MARKET", Decimal("0.01"), price_hint=Decimal("30000")),
+        ):
             with pytest.raises(ExchangeError) as info:
                 await call
             texts += [str(info.value), repr(info.value), info.value.message]

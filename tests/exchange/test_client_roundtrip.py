@@ -19,8 +19,9 @@ CENT = D("0.01")
 
 @pytest.fixture
 async def client(paper_exchange: PaperExchange) -> AsyncIterator[BinanceFuturesClient]:
-    async with BinanceFuturesClient(paper_exchange.base_url, paper_exchange.api_key,
-                                    paper_exchange.api_secret, timeout_s=5) as c:
+    async with BinanceFuturesClient(
+        paper_exchange.base_url, paper_exchange.api_key, paper_exchange.api_secret, timeout_s=5
+    ) as c:
         yield c
 
 
@@ -58,15 +59,17 @@ async def test_open_partial_reduce_close_pnl_and_fees_match_the_fills(
 
     # partial reduce at a higher price
     paper_exchange.set_price(sym, "61000")
-    o2 = await client.new_order(sym, "SELL", "MARKET", D("0.004"), reduce_only=True,
-                                client_order_id="rt-reduce-1")
+    o2 = await client.new_order(
+        sym, "SELL", "MARKET", D("0.004"), reduce_only=True, client_order_id="rt-reduce-1"
+    )
     assert (o2.status, o2.executed_qty, o2.avg_price) == ("FILLED", D("0.004"), D("61000"))
     assert o2.reduce_only
 
     # close the rest at a lower price
     paper_exchange.set_price(sym, "59500")
-    o3 = await client.new_order(sym, "SELL", "MARKET", D("0.006"), reduce_only=True,
-                                client_order_id="rt-close-1")
+    o3 = await client.new_order(
+        sym, "SELL", "MARKET", D("0.006"), reduce_only=True, client_order_id="rt-close-1"
+    )
     assert (o3.status, o3.executed_qty) == ("FILLED", D("0.006"))
     assert all(p.position_amt == 0 for p in await client.position_risk(sym))
 
@@ -117,8 +120,9 @@ async def test_limit_and_algo_orders_rest_list_and_cancel(
     paper_exchange.set_price(sym, "3000")
     await client.new_order(sym, "BUY", "MARKET", D("0.1"), client_order_id="la-open")
     # a resting LIMIT below the market
-    lim = await client.new_order(sym, "BUY", "LIMIT", D("0.05"), price=D("2900.004"),
-                                 client_order_id="la-limit")
+    lim = await client.new_order(
+        sym, "BUY", "LIMIT", D("0.05"), price=D("2900.004"), client_order_id="la-limit"
+    )
     assert (lim.status, lim.price, lim.time_in_force) == ("NEW", D("2900.00"), "GTC")
     assert [o.client_order_id for o in await client.open_orders(sym)] == ["la-limit"]
     assert [o.client_order_id for o in await client.open_orders()] == ["la-limit"]
@@ -129,12 +133,20 @@ async def test_limit_and_algo_orders_rest_list_and_cancel(
         await client.cancel_order(sym, client_order_id="la-limit")
 
     # a protective stop through the algo endpoint
-    stop = await client.new_algo_order(sym, "SELL", "STOP_MARKET", D("2800"), close_position=True,
-                                       client_algo_id="la-stop")
+    stop = await client.new_algo_order(
+        sym, "SELL", "STOP_MARKET", D("2800"), close_position=True, client_algo_id="la-stop"
+    )
     assert (stop.client_algo_id, stop.order_type, stop.algo_status) == ("la-stop", "STOP_MARKET", "NEW")
     assert stop.trigger_price == D("2800") and stop.close_position
-    tp = await client.new_algo_order(sym, "SELL", "TAKE_PROFIT_MARKET", D("3300"), quantity=D("0.05"),
-                                     reduce_only=True, client_algo_id="la-tp")
+    tp = await client.new_algo_order(
+        sym,
+        "SELL",
+        "TAKE_PROFIT_MARKET",
+        D("3300"),
+        quantity=D("0.05"),
+        reduce_only=True,
+        client_algo_id="la-tp",
+    )
     assert tp.quantity == D("0.05") and tp.reduce_only
     assert {a.client_algo_id for a in await client.open_algo_orders(sym)} == {"la-stop", "la-tp"}
     got = await client.query_algo_order(client_algo_id="la-stop")

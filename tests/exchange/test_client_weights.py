@@ -22,8 +22,7 @@ class FakeTime:
 
 
 def tracker(t: FakeTime, **kw: object) -> WeightTracker:
-    return WeightTracker(kw.pop("limit", 100), kw.pop("headroom", 80.0), clock=t.clock, sleep=t.sleep,
-                         **kw)  # type: ignore[arg-type]
+    return WeightTracker(kw.pop("limit", 100), kw.pop("headroom", 80.0), clock=t.clock, sleep=t.sleep, **kw)  # type: ignore[arg-type]
 
 
 def test_endpoint_weights_follow_the_notes() -> None:

@@ -92,16 +92,21 @@ def _req() -> httpx.Request:
     return httpx.Request("POST", "http://127.0.0.1:1/fapi/v1/order")
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (httpx.ConnectError("Connection refused", request=_req()), RetryableError),
-    (httpx.ConnectTimeout("connect timed out", request=_req()), RetryableError),
-    (httpx.PoolTimeout("pool", request=_req()), RetryableError),
-    (httpx.ReadTimeout("timed out", request=_req()), UnknownOutcomeError),
-    (httpx.WriteTimeout("timed out", request=_req()), UnknownOutcomeError),
-    (httpx.ReadError("reset", request=_req()), UnknownOutcomeError),
-    (httpx.RemoteProtocolError("Server disconnected without sending a response.", request=_req()),
-     UnknownOutcomeError),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (httpx.ConnectError("Connection refused", request=_req()), RetryableError),
+        (httpx.ConnectTimeout("connect timed out", request=_req()), RetryableError),
+        (httpx.PoolTimeout("pool", request=_req()), RetryableError),
+        (httpx.ReadTimeout("timed out", request=_req()), UnknownOutcomeError),
+        (httpx.WriteTimeout("timed out", request=_req()), UnknownOutcomeError),
+        (httpx.ReadError("reset", request=_req()), UnknownOutcomeError),
+        (
+            httpx.RemoteProtocolError("Server disconnected without sending a response.", request=_req()),
+            UnknownOutcomeError,
+        ),
+    ],
+)
 def test_classify_transport_errors(exc: Exception, expected: type[ExchangeError]) -> None:
     err = classify(None, None, exc, client_order_id="cid-1")
     assert type(err) is expected
@@ -110,8 +115,14 @@ def test_classify_transport_errors(exc: Exception, expected: type[ExchangeError]
 
 
 def test_retry_after_endpoint_and_client_id_are_carried() -> None:
-    err = classify(429, body(-1003, "Too many requests."), None, retry_after_s=7,
-                   endpoint="POST /fapi/v1/order", client_order_id="abc")
+    err = classify(
+        429,
+        body(-1003, "Too many requests."),
+        None,
+        retry_after_s=7,
+        endpoint="POST /fapi/v1/order",
+        client_order_id="abc",
+    )
     assert isinstance(err, RateLimitedError) and err.retry_after_s == 7
     text = str(err)
     assert "-1003" in text and "HTTP 429" in text and "POST /fapi/v1/order" in text and "abc" in text
@@ -123,7 +134,11 @@ def test_errors_pickle_round_trip() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is UnknownOutcomeError
     assert (back.code, back.http_status, back.client_order_id, str(back)) == (
-        err.code, err.http_status, err.client_order_id, str(err))
+        err.code,
+        err.http_status,
+        err.client_order_id,
+        str(err),
+    )
 
 
 def test_garbage_bodies_do_not_crash() -> None:

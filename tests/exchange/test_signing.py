@@ -7,8 +7,10 @@ from decimal import Decimal
 from exchange.signing import Signer, encode_params, sign
 
 SECRET = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
-PAYLOAD = ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
-           "&recvWindow=5000&timestamp=1591702613943")
+PAYLOAD = (
+    "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
+    "&recvWindow=5000&timestamp=1591702613943"
+)
 EXPECTED = "3c661234138461fcc7a7d8746c6558c9842d4e10870d2ecbedf7777cad694af9"
 
 
@@ -30,9 +32,16 @@ def test_query_plus_body_concatenated_without_separator() -> None:
 
 
 def test_encode_params_builds_the_documented_payload() -> None:
-    params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": Decimal("1"),
-              "price": Decimal("9000"), "timeInForce": "GTC", "recvWindow": 5000,
-              "timestamp": 1591702613943}
+    params = {
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": Decimal("1"),
+        "price": Decimal("9000"),
+        "timeInForce": "GTC",
+        "recvWindow": 5000,
+        "timestamp": 1591702613943,
+    }
     assert encode_params(params) == PAYLOAD
     assert sign(SECRET, encode_params(params)) == EXPECTED
 

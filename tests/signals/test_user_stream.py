@@ -48,8 +48,20 @@ QUEUE = "user-stream-test"
 # ------------------------------------------------------------------------------------------------
 # pure decisions
 def otu(x: str, status: str, cid: str = "qt-1", **extra: Any) -> dict[str, Any]:
-    o = {"s": "BTCUSDT", "c": cid, "S": "BUY", "o": "MARKET", "x": x, "X": status, "i": 7, "l": "0.010",
-         "L": "60000.00", "rp": "0.00000000", "n": "0.24000000", **extra}
+    o = {
+        "s": "BTCUSDT",
+        "c": cid,
+        "S": "BUY",
+        "o": "MARKET",
+        "x": x,
+        "X": status,
+        "i": 7,
+        "l": "0.010",
+        "L": "60000.00",
+        "rp": "0.00000000",
+        "n": "0.24000000",
+        **extra,
+    }
     return {"e": "ORDER_TRADE_UPDATE", "E": 1_700_000_000_123, "T": 1_700_000_000_120, "o": o}
 
 
@@ -59,10 +71,22 @@ def test_order_updates_forwarded_only_for_trades_and_terminal_states() -> None:
     [ev] = decode(otu("TRADE", "PARTIALLY_FILLED")).events
     assert tuple(ev) == EVENT_FIELDS
     assert ev == {
-        "kind": "order_update", "symbol": "BTCUSDT", "event_ms": 1_700_000_000_123, "client_order_id": "qt-1",
-        "order_id": 7, "order_status": "PARTIALLY_FILLED", "exec_type": "TRADE", "order_type": "MARKET",
-        "side": "BUY", "last_qty": "0.01", "last_price": "60000", "realized_pnl": "0", "commission": "0.24",
-        "position_amt": None, "entry_price": None, "reason": "venue",
+        "kind": "order_update",
+        "symbol": "BTCUSDT",
+        "event_ms": 1_700_000_000_123,
+        "client_order_id": "qt-1",
+        "order_id": 7,
+        "order_status": "PARTIALLY_FILLED",
+        "exec_type": "TRADE",
+        "order_type": "MARKET",
+        "side": "BUY",
+        "last_qty": "0.01",
+        "last_price": "60000",
+        "realized_pnl": "0",
+        "commission": "0.24",
+        "position_amt": None,
+        "entry_price": None,
+        "reason": "venue",
     }
     for status in ("CANCELED", "EXPIRED", "FILLED"):
         [ev] = decode(otu(status if status != "FILLED" else "CALCULATED", status)).events
@@ -83,30 +107,71 @@ def test_reason_classification() -> None:
 
 
 def test_account_update_one_event_per_changed_position() -> None:
-    msg = {"e": "ACCOUNT_UPDATE", "E": 5, "T": 5, "a": {"m": "ORDER", "B": [], "P": [
-        {"s": "BTCUSDT", "pa": "0.000", "ep": "0.0", "bep": "0", "cr": "1", "up": "0", "mt": "cross",
-         "iw": "0", "ps": "BOTH"},
-        {"s": "ETHUSDT", "pa": "-1.500", "ep": "3000.10", "ps": "BOTH"},
-    ]}}
+    msg = {
+        "e": "ACCOUNT_UPDATE",
+        "E": 5,
+        "T": 5,
+        "a": {
+            "m": "ORDER",
+            "B": [],
+            "P": [
+                {
+                    "s": "BTCUSDT",
+                    "pa": "0.000",
+                    "ep": "0.0",
+                    "bep": "0",
+                    "cr": "1",
+                    "up": "0",
+                    "mt": "cross",
+                    "iw": "0",
+                    "ps": "BOTH",
+                },
+                {"s": "ETHUSDT", "pa": "-1.500", "ep": "3000.10", "ps": "BOTH"},
+            ],
+        },
+    }
     a, b = decode(msg).events
     assert (a["kind"], a["symbol"], a["position_amt"], a["entry_price"], a["reason"]) == (
-        "account_update", "BTCUSDT", "0", "0", "ORDER")
+        "account_update",
+        "BTCUSDT",
+        "0",
+        "0",
+        "ORDER",
+    )
     assert (b["symbol"], b["position_amt"], b["entry_price"], b["event_ms"]) == (
-        "ETHUSDT", "-1.5", "3000.1", 5)
+        "ETHUSDT",
+        "-1.5",
+        "3000.1",
+        5,
+    )
     funding = {"e": "ACCOUNT_UPDATE", "E": 6, "a": {"m": "FUNDING_FEE", "B": [{"a": "USDT"}], "P": []}}
     assert decode(funding).events == []
 
 
 def test_algo_update_forwarded_when_triggered_or_ended() -> None:
     def algo(status: str) -> dict[str, Any]:
-        o = {"caid": "hs-1", "aid": 42, "o": "STOP_MARKET", "s": "BTCUSDT", "S": "SELL", "X": status,
-             "aq": "0.010", "ap": "58900.0", "rm": ""}
+        o = {
+            "caid": "hs-1",
+            "aid": 42,
+            "o": "STOP_MARKET",
+            "s": "BTCUSDT",
+            "S": "SELL",
+            "X": status,
+            "aq": "0.010",
+            "ap": "58900.0",
+            "rm": "",
+        }
         return {"e": "ALGO_UPDATE", "E": 9, "T": 9, "o": o}
+
     assert decode(algo("NEW")).events == [] and decode(algo("TRIGGERING")).events == []
     for status in ("TRIGGERED", "FINISHED", "CANCELED", "REJECTED", "EXPIRED"):
         [ev] = decode(algo(status)).events
         assert (ev["kind"], ev["client_order_id"], ev["order_id"], ev["order_status"]) == (
-            "algo_update", "hs-1", 42, status)
+            "algo_update",
+            "hs-1",
+            42,
+            status,
+        )
         assert (ev["last_qty"], ev["last_price"], ev["reason"]) == ("0.01", "58900", None)
 
 
@@ -121,7 +186,14 @@ def test_listen_key_expired_and_other_events_and_malformed() -> None:
 
 def test_canonical_decimals_and_routes() -> None:
     assert [canonical_decimal(v) for v in ("0.000", "65000.10", "1E+3", "-0.0010", None, "", "x")] == [
-        "0", "65000.1", "1000", "-0.001", None, None, "x"]
+        "0",
+        "65000.1",
+        "1000",
+        "-0.001",
+        None,
+        None,
+        "x",
+    ]
     assert parse_route("BTCUSDT", b"pos-1", b"OPEN") == Route("BTCUSDT", "pos-1", "OPEN")
     assert parse_route("BTCUSDT", "pos-1", "closing") == Route("BTCUSDT", "pos-1", "CLOSING")
     for wf, st in (("pos-1", "CLOSED"), ("pos-1", "ENTERING"), ("", "OPEN"), (None, None)):
@@ -130,11 +202,18 @@ def test_canonical_decimals_and_routes() -> None:
 
 def test_catch_up_snapshot_for_every_tracked_symbol_flat_when_absent() -> None:
     tracked = [Route("BTCUSDT", "a", "OPEN"), Route("ETHUSDT", "b", "CLOSING")]
-    got = dict(snapshot_events(tracked, [("BTCUSDT", D("0.020"), D("60000.5")), ("SOLUSDT", D(3), D(1))],
-                               1234, "reconnect"))
+    got = dict(
+        snapshot_events(
+            tracked, [("BTCUSDT", D("0.020"), D("60000.5")), ("SOLUSDT", D(3), D(1))], 1234, "reconnect"
+        )
+    )
     assert got["a"]["kind"] == "position_snapshot"
     assert (got["a"]["position_amt"], got["a"]["entry_price"], got["a"]["reason"], got["a"]["event_ms"]) == (
-        "0.02", "60000.5", "reconnect", 1234)
+        "0.02",
+        "60000.5",
+        "reconnect",
+        1234,
+    )
     assert (got["b"]["symbol"], got["b"]["position_amt"], got["b"]["entry_price"]) == ("ETHUSDT", "0", None)
     assert set(got) == {"a", "b"}  # SOLUSDT is nobody's: no snapshot
 
@@ -178,8 +257,15 @@ class Env:
         port = free_port()
         proc = ManagedProcess(
             name="user-stream",
-            argv=[sys.executable, "-m", "signals.user_stream", "--metrics-port", str(port),
-                  "--keepalive", str(keepalive)],
+            argv=[
+                sys.executable,
+                "-m",
+                "signals.user_stream",
+                "--metrics-port",
+                str(port),
+                "--keepalive",
+                str(keepalive),
+            ],
             log_path=self.tmp / f"user-stream-{len(self.procs)}.log",
             env={
                 **os.environ,
@@ -202,8 +288,10 @@ class Env:
     async def track(self, symbol: str, wf: str, status: str = "OPEN") -> None:
         """A projection like the position workflow's: the symbol's snapshot points at `wf`."""
         await self.client.start_workflow(ExchangeEventRecorder.run, id=wf, task_queue=QUEUE)
-        await self.redis.hset(f"quantum:position:snapshot:{symbol}", mapping={
-            "workflow_id": wf, "status": status, "symbol": symbol, "side": "LONG", "qty": "0"})
+        await self.redis.hset(
+            f"quantum:position:snapshot:{symbol}",
+            mapping={"workflow_id": wf, "status": status, "symbol": symbol, "side": "LONG", "qty": "0"},
+        )
 
     async def admin(self, method: str, path: str, body: Any = None) -> Any:
         return await asyncio.to_thread(self.exchange.admin, method, path, body)
@@ -244,8 +332,9 @@ class Service:
 GUARD_S = 30.0
 
 
-async def wait_for(wf: str, match: Callable[[dict[str, Any]], bool], timeout: float = GUARD_S,
-                   since: int = 0) -> tuple[float, dict[str, Any]]:
+async def wait_for(
+    wf: str, match: Callable[[dict[str, Any]], bool], timeout: float = GUARD_S, since: int = 0
+) -> tuple[float, dict[str, Any]]:
     """The first signal to `wf` (from index `since`) that `match`es."""
     deadline = time.monotonic() + timeout
     while True:
@@ -280,8 +369,9 @@ async def env(tmp_path: Path, paper_exchange: PaperExchange) -> AsyncIterator[En
         await asyncio.to_thread(paper_exchange.set_price, "BTCUSDT", "60000")
         await asyncio.to_thread(paper_exchange.set_price, "ETHUSDT", "3000")
         async with (
-            BinanceFuturesClient(paper_exchange.base_url, paper_exchange.api_key,
-                                 paper_exchange.api_secret) as venue,
+            BinanceFuturesClient(
+                paper_exchange.base_url, paper_exchange.api_key, paper_exchange.api_secret
+            ) as venue,
             Worker(client, task_queue=QUEUE, workflows=[ExchangeEventRecorder]),
         ):
             e = Env(tmp_path, paper_exchange, address, redis_port, client, redis, venue, procs)
@@ -309,11 +399,13 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     await env.track("BTCUSDT", btc)
     await env.track("ETHUSDT", eth)
     # SOLUSDT points at a workflow that does not exist: a not-found signal, not an error
-    await env.redis.hset("quantum:position:snapshot:SOLUSDT", mapping={"workflow_id": ghost,
-                                                                       "status": "OPEN"})
+    await env.redis.hset(
+        "quantum:position:snapshot:SOLUSDT", mapping={"workflow_id": ghost, "status": "OPEN"}
+    )
     # BNBUSDT's position already CLOSED: unroutable
-    await env.redis.hset("quantum:position:snapshot:BNBUSDT", mapping={"workflow_id": "old",
-                                                                       "status": "CLOSED"})
+    await env.redis.hset(
+        "quantum:position:snapshot:BNBUSDT", mapping={"workflow_id": "old", "status": "CLOSED"}
+    )
     svc = env.start_service(keepalive=1.0)
     lags: list[float] = []
 
@@ -328,11 +420,21 @@ async def test_user_stream_end_to_end(env: Env) -> None:
         cid = f"t-mkt-{i}"
         side = "BUY" if i % 2 == 0 else "SELL"
         await env.venue.new_order("BTCUSDT", side, "MARKET", D("0.010"), client_order_id=cid)
-        t1, o = await wait_for(btc, lambda p, cid=cid: p["kind"] == "order_update"
-                               and p["client_order_id"] == cid and p["exec_type"] == "TRADE", since=n)
+        t1, o = await wait_for(
+            btc,
+            lambda p, cid=cid: (
+                p["kind"] == "order_update" and p["client_order_id"] == cid and p["exec_type"] == "TRADE"
+            ),
+            since=n,
+        )
         t2, a = await wait_for(btc, lambda p: p["kind"] == "account_update", since=n)
         assert (o["order_status"], o["side"], o["last_qty"], o["order_type"], o["reason"]) == (
-            "FILLED", side, "0.01", "MARKET", "venue")
+            "FILLED",
+            side,
+            "0.01",
+            "MARKET",
+            "venue",
+        )
         assert o["commission"] is not None and D(o["last_price"]) > 0 and isinstance(o["order_id"], int)
         assert (a["position_amt"], a["reason"]) == ("0.01" if side == "BUY" else "0", "ORDER")
         lags += [lag_ms(t1, o), lag_ms(t2, a)]
@@ -342,15 +444,25 @@ async def test_user_stream_end_to_end(env: Env) -> None:
 
     # 2. a STOP_MARKET algo that triggers on a price move: algo_update, then the child order's fill
     n = count(btc)
-    await env.venue.new_algo_order("BTCUSDT", "SELL", "STOP_MARKET", D("59000"), quantity=D("0.010"),
-                                   reduce_only=True, client_algo_id="t-hardstop")
+    await env.venue.new_algo_order(
+        "BTCUSDT",
+        "SELL",
+        "STOP_MARKET",
+        D("59000"),
+        quantity=D("0.010"),
+        reduce_only=True,
+        client_algo_id="t-hardstop",
+    )
     await env.admin("POST", "price", {"symbol": "BTCUSDT", "price": "58900"})
-    t1, al = await wait_for(btc, lambda p: p["kind"] == "algo_update" and p["order_status"] == "TRIGGERED",
-                            since=n)
-    t2, fin = await wait_for(btc, lambda p: p["kind"] == "algo_update" and p["order_status"] == "FINISHED",
-                             since=n)
-    t3, o = await wait_for(btc, lambda p: p["kind"] == "order_update"
-                           and p["client_order_id"] == "t-hardstop", since=n)
+    t1, al = await wait_for(
+        btc, lambda p: p["kind"] == "algo_update" and p["order_status"] == "TRIGGERED", since=n
+    )
+    t2, fin = await wait_for(
+        btc, lambda p: p["kind"] == "algo_update" and p["order_status"] == "FINISHED", since=n
+    )
+    t3, o = await wait_for(
+        btc, lambda p: p["kind"] == "order_update" and p["client_order_id"] == "t-hardstop", since=n
+    )
     _, a = await wait_for(btc, lambda p: p["kind"] == "account_update" and p["position_amt"] == "0", since=n)
     assert (al["client_order_id"], al["order_type"], fin["last_qty"]) == ("t-hardstop", "STOP_MARKET", "0.01")
     assert (o["exec_type"], o["order_status"], o["side"]) == ("TRADE", "FILLED", "SELL")
@@ -367,8 +479,9 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     assert 0 < pos.liquidation_price < D(3000)
     n = count(eth)
     await env.admin("POST", "price", {"symbol": "ETHUSDT", "price": str(pos.liquidation_price - 20)})
-    t1, o = await wait_for(eth, lambda p: p["kind"] == "order_update" and p["reason"] == "liquidation",
-                           since=n)
+    t1, o = await wait_for(
+        eth, lambda p: p["kind"] == "order_update" and p["reason"] == "liquidation", since=n
+    )
     t2, a = await wait_for(eth, lambda p: p["kind"] == "account_update" and p["position_amt"] == "0", since=n)
     assert o["client_order_id"].startswith("autoclose-") and o["order_status"] == "FILLED"
     assert (o["order_type"], o["side"]) == ("LIQUIDATION", "SELL")
@@ -402,8 +515,9 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     await svc.wait_metric("user_stream_reconnects_total", 2)
     _, snap = await wait_for(btc, lambda p: p["kind"] == "position_snapshot", since=n)
     assert (snap["position_amt"], snap["reason"]) == ("0.01", "reconnect") and D(snap["entry_price"]) > 0
-    _, snap_eth = await wait_for(eth, lambda p: p["kind"] == "position_snapshot"
-                                 and p["reason"] == "reconnect")
+    _, snap_eth = await wait_for(
+        eth, lambda p: p["kind"] == "position_snapshot" and p["reason"] == "reconnect"
+    )
     assert snap_eth["position_amt"] == "0"  # liquidated: flat, absent from positionRisk v3
     await env.venue.new_order("BTCUSDT", "SELL", "MARKET", D("0.010"), client_order_id="t-after-drop")
     t1, o = await wait_for(btc, lambda p: p.get("client_order_id") == "t-after-drop", since=n)
@@ -444,9 +558,15 @@ async def test_user_stream_end_to_end(env: Env) -> None:
     assert "listenKey closed" in text
 
     lags.sort()
-    print(json.dumps({
-        "event_to_workflow_ms": {
-            "n": len(lags), "p50": round(statistics.median(lags), 2),
-            "p90": round(lags[int(0.9 * (len(lags) - 1))], 2), "max": round(lags[-1], 2),
-        }
-    }))
+    print(
+        json.dumps(
+            {
+                "event_to_workflow_ms": {
+                    "n": len(lags),
+                    "p50": round(statistics.median(lags), 2),
+                    "p90": round(lags[int(0.9 * (len(lags) - 1))], 2),
+                    "max": round(lags[-1], 2),
+                }
+            }
+        )
+    )

@@ -132,8 +132,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
             proc.stop()
         raise
     redis = aioredis.Redis(port=redis_port)
-    s = Stack(tmp_path, temporal, redis_proc, exchange, settings, client, redis,
-              temporal_extra=temporal_extra)
+    s = Stack(
+        tmp_path, temporal, redis_proc, exchange, settings, client, redis, temporal_extra=temporal_extra
+    )
     try:
         yield s
     finally:

@@ -42,9 +42,7 @@ async def test_ban_halts_entries_while_an_exit_waits_its_turn(stack: Stack) -> N
         )
         halted: PositionResult = await asyncio.wait_for(first.result(), 10)
         # The exit asked for during the ban: it keeps its place and goes when the ban ends.
-        close = asyncio.create_task(
-            held.execute_update("close", ClosePositionRequest(reason="operator"))
-        )
+        close = asyncio.create_task(held.execute_update("close", ClosePositionRequest(reason="operator")))
         second = await start_position(
             stack, TradeIntent(symbol="SOLUSDT", side=Side.SHORT, notional_usdt=D(150)), options=QUIET
         )
