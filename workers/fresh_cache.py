@@ -14,7 +14,13 @@ nondeterminism error: a portfolio or position stuck until someone resets it.
 So the worker is replaced by a fresh one (an empty workflow cache) when the server is found
 unreachable, before it takes any workflow task from the server that came back. Cached workflows are
 then replayed from the persisted history. Losing contact without a server restart costs only that
-replay."""
+replay.
+
+Shutting the old worker down is not enough by itself: its shutdown waits for running activities, and
+meanwhile it can still be handed a workflow task by the server that came back, and run it on the
+stale cache (seen: one such task in about fifteen restarts). So the old worker's workflow tasks run
+on a `CondemnableExecutor`; once condemned, every activation but an eviction fails at once (the
+server records a failed task and hands it again, to the fresh worker)."""
 
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -57,14 +65,44 @@ async def reachable(client: Client, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+class StaleWorkerError(RuntimeError):
+    """A workflow task reached a worker replaced after the Temporal server stopped answering."""
+
+
+def _is_eviction(args: tuple[Any, ...]) -> bool:
+    # The SDK submits `(activate, activation)`; an eviction must still run, or its shutdown hangs.
+    jobs = getattr(args[0], "jobs", ()) if args else ()
+    return any(job.HasField("remove_from_cache") for job in jobs)
+
+
+class CondemnableExecutor(ThreadPoolExecutor):
+    """The thread pool a worker runs its workflow activations on (the SDK's default size), which can
+    be condemned: from then on every activation but an eviction fails without running."""
+
+    def __init__(self, max_workers: int = 500) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="temporal_workflow_")
+        self.condemned = False
+
+    def condemn(self) -> None:
+        self.condemned = True
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self.condemned and not _is_eviction(args):
+            refused: Future[Any] = Future()
+            refused.set_exception(StaleWorkerError("this worker's workflow cache predates a server outage"))
+            return refused
+        return super().submit(fn, *args, **kwargs)
+
+
 class FreshCacheWorker:
-    """Runs `make_worker()`'s worker until `stop` is set; whenever the server stops answering, shuts it
-    down and, once the server answers again, runs a new one from `make_worker()`."""
+    """Runs `make_worker(executor)`'s worker until `stop` is set; whenever the server stops answering,
+    condemns its executor, shuts it down and, once the server answers again, runs a new one. The
+    factory must pass `executor` to the Worker as its `workflow_task_executor`."""
 
     def __init__(
         self,
         client: Client,
-        make_worker: Callable[[], Worker],
+        make_worker: Callable[[CondemnableExecutor], Worker],
         *,
         probe_every_s: float = PROBE_EVERY_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
@@ -76,7 +114,8 @@ class FreshCacheWorker:
         self.probe_timeout_s = probe_timeout_s
         self.on_replaced = on_replaced
         self.replaced = 0  # workers replaced after the server stopped answering
-        self.worker = make_worker()  # built here: a worker that cannot be built fails at start
+        self.executor = CondemnableExecutor()
+        self.worker = make_worker(self.executor)  # built here: a worker that cannot be built fails at start
 
     @property
     def task_queue(self) -> str:
@@ -89,6 +128,7 @@ class FreshCacheWorker:
             running = asyncio.create_task(worker.run())
             lost = await self._until_lost(stop, running)
             if lost:
+                self.executor.condemn()  # before anything else: no task may run on this cache now
                 log.warning(
                     "the Temporal server stopped answering: this worker drops its workflow cache and "
                     "starts afresh once the server answers (workflows are replayed from history)"
@@ -96,16 +136,21 @@ class FreshCacheWorker:
             if not running.done():
                 await worker.shutdown()
             if not lost:
-                await running  # stopped as asked; a worker that failed on its own fails the process
+                try:
+                    await running  # stopped as asked; a worker that failed on its own fails the process
+                finally:
+                    self.executor.shutdown(wait=False)
                 return
             with contextlib.suppress(Exception):
                 await running  # a worker that failed during the outage is replaced all the same
+            self.executor.shutdown(wait=False)
             self.replaced += 1
             if self.on_replaced is not None:
                 self.on_replaced()
             while not stop.is_set() and not await reachable(self.client, self.probe_timeout_s):
                 await _sleep_or(stop, self.probe_every_s)
-            worker = self.make_worker()
+            self.executor = CondemnableExecutor()
+            worker = self.make_worker(self.executor)
 
     async def _until_lost(self, stop: asyncio.Event, running: asyncio.Task[None]) -> bool:
         """True when the server stopped answering; False when `stop` was set or the worker ended."""

@@ -90,9 +90,11 @@ def inference_worker(
     redis: aioredis.Redis,
     registry_root: Path | None = None,
     chooser: StrategyChooser | None = None,
+    workflow_task_executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
     """`chooser`: picks each intent's strategy (default: one on `redis`; its rewards consumer is not
-    started here, see `rewards_consumer`)."""
+    started here, see `rewards_consumer`). `workflow_task_executor`: where its workflow activations run
+    (workers/fresh_cache.py)."""
     inference = InferenceActivities(settings, redis, registry_root, chooser or strategy_chooser(redis))
     universe = UniverseActivities(redis, settings.rest_url)
     # continuous learning (workflows/retrain.py): synchronous, CPU-bound, so on a thread pool
@@ -111,6 +113,7 @@ def inference_worker(
         activity_executor=ThreadPoolExecutor(4, thread_name_prefix="learning"),  # = max_concurrent_activities
         max_concurrent_activities=4,  # inference is CPU-bound: a few at a time on a small box
         graceful_shutdown_timeout=timedelta(seconds=10),
+        workflow_task_executor=workflow_task_executor,
     )
 
 
@@ -160,8 +163,8 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     )
     chooser = strategy_chooser(redis)
 
-    def worker() -> Worker:
-        return inference_worker(client, settings, redis, chooser=chooser)
+    def worker(executor: ThreadPoolExecutor) -> Worker:
+        return inference_worker(client, settings, redis, chooser=chooser, workflow_task_executor=executor)
 
     periods = await ensure_signal_schedules(client, settings)
     await ensure_retrain_schedule(client, settings)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import redis.asyncio as aioredis
@@ -37,7 +38,7 @@ from trading.config import Settings
 from trading.governor import RiskPolicy
 from trading.promotion import PromotionPolicy
 from trading.records import RecordMode
-from workers.fresh_cache import FreshCacheWorker
+from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
 from workflows.messages import LIFECYCLE_TASK_QUEUE
 from workflows.portfolio import PortfolioWorkflow
@@ -59,10 +60,12 @@ def lifecycle_worker(
     market: BinanceFuturesClient,
     gauges: PerformanceGauges | None = None,
     position_workflow: type = PositionWorkflow,
+    workflow_task_executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
     """`market` is a keyless exchange client: the lifecycle worker reads public market data only.
     `gauges`: the performance gauges the journal activity keeps up to date (none: not computed).
-    `position_workflow`: another version of it (the upgrade test deploys one over open positions)."""
+    `position_workflow`: another version of it (the upgrade test deploys one over open positions).
+    `workflow_task_executor`: where its workflow activations run (workers/fresh_cache.py)."""
     portfolio = PortfolioActivities(
         client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
     )
@@ -93,6 +96,7 @@ def lifecycle_worker(
         # A worker that died or was replaced (workers/fresh_cache.py) leaves its workflows' next tasks on
         # its own sticky queue until this passes: positions must not wait the default 10 s for an exit.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
+        workflow_task_executor=workflow_task_executor,
     )
 
 
@@ -118,8 +122,8 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     ) as market:
         gauges = PerformanceGauges()
 
-        def worker() -> Worker:
-            return lifecycle_worker(client, settings, redis, market, gauges)
+        def worker(executor: ThreadPoolExecutor) -> Worker:
+            return lifecycle_worker(client, settings, redis, market, gauges, workflow_task_executor=executor)
 
         await show_journal_figures(settings, gauges)
         if metrics_port:  # served once the journal's figures are in (a scrape never sees them blank)
@@ -228,7 +232,10 @@ async def ensure_signal_schedules(client: Client, settings: Settings) -> dict[st
 
 
 async def run_until_sigterm(
-    worker: Worker | Callable[[], Worker], name: str, metrics_port: int | None, client: Client | None = None
+    worker: Worker | Callable[[CondemnableExecutor], Worker],
+    name: str,
+    metrics_port: int | None,
+    client: Client | None = None,
 ) -> None:
     """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first).
     A worker that hosts workflows is given as its factory with its `client`: whenever the Temporal server

@@ -7,17 +7,19 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from temporalio import workflow
+from temporalio.bridge.proto.workflow_activation import WorkflowActivation
 from temporalio.client import Client
 from temporalio.worker import Replayer, Worker
 
 from workers.devservers import start_temporal
-from workers.fresh_cache import FreshCacheWorker
+from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker, StaleWorkerError
 from workers.processes import ManagedProcess, free_port
 
 QUEUE = "fresh-cache-test"
@@ -89,8 +91,14 @@ async def test_a_crashed_server_gets_a_fresh_worker_and_the_workflow_goes_on(ser
     client = await Client.connect(f"127.0.0.1:{server.port}")
     built: list[Worker] = []
 
-    def make() -> Worker:
-        worker = Worker(client, task_queue=QUEUE, workflows=[Counter], graceful_shutdown_timeout=timedelta(0))
+    def make(executor: ThreadPoolExecutor) -> Worker:
+        worker = Worker(
+            client,
+            task_queue=QUEUE,
+            workflows=[Counter],
+            graceful_shutdown_timeout=timedelta(0),
+            workflow_task_executor=executor,
+        )
         built.append(worker)
         return worker
 
@@ -114,6 +122,7 @@ async def test_a_crashed_server_gets_a_fresh_worker_and_the_workflow_goes_on(ser
         assert await handle.execute_update(Counter.bump, rpc_timeout=timedelta(seconds=WAIT_S)) == 4
         assert await handle.query(Counter.value) == 4
         assert len(built) == 2 and runner.worker is built[1]
+        assert not runner.executor.condemned
         await Replayer(workflows=[Counter]).replay_workflow(await handle.fetch_history())
     finally:
         stop.set()
@@ -123,10 +132,36 @@ async def test_a_crashed_server_gets_a_fresh_worker_and_the_workflow_goes_on(ser
 @pytest.mark.asyncio
 async def test_a_healthy_server_costs_no_replay_and_stop_ends_the_runner(server: Server) -> None:
     client = await Client.connect(f"127.0.0.1:{server.port}")
-    runner = FreshCacheWorker(client, lambda: Worker(client, task_queue=QUEUE, workflows=[Counter]))
+    runner = FreshCacheWorker(
+        client, lambda ex: Worker(client, task_queue=QUEUE, workflows=[Counter], workflow_task_executor=ex)
+    )
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(stop))
     await asyncio.sleep(0.5)  # a few probes of a healthy server
     stop.set()
     await asyncio.wait_for(running, WAIT_S)
     assert runner.replaced == 0
+
+
+def _activation(*jobs: str) -> WorkflowActivation:
+    act = WorkflowActivation(run_id="r")
+    for job in jobs:
+        getattr(act.jobs.add(), job).SetInParent()
+    return act
+
+
+def test_a_condemned_executor_refuses_every_task_but_an_eviction() -> None:
+    """The old worker can still be handed a task by the server that came back, before its shutdown
+    ends: once condemned, its executor fails that task unrun; an eviction still runs (else the
+    shutdown waits for it forever)."""
+    executor = CondemnableExecutor(max_workers=2)
+    try:
+        ran: list[str] = []
+        assert executor.submit(ran.append, "before").result() is None
+        executor.condemn()
+        with pytest.raises(StaleWorkerError):
+            executor.submit(ran.append, _activation("fire_timer")).result()
+        executor.submit(ran.append, _activation("remove_from_cache")).result()
+        assert ran[0] == "before" and len(ran) == 2 and ran[1].jobs[0].HasField("remove_from_cache")
+    finally:
+        executor.shutdown()
