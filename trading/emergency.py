@@ -53,7 +53,9 @@ Rules (each threshold maps to WARNING, CRITICAL, and where it makes sense HALTED
   `venue_outage_level`; NORMAL disables).
 
 Time: the state keeps the latest time seen (`clock_ms`); an event older than that is applied at its own
-time for the windows it belongs to, but never moves the clock back.
+time for the windows it belongs to, but never moves the clock back. An equity mark older than the latest
+one does not replace the current equity (it may still raise the peak), and a venue report older than the
+latest one about the same condition is ignored.
 """
 
 from __future__ import annotations
@@ -324,7 +326,9 @@ class EssState(BaseModel):
     losing_streak: int = Field(0, ge=0)
     stop_outs_ms: tuple[int, ...] = ()  # within the stop-out window
     orders: tuple[tuple[int, bool], ...] = ()  # (time, failed), within the failed-order window
+    equity_at_ms: int | None = None  # time of the mark `equity` came from
     venue_down: dict[str, int] = Field(default_factory=dict)  # active condition → since
+    venue_seen_ms: dict[str, int] = Field(default_factory=dict)  # condition → time of its latest report
     last_breach_ms: dict[EmergencyState, int] = Field(default_factory=dict)  # level → last time reached
 
     @property
@@ -501,19 +505,31 @@ def _observe(ess: EssState, event: EmergencyEvent, now: int, policy: EmergencyPo
     elif isinstance(event, OrderOutcome):
         changes["orders"] = tuple(sorted((*ess.orders, (event.at_ms, event.failed))))
     elif isinstance(event, VenueHealth):
-        down = dict(ess.venue_down)
-        if event.active:
-            down.setdefault(event.condition, event.at_ms)
-        else:
-            down.pop(event.condition, None)
-        changes["venue_down"] = down
+        # A report older than the latest one about the same condition is stale: an "ended" delivered
+        # after a newer "began" would otherwise clear a ban that is still on.
+        if event.at_ms >= ess.venue_seen_ms.get(event.condition, 0):
+            down = dict(ess.venue_down)
+            if event.active:
+                down.setdefault(event.condition, event.at_ms)
+            else:
+                down.pop(event.condition, None)
+            changes["venue_down"] = down
+            changes["venue_seen_ms"] = {**ess.venue_seen_ms, event.condition: event.at_ms}
     elif isinstance(event, EquityMark):
         peak = ess.equity_peak
-        if peak is None or event.equity >= peak:
-            changes["new_high_since_entered"] = True
-            peak = event.equity
-        changes["equity"] = event.equity
-        changes["equity_peak"] = peak
+        stale = ess.equity_at_ms is not None and event.at_ms < ess.equity_at_ms
+        if stale:
+            # An older mark is not the equity now (taking it would hide or invent a drawdown), but it
+            # was the equity then: a higher one still raises the peak. It is not a recovery.
+            if peak is None or event.equity > peak:
+                changes["equity_peak"] = event.equity
+        else:
+            if peak is None or event.equity >= peak:
+                changes["new_high_since_entered"] = True
+                peak = event.equity
+            changes["equity"] = event.equity
+            changes["equity_peak"] = peak
+            changes["equity_at_ms"] = event.at_ms
     return ess.model_copy(update=changes)
 
 

@@ -150,6 +150,19 @@ def test_venue_ban_and_outage() -> None:
     assert s.state is ES.NORMAL and not moved
 
 
+def test_late_reports_do_not_overwrite_newer_ones() -> None:
+    s, _ = run([equity(0, "1000"), equity(10, "960"), equity(5, "1050")])
+    assert s.equity == D(960) and s.equity_peak == D(1050)  # the old high raises the peak only
+    assert s.drawdown_pct == pytest.approx(D("8.571"), abs=D("0.001")) and s.state is ES.WARNING
+    assert not s.new_high_since_entered
+    ban, ended_late = (
+        VenueHealth(at_ms=20, condition="ban", active=True),
+        VenueHealth(at_ms=15, condition="ban", active=False),
+    )
+    s, _ = run([ban, ended_late])
+    assert s.venue_down == {"ban": 20} and s.state is ES.CRITICAL
+
+
 def test_gates_by_state() -> None:
     assert size_factor(ES.NORMAL, POLICY) == 1
     assert size_factor(ES.WARNING, POLICY) == D("0.5")
