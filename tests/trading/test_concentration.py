@@ -47,6 +47,17 @@ def test_correlation_matrix_known_values() -> None:
     assert all(math.isnan(v) for v in m[3])  # a constant series correlates with nothing
 
 
+def test_correlation_matrix_takes_numpy_arrays_and_matches_numpy() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 0.01, 200)
+    returns = {f"S{i}": base * (i % 3 - 1) + rng.normal(0, 0.01, 200) for i in range(6)}
+    symbols, m = correlation_matrix(returns)
+    expected = np.corrcoef(np.asarray([returns[s] for s in symbols]))
+    assert np.allclose(np.asarray(m), expected, atol=1e-12)
+
+
 def test_correlation_matrix_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match="not aligned"):
         correlation_matrix({"A": [0.1, 0.2, 0.3], "B": [0.1, 0.2]})
