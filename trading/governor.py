@@ -45,6 +45,12 @@ class Gate(StrEnum):
     VENUE_HALT = "venue_halt"  # decided by the position: the venue banned the IP, entries halt
     ENTRY_DEADLINE = "entry_deadline"  # decided by the position: not executed in time, nothing sent
     FLATTENED = "flattened"  # decided by the position: an emergency flatten came before its entry
+    # Appended for the risk layer (trading/protections.py, trading/concentration.py); values are persisted
+    # in workflow histories, so members are only ever appended, never renamed.
+    SYMBOL_PROTECTION = "symbol_protection"  # the symbol is locked by a protection (cooldown, stop-outs, ...)
+    SYMBOL_CONCENTRATION = "symbol_concentration"  # one symbol would hold too much of the budget
+    CLUSTER_CONCENTRATION = "cluster_concentration"  # one correlated cluster would hold too much
+    HEAT = "portfolio_heat"  # too many entries across the book in the window
 
 
 class RiskPolicy(BaseModel):
