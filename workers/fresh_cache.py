@@ -1,15 +1,15 @@
 """A workflow worker that forgets what it cached whenever the Temporal server stops answering.
 
-The failure this prevents (seen in `bench.faults`: a portfolio that no longer replayed after a
-Temporal restart; and with a dev server SIGKILLed 30 times under a stream of updates, 3 to 9 updates
-the worker had applied were missing from the history it then had): an update is delivered to the
-worker in a speculative workflow task, the worker applies it and answers, and the server is
-killed before that task is persisted. The server comes back without the task; the client retries the
-update, which then appears once in history. The worker, though, kept the workflow in its cache with
-the lost task's effects applied (a kill switch set, a projection started, timers renumbered) and goes
-on deciding from that state; the commands it sends from then on follow a history the server does
-not have, and the next replay of that workflow (a restarted worker, an eviction) fails with a
-nondeterminism error: a portfolio or position stuck until someone resets it.
+What this prevents (measured with a dev server SIGKILLed 30 times under a stream of updates): an
+update is delivered in a speculative workflow task, the worker applies it and answers, and the server
+dies before that task is persisted; 3 to 9 updates the worker had applied were missing from the history
+afterwards (the client retries them and they land once). A worker that kept such a workflow cached holds
+state the server does not have. With the server down, the old worker also ran a workflow task now and
+then, and once in about fifteen restarts it ran a task from the server that came back, before its own
+shutdown ended. Deciding from a cache of before a crash risks commands that the next replay does not
+reproduce: a nondeterminism error, and a portfolio or position stuck until someone resets it. (The
+portfolio's nondeterminism errors seen in `bench.faults` had another cause: see
+`workflows/portfolio.py`, PATCH_TIMERS.)
 
 So the worker is replaced by a fresh one (an empty workflow cache) when the server is found
 unreachable, before it takes any workflow task from the server that came back. Cached workflows are
@@ -18,7 +18,7 @@ replay.
 
 Shutting the old worker down is not enough by itself: its shutdown waits for running activities, and
 meanwhile it can still be handed a workflow task by the server that came back, and run it on the
-stale cache (seen: one such task in about fifteen restarts). So the old worker's workflow tasks run
+stale cache (seen once in about fifteen restarts). So the old worker's workflow tasks run
 on a `CondemnableExecutor`; once condemned, every activation but an eviction fails at once (the
 server records a failed task and hands it again, to the fresh worker)."""
 

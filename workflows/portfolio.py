@@ -72,6 +72,7 @@ REBUILD_ROUNDS = 3  # a position that does not answer is asked again this often 
 PATCH_SURVIVE = "portfolio-survives-failed-activities"
 PATCH_REBUILD = "portfolio-rebuilds-book-on-fresh-start"
 PATCH_FLATTEN = "portfolio-flatten-until-released"
+PATCH_TIMERS = "portfolio-steps-on-timers"
 
 
 @workflow.defn(name="PortfolioWorkflow", sandboxed=False)  # see PositionWorkflow
@@ -95,7 +96,10 @@ class PortfolioWorkflow:
         self._deliveries: list[asyncio.Future[None]] = []
         self._projections: list[asyncio.Future[None]] = []
         self._dirty = True
-        self._projected_at = -PROJECTION_INTERVAL_S
+        self._projected_at = -PROJECTION_INTERVAL_S  # the loop on the clock (before PATCH_TIMERS)
+        self._check_due = False  # the holder check's timer fired (PATCH_TIMERS)
+        self._projection_resting = False  # a projection was written less than its interval ago
+        self._rest: asyncio.Future[None] | None = None
         self._meter = workflow.metric_meter()
         self._allow = self._meter.create_counter("quantum_govern_allow", "reservations granted")
         self._deny = self._meter.create_counter("quantum_govern_deny", "reservations denied, by gate")
@@ -121,6 +125,84 @@ class PortfolioWorkflow:
             self._book_known = True
             self._released_early.clear()
             self._adjusted_early.clear()
+        if workflow.patched(PATCH_TIMERS):
+            await self._run_on_timers(inp)
+        else:
+            await self._run_on_clock(inp)
+
+    async def _run_on_timers(self, inp: PortfolioInput) -> None:
+        """Every command here follows from an event in history (a signal, an update, a timer that fired,
+        an activity that ended), never from comparing `workflow.time()` with a due time: the first task
+        after a Temporal server restart can carry the previous task's time (seen in bench.faults: the
+        live run waited where its replay ran the holder check, and the portfolio stopped replaying).
+        The holder check and the projection's rest are timers of their own."""
+        clock = asyncio.ensure_future(self._holder_check_clock(inp.holder_check_seconds))
+        while True:
+            await workflow.wait_condition(
+                lambda: bool(
+                    self._actionable() or self._flatten_due() or self._check_due or self._projection_ready()
+                )
+            )
+            await self._decide_pending()
+            await self._flatten_holders()
+            if self._check_due:
+                self._check_due = False
+                await self._release_stopped_holders()
+                await self._retell_flattens()
+                prune(self.book, self._now_ms())
+            self._project_when_ready()
+            if self._history_full(inp):
+                clock.cancel()
+                await self._continue_as_new(inp)
+
+    async def _holder_check_clock(self, every_s: float) -> None:
+        while True:
+            await workflow.sleep(every_s)
+            self._check_due = True
+
+    def _projection_ready(self) -> bool:
+        return self._dirty and not self._projection_resting and all(p.done() for p in self._projections)
+
+    def _project_when_ready(self) -> None:
+        """Write `quantum:portfolio:state` when something changed, then rest PROJECTION_INTERVAL_S (a
+        timer) before the next write. Redis is a read model: a failed write is superseded by the next."""
+        if not self._projection_ready():
+            return
+        self._dirty = False
+        self._projection_resting = True
+        self._projections = [asyncio.ensure_future(self._project(self.state()))]
+        self._rest = asyncio.ensure_future(self._projection_rest())
+
+    async def _projection_rest(self) -> None:
+        await workflow.sleep(PROJECTION_INTERVAL_S)
+        self._projection_resting = False
+
+    def _history_full(self, inp: PortfolioInput) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested() or info.get_current_history_length() > inp.max_history_events
+        )
+
+    async def _continue_as_new(self, inp: PortfolioInput) -> None:
+        await asyncio.gather(*self._deliveries, *self._projections)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            PortfolioInput(
+                policy=self.policy,
+                book=self.book,
+                pending=self.pending,
+                holder_check_seconds=inp.holder_check_seconds,
+                max_history_events=inp.max_history_events,
+                granted_total=self.granted_total,
+                denied_total=self.denied_total,
+                # A flatten asked while this run was handing over must reach its holders.
+                flattens=self._flattens,
+            )
+        )
+
+    async def _run_on_clock(self, inp: PortfolioInput) -> None:
+        """The loop before PATCH_TIMERS, kept for the runs that started on it (their histories replay
+        only this way): due times compared with `workflow.time()`."""
         next_check = workflow.time() + inp.holder_check_seconds
         while True:
             wake = next_check
@@ -151,26 +233,8 @@ class PortfolioWorkflow:
                 prune(self.book, self._now_ms())
                 next_check = workflow.time() + inp.holder_check_seconds
             self._project_if_due()
-            info = workflow.info()
-            if (
-                info.is_continue_as_new_suggested()
-                or info.get_current_history_length() > inp.max_history_events
-            ):
-                await asyncio.gather(*self._deliveries, *self._projections)
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    PortfolioInput(
-                        policy=self.policy,
-                        book=self.book,
-                        pending=self.pending,
-                        holder_check_seconds=inp.holder_check_seconds,
-                        max_history_events=inp.max_history_events,
-                        granted_total=self.granted_total,
-                        denied_total=self.denied_total,
-                        # A flatten asked while this run was handing over must reach its holders.
-                        flattens=self._flattens,
-                    )
-                )
+            if self._history_full(inp):
+                await self._continue_as_new(inp)
 
     # ------------------------------------------------------------------ decisions
     def _actionable(self) -> list[ReservationRequest]:
