@@ -139,6 +139,7 @@ MARK_RETRY = RetryPolicy(
 # not much more, since an attempt lost with a killed worker is retried only after it.
 ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=30)
 PUBLISH_PAUSE_S = 5.0
+PATCH_PUBLISH_PAUSE = "position-publish-pause-timer"
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 PROJECTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
@@ -240,7 +241,9 @@ class PositionWorkflow:
         )
         self._published: tuple[Decimal | None, Decimal | None] | None = None
         self._publishing: asyncio.Future[None] | None = None
-        self._publish_retry_at = 0.0
+        self._publish_retry_at = 0.0  # before PATCH_PUBLISH_PAUSE: a due time on the clock
+        self._publish_paused = False  # a failed publish waits out PUBLISH_PAUSE_S (a timer)
+        self._publish_pause: asyncio.Future[None] | None = None
         self._inflight: asyncio.Future[Any] | None = None  # the order activity in flight, never cancelled
         self._queue: list[_ExitTicket] = []
         self._results: dict[int, CloseResult] = {}
@@ -817,7 +820,8 @@ class PositionWorkflow:
     def _publish_due(self) -> bool:
         if self._publishing is not None and not self._publishing.done():
             return False
-        if workflow.time() < self._publish_retry_at:  # Redis trouble: retry on a later wake-up
+        # Redis trouble: retry on a wake-up after the pause.
+        if self._publish_paused or workflow.time() < self._publish_retry_at:
             return False
         return self._levels() != self._published
 
@@ -854,7 +858,17 @@ class PositionWorkflow:
             # Publish again after a pause (the mark timer protects the position meanwhile), rather
             # than retrying in a tight loop that would only grow the history while Redis is down.
             self._published = None
-            self._publish_retry_at = workflow.time() + PUBLISH_PAUSE_S
+            if workflow.patched(PATCH_PUBLISH_PAUSE):
+                # A timer, not a due time on the clock: the first task after a Temporal restart can
+                # carry the previous task's time, and a decision on it would not replay.
+                self._publish_paused = True
+                self._publish_pause = asyncio.ensure_future(self._pause_publishing())
+            else:
+                self._publish_retry_at = workflow.time() + PUBLISH_PAUSE_S
+
+    async def _pause_publishing(self) -> None:
+        await workflow.sleep(PUBLISH_PAUSE_S)
+        self._publish_paused = False
 
     # ------------------------------------------------------------------ the venue's word
     async def _settle_with_venue(self) -> None:

@@ -9,9 +9,7 @@ task's time; the loop before `portfolio-steps-on-timers` fails this on its holde
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterator
 
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -27,22 +25,10 @@ from tests.workflows.test_portfolio_resilience import (
     start_probe,
     view,
 )
+from tests.workflows.test_replay import one_task_late
 from trading.governor import Grant
 from workflows.messages import DEFAULT_PORTFOLIO_ID, LIFECYCLE_TASK_QUEUE, PortfolioInput
 from workflows.portfolio import PortfolioWorkflow
-
-TASK_STARTED = "EVENT_TYPE_WORKFLOW_TASK_STARTED"
-
-
-def one_task_late(history: WorkflowHistory) -> Iterator[tuple[str, WorkflowHistory]]:
-    """The history once per workflow task (but the first), that task carrying the previous one's time."""
-    text = history.to_json()
-    events = json.loads(text)["events"]
-    started = [i for i, e in enumerate(events) if e["eventType"] == TASK_STARTED]
-    for before, late in itertools.pairwise(started):
-        doc = json.loads(text)
-        doc["events"][late]["eventTime"] = doc["events"][before]["eventTime"]
-        yield doc["events"][late]["eventId"], WorkflowHistory.from_json(history.workflow_id, json.dumps(doc))
 
 
 def count(history: WorkflowHistory, activity: str) -> int:
