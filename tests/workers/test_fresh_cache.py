@@ -62,8 +62,23 @@ class Server:
         assert self.proc.popen is not None
         self.proc.popen.wait(timeout=10)
 
-    def restart(self) -> None:
+    async def restart(self) -> None:
         self.proc, _ = start_temporal(self.tmp, "--db-filename", str(self.tmp / "t.sqlite"), port=self.port)
+        await self.healthy()
+
+    async def healthy(self) -> None:
+        """Its port opens before its frontend serves ("Frontend is not healthy yet", UNAVAILABLE), and a
+        client gives up on that after about 10 s: on a loaded machine a restart on its SQLite file can
+        take longer, so the test waits for the health check, as the worker itself does."""
+
+        async def serving() -> bool:
+            try:
+                client = await Client.connect(f"127.0.0.1:{self.port}")
+                return await client.service_client.check_health(timeout=timedelta(seconds=2))
+            except Exception:
+                return False
+
+        await until(serving, "the server's frontend healthy")
 
 
 @pytest.fixture
@@ -72,6 +87,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     proc, _ = start_temporal(tmp_path, "--db-filename", str(tmp_path / "t.sqlite"), port=port)
     srv = Server(tmp_path, port, proc)
     try:
+        await srv.healthy()
         yield srv
     finally:
         srv.proc.stop()
@@ -117,7 +133,7 @@ async def test_a_crashed_server_gets_a_fresh_worker_and_the_workflow_goes_on(ser
             return runner.replaced == 1
 
         await until(replaced, "the worker replaced")
-        server.restart()
+        await server.restart()
         # The fresh worker (not the one that cached the workflow) takes it on from its history.
         assert await handle.execute_update(Counter.bump, rpc_timeout=timedelta(seconds=WAIT_S)) == 4
         assert await handle.query(Counter.value) == 4
