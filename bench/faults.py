@@ -125,6 +125,9 @@ class Summary:
             "fault_keys_new": sorted(set(self.fault_keys) - _base_keys()),
             "max_unmanaged_s": round(max_unmanaged, 2),
             "max_unprotected_s": round(max((r.max_unprotected_s for r in rs), default=0.0), 2),
+            "max_unprotected_after_faults_s": round(
+                max((r.max_unprotected_after_faults_s for r in rs), default=0.0), 2
+            ),
             "max_recovery_s": round(max_recovery, 2),
             "recovery_p50_s": round(statistics.median(recoveries), 2) if recoveries else None,
             "time_factor": self.time_factor,

@@ -111,6 +111,7 @@ class SeedResult:
     skipped: Counter[str] = field(default_factory=Counter)
     max_unmanaged_s: float = 0.0
     max_unprotected_s: float = 0.0
+    max_unprotected_after_faults_s: float = 0.0
     recoveries: list[float] = field(default_factory=list)
     samples: int = 0
     wall_s: float = 0.0
@@ -256,6 +257,7 @@ class SeedRun:
         r.violations = self.monitor.violations + r.violations
         r.max_unmanaged_s = self.monitor.max_unmanaged_s
         r.max_unprotected_s = self.monitor.max_unprotected_s
+        r.max_unprotected_after_faults_s = self.monitor.max_unprotected_after_faults_s
         r.recoveries = self.monitor.recoveries
         r.samples = self.monitor.samples
         r.lifecycles = len(self.started)
@@ -309,12 +311,15 @@ class SeedRun:
             await asyncio.sleep(1.0)
             dead = [n for n, p in self.stack.services.items() if not p.alive() and not self.down[n]]
             for name in dead:
-                code = self.stack.services[name].popen.poll()  # type: ignore[union-attr]
+                proc = self.stack.services[name]
+                code = proc.popen.poll()  # type: ignore[union-attr]
                 self.result.crashes[name] += 1
-                self.note("crashed", service=name, exit_code=code)
+                # the log is appended to by the restarted process: keep what the dead one said last
+                self.note("crashed", service=name, exit_code=code, log_tail=proc.log_tail(40))
                 self.stack.say(f"seed {self.s.seed}: {name} exited on its own (code {code}); restarted")
+                self.stack.say(f"  {name}'s last lines:\n{proc.log_tail(8)}")
             if dead:
-                await self.stack.restart_services(self.killed())
+                await self.stack.restart_services(self.killed)
 
     def killed(self) -> frozenset[str]:
         return frozenset(name for name, n in self.down.items() if n > 0)
@@ -508,8 +513,12 @@ class SeedRun:
             await asyncio.to_thread(self.stack.kill, target)
 
             async def restart() -> None:  # ends once it serves again
+                # Still counted down until it serves: decremented first, the supervisor saw a killed
+                # service with nothing holding it down while this restart queued behind another one's
+                # 45 s readiness wait, and counted the schedule's own SIGKILL as a crash (code -9).
+                if self.down[target] == 1:
+                    await self.stack.restart_services(lambda: self.killed() - {target})
                 self.down[target] -= 1
-                await self.stack.restart_services(self.killed())
 
             return Started(f"kill:{target}", restart)
         if ev.kind == "temporal_restart":

@@ -237,7 +237,8 @@ class _Timer:
     def __init__(self) -> None:
         self.since: dict[str, float] = {}
         self.reported: set[str] = set()
-        self.max_raw = 0.0
+        self.max_raw = 0.0  # the longest stretch, fault windows included
+        self.max_quiet = 0.0  # the longest stretch counted from the end of the last excusing fault
 
     def update(self, t: float, bad: set[str], quiet_since: float, bound: float) -> list[tuple[str, float]]:
         for key in list(self.since):
@@ -249,6 +250,7 @@ class _Timer:
             start = self.since.setdefault(key, t)
             self.max_raw = max(self.max_raw, t - start)
             lasting = t - max(start, quiet_since)
+            self.max_quiet = max(self.max_quiet, lasting)
             if lasting > bound and key not in self.reported:
                 self.reported.add(key)
                 over.append((key, lasting))
@@ -279,6 +281,11 @@ class Monitor:
     @property
     def max_unprotected_s(self) -> float:
         return self.timers["unprotected_exposure"].max_raw
+
+    @property
+    def max_unprotected_after_faults_s(self) -> float:
+        """What the bound judges: a venue that refuses orders excuses a missing stop while it refuses."""
+        return self.timers["unprotected_exposure"].max_quiet
 
     def faults_cleared(self, t: float) -> None:
         """No fault is active from `t` on: the time to the next clean sample is one recovery."""

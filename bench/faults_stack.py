@@ -169,10 +169,11 @@ class ExplorerStack:
             await asyncio.sleep(0.1)
         return sorted(waiting)
 
-    async def restart_services(self, skip: frozenset[str] = frozenset()) -> dict[str, int]:
-        """Start whatever is down (one caller at a time: never two of a service) and wait until it serves."""
+    async def restart_services(self, skip: Callable[[], frozenset[str]] = frozenset) -> dict[str, int]:
+        """Start whatever is down (one caller at a time: never two of a service) and wait until it serves.
+        `skip` is asked once the lock is held: a kill that lands while this call waits for it is kept."""
         async with self.restart_lock:
-            started = await asyncio.to_thread(self.ensure_services, skip)
+            started = await asyncio.to_thread(self.ensure_services, skip())
             if late := await self.wait_ready(started):
                 self.say(f"not serving 45 s after a restart: {', '.join(late)}")
             return started

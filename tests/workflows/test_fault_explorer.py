@@ -229,6 +229,7 @@ def test_the_monitor_counts_from_the_end_of_an_excusing_fault() -> None:
     for t in range(0, 12):
         m.feed(_sample(float(t), running={}, slots=1, quiet=min(float(t), 5.0)))  # a fault until 5 s
     assert m.violations == []  # 11 - 5 = 6 s < 10 s
+    assert m.max_unmanaged_s == 11.0 and m.timers["unmanaged_exposure"].max_quiet == 6.0
     m.feed(_sample(16.0, running={}, slots=1, quiet=5.0))
     assert [v.invariant for v in m.violations] == ["unmanaged_exposure"]
 
