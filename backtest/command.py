@@ -17,7 +17,17 @@ from backtest.config import BacktestConfig, Costs
 from backtest.engine import SignalSet, run_backtest
 from backtest.model_signals import IntentParams
 from backtest.signals import SIGNALS, every_bar, momentum
-from signals.data import AlignedKlines, DataError, align, available, load_klines, timeframe_ms
+from signals.data import (
+    AlignedKlines,
+    DataError,
+    FundingRates,
+    align,
+    available,
+    funding_path,
+    load_funding,
+    load_klines,
+    timeframe_ms,
+)
 from signals.training import ALL_MODELS
 from trading.config import Settings
 from trading.governor import RiskPolicy
@@ -77,6 +87,12 @@ def load_range(
         raise UsageError("the range holds fewer than 2 bars common to all symbols")
     first = max(0, lo - warmup)
     return bars.slice(first, hi), lo - first
+
+
+def funding_histories(symbols: tuple[str, ...]) -> dict[str, FundingRates]:
+    """The funding files of the data folder for these symbols (`qtrader data download --kind funding`);
+    a symbol without one pays the constant rate."""
+    return {s: load_funding(s) for s in symbols if funding_path(s).is_file()}
 
 
 def intent_params(settings: Settings) -> IntentParams:
@@ -190,7 +206,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if time.perf_counter() - t0 > 1:
         print(f"signals ready ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     t0 = time.perf_counter()
-    result = run_backtest(config, bars, sig, progress=progress)
+    funding = funding_histories(symbols)
+    if funding:
+        print(f"funding: historical rates of {', '.join(funding)} from the data folder", file=sys.stderr)
+    result = run_backtest(config, bars, sig, progress=progress, funding=funding)
     print(f"\rbacktest 100.0 % ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
     from backtest.report import metric_rows, write_report
 

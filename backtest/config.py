@@ -30,7 +30,8 @@ class Costs(BaseModel):
     # assume a perfect fill, so it pays 2 bps per market order unless told otherwise.
     slippage_bps: Decimal = Field(Decimal(2), ge=0, le=1000)
     # Constant funding rate per interval (the paper venue's default, 0.01 % every 8 h): longs pay, shorts
-    # receive when positive. The shipped data has no funding history, hence a constant.
+    # receive when positive. The shipped data has no funding history; a funding file in the data folder
+    # (`qtrader data download --kind funding`) replaces it inside its range (backtest/engine.py).
     funding_rate: Decimal = Field(default_factory=lambda: _paper("funding_rate"), ge=-1, le=1)
     funding_interval_hours: int = Field(margin.FUNDING_INTERVAL_HOURS, ge=1, le=24)
     maint_margin_rate: Decimal = Field(default_factory=lambda: _paper("maint_margin_rate"), ge=0, lt=1)

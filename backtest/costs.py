@@ -38,9 +38,10 @@ def apply_fill(
     return eff.realized
 
 
-def funding_payment(pos: Position, price: Decimal, costs: Costs) -> Decimal:
-    """What the position receives (negative: pays) at a funding time; it moves its isolated margin."""
-    pay = -pos.amt * price * costs.funding_rate
+def funding_payment(pos: Position, price: Decimal, costs: Costs, rate: Decimal | None = None) -> Decimal:
+    """What the position receives (negative: pays) at a funding time, at `rate` (a historical rate) or
+    the constant `costs.funding_rate`; it moves its isolated margin."""
+    pay = -pos.amt * price * (costs.funding_rate if rate is None else rate)
     pos.iso_wallet += pay
     return pay
 

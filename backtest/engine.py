@@ -21,13 +21,16 @@ Bar rules (the path inside a bar is unknown, so these are conservative and state
   paper venue triggers resting stops before it checks liquidations); one beyond the isolated
   liquidation price only is the venue's liquidation at that price, with its capped fee;
 - funding is paid on positions held at every funding time (bar opens on the interval grid), at the open;
+  where the data folder has a symbol's funding history (`binance-futures-<SYMBOL>-funding.csv.gz`),
+  its funding times and rates replace the grid and the constant inside the history's range (a funding
+  time that is no bar's open, inside a coarser bar, is not charged, as on the grid);
 - positions still open at the last bar are closed at its close (reason `end_of_data`).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -44,7 +47,7 @@ from backtest.costs import (
 )
 from backtest.result import BacktestResult, Trade
 from backtest.search import first_cross
-from signals.data import AlignedKlines
+from signals.data import AlignedKlines, FundingRates
 from trading.exit_policy import (
     ExitProfile,
     ExitState,
@@ -135,6 +138,7 @@ class Replay:
         signals: SignalSet,
         rules: dict[str, SymbolRules] | None = None,
         progress: Callable[[float], None] | None = None,
+        funding: Mapping[str, FundingRates] | None = None,
     ) -> None:
         self.cfg = config.with_symbols_allowed()
         self.bars = bars
@@ -147,10 +151,17 @@ class Replay:
         self._h = [row.tolist() for row in bars.high]
         self._l = [row.tolist() for row in bars.low]
         self._c = [row.tolist() for row in bars.close]
-        costs = self.cfg.costs
-        interval = costs.funding_interval_hours * HOUR_MS
-        self.funding_bars = np.flatnonzero(self.t % interval == 0)
-        self._funding_set = set(self.funding_bars.tolist())
+        # Per symbol: the bars that open at a funding time, and the historical rate of those inside a
+        # funding history (the others pay the constant rate).
+        self._funding_bars: list[np.ndarray] = []
+        self._funding_set: list[set[int]] = []
+        self._funding_rate: list[dict[int, Decimal]] = []
+        self.funding_history = tuple(s for s in bars.symbols if funding and len(funding.get(s, ())) > 0)
+        for s in bars.symbols:
+            fb, rates = self._funding_schedule((funding or {}).get(s))
+            self._funding_bars.append(fb)
+            self._funding_set.append(set(fb.tolist()))
+            self._funding_rate.append(rates)
         self._signal_bars = [np.flatnonzero(row) for row in signals.side]
         self.book = PortfolioBook()
         self.heap: list[tuple[int, int, int]] = []
@@ -162,6 +173,19 @@ class Replay:
         self.denials: dict[str, int] = {}
         self.decisions = 0
         self._seq = 0
+
+    def _funding_schedule(self, history: FundingRates | None) -> tuple[np.ndarray, dict[int, Decimal]]:
+        grid = np.flatnonzero(self.t % (self.cfg.costs.funding_interval_hours * HOUR_MS) == 0)
+        if history is None or len(history) == 0:
+            return grid, {}
+        # Binance's funding times can be a few ms past the hour; a bar opens on the minute.
+        times = (history.time_ms + 30_000) // 60_000 * 60_000
+        outside = grid[(self.t[grid] < times[0]) | (self.t[grid] > times[-1])]
+        idx = np.searchsorted(self.t, times)
+        on_bar = idx < self.n
+        on_bar[on_bar] = self.t[idx[on_bar]] == times[on_bar]
+        rates = {int(idx[k]): history.rate[k] for k in np.flatnonzero(on_bar)}
+        return np.union1d(outside, idx[on_bar]).astype(np.int64), rates
 
     # ------------------------------------------------------------------ driver
     def run(self) -> BacktestResult:
@@ -193,6 +217,7 @@ class Replay:
             denials=self.denials,
             decisions=self.decisions,
             signal=self.sig.name,
+            funding_history=self.funding_history,
         )
 
     # ------------------------------------------------------------------ entries
@@ -304,8 +329,9 @@ class Replay:
 
     # ------------------------------------------------------------------ managing a position
     def _manage(self, p: _Held, i: int) -> None:
-        if i in self._funding_set and p.opened_ms < self.t[i]:
-            pay = funding_payment(p.venue, dec(self._o[p.sym][i]), self.cfg.costs)
+        if i in self._funding_set[p.sym] and p.opened_ms < self.t[i]:
+            rate = self._funding_rate[p.sym].get(i, self.cfg.costs.funding_rate)
+            pay = funding_payment(p.venue, dec(self._o[p.sym][i]), self.cfg.costs, rate)
             p.funding += pay
             p.liq = liq_price(p.venue, self.cfg.costs)  # funding moved the isolated margin
             self.cash.append((i, float(pay)))
@@ -325,9 +351,10 @@ class Replay:
         hold = p.profile.max_holding_seconds
         if hold is not None:
             stop = min(stop, int(np.searchsorted(self.t, p.opened_ms + hold * 1000, side="left")))
-        k = int(np.searchsorted(self.funding_bars, start))
-        if k < self.funding_bars.shape[0]:
-            stop = min(stop, int(self.funding_bars[k]))
+        funding_bars = self._funding_bars[p.sym]
+        k = int(np.searchsorted(funding_bars, start))
+        if k < funding_bars.shape[0]:
+            stop = min(stop, int(funding_bars[k]))
         above, below = p.levels
         liq = p.liq
         hi = INF if above is None else float(above)
@@ -550,5 +577,7 @@ def run_backtest(
     *,
     rules: dict[str, SymbolRules] | None = None,
     progress: Callable[[float], None] | None = None,
+    funding: Mapping[str, FundingRates] | None = None,
 ) -> BacktestResult:
-    return Replay(config, bars, signals, rules, progress).run()
+    """`funding`: per symbol, the funding history to charge inside its range (else the constant)."""
+    return Replay(config, bars, signals, rules, progress, funding).run()

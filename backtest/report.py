@@ -51,7 +51,17 @@ def write_report(result: BacktestResult, out: Path, metrics: Metrics | None = No
     out.mkdir(parents=True, exist_ok=True)
     m = metrics or compute(result)
     (out / "metrics.json").write_text(
-        json.dumps(_json_safe(m.as_dict() | {"denials": result.denials, "signal": result.signal}), indent=2)
+        json.dumps(
+            _json_safe(
+                m.as_dict()
+                | {
+                    "denials": result.denials,
+                    "signal": result.signal,
+                    "funding_history": list(result.funding_history),
+                }
+            ),
+            indent=2,
+        )
         + "\n"
     )
     with (out / "trades.csv").open("w", newline="") as fh:
@@ -221,11 +231,17 @@ def render_html(result: BacktestResult, m: Metrics) -> str:
     bh = "".join(f"<tr><th>{s}</th><td>{_pct(v)}</td></tr>" for s, v in m.buy_and_hold.items())
     denials = ", ".join(f"{g}: {c}" for g, c in sorted(result.denials.items())) or "none"
     c = cfg.costs
+    funding = f"funding {c.funding_rate} every {c.funding_interval_hours} h (constant)"
+    if result.funding_history:
+        funding = (
+            f"funding: the historical rates of {', '.join(result.funding_history)} inside their data, else "
+            f"{c.funding_rate} every {c.funding_interval_hours} h"
+        )
     setup = (
         f"signal {html.escape(result.signal)}; notional asked {cfg.notional_usdt} USDT, "
         f"leverage {cfg.leverage}; "
         f"taker fee {c.taker_fee}, maker fee {c.maker_fee} (every order is a market order), slippage "
-        f"{c.slippage_bps} bps, funding {c.funding_rate} every {c.funding_interval_hours} h (constant), "
+        f"{c.slippage_bps} bps, {funding}, "
         f"isolated margin, maintenance rate {c.maint_margin_rate}, liquidation fee {c.liquidation_fee_rate}; "
         f"entries refused by the portfolio's gates: {denials}"
     )

@@ -57,6 +57,7 @@ class BacktestResult:
     denials: dict[str, int] = field(default_factory=dict)  # gate → count
     decisions: int = 0  # calls into the exit engine (evaluate)
     signal: str = "every-bar"
+    funding_history: tuple[str, ...] = ()  # symbols charged their historical funding rates
 
     @property
     def n_bars(self) -> int:

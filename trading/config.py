@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     testnet_ws_url: str = "wss://fstream.binancefuture.com"
     live_rest_url: str = "https://fapi.binance.com"
     live_ws_url: str = "wss://fstream.binance.com"
+    # Binance's public data archive, for `qtrader data download` (a mirror of its layout works too).
+    binance_archive_url: str = Field("https://data.binance.vision", pattern=r"^https?://\S+$")
     binance_recv_window_ms: int = Field(5000, ge=1, le=60000)
     binance_timeout_s: float = Field(10.0, gt=0)
     # Slow down before Binance's 2400/min IP weight limit, not after the 429.

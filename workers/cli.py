@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     from backtest import cli as backtest_cli  # `backtest`: replay history through the live policies
 
     backtest_cli.add_subcommand(sub)
+
+    from signals.download import cli as download_cli  # `data download`: klines, marks, funding rates
+
+    download_cli.add_subcommand(sub)
     return parser
 
 

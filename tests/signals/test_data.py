@@ -20,8 +20,10 @@ def test_timeframe_ms() -> None:
     assert timeframe_ms("1m") == 60_000
     assert timeframe_ms("15m") == 900_000
     assert timeframe_ms("4h") == 14_400_000
-    with pytest.raises(ValueError):
-        timeframe_ms("1w")
+    assert timeframe_ms("1w") == 7 * 86_400_000
+    for bad in ("1mo", "7x", "h"):  # a month has no fixed length
+        with pytest.raises(ValueError):
+            timeframe_ms(bad)
 
 
 def test_load_btc_1h_real_file() -> None:
