@@ -130,3 +130,27 @@ def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_settings_class_is_the_single_source() -> None:
     assert set(Settings.model_fields) >= {name.lower() for name in SEED_VARIABLES}
+
+
+def test_dashboard_token_is_a_secret_long_enough_to_guard_the_controls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DASHBOARD_TOKEN", "DASHBOARD_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert s.dashboard_token is None and s.dashboard_port == 8080  # read-only by default
+    monkeypatch.setenv("DASHBOARD_TOKEN", "")
+    assert load_settings().dashboard_token is None  # `DASHBOARD_TOKEN=` in a .env: still read-only
+    monkeypatch.setenv("DASHBOARD_TOKEN", "short-tok")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "DASHBOARD_TOKEN" in str(err.value) and "at least 12 characters" in str(err.value)
+    assert "short-tok" not in str(err.value)
+    token = "dash-" * 5
+    monkeypatch.setenv("DASHBOARD_TOKEN", token)
+    s = load_settings()
+    assert s.dashboard_token is not None and s.dashboard_token.get_secret_value() == token
+    assert token not in repr(s) and token not in str(s.model_dump(mode="json"))
+    monkeypatch.setenv("DASHBOARD_PORT", "80800")
+    with pytest.raises(ConfigError, match="DASHBOARD_PORT"):
+        load_settings()

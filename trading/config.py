@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     start_equity_usdt: Decimal | None = Field(None, gt=0)
     # The lifecycle worker's second metrics endpoint: equity, PnL, drawdown, Sharpe from the journal.
     performance_metrics_port: int = Field(9470, ge=1, le=65535)
+    # The web dashboard (`qtrader dashboard`): read-only unless DASHBOARD_TOKEN is set and presented.
+    dashboard_port: int = Field(8080, ge=1, le=65535)
+    dashboard_token: SecretStr | None = None
 
     # --- exchange ---
     trading_mode: TradingMode = TradingMode.PAPER
@@ -168,6 +171,17 @@ class Settings(BaseSettings):
     def _split_allowlist(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dashboard_token", mode="before")
+    @classmethod
+    def _check_dashboard_token(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or raw == "":  # `DASHBOARD_TOKEN=` in a .env: no token, a read-only dashboard
+            return None
+        if isinstance(raw, str) and len(raw.strip()) < 12:
+            # a short token is guessable, and it guards the kill switch and flatten-all
+            raise ValueError("must be at least 12 characters (e.g. `openssl rand -hex 16`)")
         return value
 
     @field_validator("signal_models", "retrain_models", mode="before")
@@ -250,7 +264,7 @@ class Settings(BaseSettings):
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
 
-_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "DATABASE_URL"}
+_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "DATABASE_URL", "DASHBOARD_TOKEN"}
 
 
 def load_settings(**overrides: object) -> Settings:

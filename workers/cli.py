@@ -55,6 +55,7 @@ def _print_addresses(found: dict[str, str]) -> None:
         "user_stream_metrics": "User stream",
         "market_data_metrics": "Market data",
         "inference_metrics": "Inference",
+        "dashboard": "Dashboard",
         "mode": "Mode",
         "home": "Data folder",
     }
@@ -229,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     status.add_argument("--portfolio-id", default="portfolio-default")
     status.set_defaults(func=_cmd_status)
+
+    from workers.dashboard import server as dashboard_server  # `dashboard`: the web dashboard
+
+    dashboard_server.add_parser(sub)
 
     from workers import run_paper  # `paper`: the whole system on replayed real klines
 

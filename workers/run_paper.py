@@ -70,7 +70,7 @@ async def summary(settings: Settings) -> dict[str, Any]:
 
     from activities.inference import DECISION_STREAM, INTENT_STREAM
     from signals.bar_store import KLINES_STREAM
-    from workers.status_view import snapshot
+    from workers.snapshot import snapshot
     from workers.temporal_client import connect
 
     client = await connect(settings)
@@ -96,7 +96,8 @@ async def summary(settings: Settings) -> dict[str, Any]:
 async def watch(settings: Settings, seconds: float | None, live: bool) -> None:
     import redis.asyncio as aioredis
 
-    from workers.status_view import CLEAR, render, snapshot
+    from workers.snapshot import snapshot
+    from workers.status_view import CLEAR, render
     from workers.temporal_client import connect
 
     client = await connect(settings)

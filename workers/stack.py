@@ -1,4 +1,5 @@
-"""The local stack: Temporal dev server, Redis and the paper exchange on loopback, under QT_HOME.
+"""The local stack: Temporal dev server, Redis, the paper exchange, the workers, the signal services and
+the web dashboard on loopback, under QT_HOME.
 
 `up` starts what is not running yet and waits until each answers; `down` stops exactly the processes
 whose pid files it wrote (checked against the command line they were started with, so a reused PID is
@@ -221,7 +222,25 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                 env=worker_env,
             )
         )
+    # The dashboard reads Temporal, Redis and the journal and never the venue: it gets no API keys.
+    dashboard_env = {
+        k: v for k, v in worker_env.items() if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET")
+    }
+    specs.append(
+        ServiceSpec(
+            name="dashboard",
+            argv=[sys.executable, "-m", "workers.cli", *_dashboard_args(settings)],
+            host="127.0.0.1",
+            port=settings.dashboard_port,
+            marker=" ".join(_dashboard_args(settings)),
+            env=dashboard_env,
+        )
+    )
     return specs
+
+
+def _dashboard_args(settings: Settings) -> list[str]:
+    return ["dashboard", "--port", str(settings.dashboard_port)]
 
 
 def _worker_marker(kind: str, port: int) -> str:
@@ -240,6 +259,7 @@ def addresses(settings: Settings) -> dict[str, str]:
         "user_stream_metrics": f"http://127.0.0.1:{settings.user_stream_metrics_port}/metrics",
         "market_data_metrics": f"http://127.0.0.1:{settings.market_data_metrics_port}/metrics",
         "inference_metrics": f"http://127.0.0.1:{settings.inference_metrics_port}/metrics",
+        "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
     }
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
@@ -279,8 +299,8 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
     if spec.name.endswith(
-        ("-worker", "-watcher", "-stream", "market-data")
-    ):  # its metrics endpoint answers once it is connected
+        ("-worker", "-watcher", "-stream", "market-data", "dashboard")
+    ):  # its metrics endpoint answers once it is connected (the dashboard's once it serves)
         return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
 
@@ -360,6 +380,7 @@ def _port_variable(name: str) -> str:
         "user-stream": "USER_STREAM_METRICS_PORT",
         "market-data": "MARKET_DATA_METRICS_PORT",
         "inference-worker": "INFERENCE_METRICS_PORT",
+        "dashboard": "DASHBOARD_PORT",
     }[name]
 
 
@@ -389,6 +410,7 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("price-watcher", f"watcher --metrics-port {settings.watcher_metrics_port}"),
         ("user-stream", f"user-stream --metrics-port {settings.user_stream_metrics_port}"),
         ("market-data", f"market-data --metrics-port {settings.market_data_metrics_port}"),
+        ("dashboard", " ".join(_dashboard_args(settings))),
     ]
 
 

@@ -1,9 +1,7 @@
 """`qtrader status`: the portfolio at a glance, refreshed in place (ANSI), `--once` or `--json`.
 
-Sources: the PortfolioWorkflow's `state` query (slots, notional, emergency state, kill switch, the last
-grants and denials with their reasons), each reserved position's `state` query (side, quantity, entry,
-mark, unrealized PnL, stop, next trigger), the realized PnL of closed trades (`quantum:ledger:*`) and
-the newest model decisions (`quantum:stream:ai.decision.made`) from Redis.
+What it shows is gathered by `workers.snapshot.snapshot` (the web dashboard reads the same): the
+portfolio workflow's and each position's `state` query, closed trades' PnL and model decisions from Redis.
 """
 
 from __future__ import annotations
@@ -13,73 +11,18 @@ import asyncio
 import json
 import sys
 import time
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
-from temporalio.client import Client
 
-from activities.inference import DECISION_STREAM
-from activities.projections import LEDGER_KEY
 from trading.config import Settings
-from workflows.messages import DEFAULT_PORTFOLIO_ID, PortfolioView, PositionView
+from workers.snapshot import snapshot
 
-RPC = timedelta(seconds=5)
+__all__ = ["CLEAR", "render", "run", "snapshot"]
+
 CLEAR = "\x1b[H\x1b[2J"
 BOLD, DIM, RED, GREEN, RESET = "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[32m", "\x1b[0m"
-
-
-async def snapshot(
-    client: Client, redis: aioredis.Redis, portfolio_id: str = DEFAULT_PORTFOLIO_ID, decisions: int = 8
-) -> dict[str, Any]:
-    """Everything one frame shows, as plain JSON-able data."""
-    out: dict[str, Any] = {"time_ms": int(time.time() * 1000), "portfolio": None, "positions": []}
-    try:
-        view: PortfolioView = await client.get_workflow_handle(portfolio_id).query(
-            "state", result_type=PortfolioView, rpc_timeout=RPC
-        )
-    except Exception as err:  # not started yet, or no lifecycle worker
-        out["portfolio_error"] = str(err) or type(err).__name__
-        view = None
-    if view is not None:
-        out["portfolio"] = {
-            "slots_used": view.slots_used,
-            "max_open_positions": view.policy.max_open_positions,
-            "notional_used": str(view.notional_used),
-            "max_total_notional": str(view.policy.max_total_notional_usdt),
-            "emergency": view.book.emergency.value,
-            "kill_switch": view.policy.kill_switch,
-            "granted_total": view.granted_total,
-            "denied_total": view.denied_total,
-            "last_decisions": [
-                d.model_dump(mode="json", exclude={"exit_profile"}) for d in view.last_decisions
-            ],
-        }
-
-        async def position(holder: str) -> dict[str, Any]:
-            try:
-                v: PositionView = await client.get_workflow_handle(holder).query(
-                    "state", result_type=PositionView, rpc_timeout=RPC
-                )
-            except Exception as err:
-                return {"workflow_id": holder, "error": str(err) or type(err).__name__}
-            return v.model_dump(mode="json")
-
-        out["positions"] = list(await asyncio.gather(*(position(h) for h in sorted(view.book.reservations))))
-    realized = Decimal(0)
-    trades = 0
-    async for key in redis.scan_iter(match=LEDGER_KEY.format(symbol="*"), count=200):
-        ledger = await redis.hgetall(key)
-        realized += Decimal(ledger.get(b"realized_pnl", b"0").decode())
-        trades += int(ledger.get(b"trades", b"0"))
-    out["realized_pnl"] = str(realized)
-    out["closed_trades"] = trades
-    out["decisions"] = [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _id, fields in await redis.xrevrange(DECISION_STREAM, count=decisions)
-    ]
-    return out
 
 
 def _num(value: Any, places: int = 2) -> str:
@@ -123,8 +66,10 @@ def render(snap: dict[str, Any], *, color: bool = True) -> str:
     )
     lines.append(
         f"PnL: unrealized {_pnl(unreal, color)}   realized {_pnl(snap['realized_pnl'], color)} USDT "
-        f"over {snap['closed_trades']} closed trades"
+        f"over {_num(snap['closed_trades'], 0)} closed trades"
     )
+    if snap.get("redis_error"):
+        lines.append(f"Redis: unreachable ({snap['redis_error']}); closed trades and decisions not shown")
     lines.append("")
     lines.append(f"{b}open positions{r}")
     header = (

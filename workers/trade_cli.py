@@ -85,6 +85,10 @@ class CliError(Exception):
         self.code = code
 
 
+class UpdateRefused(CliError):
+    """The workflow refused an update (its validator or handler said why); nothing was changed."""
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def add_subcommands(sub: Any, trade: Callable[..., int], portfolio: Callable[..., int]) -> None:
     """Register `trade ...` and `portfolio ...` on the top-level subparsers; `trade` / `portfolio` are the
@@ -600,7 +604,7 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- portfolio
-def _portfolio_start(args: argparse.Namespace, settings: Settings) -> Any:
+def _portfolio_start(portfolio_id: str, settings: Settings) -> Any:
     """Start-if-absent operation: the portfolio gets the policy of this environment (GOV_* settings), as
     the lifecycle worker would give it."""
     from temporalio.client import WithStartWorkflowOperation
@@ -612,32 +616,42 @@ def _portfolio_start(args: argparse.Namespace, settings: Settings) -> Any:
             policy=RiskPolicy.from_settings(settings),
             holder_check_seconds=getattr(settings, "portfolio_holder_check_seconds", 30.0),
         ),
-        id=args.portfolio_id,
+        id=portfolio_id,
         task_queue=LIFECYCLE_TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary="Portfolio: position slots, notional budget and risk limits",
     )
 
 
-async def _portfolio_update(
-    args: argparse.Namespace, settings: Settings, name: str, arg: Any, result_type: type
+async def portfolio_update(
+    client: Client, settings: Settings, portfolio_id: str, name: str, arg: Any, result_type: type
 ) -> Any:
+    """Run one of the portfolio's validated operator updates (`set_kill_switch`, `emergency_flatten`,
+    `set_emergency_state`, `set_policy`), starting the portfolio first if it is not running. A refusal
+    (the workflow's validator) or an RPC failure raises CliError with the reason. The CLI and the web
+    dashboard both come through here."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
-    client = await _client(settings)
     try:
         return await client.execute_update_with_start_workflow(
             name,
             arg,
-            start_workflow_operation=_portfolio_start(args, settings),
+            start_workflow_operation=_portfolio_start(portfolio_id, settings),
             result_type=result_type,
             rpc_timeout=timedelta(seconds=30),
         )
     except WorkflowUpdateFailedError as err:
-        raise CliError(f"{name} refused: {_failure_text(err)[0]}") from None
+        raise UpdateRefused(f"{name} refused: {_failure_text(err)[0]}") from None
     except RPCError as err:
         raise CliError(f"{name} failed: {err.message}") from None
+
+
+async def _portfolio_update(
+    args: argparse.Namespace, settings: Settings, name: str, arg: Any, result_type: type
+) -> Any:
+    client = await _client(settings)
+    return await portfolio_update(client, settings, args.portfolio_id, name, arg, result_type)
 
 
 async def _portfolio_view(args: argparse.Namespace, settings: Settings) -> PortfolioView | None:

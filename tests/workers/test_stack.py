@@ -46,7 +46,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.fixture
 def stack_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "GOV_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "GOV_", "DASHBOARD_"))}
     env.update(
         QT_HOME=str(tmp_path / "qt"),
         TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
@@ -59,12 +59,17 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         USER_STREAM_METRICS_PORT=str(free_port()),
         MARKET_DATA_METRICS_PORT=str(free_port()),
         INFERENCE_METRICS_PORT=str(free_port()),
+        DASHBOARD_PORT=str(free_port()),
     )
     yield env
     qtrader(env, "stack", "down")  # whatever a failing test left up
     # Belt and braces: anything still running from this test's folder or on its ports is ours (the
     # paths and ports are unique to this test); stop it by PID and say so, so a leak is seen, not kept.
-    marks = [str(tmp_path), *(f"--metrics-port {env[k]}" for k in env if k.endswith("_METRICS_PORT"))]
+    marks = [
+        str(tmp_path),
+        f"dashboard --port {env['DASHBOARD_PORT']}",
+        *(f"--metrics-port {env[k]}" for k in env if k.endswith("_METRICS_PORT")),
+    ]
     leftovers = sorted({pid for m in marks for pid in processes_mentioning(m) if pid != os.getpid()})
     for pid in leftovers:
         stop_pid(pid, timeout=5)
@@ -75,7 +80,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> None:
     up = qtrader(stack_env, "stack", "up")
     assert up.returncode == 0, up.stdout + up.stderr
-    for label in ("Temporal", "Web UI", "Redis", "Exchange"):
+    for label in ("Temporal", "Web UI", "Redis", "Exchange", "Dashboard"):
         assert label in up.stdout
 
     status = qtrader(stack_env, "stack", "status", "--json")
@@ -98,13 +103,18 @@ def test_stack_up_status_down_leaves_no_process(stack_env: dict[str, str]) -> No
     assert "user_stream_" in httpx.get(report["user_stream_metrics"], timeout=5).text
     assert "market_data_" in httpx.get(report["market_data_metrics"], timeout=5).text
     assert "temporal_" in httpx.get(report["inference_metrics"], timeout=5).text
+    assert report["dashboard"] == f"http://127.0.0.1:{stack_env['DASHBOARD_PORT']}"
+    assert "dashboard_view_builds" in httpx.get(report["dashboard"] + "/metrics", timeout=5).text
+    state = httpx.get(report["dashboard"] + "/api/state", timeout=30).json()  # reads the stack it runs in
+    assert state["mode"] == "paper" and state["ui"] == report["ui"] and "redis_error" not in state
+    assert state["controls"] is False  # no DASHBOARD_TOKEN: read-only
     host, port = report["temporal"].split(":")
     socket.create_connection((host, int(port)), timeout=2).close()
     assert (Path(stack_env["QT_HOME"]) / "temporal" / "temporal.db").exists()
 
     # Up again: nothing new is started.
     again = qtrader(stack_env, "stack", "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 9, again.stdout
+    assert again.returncode == 0 and again.stdout.count("already running") == 10, again.stdout
     assert (
         json.loads(qtrader(stack_env, "stack", "status", "--json").stdout)["services"]["redis"]["pid"]
         == pids["redis"]
