@@ -46,127 +46,204 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
+    # Each field's docstring is its description: `qtrader config --table` prints them, and the settings
+    # table in README.md is generated from them (tests/workers/test_settings_table.py keeps it in step).
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
         populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     # --- governor (seed names) ---
     gov_max_open_positions: int = Field(10, ge=1, le=1000)
+    """Most positions open at once (portfolio slots)."""
     gov_max_exec_per_hour: int = Field(3, ge=0)
+    """Most entries in any rolling hour."""
     gov_max_exec_per_5min: int = Field(2, ge=0)
+    """Most entries in any rolling 5 minutes."""
     gov_max_notional_per_trade_usdt: Decimal = Field(Decimal("200"), gt=0)
+    """Largest notional one entry is granted (USDT)."""
     gov_max_total_notional_usdt: Decimal = Field(Decimal("2000"), gt=0)
+    """Largest notional of all open positions together (USDT)."""
     gov_symbol_cooldown_seconds: int = Field(60, ge=0)
+    """Seconds after an entry before the same symbol may enter again."""
     gov_kill_score_critical: float = Field(0.8, ge=0, le=1)
+    """Seed setting, read and checked but not used by this system."""
     gov_kill_score_open_threshold: float = Field(0.85, ge=0, le=1)
+    """An intent whose kill score reaches this is denied entry."""
     gov_kill_score_close_threshold: float = Field(0.65, ge=0, le=1)
+    """Seed setting, read and checked but not used by this system."""
 
     # --- exits and risk (seed names) ---
     harvest_min_r: Decimal = Field(Decimal("0.5"), gt=0)
+    """Profit in R (multiples of the initial risk) at which a quarter of the position is harvested."""
     max_unrealized_loss_pct_per_position: Decimal = Field(Decimal("12.5"), gt=0, le=100)
+    """Emergency close of a position whose unrealized loss reaches this % of its margin."""
     max_exposure_pct: Decimal = Field(Decimal("80"), gt=0, le=100)
+    """Seed setting, read and checked but not used by this system."""
 
     # --- apply layer (seed names) ---
     apply_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
+    """Symbols a new portfolio allows entries on (`*`: every symbol); a trade outside it is refused. A
+    running portfolio keeps its own: change that with `qtrader portfolio policy --set allowlist=...`."""
     apply_kill_switch: bool = False
+    """A new portfolio starts with the kill switch on (no new entries; exits still work)."""
 
     # --- infrastructure ---
     redis_host: str = "127.0.0.1"
+    """Redis host (streams, projections, the shared weight budget); `stack up` binds its Redis here."""
     redis_port: int = Field(6379, ge=1, le=65535)
+    """Redis port."""
     temporal_address: str = "127.0.0.1:7233"
+    """Temporal frontend (gRPC) as HOST:PORT; `stack up` starts its dev server there."""
     temporal_namespace: str = "default"
+    """Temporal namespace of every workflow."""
     temporal_ui_port: int = Field(8233, ge=1, le=65535)
-    # Loopback unless told otherwise (a container publishes its endpoint with 0.0.0.0).
+    """Port of the Temporal Web UI (`stack up`'s dev server; links printed by the CLI)."""
     prometheus_bind_host: str = "127.0.0.1"
+    """Address the metrics endpoints listen on: loopback unless told otherwise (a container publishes
+    its endpoint with 0.0.0.0)."""
     lifecycle_metrics_port: int = Field(9464, ge=1, le=65535)
+    """Metrics port of the lifecycle worker."""
     exchange_metrics_port: int = Field(9465, ge=1, le=65535)
+    """Metrics port of the exchange worker."""
     watcher_metrics_port: int = Field(9466, ge=1, le=65535)
+    """Metrics port of the price watcher."""
     user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
+    """Metrics port of the user-data stream."""
     reconcile_interval_seconds: float = Field(30.0, gt=0)
-    # The lifecycle worker runs a reconcile at start; until it is done new entries wait.
+    """Period of the reconcile Schedule (venue positions and orders against the workflows)."""
     reconcile_on_start: bool = True
+    """The lifecycle worker runs a reconcile at start; until it is done new entries wait."""
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
+    """How often the portfolio looks for holders that stopped without giving their slot back."""
     qt_home: Path = Path(".qt")
-    # The trade journal: a SQLite file under QT_HOME unless this names a PostgreSQL database
-    # (postgresql://user:password@host:5432/db) or another SQLite file (sqlite:///path).
+    """Folder of the local stack's state, logs, models and journal."""
     database_url: SecretStr | None = None
-    # Equity when the journal began (the performance gauges add the journal's PnL to it);
-    # default PAPER_START_BALANCE_USDT.
+    """The trade journal: a SQLite file under QT_HOME unless this names a PostgreSQL database
+    (postgresql://user:password@host:5432/db) or another SQLite file (sqlite:///path)."""
     start_equity_usdt: Decimal | None = Field(None, gt=0)
-    # The lifecycle worker's second metrics endpoint: equity, PnL, drawdown, Sharpe from the journal.
+    """Equity when the journal began (the performance gauges and reports add the journal's PnL to it);
+    default PAPER_START_BALANCE_USDT."""
     performance_metrics_port: int = Field(9470, ge=1, le=65535)
-    # The web dashboard (`qtrader dashboard`): read-only unless DASHBOARD_TOKEN is set and presented.
+    """The lifecycle worker's second metrics endpoint: equity, PnL, drawdown, Sharpe from the journal."""
     dashboard_port: int = Field(8080, ge=1, le=65535)
+    """Port of the web dashboard (`qtrader dashboard`, started by `stack up`)."""
     dashboard_token: SecretStr | None = None
+    """Enables the dashboard's kill switch and flatten-all for whoever presents it; read-only when
+    unset."""
 
     # --- exchange ---
     trading_mode: TradingMode = TradingMode.PAPER
-    # Live money needs a second, explicit yes besides TRADING_MODE=live (and the CLI asks a third time).
+    """Which venue: the local paper exchange, Binance's testnet, or live Binance."""
     live_trading_enabled: bool = False
+    """Live money needs this second, explicit yes besides TRADING_MODE=live (and the CLI asks a third
+    time)."""
     binance_api_key: SecretStr | None = None
+    """API key (in paper mode `stack up` generates one under QT_HOME when unset)."""
     binance_api_secret: SecretStr | None = None
+    """API secret, read only by the processes that sign requests."""
     paper_exchange_port: int = Field(8765, ge=1, le=65535)
+    """Port of `stack up`'s paper exchange (REST and WebSocket)."""
     paper_rest_url: str | None = None
+    """The paper exchange to trade on (default http://127.0.0.1:PAPER_EXCHANGE_PORT)."""
     paper_ws_url: str | None = None
+    """Its WebSocket address (default: PAPER_REST_URL with ws://, the same port)."""
     testnet_rest_url: str = "https://demo-fapi.binance.com"
+    """REST address in testnet mode."""
     testnet_ws_url: str = "wss://fstream.binancefuture.com"
+    """WebSocket address in testnet mode."""
     live_rest_url: str = "https://fapi.binance.com"
+    """REST address in live mode."""
     live_ws_url: str = "wss://fstream.binance.com"
-    # Binance's public data archive, for `qtrader data download` (a mirror of its layout works too).
+    """WebSocket address in live mode."""
     binance_archive_url: str = Field("https://data.binance.vision", pattern=r"^https?://\S+$")
+    """Binance's public data archive, for `qtrader data download` (a mirror of its layout works too)."""
     binance_recv_window_ms: int = Field(5000, ge=1, le=60000)
+    """recvWindow of signed requests (ms): the venue refuses a request older than this."""
     binance_timeout_s: float = Field(10.0, gt=0)
-    # Slow down before Binance's 2400/min IP weight limit, not after the 429.
+    """HTTP timeout of one venue request (seconds)."""
     binance_weight_limit_1m: int = Field(2400, ge=1)
+    """The venue's request weight per minute per IP: workers slow down before it, not after the 429."""
     binance_weight_headroom_pct: float = Field(80.0, gt=0, le=100)
-    # Workers behind one public IP share one weight budget in Redis under this name (the venue counts
-    # weight per IP); empty: each worker paces on its own count.
+    """Share of the weight limit entries may use; exits may use half of what is left above it."""
     binance_weight_budget_id: str = Field(default_factory=socket.gethostname, pattern=r"^[^\s]*$")
+    """Workers behind one public IP share one weight budget in Redis under this name (the venue counts
+    weight per IP); empty: each worker paces on its own count."""
 
     # --- signal layer: market data, inference, bar-close and universe schedules ---
-    signal_timeframe: str = "1h"  # bar size of features, models and the bar-close schedule
-    signal_confidence_threshold: float = Field(0.55, gt=0.5, le=1)  # ensemble confidence to trade
+    signal_timeframe: str = "1h"
+    """Bar size of features, models and the bar-close schedule: 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h or 1d."""
+    signal_confidence_threshold: float = Field(0.55, gt=0.5, le=1)
+    """Ensemble confidence a decision needs to become an intent."""
     signal_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["xgboost", "lightgbm", "nhits", "patchtst"]
     )
-    signal_equity_usdt: Decimal | None = Field(None, gt=0)  # sizing equity; default the paper balance
-    signal_risk_fraction: Decimal = Field(Decimal("0.005"), gt=0, le=1)  # of equity, lost at the stop
+    """Models of the ensemble: xgboost, lightgbm, nhits, patchtst."""
+    signal_equity_usdt: Decimal | None = Field(None, gt=0)
+    """Equity the signal sizing uses; default PAPER_START_BALANCE_USDT."""
+    signal_risk_fraction: Decimal = Field(Decimal("0.005"), gt=0, le=1)
+    """Share of the equity one signal trade loses at its stop."""
     signal_leverage: int = Field(5, ge=1, le=125)
-    model_registry_dir: Path | None = None  # default $QT_HOME/models
-    universe_top_n: int = Field(10, ge=1, le=500)  # the seed's INTENT_BRIDGE_USE_TOP10
+    """Leverage of signal trades."""
+    model_registry_dir: Path | None = None
+    """Model registry folder; default QT_HOME/models."""
+    universe_top_n: int = Field(10, ge=1, le=500)
+    """Symbols in the universe: the top N by 24 h quote volume within the allowlist (the seed's
+    INTENT_BRIDGE_USE_TOP10)."""
     universe_interval_seconds: float = Field(3600.0, gt=0)
-    # Bar-close schedule period; default one bar of SIGNAL_TIMEFRAME (divided by the replay speed
-    # when MARKET_DATA_SOURCE=replay, whose bars close faster than the wall clock).
+    """Period of the universe Schedule."""
     bar_close_interval_seconds: float | None = Field(None, gt=0)
+    """Bar-close schedule period; default one bar of SIGNAL_TIMEFRAME (divided by the replay speed
+    when MARKET_DATA_SOURCE=replay, whose bars close faster than the wall clock)."""
     market_data_source: Literal["venue", "replay"] = "venue"
-    market_replay_speed: float = Field(3600.0, gt=0)  # replayed market seconds per wall second
+    """Where market data comes from: the venue's streams, or a replay of the kline files pushed into
+    the paper exchange (`qtrader paper`)."""
+    market_replay_speed: float = Field(3600.0, gt=0)
+    """Replayed market seconds per wall second (MARKET_DATA_SOURCE=replay)."""
     market_backfill_bars: int = Field(500, ge=150, le=1500)
+    """Closed bars fetched per symbol at start and after each reconnect."""
     market_stream_maxlen: int = Field(10_000, ge=100)
+    """Length cap of the Redis market streams (klines, ticks, features)."""
     market_data_metrics_port: int = Field(9468, ge=1, le=65535)
+    """Metrics port of the market-data service."""
     inference_metrics_port: int = Field(9469, ge=1, le=65535)
+    """Metrics port of the inference worker."""
 
     # --- continuous learning: the RetrainWorkflow schedule (workflows/retrain.py) ---
     retrain_interval_hours: float = Field(24.0, gt=0)
+    """Period of the retrain Schedule (hours)."""
     retrain_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["xgboost", "lightgbm"])
+    """Models the retrain trains challengers of."""
     retrain_symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
-    retrain_window_bars: int = Field(8000, ge=300, le=200_000)  # newest bars: training + holdout
-    retrain_holdout_bars: int = Field(720, ge=24)  # newest of them, scored out of sample
-    retrain_min_auc_gain: float = Field(0.005, ge=0, le=0.5)  # over the champion, same rows
-    # Winners go to shadow (predictions published with shadow=true, never traded) and are promoted
-    # only when they beat the champion again on the bars that come after.
+    """Symbols whose klines the retrain trains and scores on."""
+    retrain_window_bars: int = Field(8000, ge=300, le=200_000)
+    """Newest bars used: training plus holdout."""
+    retrain_holdout_bars: int = Field(720, ge=24)
+    """The newest of them, scored out of sample."""
+    retrain_min_auc_gain: float = Field(0.005, ge=0, le=0.5)
+    """AUC a challenger must gain over the champion, on the same rows, to be promoted."""
     shadow_mode: bool = False
+    """Winners go to shadow first (predictions published with shadow=true, never traded) and are
+    promoted only when they beat the champion again on the bars that come after."""
 
     # --- paper exchange ---
     paper_start_balance_usdt: Decimal = Field(Decimal("10000"), gt=0)
+    """Starting wallet of `stack up`'s paper exchange (a fresh state file only) and default equity."""
     paper_data_dir: Path = Field(
         SHIPPED_DATA_DIR, validation_alias=AliasChoices("PAPER_DATA_DIR", "QT_DATA_DIR")
     )
+    """Folder of `binance-futures-<SYMBOL>-<tf>.csv.gz` kline files the paper exchange serves;
+    QT_DATA_DIR also points training, backtests and the market-data replay there."""
+    paper_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Symbols `stack up`'s paper exchange lists, each with klines in the data folder (the ten built-in
+    symbols need none under manual prices), BTCUSDT always among them (the signal layer's context);
+    empty: the built-in ten (under replay, those with klines there). `stack up --symbols` overrides it."""
 
-    @field_validator("apply_allowlist", "retrain_symbols", mode="before")
+    @field_validator("apply_allowlist", "retrain_symbols", "paper_symbols", mode="before")
     @classmethod
     def _split_allowlist(cls, value: object) -> object:
         if isinstance(value, str):
@@ -207,7 +284,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of {', '.join(SIGNAL_TIMEFRAMES)}")
         return value
 
-    @field_validator("apply_allowlist", "retrain_symbols")
+    @field_validator("apply_allowlist", "retrain_symbols", "paper_symbols")
     @classmethod
     def _check_symbols(cls, value: list[str]) -> list[str]:
         for symbol in value:
@@ -215,6 +292,13 @@ class Settings(BaseSettings):
                 continue
             if not symbol.isalnum() or not symbol.isupper():
                 raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
+        return value
+
+    @field_validator("paper_symbols")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if "*" in value:  # the exchange lists symbols, it has no "every symbol": name them
+            raise ValueError("'*' is not a symbol: name the symbols to serve, e.g. BTCUSDT,ETHUSDT")
         return value
 
     @model_validator(mode="after")

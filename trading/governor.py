@@ -108,6 +108,17 @@ class RiskPolicy(BaseModel):
         return "*" in self.allowlist or symbol in self.allowlist
 
 
+def allowlist_refusal(symbol: str, allowlist: tuple[str, ...]) -> str:
+    """Why `symbol` is refused, and the two ways to widen the allowlist: the running portfolio's policy
+    (what decides), and APPLY_ALLOWLIST (what a new portfolio starts with)."""
+    widened = ",".join((*allowlist, symbol))
+    return (
+        f"{symbol} is not in the allowlist {list(allowlist)}: widen it with `qtrader portfolio policy "
+        f"--set allowlist={widened}` (or `*` for every symbol); APPLY_ALLOWLIST sets the allowlist a "
+        "new portfolio starts with"
+    )
+
+
 class ReservationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -206,7 +217,7 @@ def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now
     if book.emergency in (EmergencyState.CRITICAL, EmergencyState.HALTED):
         return deny(Gate.EMERGENCY, f"emergency state is {book.emergency.value}: no new entries")
     if not policy.allows_symbol(req.symbol):
-        return deny(Gate.ALLOWLIST, f"{req.symbol} is not in the allowlist {list(policy.allowlist)}")
+        return deny(Gate.ALLOWLIST, allowlist_refusal(req.symbol, policy.allowlist))
     if req.kill_score >= policy.kill_score_open_threshold:
         return deny(
             Gate.KILL_SCORE,

@@ -365,3 +365,46 @@ def synthetic_rules(symbol: str) -> SymbolRules:
         market_max_qty=_D("100000"),
         min_notional=_D("5"),
     )
+
+
+# --- inferred symbols (served from kline files, no built-in filters) -------------------------------
+INFERRED_MIN_NOTIONAL = Decimal("5")
+
+
+def _power_of_ten(exponent: int) -> Decimal:
+    """10**exponent written without an exponent where Decimal allows it (1000, 0.001)."""
+    return Decimal(10**exponent) if exponent >= 0 else Decimal(1).scaleb(exponent)
+
+
+def inferred_rules(symbol: str, reference_price: Decimal) -> SymbolRules:
+    """USD-M-like filters for a perpetual without built-in ones, scaled to its price (pure).
+
+    `reference_price` is the lowest price the symbol is expected to trade at (the paper exchange takes
+    the lower of its data's first open and last close). The tick keeps five significant digits there,
+    one quantity step is worth at most 10 USDT, min notional 5 USDT; the limits leave room for a price
+    10,000× higher. A fixed tick would round a 0.00001-USDT coin to zero or a 60,000-USDT one to
+    nonsense.
+    """
+    if not symbol.endswith("USDT") or len(symbol) <= 4 or not symbol.isalnum() or not symbol.isupper():
+        raise ValueError(f"not a USDT perpetual name like BTCUSDT: {symbol!r}")
+    if not reference_price.is_finite() or reference_price <= 0:
+        raise ValueError(f"{symbol}: reference price must be positive, got {reference_price}")
+    top = reference_price.adjusted()  # exponent of the leading digit
+    tick = _power_of_ten(top - 4)
+    step = _power_of_ten((Decimal(10) / reference_price).adjusted())
+    return SymbolRules(
+        symbol=symbol,
+        base_asset=symbol[:-4],
+        price_precision=max(0, -tick.as_tuple().exponent),  # type: ignore[operator]
+        quantity_precision=max(0, -step.as_tuple().exponent),  # type: ignore[operator]
+        tick_size=tick,
+        min_price=tick,
+        max_price=_power_of_ten(top + 5),
+        step_size=step,
+        min_qty=step,
+        max_qty=step * 10**9,
+        market_step_size=step,
+        market_min_qty=step,
+        market_max_qty=step * 10**8,
+        min_notional=INFERRED_MIN_NOTIONAL,
+    )

@@ -14,7 +14,9 @@ from trading.config import ConfigError, Settings, load_settings
 def _cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     from workers import stack
 
-    found = stack.up(settings, prices=args.prices, speed=args.speed, timeout=args.timeout)
+    found = stack.up(
+        settings, prices=args.prices, speed=args.speed, timeout=args.timeout, symbols=args.symbols
+    )
     _print_addresses(found)
     return 0
 
@@ -149,7 +151,19 @@ def _cmd_portfolio(args: argparse.Namespace, settings: Settings) -> int:
     return trade_cli.run_portfolio(args, settings)
 
 
+def _symbol_list(text: str) -> list[str]:
+    symbols = [part.strip().upper() for part in text.split(",") if part.strip()]
+    if not symbols:
+        raise argparse.ArgumentTypeError("expected symbols like BTCUSDT,ETHUSDT")
+    return symbols
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.table:
+        from workers.settings_table import render
+
+        sys.stdout.write(render())
+        return 0
     shown = settings.model_dump(mode="json", exclude={"binance_api_key", "binance_api_secret"})
     shown["binance_api_key"] = "set" if settings.binance_api_key else "not set"
     shown["binance_api_secret"] = "set" if settings.binance_api_secret else "not set"
@@ -163,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack_p = sub.add_parser("stack", help="the local stack: Temporal dev server, Redis, paper exchange")
     stack_sub = stack_p.add_subparsers(dest="stack_command", required=True)
-    up = stack_sub.add_parser("up", help="start the local stack and wait until every part answers")
+    up = stack_sub.add_parser(
+        "up",
+        help="start what is missing of the local stack and wait until every part answers",
+        description="Start the local stack (Temporal dev server, Redis, paper exchange, the workers and "
+        "services) under QT_HOME and wait until every part answers. Only what is missing is started: a "
+        "service an earlier `stack up` started that is still running is left alone (`already running`), "
+        "with the flags and settings it was started with; run `qtrader stack down` first to apply new "
+        "ones. A port held by another program is an error naming its setting.",
+    )
     up.add_argument(
         "--prices",
         choices=["replay", "synthetic", "manual"],
@@ -171,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="paper exchange price source (default: replay of the shipped real klines)",
     )
     up.add_argument("--speed", type=float, default=1.0, help="market clock speed of the replay")
+    up.add_argument(
+        "--symbols",
+        type=_symbol_list,
+        default=None,
+        metavar="SYM,SYM",
+        help="symbols the paper exchange lists, each with klines binance-futures-<SYMBOL>-<tf>.csv.gz in "
+        "QT_DATA_DIR; BTCUSDT, the signal layer's context symbol, is added (default: PAPER_SYMBOLS, "
+        "else the ten built-in symbols with data there)",
+    )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each service")
     up.set_defaults(func=_cmd_stack_up)
     stack_sub.add_parser("down", help="stop exactly the processes `stack up` started").set_defaults(
@@ -247,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     cfg = sub.add_parser("config", help="print the effective settings (secrets hidden) or what is wrong")
+    cfg.add_argument(
+        "--table",
+        action="store_true",
+        help="print the table of every setting (variable, default, type, description) instead",
+    )
     cfg.set_defaults(func=_cmd_config)
 
     from workers import trade_cli  # `trade open|close|list|show`, `portfolio show|kill-switch|flatten|policy`

@@ -1,7 +1,8 @@
 """The local stack: Temporal dev server, Redis, the paper exchange, the workers, the signal services and
 the web dashboard on loopback, under QT_HOME.
 
-`up` starts what is not running yet and waits until each answers; `down` stops exactly the processes
+`up` starts what is not running yet and waits until each answers; a service it started earlier that
+still runs is left alone, with the flags it was started with; `down` stops exactly the processes
 whose pid files it wrote (checked against the command line they were started with, so a reused PID is
 never signalled); `status` reports addresses and liveness.
 """
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import redis
 
 from trading.config import Settings, TradingMode
@@ -96,7 +98,11 @@ def _split_address(address: str, variable: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 1.0) -> list[ServiceSpec]:
+def service_specs(
+    settings: Settings, *, prices: str = "replay", speed: float = 1.0, symbols: list[str] | None = None
+) -> list[ServiceSpec]:
+    """The stack's processes in start order; `symbols`: those the paper exchange lists (None or empty:
+    its default, the built-in ones)."""
     root = home(settings)
     t_host, t_port = _split_address(settings.temporal_address, "TEMPORAL_ADDRESS")
     (root / "temporal").mkdir(exist_ok=True)
@@ -181,6 +187,9 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                     str(speed),
                     "--data-dir",
                     str(settings.paper_data_dir.expanduser().resolve()),
+                    "--start-balance",
+                    str(settings.paper_start_balance_usdt),
+                    *(["--symbols", ",".join(symbols)] if symbols else []),
                 ],
                 host="127.0.0.1",
                 port=settings.paper_exchange_port,
@@ -329,15 +338,93 @@ def _running_pid(settings: Settings, spec_name: str, marker: str) -> int | None:
     return None
 
 
+def check_symbols(settings: Settings, symbols: list[str], prices: str) -> None:
+    """Refuse, before anything starts, symbols the paper exchange could not serve (the exchange would
+    refuse them too, but only in its log)."""
+    from exchange.paper.config import PaperConfig
+    from exchange.paper.prices import SymbolChoiceError, served_rules
+
+    data_dir = settings.paper_data_dir.expanduser().resolve()
+    try:
+        served_rules(
+            PaperConfig(api_key="-", api_secret="-", prices=prices, data_dir=data_dir, symbols=symbols)
+        )
+    except SymbolChoiceError as exc:
+        raise StackError(f"{exc} (set by --symbols or PAPER_SYMBOLS)") from None
+
+
+def context_symbol() -> str | None:
+    """The symbol the signal layer's features take as market context (BTCUSDT)."""
+    from signals.features import FeatureConfig
+
+    return FeatureConfig().btc_symbol
+
+
+def allowlist_notes(allowlist: list[str], chosen: list[str]) -> list[str]:
+    """What a trader would otherwise learn from a refused trade: chosen symbols the allowlist refuses,
+    and allowlisted symbols the paper exchange will not list (the market-data service follows them)."""
+    if "*" in allowlist:
+        return []
+    notes = []
+    refused = [s for s in chosen if s not in allowlist]
+    if refused:
+        notes.append(
+            f"APPLY_ALLOWLIST ({','.join(allowlist)}) does not name {', '.join(refused)}: a new portfolio "
+            "refuses entries on them (a running one: `qtrader portfolio policy --set allowlist=...`)"
+        )
+    unlisted = [s for s in allowlist if s not in chosen]
+    if unlisted:
+        notes.append(f"APPLY_ALLOWLIST names {', '.join(unlisted)}, which the paper exchange will not list")
+    return notes
+
+
+def listed_symbols(rest_url: str) -> list[str]:
+    """The symbols a running exchange lists (GET /fapi/v1/exchangeInfo)."""
+    try:
+        info = httpx.get(f"{rest_url}/fapi/v1/exchangeInfo", timeout=10).json()
+        return [entry["symbol"] for entry in info["symbols"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"cannot read the paper exchange's symbols at {rest_url}: {exc}") from None
+
+
 def up(
-    settings: Settings, *, prices: str = "replay", speed: float = 1.0, timeout: float = 60.0, echo=print
+    settings: Settings,
+    *,
+    prices: str = "replay",
+    speed: float = 1.0,
+    timeout: float = 60.0,
+    symbols: list[str] | None = None,
+    echo=print,
 ) -> dict[str, str]:
+    """Start what is not running yet and wait until each answers. `symbols`: what the paper exchange
+    lists (None: PAPER_SYMBOLS; empty: its built-in ones)."""
     root = home(settings)
+    paper = settings.trading_mode is TradingMode.PAPER
+    chosen = list(settings.paper_symbols if symbols is None else symbols)
+    if chosen and not paper:
+        if symbols:  # asked for on the command line: say it does nothing here
+            raise StackError(
+                "--symbols chooses what the paper exchange lists; "
+                f"TRADING_MODE={settings.trading_mode.value} runs none (the venue lists its own symbols)"
+            )
+        chosen = []
+    if chosen:
+        for note in allowlist_notes(settings.apply_allowlist, chosen):
+            echo(f"note: {note}")
+        context = context_symbol()
+        if context and context not in chosen:
+            # The market-data service follows it for every symbol's context features: an exchange that
+            # does not list it stops that service at its first backfill.
+            chosen = [*chosen, context]
+            echo(f"note: {context} is listed too (the market-data service's context symbol)")
+        check_symbols(settings, chosen, prices)
     started: list[ManagedProcess] = []
     try:
-        for spec in service_specs(settings, prices=prices, speed=speed):
+        for spec in service_specs(settings, prices=prices, speed=speed, symbols=chosen):
             if _running_pid(settings, spec.name, spec.marker) is not None:
                 echo(f"{spec.name}: already running")
+                if spec.name == "exchange" and chosen:
+                    _check_listed(f"http://{spec.host}:{spec.port}", chosen)
                 continue
             if port_open(spec.host, spec.port):
                 raise StackError(
@@ -367,6 +454,18 @@ def up(
     found = addresses(settings)
     (root / "stack.json").write_text(json.dumps(found, indent=2))
     return found
+
+
+def _check_listed(rest_url: str, chosen: list[str]) -> None:
+    """A paper exchange left running keeps the symbols it was started with: say so rather than let
+    the trader find out when an order is refused."""
+    missing = [s for s in chosen if s not in set(listed_symbols(rest_url))]
+    if missing:
+        raise StackError(
+            f"the paper exchange already running does not list {', '.join(missing)}: it keeps the "
+            "symbols it was started with; `qtrader stack down`, then `qtrader stack up` with the "
+            "symbols again (its orders and positions are kept)"
+        )
 
 
 def _port_variable(name: str) -> str:

@@ -65,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slippage-bps", type=_decimal, default=Decimal("0"))
     p.add_argument("--funding-rate", type=_decimal, default=Decimal("0.0001"))
     p.add_argument("--start-balance", type=_decimal, default=Decimal("10000"))
-    p.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument(
+        "--symbols",
+        default=None,
+        help="comma-separated symbols to list, e.g. BTCUSDT,PEPEUSDT (default: the ten built-in ones). "
+        "Each needs a kline file binance-futures-<SYMBOL>-<tf>.csv.gz in the data folder (under "
+        "manual or synthetic prices the built-in ones do not); one without built-in filters gets "
+        "filters scaled to its prices",
+    )
     p.add_argument(
         "--extra-symbols",
         type=int,
@@ -99,6 +106,7 @@ def run(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from exchange.paper.config import PaperConfig
+    from exchange.paper.prices import SymbolChoiceError
     from exchange.paper.server import create_app
 
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
@@ -126,7 +134,11 @@ def run(argv: list[str] | None = None) -> int:
     state = None if args.state in ("", ":memory:") else Path(args.state)
     if state is not None:
         state.parent.mkdir(parents=True, exist_ok=True)
-    app = create_app(config, store_path=state)
+    try:
+        app = create_app(config, store_path=state)
+    except SymbolChoiceError as exc:
+        print(f"paper exchange: {exc}", file=sys.stderr)
+        return 2
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:  # signal handler, main thread

@@ -28,8 +28,8 @@ from exchange.paper.prices import (
     ManualPrices,
     PriceSource,
     ReplayPrices,
+    SymbolChoiceError,
     build_price_source,
-    symbol_universe,
 )
 from exchange.paper.shapes import (
     ack_shape,
@@ -150,13 +150,21 @@ def _b62(seed: str, length: int) -> str:
     return "".join(out)
 
 
+def _unserved_holdings(data: dict[str, Any], rules: dict[str, SymbolRules]) -> list[str]:
+    """Symbols outside `rules` on which the saved state holds a position or an open (algo) order."""
+    held = {s for s, row in data["positions"].items() if Decimal(row["amt"]) != 0}
+    held |= {o.symbol for o in map(Order.from_row, data["orders"]) if o.is_open}
+    held |= {a.symbol for a in map(AlgoOrder.from_row, data["algos"]) if a.is_open}
+    return sorted(held - set(rules))
+
+
 class PaperEngine:
     def __init__(self, config: PaperConfig, prices: PriceSource, store_path: Path | None = None) -> None:
         self.config = config
         self.prices = prices
         self._listeners: list[Callable[[Event], None]] = []
         self._pending: list[Event] = []
-        universe = symbol_universe(config.extra_symbols)
+        universe = prices.rules
         self.symbols: list[str] = [s for s in prices.symbols() if s in universe]
         self.rules: dict[str, SymbolRules] = {s: universe[s] for s in self.symbols}
         now = self.wall_ms()
@@ -204,7 +212,18 @@ class PaperEngine:
         }
         self.store = Store(store_path) if store_path is not None else None
         if self.store is not None and not self.store.is_empty():
-            self._load(self.store.load())
+            data = self.store.load()
+            unserved = _unserved_holdings(data, self.rules)
+            if unserved:
+                # Loading would drop them silently: the venue would forget a position that a workflow
+                # still manages (started once with other --symbols, restarted without them).
+                self.store.close()
+                raise SymbolChoiceError(
+                    f"the saved state {store_path} holds open positions or orders on "
+                    f"{', '.join(unserved)}, which this exchange would not list: serve them too "
+                    "(--symbols, or PAPER_SYMBOLS for `qtrader stack up`), or use another state file"
+                )
+            self._load(data)
         else:
             m = prices.market_ms(now)
             self.next_funding = (m // self._funding_ms + 1) * self._funding_ms

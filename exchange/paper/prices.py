@@ -9,6 +9,8 @@
 Every source takes `rules` (symbol → filters; default: the real symbols' DEFAULT_RULES) and knows only
 those symbols; `symbol_universe(n)` adds the n synthetic load-test perpetuals (T001USDT...). They have
 no data files: manual and synthetic sources start them at 100.00, replay holds them constant there.
+`served_rules(config)` adds each chosen symbol outside them (`--symbols`) that has kline files, with
+filters scaled to its prices (`trading.instruments.inferred_rules`), and refuses one without.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from trading.instruments import (
     DEFAULT_RULES,
     SYNTHETIC_START_PRICE,
     SymbolRules,
+    inferred_rules,
     synthetic_rules,
     synthetic_symbols,
 )
@@ -66,8 +69,15 @@ TIMEFRAMES_MS: dict[str, int] = {
 }
 
 
+class SymbolChoiceError(ValueError):
+    """A chosen symbol cannot be served (bad name, no kline file); the message names each and why."""
+
+
 @runtime_checkable
 class PriceSource(Protocol):
+    @property
+    def rules(self) -> dict[str, SymbolRules]: ...
+
     def symbols(self) -> list[str]: ...
 
     def price_at(self, symbol: str, market_ms: int) -> Decimal: ...
@@ -102,15 +112,80 @@ def data_files(data_dir: Path | None) -> dict[str, dict[str, Path]]:
 
 
 def _last_close(path: Path) -> Decimal | None:
+    ends = _first_open_last_close(path)
+    return ends[1] if ends else None
+
+
+def _first_open_last_close(path: Path) -> tuple[Decimal, Decimal] | None:
+    """The first bar's open and the last bar's close of a kline file (None: unreadable)."""
     try:
         text = zlib.decompress(path.read_bytes(), 16 + zlib.MAX_WBITS)
     except (OSError, zlib.error):
         return None
-    lines = text.rstrip(b"\n").rsplit(b"\n", 1)
+    lines = text.rstrip(b"\n").split(b"\n", 2)  # header, first row, the rest
+    if len(lines) < 2:
+        return None
     try:
-        return Decimal(lines[-1].split(b",")[4].decode())
+        first = Decimal(lines[1].split(b",")[1].decode())
+        last = Decimal(lines[-1].rsplit(b"\n", 1)[-1].split(b",")[4].decode())
     except (IndexError, ValueError, ArithmeticError):
         return None
+    if not (first.is_finite() and last.is_finite() and first > 0 and last > 0):
+        return None
+    return first, last
+
+
+def _is_symbol_name(symbol: str) -> bool:
+    return symbol.endswith("USDT") and len(symbol) > 4 and symbol.isalnum() and symbol.isupper()
+
+
+def served_rules(config: PaperConfig) -> dict[str, SymbolRules]:
+    """The filters of every symbol this exchange may list: the built-in ones, the synthetic extras and
+    each of `config.symbols` outside them, inferred from its kline files.
+
+    Raises SymbolChoiceError naming every chosen symbol that cannot be served: a malformed name, or no
+    kline file in the data folder where one is needed (under replay for every real symbol, otherwise
+    for a symbol without built-in filters, whose price scale only its data tells). Before this check a
+    chosen symbol without data or filters was silently left out, and the trader found out only when
+    an order for it was refused.
+    """
+    rules = dict(symbol_universe(config.extra_symbols))
+    if not config.symbols:
+        return rules
+    data_dir = config.data_dir or DEFAULT_DATA_DIR
+    files = data_files(data_dir)
+    extra = set(synthetic_symbols(config.extra_symbols))
+    bad_names = [s for s in config.symbols if not _is_symbol_name(s)]
+    no_data: list[str] = []
+    unreadable: list[str] = []
+    for s in config.symbols:
+        if s in bad_names or s in extra:
+            continue
+        if s not in files:
+            if config.prices == "replay" or s not in rules:
+                no_data.append(s)
+            continue
+        if s in rules:
+            continue
+        ends = [e for e in map(_first_open_last_close, files[s].values()) if e is not None]
+        if not ends:
+            unreadable.append(s)
+            continue
+        rules[s] = inferred_rules(s, min(min(e) for e in ends))
+    problems = []
+    if bad_names:
+        problems.append(f"{', '.join(map(repr, bad_names))}: not a USDT perpetual name like BTCUSDT")
+    if no_data:
+        problems.append(
+            f"no klines for {', '.join(no_data)} in {data_dir} (files named "
+            "binance-futures-<SYMBOL>-<tf>.csv.gz; `qtrader data download` fetches them, QT_DATA_DIR "
+            "points at another folder)"
+        )
+    if unreadable:
+        problems.append(f"unreadable kline files for {', '.join(unreadable)} in {data_dir}")
+    if problems:
+        raise SymbolChoiceError("cannot serve the chosen symbols: " + "; ".join(problems))
+    return rules
 
 
 class ManualPrices:
@@ -136,6 +211,10 @@ class ManualPrices:
             if price is None:
                 price = DEFAULT_PRICES.get(s, SYNTHETIC_START_PRICE)
             self._prices[s] = _round(rules[s], price)
+
+    @property
+    def rules(self) -> dict[str, SymbolRules]:
+        return self._rules
 
     def symbols(self) -> list[str]:
         return list(self._prices)
@@ -216,6 +295,10 @@ class ReplayPrices:
         self.speed = speed
         self.origin_ms = origin_ms
         self._series: dict[str, _Series] = {}
+
+    @property
+    def rules(self) -> dict[str, SymbolRules]:
+        return self._rules
 
     def symbols(self) -> list[str]:
         return [*self._paths, *self._constant]
@@ -317,6 +400,10 @@ class SyntheticPrices:
         self._last_k: dict[str, int] = {}  # index of the newest point kept
         self._rngs: dict[str, random.Random] = {}
 
+    @property
+    def rules(self) -> dict[str, SymbolRules]:
+        return self._rules
+
     def symbols(self) -> list[str]:
         return list(self._start)
 
@@ -358,7 +445,7 @@ class SyntheticPrices:
 def build_price_source(config: PaperConfig) -> PriceSource:
     """The price source the config asks for (the server's factory)."""
     origin = config.clock()
-    rules = symbol_universe(config.extra_symbols)
+    rules = served_rules(config)
     extra = synthetic_symbols(config.extra_symbols)
     symbols = config.symbols
     if symbols is not None and extra:  # the synthetic symbols come on top of the chosen ones

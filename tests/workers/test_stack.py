@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from tests.conftest import SHIPPED_DATA
+from tests.exchange.paper.kline_files import kline_rows, write_klines
 from workers.processes import free_port, pid_alive, stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,3 +150,63 @@ def test_bad_setting_fails_at_start_naming_the_variable(stack_env: dict[str, str
     result = qtrader({**stack_env, "GOV_MAX_OPEN_POSITIONS": "many"}, "stack", "status")
     assert result.returncode == 2
     assert "GOV_MAX_OPEN_POSITIONS" in result.stderr
+
+
+def data_folder(tmp_path: Path, *symbols: str) -> Path:
+    """A QT_DATA_DIR with small files for `symbols` and the shipped BTCUSDT 1h klines (the context
+    symbol `stack up --symbols` always lists)."""
+    data = tmp_path / "klines"
+    data.mkdir()
+    for symbol in symbols:
+        write_klines(data, symbol, kline_rows())
+    shutil.copy(SHIPPED_DATA / "binance-futures-BTCUSDT-1h.csv.gz", data)
+    return data
+
+
+def test_symbols_the_exchange_cannot_serve_are_refused_before_anything_starts(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    data = data_folder(tmp_path, "PEPEUSDT")
+    env = {**stack_env, "QT_DATA_DIR": str(data)}
+    for result in (
+        qtrader(env, "stack", "up", "--symbols", "pepeusdt,NODATAUSDT"),
+        qtrader({**env, "PAPER_SYMBOLS": "PEPEUSDT,NODATAUSDT"}, "stack", "up"),
+    ):
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"no klines for NODATAUSDT in {data}" in result.stderr, result.stderr
+        assert "PEPEUSDT" not in result.stderr.split("no klines for")[1].split(" in ")[0]
+        assert "--symbols or PAPER_SYMBOLS" in result.stderr
+    assert processes_mentioning(stack_env["QT_HOME"]) == []  # nothing was started
+
+    wildcard = qtrader({**env, "PAPER_SYMBOLS": "*"}, "stack", "up")
+    assert wildcard.returncode == 2 and "PAPER_SYMBOLS" in wildcard.stderr, wildcard.stderr
+
+
+def test_stack_up_serves_chosen_symbols_from_the_data_folder(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A symbol with no built-in filters, its klines in QT_DATA_DIR: listed and replayed by the stack's
+    exchange; asking a running stack for another symbol says what to do instead of ignoring it."""
+    data = data_folder(tmp_path, "PEPEUSDT", "WIFUSDT")
+    env = {**stack_env, "QT_DATA_DIR": str(data), "APPLY_ALLOWLIST": "PEPEUSDT"}
+
+    up = qtrader(env, "stack", "up", "--symbols", "PEPEUSDT")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "APPLY_ALLOWLIST" not in up.stdout  # the allowlist and the chosen symbols agree
+    assert "BTCUSDT is listed too" in up.stdout
+    base = f"http://127.0.0.1:{stack_env['PAPER_EXCHANGE_PORT']}"
+    info = httpx.get(f"{base}/fapi/v1/exchangeInfo", timeout=10).json()
+    assert [s["symbol"] for s in info["symbols"]] == ["PEPEUSDT", "BTCUSDT"]
+    price = Decimal(
+        httpx.get(f"{base}/fapi/v1/ticker/price", params={"symbol": "PEPEUSDT"}, timeout=10).json()["price"]
+    )
+    assert min(Decimal(r[3]) for r in kline_rows()) <= price <= max(Decimal(r[2]) for r in kline_rows())
+    exchange_pid = json.loads(qtrader(env, "stack", "status", "--json").stdout)["services"]["exchange"]["pid"]
+
+    more = qtrader(env, "stack", "up", "--symbols", "PEPEUSDT,WIFUSDT")
+    assert more.returncode == 1, more.stdout + more.stderr
+    assert "does not list WIFUSDT" in more.stderr and "qtrader stack down" in more.stderr, more.stderr
+    assert "APPLY_ALLOWLIST (PEPEUSDT) does not name WIFUSDT" in more.stdout, more.stdout
+    assert pid_alive(exchange_pid)  # the running stack is left alone
+    status = json.loads(qtrader(env, "stack", "status", "--json").stdout)
+    assert all(info["running"] for info in status["services"].values()), status

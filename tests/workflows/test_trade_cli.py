@@ -126,6 +126,7 @@ async def test_open_list_close_list_through_the_project_cli(stack: Stack) -> Non
 async def test_portfolio_controls_through_the_project_cli(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     stack.exchange.set_price("ETHUSDT", "3000")
+    stack.exchange.set_price("SOLUSDT", "150")
     async with stack.workers():
         rc, out, _ = await qtrader(stack, "portfolio", "show")
         assert rc == 0 and "not running yet" in out, out
@@ -161,6 +162,13 @@ async def test_portfolio_controls_through_the_project_cli(stack: Stack) -> None:
             "allowlist=BTCUSDT,ETHUSDT",
         )
         assert rc == 0 and "max_open_positions           3" in out and "BTCUSDT,ETHUSDT" in out, (out, err)
+        # Outside the allowlist: refused, and the reason says how to widen it.
+        rc, out, err = await qtrader(
+            stack, "trade", "open", "--symbol", "SOLUSDT", "--side", "LONG", "--notional", "150", "--wait"
+        )
+        assert rc == 3 and "REJECTED by allowlist" in out, (out, err)
+        assert "qtrader portfolio policy --set allowlist=BTCUSDT,ETHUSDT,SOLUSDT" in out, out
+        assert "APPLY_ALLOWLIST" in out, out
         rc, out, err = await qtrader(stack, "portfolio", "policy", "--set", "max_open_positions=0")
         assert rc == 2 and "max_open_positions" in err, (out, err)
         rc, out, err = await qtrader(stack, "portfolio", "policy", "--set", "colour=red")
