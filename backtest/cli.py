@@ -78,6 +78,37 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--fee-bps", type=_decimal, help="taker fee in bps (default: the paper venue's, 4)")
     p.add_argument("--slippage-bps", type=_decimal, default=Decimal(2), help="per market order (default 2)")
     p.add_argument("--funding-rate", type=_decimal, help="per 8 h, constant (default: the venue's 0.0001)")
+    p.add_argument(
+        "--union",
+        action="store_true",
+        help="symbols whose files do not overlap: bar times are the union of theirs and each symbol trades "
+        "only where it has bars (rule signals only)",
+    )
+    risk = p.add_argument_group(
+        "risk layer",
+        "On by default: the automatic emergency stop, symbol protections, heat, concentration by symbol "
+        "and correlated cluster, and capital allocation caps (trading/risk.py; defaults there).",
+    )
+    risk.add_argument(
+        "--no-risk", action="store_true", help="the governor's gates only (what the workflows decide today)"
+    )
+    risk.add_argument(
+        "--no-protections", action="store_true", help="the risk layer without symbol protections"
+    )
+    risk.add_argument(
+        "--risk-policy",
+        type=Path,
+        metavar="FILE",
+        help="the risk layer's thresholds as JSON (fields of trading.risk.RiskLayerPolicy; null turns a "
+        'part off, e.g. {"allocation": null}); default: its defaults',
+    )
+    risk.add_argument(
+        "--ess-resume-hours",
+        type=int,
+        default=24,
+        help="a backtest has no operator: one is assumed to move the emergency stop back to NORMAL this "
+        "many hours after CRITICAL or HALTED (0: never; default 24)",
+    )
     p.add_argument("--out", type=Path, help="report folder (default $QT_HOME/backtests/<run id>)")
     p.add_argument("--journal", action="store_true", help="also write the trades to the trade journal")
     p.add_argument("--run-id", help="run id for the report and the journal (default: backtest-<time>)")

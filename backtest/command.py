@@ -12,11 +12,13 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+from pydantic import ValidationError
 
-from backtest.config import BacktestConfig, Costs
+from backtest.config import BacktestConfig, BacktestRisk, Costs
 from backtest.engine import SignalSet, run_backtest
 from backtest.model_signals import IntentParams
 from backtest.signals import SIGNALS, every_bar, momentum
+from backtest.union import mask_signal, union_bars
 from signals.data import (
     AlignedKlines,
     DataError,
@@ -32,6 +34,7 @@ from signals.training import ALL_MODELS
 from trading.config import Settings
 from trading.governor import RiskPolicy
 from trading.instruments import DEFAULT_RULES
+from trading.risk import RiskLayerPolicy
 
 WARMUP_BARS = 400  # bars before --from that a model's features may read (never traded)
 
@@ -95,6 +98,54 @@ def funding_histories(symbols: tuple[str, ...]) -> dict[str, FundingRates]:
     return {s: load_funding(s) for s in symbols if funding_path(s).is_file()}
 
 
+def load_union_range(
+    symbols: tuple[str, ...], timeframe: str, start: int | None, end: int | None
+) -> tuple[AlignedKlines, np.ndarray]:
+    """`--union`: every symbol's bars within [start, end) on the union of their times (backtest/union.py),
+    and where each has bars of its own. A symbol with fewer than 2 bars there is refused, by name."""
+    from backtest.report import iso
+
+    if start is not None and end is not None and start >= end:
+        raise UsageError(f"--from {iso(start)} is not before --to {iso(end)}")
+    loaded = [load_klines(s, timeframe, start_ms=start, end_ms=end) for s in symbols]
+    for k in loaded:
+        if len(k) < 2:
+            whole = load_klines(k.symbol, timeframe)
+            raise UsageError(
+                f"{k.symbol} {timeframe} has fewer than 2 bars in the range (its data: "
+                f"{iso(int(whole.open_time_ms[0]))} → {iso(int(whole.open_time_ms[-1]))} UTC)"
+            )
+    return union_bars(loaded)
+
+
+def risk_layer(args: argparse.Namespace) -> BacktestRisk | None:
+    """The risk layer the arguments ask for (None: off)."""
+    if args.no_risk:
+        if args.no_protections or args.risk_policy is not None:
+            raise UsageError(
+                "--no-risk turns the whole risk layer off: drop --no-protections / --risk-policy"
+            )
+        return None
+    if args.ess_resume_hours < 0:
+        raise UsageError(f"--ess-resume-hours {args.ess_resume_hours}: must be 0 (never) or more")
+    policy = RiskLayerPolicy()
+    if args.risk_policy is not None:
+        try:
+            text = args.risk_policy.read_text()
+        except OSError as err:
+            raise UsageError(f"--risk-policy {args.risk_policy}: {err.strerror or err}") from None
+        try:
+            policy = RiskLayerPolicy.model_validate_json(text)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in err.errors()
+            )
+            raise UsageError(f"--risk-policy {args.risk_policy}: {problems}") from None
+    if args.no_protections:
+        policy = policy.model_copy(update={"protections": None})
+    return BacktestRisk(policy=policy, operator_resume_hours=args.ess_resume_hours or None)
+
+
 def intent_params(settings: Settings) -> IntentParams:
     """How the live signal service turns a model decision into an intent (the same settings)."""
     return IntentParams(
@@ -133,6 +184,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"--walk-forward {args.walk_forward!r}: choose one of {', '.join(ALL_MODELS)}")
     if args.refit_days < 1 or args.train_days < 1:
         raise UsageError("--refit-days and --train-days: must be at least 1 day")
+    if args.union and (args.model or args.walk_forward):
+        raise UsageError("--union works with rule signals (--signal): a model's features need every bar")
+    risk = risk_layer(args)
     costs = Costs(
         slippage_bps=args.slippage_bps,
         **({"taker_fee": args.fee_bps / 10_000} if args.fee_bps is not None else {}),
@@ -150,6 +204,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         policy=RiskPolicy.from_settings(settings),
         costs=costs,
         strategy=f"backtest-{source}",
+        risk=risk,
     )
     registry_ref = None
     if args.model:
@@ -167,7 +222,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     per_day = 86_400_000 // timeframe_ms(timeframe)
     train_bars = args.train_days * per_day
     warmup = WARMUP_BARS if args.model else train_bars + WARMUP_BARS if args.walk_forward else 0
-    bars, first = load_range(symbols, timeframe, args.start, args.end, warmup)
+    real = None
+    if args.union:
+        bars, real = load_union_range(symbols, timeframe, args.start, args.end)
+        first = 0
+    else:
+        bars, first = load_range(symbols, timeframe, args.start, args.end, warmup)
     if args.walk_forward and args.start is None:  # start once a whole training window lies behind
         first = min(train_bars + WARMUP_BARS, bars.n_bars - 2)
     run_id = args.run_id or "backtest-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -199,6 +259,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         sig = SignalSet(every_bar(bars, 1 if args.side == "long" else -1), name="every-bar " + args.side)
     else:
         sig = SignalSet(momentum(bars, args.lookback), name=f"momentum {args.lookback}")
+    if real is not None:
+        sig.side = mask_signal(sig.side, real)
 
     def progress(frac: float) -> None:
         print(f"\rbacktest {frac * 100:5.1f} %", end="", file=sys.stderr, flush=True)
@@ -218,7 +280,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{', '.join(symbols)} {timeframe} · {sig.name} · {bars.n_bars:,} bars")
     for k, v in metric_rows(metrics):
         print(f"  {k:<{width}}  {v}")
-    print(f"report: {out / 'report.html'} (trades.csv, metrics.json)")
+    print(f"report: {out / 'report.html'} (trades.csv, metrics.json, refusals.csv, ess_timeline.csv)")
     if args.journal:
         from backtest.journal_rows import to_records
         from journal.store import JournalError, open_journal

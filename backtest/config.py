@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trading import margin
 from trading.governor import RiskPolicy
 from trading.intents import ExitOverrides
+from trading.risk import RiskLayerPolicy
 
 
 def _paper(name: str) -> Decimal:
@@ -38,6 +39,33 @@ class Costs(BaseModel):
     liquidation_fee_rate: Decimal = Field(default_factory=lambda: _paper("liquidation_fee_rate"), ge=0, lt=1)
 
 
+class BacktestRisk(BaseModel):
+    """The risk layer in a backtest (trading/risk.py), and how the backtest stands in for what the live
+    system gets from elsewhere: the correlation clusters and allocation targets (a scheduled activity
+    there; here recomputed from the backtest's own bars every `refresh_hours`, from the hourly returns of
+    the last `correlation_window_hours` before the refresh) and an operator (nobody resumes trading after
+    an emergency stop in a backtest unless `operator_resume_hours` says when)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: RiskLayerPolicy = Field(default_factory=RiskLayerPolicy)
+    correlation_window_hours: int = Field(720, ge=3, le=24 * 366)
+    refresh_hours: int = Field(24, ge=1, le=24 * 366)
+    # Fewer hourly returns than this: no clusters and no allocation target for that symbol yet.
+    min_returns: int = Field(24, ge=3)
+    # The backtest plays an operator who moves the ESS back to NORMAL this long after it entered CRITICAL
+    # or HALTED (None: never; a CRITICAL from a losing streak would otherwise end trading for good).
+    operator_resume_hours: int | None = Field(24, ge=1)
+
+    @field_validator("min_returns")
+    @classmethod
+    def _window_holds_minimum(cls, value: int, info) -> int:
+        window = info.data.get("correlation_window_hours")
+        if window is not None and value > window:
+            raise ValueError("min_returns must not exceed correlation_window_hours")
+        return value
+
+
 class BacktestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +80,8 @@ class BacktestConfig(BaseModel):
     exits: ExitOverrides | None = None  # per-trade overrides of the policy's exit profile
     costs: Costs = Field(default_factory=Costs)
     strategy: str = "backtest"
+    # None: the governor's gates only, as the workflows decide today (the parity tests rely on it).
+    risk: BacktestRisk | None = None
 
     @field_validator("symbols")
     @classmethod

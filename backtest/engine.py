@@ -45,9 +45,11 @@ from backtest.costs import (
     taker_fee,
     taker_price,
 )
-from backtest.result import BacktestResult, Trade
+from backtest.replay_risk import ESS_CHECK, REFRESH, RISK_GATES, RiskReplay
+from backtest.result import BacktestResult, GateRecord, Trade
+from backtest.risk import ESS_WAIT, NEVER, PARK, RiskTrack
 from backtest.search import first_cross
-from signals.data import AlignedKlines, FundingRates
+from signals.data import AlignedKlines, FundingRates, timeframe_ms
 from trading.exit_policy import (
     ExitProfile,
     ExitState,
@@ -66,7 +68,6 @@ from trading.governor import (
     ReservationRequest,
     adjust,
     apply_grant,
-    decide,
     release,
 )
 from trading.instruments import DEFAULT_RULES, SymbolRules
@@ -79,7 +80,8 @@ ZERO = D(0)
 INF = float("inf")
 SCAN_BARS = 8
 MAX_STEPS_PER_BAR = 256  # every step consumes a level or moves the best price; this is only a guard
-ENTRY, MANAGE = 0, 1  # in one bar, entries at the open come before managing what is held
+ENTRY, MANAGE = 0, 1  # in one bar, entries at the open come before managing what is held (and book
+# events before both: backtest/replay_risk.py)
 
 
 def dec(x: float) -> Decimal:
@@ -128,9 +130,10 @@ class _Held:
     segments: list[tuple[int, float, float]] = field(default_factory=list)  # (bar, qty, cost) after fills
     levels: tuple[Decimal | None, Decimal | None] = (None, None)  # trigger_levels of `state`
     liq: Decimal = ZERO  # the venue's liquidation price of the open position (0: none)
+    due: int = -1  # the bar of its pending MANAGE event (an emergency flatten leaves one behind)
 
 
-class Replay:
+class Replay(RiskReplay):
     def __init__(
         self,
         config: BacktestConfig,
@@ -171,8 +174,18 @@ class Replay:
         self.cash: list[tuple[int, float]] = []  # (bar, realized cash flow) for the equity curve
         self.spans: list[tuple[int, int, int, float, float, int]] = []  # sym, from, to, qty, cost, sign
         self.denials: dict[str, int] = {}
+        self.refusals: list[GateRecord] = []
+        self.cuts: list[GateRecord] = []
         self.decisions = 0
         self._seq = 0
+        self._cash_total = 0.0  # the sum of `cash`, for the emergency stop's equity marks
+        risk = self.cfg.risk
+        self.risk = RiskTrack(risk, self.cfg, bars) if risk is not None else None
+        self.ess_parked: set[int] = set()  # symbols waiting for the emergency stop to allow entries
+        self.market_parked: set[int] = set()  # ... for a release or new clusters and allocation targets
+        self._pending: set[int] = set()  # ESS_CHECK / REFRESH events in the heap
+        self._marked_ms = -1
+        self._bar_ms = timeframe_ms(bars.timeframe)
 
     def _funding_schedule(self, history: FundingRates | None) -> tuple[np.ndarray, dict[int, Decimal]]:
         grid = np.flatnonzero(self.t % (self.cfg.costs.funding_interval_hours * HOUR_MS) == 0)
@@ -196,8 +209,12 @@ class Replay:
             bar, kind, s = heapq.heappop(self.heap)
             if kind == ENTRY:
                 self._enter(s, bar)
+            elif kind == MANAGE:
+                p = self.held.get(s)
+                if p is not None and p.due == bar:
+                    self._manage(p, bar)
             else:
-                self._manage(self.held[s], bar)
+                self._book_event(kind, s, bar)
             if self.progress is not None and bar - last_report >= self.n // 50:
                 last_report = bar
                 self.progress(bar / max(self.n, 1))
@@ -218,6 +235,9 @@ class Replay:
             decisions=self.decisions,
             signal=self.sig.name,
             funding_history=self.funding_history,
+            refusals=self.refusals,
+            size_cuts=self.cuts,
+            ess_timeline=self.risk.timeline if self.risk is not None else [],
         )
 
     # ------------------------------------------------------------------ entries
@@ -249,9 +269,12 @@ class Replay:
         req = ReservationRequest(
             holder_id=holder, symbol=symbol, side=side, notional_usdt=notional, kill_score=kill
         )
-        decision = decide(self.book, cfg.policy, req, now)
+        decision = self._decide(req, j, now)
         if isinstance(decision, Denial):
             self.denials[decision.gate.value] = self.denials.get(decision.gate.value, 0) + 1
+            self.refusals.append(
+                GateRecord(now, symbol, side.value, notional, decision.gate.value, decision.reason)
+            )
             self._retry_after_denial(s, j, decision)
             return
         apply_grant(self.book, req, decision, now)
@@ -260,6 +283,17 @@ class Replay:
         if qty < rules.market_min_qty or qty * mark < rules.min_notional:
             # what the entry activity does with a grant below the venue's minimum: nothing is sent
             self.denials[Gate.EXCHANGE_MINIMUM.value] = self.denials.get(Gate.EXCHANGE_MINIMUM.value, 0) + 1
+            self.refusals.append(
+                GateRecord(
+                    now,
+                    symbol,
+                    side.value,
+                    notional,
+                    Gate.EXCHANGE_MINIMUM.value,
+                    f"a grant of {decision.notional_usdt} USDT at {mark} is {qty} {symbol}: below the "
+                    f"venue's minimum ({rules.market_min_qty} and {rules.min_notional} USDT)",
+                )
+            )
             release(self.book, cfg.policy, holder, now, cooldown=False)
             self._schedule_entry(s, j + 1)
             self._wake_parked(j + 1)
@@ -299,8 +333,9 @@ class Replay:
         )
         held.segments.append((j, float(tally.open_qty), float(tally.cost_basis)))
         self._refresh(held)
-        self.cash.append((j, -float(fee)))
+        self._flow(j, -float(fee))
         self.held[s] = held
+        held.due = j
         heapq.heappush(self.heap, (j, MANAGE, s))
 
     def _retry_after_denial(self, s: int, j: int, denial: Denial) -> None:
@@ -322,6 +357,18 @@ class Replay:
         elif gate in (Gate.MAX_OPEN_POSITIONS, Gate.TOTAL_NOTIONAL):
             self.parked.add(s)  # until a position is released
             return
+        elif self.risk is not None and gate in RISK_GATES:
+            retry_ms = self.risk.retry_after(gate, symbol, self.book, now)
+            if retry_ms == ESS_WAIT:
+                self.ess_parked.add(s)
+                self._book_event_at(ESS_CHECK, self.risk.next_ess_check_ms(now, self._bar_ms))
+                return
+            if retry_ms == PARK:
+                self.market_parked.add(s)  # until a release, or the next refresh of clusters and targets
+                self._book_event_at(REFRESH, self.risk.next_refresh_ms(now))
+                return
+            if retry_ms == NEVER:
+                return
         elif gate in (Gate.KILL_SWITCH, Gate.EMERGENCY, Gate.ALLOWLIST):
             return  # nothing in a backtest changes these
         bar = int(np.searchsorted(self.t, retry_ms, side="left"))
@@ -334,7 +381,7 @@ class Replay:
             pay = funding_payment(p.venue, dec(self._o[p.sym][i]), self.cfg.costs, rate)
             p.funding += pay
             p.liq = liq_price(p.venue, self.cfg.costs)  # funding moved the isolated margin
-            self.cash.append((i, float(pay)))
+            self._flow(i, float(pay))
         self._bar(p, i, first=i != p.entry_bar)
         if p.tally.open_qty <= 0:
             self._finish(p, i)
@@ -376,6 +423,7 @@ class Replay:
                 first_cross(self.bars.high[s], self.bars.low[s], near, stop, hi, lo) if near < stop else stop
             )
         if hit < self.n:
+            p.due = hit
             heapq.heappush(self.heap, (hit, MANAGE, s))
         # else: nothing happens before the data ends; closed at the end
 
@@ -498,7 +546,7 @@ class Replay:
         p.fills.append(fill)
         p.reason, p.controller = reason, controller
         p.segments.append((i, float(p.tally.open_qty), float(p.tally.cost_basis)))
-        self.cash.append((i, float(p.tally.realized_gross - gross_before - fee)))
+        self._flow(i, float(p.tally.realized_gross - gross_before - fee))
 
     def _close_at_end(self, p: _Held) -> None:
         last = self.n - 1
@@ -513,33 +561,35 @@ class Replay:
         for seg, nxt in zip(p.segments, [*p.segments[1:], (i + 1, 0.0, 0.0)], strict=True):
             if seg[1] > 0:
                 self.spans.append((p.sym, seg[0], nxt[0], seg[1], seg[2], p.side.sign))
-        self.trades.append(
-            Trade(
-                trade_no=p.no,
-                symbol=self.bars.symbols[p.sym],
-                side=p.side,
-                qty=t.entry_qty,
-                entry_price=t.avg_entry,
-                exit_price=t.avg_exit,
-                entry_time_ms=p.opened_ms,
-                exit_time_ms=now,
-                entry_bar=p.entry_bar,
-                exit_bar=i,
-                gross_pnl=t.realized_gross,
-                fees=t.fees,
-                funding=p.funding,
-                realized_pnl=t.realized_net,
-                pnl=t.realized_net + p.funding,
-                notional_usdt=p.notional,
-                leverage=p.leverage,
-                exit_reason=p.reason,
-                exit_controller=p.controller,
-                strategy=self.cfg.strategy,
-                regime=p.regime,
-                model_version=self.sig.model_version,
-                fills=p.fills,
-            )
+        trade = Trade(
+            trade_no=p.no,
+            symbol=self.bars.symbols[p.sym],
+            side=p.side,
+            qty=t.entry_qty,
+            entry_price=t.avg_entry,
+            exit_price=t.avg_exit,
+            entry_time_ms=p.opened_ms,
+            exit_time_ms=now,
+            entry_bar=p.entry_bar,
+            exit_bar=i,
+            gross_pnl=t.realized_gross,
+            fees=t.fees,
+            funding=p.funding,
+            realized_pnl=t.realized_net,
+            pnl=t.realized_net + p.funding,
+            notional_usdt=p.notional,
+            leverage=p.leverage,
+            exit_reason=p.reason,
+            exit_controller=p.controller,
+            strategy=self.cfg.strategy,
+            regime=p.regime,
+            model_version=self.sig.model_version,
+            fills=p.fills,
         )
+        self.trades.append(trade)
+        if self.risk is not None:
+            self._marked_ms = now
+            self._ess_moved(self.risk.on_close(trade, self._equity_at(i)), i + 1)
         if not schedule:
             return
         self._schedule_entry(p.sym, i + 1)
@@ -547,9 +597,10 @@ class Replay:
 
     def _wake_parked(self, bar: int) -> None:
         """A slot or notional was freed: symbols waiting for one ask again from `bar` on."""
-        for s in sorted(self.parked):
+        for s in sorted(self.parked | self.market_parked):
             self._schedule_entry(s, bar)
         self.parked.clear()
+        self.market_parked.clear()
 
     # ------------------------------------------------------------------ equity
     def _equity(self) -> tuple[np.ndarray, np.ndarray]:

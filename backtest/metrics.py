@@ -88,7 +88,7 @@ def compute(result: BacktestResult) -> Metrics:
     pnls = [t.pnl for t in result.trades]
     wins = sum((p for p in pnls if p > 0), Decimal(0))
     losses = -sum((p for p in pnls if p < 0), Decimal(0))
-    first_open, last_close = result.open[:, 0], result.close[:, -1]
+    first_open, last_close = first_last(result)
     bh = {s: float(last_close[k] / first_open[k] - 1.0) for k, s in enumerate(result.symbols)}
     return Metrics(
         start_equity=start,
@@ -112,6 +112,17 @@ def compute(result: BacktestResult) -> Metrics:
         buy_and_hold=bh,
         bars=result.n_bars,
     )
+
+
+def first_last(result: BacktestResult) -> tuple[np.ndarray, np.ndarray]:
+    """Each symbol's first open and last close that are prices (symbols of a `--union` backtest start
+    and end at different bars)."""
+    o, c = result.open, result.close
+    n = o.shape[1]
+    first = np.argmax(np.isfinite(o), axis=1)
+    last = n - 1 - np.argmax(np.isfinite(c[:, ::-1]), axis=1)
+    rows = np.arange(o.shape[0])
+    return o[rows, first], c[rows, last]
 
 
 def _bar_ms(result: BacktestResult) -> int:

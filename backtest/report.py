@@ -1,5 +1,6 @@
 """The report folder of a backtest: `report.html` (self-contained: inline SVG charts, no scripts, no
-network), `trades.csv` and `metrics.json`."""
+network), `trades.csv`, `metrics.json`, and the risk layer's `refusals.csv`, `size_cuts.csv` and
+`ess_timeline.csv` (backtest/report_risk.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import html
 import json
 import math
+import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from backtest.engine import __doc__ as ENGINE_RULES
-from backtest.metrics import Metrics, compute, drawdown, monthly_returns
+from backtest.metrics import Metrics, compute, drawdown, first_last, monthly_returns
+from backtest.report_risk import (
+    ess_legend,
+    ess_overlay,
+    risk_metrics,
+    risk_sections,
+    risk_setup,
+    write_risk_files,
+)
 from backtest.result import BacktestResult
 
 TRADE_COLUMNS = (
@@ -59,11 +69,13 @@ def write_report(result: BacktestResult, out: Path, metrics: Metrics | None = No
                     "signal": result.signal,
                     "funding_history": list(result.funding_history),
                 }
+                | risk_metrics(result)
             ),
             indent=2,
         )
         + "\n"
     )
+    write_risk_files(result, out)
     with (out / "trades.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(TRADE_COLUMNS)
@@ -140,7 +152,11 @@ def _charts(result: BacktestResult) -> str:
     x = result.open_time_ms[idx].astype(float)
     eq = result.equity[idx]
     start = float(result.config.start_balance)
-    hold = start * (1.0 + np.mean(result.close[:, idx] / result.open[:, :1] - 1.0, axis=0))
+    first_open, _ = first_last(result)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a time before every symbol's first bar
+        rel = np.nanmean(result.close[:, idx] / first_open[:, None] - 1.0, axis=0)
+    hold = start * (1.0 + np.nan_to_num(rel))
     dd = -drawdown(result.equity)[idx]
     lo, hi = float(min(eq.min(), hold.min())), float(max(eq.max(), hold.max()))
     w, h = 900, 260
@@ -149,6 +165,7 @@ def _charts(result: BacktestResult) -> str:
         f'<text x="-58" y="8" font-size="11">{hi:,.0f}</text>'
         f'<text x="-58" y="{h}" font-size="11">{lo:,.0f}</text>'
         f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#999"/>'
+        + ess_overlay(result, float(x[0]), float(x[-1]), w, h)
         + _polyline(x, hold, w, h, lo, hi, "#bbb")
         + _polyline(x, eq, w, h, lo, hi, "#1f6feb")
         + f'<text x="0" y="{h + 18}" font-size="11">{iso(int(x[0]))}</text>'
@@ -165,7 +182,10 @@ def _charts(result: BacktestResult) -> str:
     )
     return (
         "<h2>Equity</h2><p class=legend><span style='color:#1f6feb'>■</span> strategy "
-        "<span style='color:#bbb'>■</span> buy and hold</p>" + eq_svg + "<h2>Drawdown</h2>" + dd_svg
+        f"<span style='color:#bbb'>■</span> buy and hold{ess_legend(result)}</p>"
+        + eq_svg
+        + "<h2>Drawdown</h2>"
+        + dd_svg
     )
 
 
@@ -243,7 +263,7 @@ def render_html(result: BacktestResult, m: Metrics) -> str:
         f"taker fee {c.taker_fee}, maker fee {c.maker_fee} (every order is a market order), slippage "
         f"{c.slippage_bps} bps, {funding}, "
         f"isolated margin, maintenance rate {c.maint_margin_rate}, liquidation fee {c.liquidation_fee_rate}; "
-        f"entries refused by the portfolio's gates: {denials}"
+        f"entries refused by the portfolio's gates: {denials}; {risk_setup(result)}"
     )
     rules = html.escape((ENGINE_RULES or "").split("Bar rules", 1)[-1])
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -254,6 +274,7 @@ td,th{{border:1px solid #ddd;padding:3px 7px;text-align:right}}th{{background:#f
 <h1>{title}</h1><p>{iso(int(result.open_time_ms[0]))} → {iso(int(result.open_time_ms[-1]))} UTC · {setup}</p>
 <h2>Metrics</h2><table>{metrics}</table><h3>Buy and hold per symbol</h3><table>{bh}</table>
 {_charts(result)}<h2>Monthly returns (%)</h2>{_monthly_table(result)}
+{risk_sections(result)}
 <h2>Exits</h2>{_exit_table(result)}
 <h2>How bars are read</h2><p><b>{ADVERSE_NOTE}</b></p><pre>Bar rules{rules}</pre>
 <h2>Trades</h2>{_trade_table(result)}</body></html>

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from backtest.config import BacktestConfig
+from trading.emergency import Transition
 from trading.intents import Side
 from trading.pnl import Fill
 
@@ -44,6 +45,19 @@ class Trade(BaseModel):
     fills: list[Fill]
 
 
+@dataclass(frozen=True, slots=True)
+class GateRecord:
+    """An entry a gate refused (`granted_usdt` None) or made smaller, with the gate's own words."""
+
+    at_ms: int
+    symbol: str
+    side: str
+    asked_usdt: Decimal
+    gate: str
+    reason: str
+    granted_usdt: Decimal | None = None
+
+
 @dataclass
 class BacktestResult:
     config: BacktestConfig
@@ -58,6 +72,9 @@ class BacktestResult:
     decisions: int = 0  # calls into the exit engine (evaluate)
     signal: str = "every-bar"
     funding_history: tuple[str, ...] = ()  # symbols charged their historical funding rates
+    refusals: list[GateRecord] = field(default_factory=list)  # every refused entry, in time order
+    size_cuts: list[GateRecord] = field(default_factory=list)  # entries the risk layer made smaller
+    ess_timeline: list[Transition] = field(default_factory=list)  # the emergency stop's moves
 
     @property
     def n_bars(self) -> int:

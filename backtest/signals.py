@@ -21,5 +21,7 @@ def momentum(bars: AlignedKlines, lookback: int = 24) -> np.ndarray:
         raise ValueError("lookback must be at least 1 bar")
     out = np.zeros(bars.close.shape, dtype=np.int8)
     c = bars.close
-    out[:, lookback:] = np.sign(c[:, lookback:] - c[:, :-lookback]).astype(np.int8)
+    with np.errstate(invalid="ignore"):  # a NaN price (a symbol before its first bar) gives no signal
+        diff = c[:, lookback:] - c[:, :-lookback]
+        out[:, lookback:] = np.where(np.isfinite(diff), np.sign(diff), 0).astype(np.int8)
     return out

@@ -51,6 +51,7 @@ class Gate(StrEnum):
     SYMBOL_CONCENTRATION = "symbol_concentration"  # one symbol would hold too much of the budget
     CLUSTER_CONCENTRATION = "cluster_concentration"  # one correlated cluster would hold too much
     HEAT = "portfolio_heat"  # too many entries across the book in the window
+    ALLOCATION = "allocation_cap"  # the symbol's capital allocation target leaves no room (trading/risk.py)
 
 
 class RiskPolicy(BaseModel):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from backtest.command import load_range
-from backtest.config import BacktestConfig
+from backtest.config import BacktestConfig, BacktestRisk
 from backtest.engine import SignalSet, run_backtest
 from backtest.signals import momentum
 from signals.data import kline_path
@@ -101,7 +101,11 @@ def test_report_files_and_metric_values(home: Path, capsys: pytest.CaptureFixtur
 
     # max drawdown, recomputed with a plain loop over the same replay's equity curve
     bars, _ = load_range(("BTCUSDT", "ETHUSDT"), "1h", ms(FROM), ms(TO))
-    cfg = BacktestConfig(symbols=("BTCUSDT", "ETHUSDT"), policy=RiskPolicy.from_settings(_settings()))
+    cfg = BacktestConfig(
+        symbols=("BTCUSDT", "ETHUSDT"),
+        policy=RiskPolicy.from_settings(_settings()),
+        risk=BacktestRisk(),  # the CLI's default: the risk layer on
+    )
     result = run_backtest(cfg, bars, SignalSet(momentum(bars, 24)))
     assert len(result.trades) == len(trades) and result.equity[-1] == pytest.approx(m["end_equity"])
     peak, worst, since, longest = 10_000.0, 0.0, 0, 0
