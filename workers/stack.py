@@ -221,7 +221,29 @@ def service_specs(settings: Settings, *, prices: str = "replay", speed: float = 
                 env=worker_env,
             )
         )
+    if settings.alert_targets_configured:  # the notifier, only when it has somewhere to post
+        specs.append(
+            ServiceSpec(
+                name="alerts",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "workers.cli",
+                    "alerts",
+                    "--metrics-port",
+                    str(settings.alerts_metrics_port),
+                ],
+                host="127.0.0.1",
+                port=settings.alerts_metrics_port,
+                marker=_alerts_marker(settings),
+                env=worker_env,
+            )
+        )
     return specs
+
+
+def _alerts_marker(settings: Settings) -> str:
+    return f"alerts --metrics-port {settings.alerts_metrics_port}"
 
 
 def _worker_marker(kind: str, port: int) -> str:
@@ -241,6 +263,8 @@ def addresses(settings: Settings) -> dict[str, str]:
         "market_data_metrics": f"http://127.0.0.1:{settings.market_data_metrics_port}/metrics",
         "inference_metrics": f"http://127.0.0.1:{settings.inference_metrics_port}/metrics",
     }
+    if settings.alert_targets_configured:
+        out["alerts_metrics"] = f"http://127.0.0.1:{settings.alerts_metrics_port}/metrics"
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
         out["exchange_ws"] = settings.ws_url
@@ -279,7 +303,7 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
     if spec.name.endswith(
-        ("-worker", "-watcher", "-stream", "market-data")
+        ("-worker", "-watcher", "-stream", "market-data", "alerts")
     ):  # its metrics endpoint answers once it is connected
         return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
@@ -360,6 +384,7 @@ def _port_variable(name: str) -> str:
         "user-stream": "USER_STREAM_METRICS_PORT",
         "market-data": "MARKET_DATA_METRICS_PORT",
         "inference-worker": "INFERENCE_METRICS_PORT",
+        "alerts": "ALERTS_METRICS_PORT",
     }[name]
 
 
@@ -389,6 +414,7 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("price-watcher", f"watcher --metrics-port {settings.watcher_metrics_port}"),
         ("user-stream", f"user-stream --metrics-port {settings.user_stream_metrics_port}"),
         ("market-data", f"market-data --metrics-port {settings.market_data_metrics_port}"),
+        ("alerts", _alerts_marker(settings)),
     ]
 
 
@@ -398,6 +424,8 @@ def status(settings: Settings) -> dict[str, object]:
         pid = _running_pid(settings, name, marker)
         if name == "exchange" and settings.trading_mode is not TradingMode.PAPER and pid is None:
             continue  # no paper exchange outside paper mode
+        if name == "alerts" and not settings.alert_targets_configured and pid is None:
+            continue  # no notifier without a target
         services[name] = {"running": pid is not None, "pid": pid}
     return {
         **addresses(settings),
