@@ -24,6 +24,8 @@ LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (signals
 LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
+# One entry per change of the portfolio's emergency state or kill switch (read by the notifier, alerts/).
+EMERGENCY_STREAM = "quantum:stream:portfolio.emergency"
 RL_REWARDS_STREAM = REWARDS_STREAM  # one per traded position; read by signals/strategy_chooser.py
 STREAM_MAXLEN = 100_000
 DEDUPE_TTL_S = 7 * 24 * 3600
@@ -50,6 +52,20 @@ local cur_ms, cur_seq = tonumber(cur[1] or '0'), tonumber(cur[2] or '0')
 if ms < cur_ms or (ms == cur_ms and seq < cur_seq) then return 0 end
 redis.call('HSET', KEYS[1], 'event_ms', ARGV[1], 'seq', ARGV[2], unpack(ARGV, 3))
 return 1
+"""
+
+# KEYS: portfolio hash, emergency stream ; ARGV: maxlen, emergency, kill switch, field, value, ...
+# Writes the state and, in the same step, an event when the emergency state or the kill switch differs
+# from what the hash held: a retried or repeated projection of the same state adds nothing.
+_PORTFOLIO = """
+local prev = redis.call('HMGET', KEYS[1], 'emergency', 'kill_switch')
+local was_em, was_ks = prev[1] or 'NORMAL', prev[2] or 'false'
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if was_em ~= ARGV[2] or was_ks ~= ARGV[3] then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'from', was_em, 'to', ARGV[2],
+    'kill_switch_from', was_ks, 'kill_switch', ARGV[3], unpack(ARGV, 4))
+end
+return false
 """
 
 # KEYS: table, channel ; ARGV: workflow id, JSON value, version, remove ("1"/"0")
@@ -118,6 +134,7 @@ class ProjectionActivities:
         self._once = redis.register_script(_ONCE)
         self._levels = redis.register_script(_LEVELS)
         self._snapshot = redis.register_script(_SNAPSHOT)
+        self._portfolio = redis.register_script(_PORTFOLIO)
 
     @activity.defn(name="project_position")
     async def project_position(self, inp: ProjectionInput) -> None:
@@ -209,18 +226,24 @@ class ProjectionActivities:
 
     @activity.defn(name="project_portfolio")
     async def project_portfolio(self, view: PortfolioView) -> None:
-        await self.redis.hset(
-            PORTFOLIO_KEY,
-            mapping={
-                "slots_used": view.slots_used,
-                "max_open_positions": view.policy.max_open_positions,
-                "notional_used": str(view.notional_used),
-                "max_total_notional": str(view.policy.max_total_notional_usdt),
-                "kill_switch": str(view.policy.kill_switch).lower(),
-                "emergency": view.book.emergency.value,
-                "holders": json.dumps(sorted(view.book.reservations)),
-                "updated_at": int(time.time() * 1000),
-            },
+        state = {
+            "slots_used": str(view.slots_used),
+            "max_open_positions": str(view.policy.max_open_positions),
+            "notional_used": str(view.notional_used),
+            "max_total_notional": str(view.policy.max_total_notional_usdt),
+            "kill_switch": str(view.policy.kill_switch).lower(),
+            "emergency": view.book.emergency.value,
+            "holders": json.dumps(sorted(view.book.reservations)),
+            "updated_at": str(int(time.time() * 1000)),
+        }
+        await self._portfolio(
+            keys=[PORTFOLIO_KEY, EMERGENCY_STREAM],
+            args=[
+                str(STREAM_MAXLEN),
+                state["emergency"],
+                state["kill_switch"],
+                *(x for kv in state.items() for x in kv),
+            ],
         )
 
     async def _append_once(

@@ -314,7 +314,9 @@ class BinanceFuturesClient:
                 banned = isinstance(err, IpBannedError)
                 self.weights.block(err.retry_after_s, banned=banned)
                 if self.shared_budget is not None:
-                    await self.shared_budget.block(err.retry_after_s, banned=banned)
+                    await self.shared_budget.block(
+                        err.retry_after_s, banned=banned, endpoint=f"{method} {path}"
+                    )
             elif retry_reads and attempt < attempts and isinstance(err, RetryableError | UnknownOutcomeError):
                 delay = self.backoff_s * (2 ** (attempt - 1))
                 _log.warning(

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "quantum:ratelimit"
 WINDOW_S = 60
+# One entry per IP ban (a 418 while the IP was not already banned), whichever worker saw it first;
+# read by the notifier (alerts/).
+BAN_STREAM = "quantum:stream:venue.ban"
+BAN_STREAM_MAXLEN = 10_000
 
 # KEYS: buckets hash, block key, venue floor key. ARGV: now_ms, weight, budget.
 # Returns {status, value}: status 1 → reserved (value: weight used incl. this one);
@@ -80,15 +84,22 @@ end
 return {1, used + weight}
 """
 
-# KEYS: block key. ARGV: until_ms, banned (0/1). Keeps the later deadline; a ban sticks to it.
+# KEYS: block key, ban stream. ARGV: until_ms, banned (0/1), now_ms, maxlen, budget id, endpoint,
+# retry_after_s. Keeps the later deadline; a ban sticks to it. A ban that starts (the IP was not banned
+# already) is also told once on the ban stream, however many workers see the 418.
 _BLOCK = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
+local was_banned = redis.call('HGET', KEYS[1], 'banned') == '1' and cur > tonumber(ARGV[3])
 local until_ms = tonumber(ARGV[1])
 if until_ms > cur then
   redis.call('HSET', KEYS[1], 'until_ms', until_ms)
 end
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'banned', '1') end
 redis.call('PEXPIREAT', KEYS[1], math.max(until_ms, cur))
+if ARGV[2] == '1' and not was_banned then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'budget_id', ARGV[5], 'until_ms',
+    math.max(until_ms, cur), 'seen_ms', ARGV[3], 'endpoint', ARGV[6], 'retry_after_s', ARGV[7])
+end
 return 1
 """
 
@@ -185,15 +196,28 @@ class SharedWeightBudget:
             self.paused_s += wait
             await self.sleep(wait + 0.005)
 
-    async def block(self, retry_after_s: float | None, *, banned: bool) -> None:
-        """After a 429 / 418: every worker sends nothing until Retry-After (default: a minute / two)."""
+    async def block(self, retry_after_s: float | None, *, banned: bool, endpoint: str = "") -> None:
+        """After a 429 / 418: every worker sends nothing until Retry-After (default: a minute / two).
+        A ban that starts here is written to BAN_STREAM (`endpoint`: the request that drew it)."""
         seconds = retry_after_s if retry_after_s is not None else (120.0 if banned else 60.0)
-        until_ms = int((self.clock() + seconds) * 1000)
+        now_ms = int(self.clock() * 1000)
+        until_ms = now_ms + int(seconds * 1000)
         if not self.available:
             return
         try:
             async with self._lock:
-                await self._block(keys=[self.keys[1]], args=[until_ms, 1 if banned else 0])
+                await self._block(
+                    keys=[self.keys[1], BAN_STREAM],
+                    args=[
+                        until_ms,
+                        1 if banned else 0,
+                        now_ms,
+                        BAN_STREAM_MAXLEN,
+                        self.budget_id,
+                        endpoint,
+                        "" if retry_after_s is None else f"{retry_after_s:g}",
+                    ],
+                )
         except (RedisError, OSError) as exc:
             self._step_aside(exc)
 

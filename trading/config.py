@@ -11,6 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -230,6 +231,41 @@ class Settings(BaseSettings):
     """Winners go to shadow first (predictions published with shadow=true, never traded) and are
     promoted only when they beat the champion again on the bars that come after."""
 
+    # --- alerts: the notifier (`qtrader alerts`, alerts/) ---
+    alert_webhook_urls: SecretStr | None = None
+    """Slack / Discord (or compatible) incoming-webhook URLs, comma-separated; a webhook URL carries its
+    own credential, so the whole value is a secret."""
+    alert_telegram_bot_token: SecretStr | None = None
+    """Telegram bot token (with ALERT_TELEGRAM_CHAT_ID): alerts also go to Telegram's bot API."""
+    alert_telegram_chat_id: str | None = None
+    """The Telegram chat the bot posts to (with ALERT_TELEGRAM_BOT_TOKEN)."""
+    alert_telegram_api_url: str = "https://api.telegram.org"
+    """Telegram's bot API address (a local receiver in tests)."""
+    alerts_metrics_port: int = Field(9471, ge=1, le=65535)
+    """Port of the notifier's metrics endpoint."""
+    alert_max_attempts: int = Field(5, ge=1, le=20)
+    """Tries per alert and target, the first included."""
+    alert_retry_base_seconds: float = Field(1.0, gt=0, le=60)
+    """First wait before a retry, doubling after each failure."""
+    alert_retry_max_seconds: float = Field(30.0, gt=0, le=600)
+    """Cap of one wait between tries (a receiver's Retry-After too)."""
+    alert_http_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    """Timeout of one post to a target."""
+    alert_rate_limit_count: int = Field(3, ge=1, le=1000)
+    """A flapping condition: at most this many alerts per window; the rest are summed up in one."""
+    alert_rate_limit_window_seconds: float = Field(600.0, gt=0)
+    """The window of ALERT_RATE_LIMIT_COUNT."""
+    alert_task_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["trade-lifecycle", "exchange", "inference"]
+    )
+    """Task queues whose workers are watched (their pollers, as Temporal reports them), comma-separated."""
+    alert_worker_stale_seconds: float = Field(120.0, gt=0)
+    """A queue with no poll for this long has no worker (idle workers poll about once a minute)."""
+    alert_check_interval_seconds: float = Field(15.0, gt=0)
+    """How often the worker and daily-summary checks run."""
+    alert_daily_summary_at: str = "00:00"
+    """UTC time of day (HH:MM) the summary of the day before is sent; "off" sends none."""
+
     # --- paper exchange ---
     paper_start_balance_usdt: Decimal = Field(Decimal("10000"), gt=0)
     """Starting wallet of `stack up`'s paper exchange (a fresh state file only) and default equity."""
@@ -277,6 +313,52 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown or no models {bad}; known: {', '.join(known)}")
         return value
 
+    @field_validator("alert_task_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "alert_webhook_urls", "alert_telegram_bot_token", "alert_telegram_chat_id", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("alert_webhook_urls")
+    @classmethod
+    def _check_webhooks(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        urls = [u.strip() for u in value.get_secret_value().split(",") if u.strip()]
+        for n, url in enumerate(urls, 1):
+            if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname:
+                # The URL itself is a credential: say which one, never what it is.
+                raise ValueError(f"URL #{n} is not an http:// or https:// URL with a host")
+        return SecretStr(",".join(urls)) if urls else None
+
+    @field_validator("alert_telegram_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("alert_daily_summary_at")
+    @classmethod
+    def _check_summary_at(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text == "off":
+            return text
+        hh, sep, mm = text.partition(":")
+        if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60 and len(mm) == 2):
+            raise ValueError("must be HH:MM (UTC) or off")
+        return f"{int(hh):02d}:{mm}"
+
     @field_validator("signal_timeframe")
     @classmethod
     def _check_timeframe(cls, value: str) -> str:
@@ -305,6 +387,8 @@ class Settings(BaseSettings):
     def _check_consistency(self) -> Settings:
         if self.gov_max_notional_per_trade_usdt > self.gov_max_total_notional_usdt:
             raise ValueError("GOV_MAX_NOTIONAL_PER_TRADE_USDT must not exceed GOV_MAX_TOTAL_NOTIONAL_USDT")
+        if (self.alert_telegram_bot_token is None) != (self.alert_telegram_chat_id is None):
+            raise ValueError("ALERT_TELEGRAM_BOT_TOKEN and ALERT_TELEGRAM_CHAT_ID must be set together")
         if self.trading_mode is TradingMode.LIVE and not self.live_trading_enabled:
             raise ValueError(
                 "TRADING_MODE=live needs LIVE_TRADING_ENABLED=true as well: live mode must be asked for "
@@ -344,11 +428,23 @@ class Settings(BaseSettings):
         return self.model_registry_dir or self.qt_home / "models"
 
     @property
+    def alert_targets_configured(self) -> bool:
+        """True when the notifier has somewhere to post (a webhook, or Telegram)."""
+        return bool(self.alert_webhook_urls or self.alert_telegram_bot_token)
+
+    @property
     def redis_url(self) -> str:
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
 
-_SECRET_VARIABLES = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "DATABASE_URL", "DASHBOARD_TOKEN"}
+_SECRET_VARIABLES = {
+    "BINANCE_API_KEY",
+    "BINANCE_API_SECRET",
+    "DATABASE_URL",
+    "DASHBOARD_TOKEN",
+    "ALERT_WEBHOOK_URLS",
+    "ALERT_TELEGRAM_BOT_TOKEN",
+}
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -58,6 +58,7 @@ def _print_addresses(found: dict[str, str]) -> None:
         "market_data_metrics": "Market data",
         "inference_metrics": "Inference",
         "dashboard": "Dashboard",
+        "alerts_metrics": "Alerts",
         "mode": "Mode",
         "home": "Data folder",
     }
@@ -121,6 +122,29 @@ def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(run_market_data(settings, args.metrics_port))
     except MarketDataError as exc:
         print(f"qtrader market-data: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from alerts.service import AlertsConfigError, run_alerts, send_test
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.test:
+            outcomes = asyncio.run(send_test(settings))
+            for name, outcome in outcomes.items():
+                state = (
+                    "delivered" if outcome and outcome.ok else f"FAILED ({outcome.error if outcome else '?'})"
+                )
+                print(f"{name:<10} {state}")
+            return 0 if all(o and o.ok for o in outcomes.values()) else 1
+        port = settings.alerts_metrics_port if args.metrics_port is None else args.metrics_port
+        asyncio.run(run_alerts(settings, port))
+    except AlertsConfigError as exc:
+        print(f"qtrader alerts: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -254,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     market.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port")
     market.set_defaults(func=_cmd_market_data)
+
+    alerts = sub.add_parser(
+        "alerts",
+        help="the notifier: emergency state, bans, liquidations, drift, workers down and a daily summary "
+        "to webhooks / Telegram",
+    )
+    alerts.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus endpoint port (default ALERTS_METRICS_PORT; 0: none)",
+    )
+    alerts.add_argument("--test", action="store_true", help="send one test alert to every target and exit")
+    alerts.set_defaults(func=_cmd_alerts)
 
     status = sub.add_parser("status", help="live view of the portfolio, positions and decisions")
     status.add_argument("--once", action="store_true", help="print one frame and exit")

@@ -231,10 +231,8 @@ def service_specs(
                 env=worker_env,
             )
         )
-    # The dashboard reads Temporal, Redis and the journal and never the venue: it gets no API keys.
-    dashboard_env = {
-        k: v for k, v in worker_env.items() if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET")
-    }
+    # The dashboard and the notifier read Temporal, Redis and the journal, never the venue: no API keys.
+    keyless_env = {k: v for k, v in worker_env.items() if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET")}
     specs.append(
         ServiceSpec(
             name="dashboard",
@@ -242,14 +240,36 @@ def service_specs(
             host="127.0.0.1",
             port=settings.dashboard_port,
             marker=" ".join(_dashboard_args(settings)),
-            env=dashboard_env,
+            env=keyless_env,
         )
     )
+    if settings.alert_targets_configured:  # the notifier, only when it has somewhere to post
+        specs.append(
+            ServiceSpec(
+                name="alerts",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "workers.cli",
+                    "alerts",
+                    "--metrics-port",
+                    str(settings.alerts_metrics_port),
+                ],
+                host="127.0.0.1",
+                port=settings.alerts_metrics_port,
+                marker=_alerts_marker(settings),
+                env=keyless_env,
+            )
+        )
     return specs
 
 
 def _dashboard_args(settings: Settings) -> list[str]:
     return ["dashboard", "--port", str(settings.dashboard_port)]
+
+
+def _alerts_marker(settings: Settings) -> str:
+    return f"alerts --metrics-port {settings.alerts_metrics_port}"
 
 
 def _worker_marker(kind: str, port: int) -> str:
@@ -270,6 +290,8 @@ def addresses(settings: Settings) -> dict[str, str]:
         "inference_metrics": f"http://127.0.0.1:{settings.inference_metrics_port}/metrics",
         "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
     }
+    if settings.alert_targets_configured:
+        out["alerts_metrics"] = f"http://127.0.0.1:{settings.alerts_metrics_port}/metrics"
     if settings.trading_mode is TradingMode.PAPER:
         out["exchange"] = settings.rest_url
         out["exchange_ws"] = settings.ws_url
@@ -308,7 +330,7 @@ def _ready_check(spec: ServiceSpec, settings: Settings):
     if spec.name == "redis":
         return lambda: _redis_ready(spec.host, spec.port)
     if spec.name.endswith(
-        ("-worker", "-watcher", "-stream", "market-data", "dashboard")
+        ("-worker", "-watcher", "-stream", "market-data", "dashboard", "alerts")
     ):  # its metrics endpoint answers once it is connected (the dashboard's once it serves)
         return lambda: http_ok(f"http://{spec.host}:{spec.port}/metrics")
     return lambda: http_ok(f"http://{spec.host}:{spec.port}/fapi/v1/time")
@@ -480,6 +502,7 @@ def _port_variable(name: str) -> str:
         "market-data": "MARKET_DATA_METRICS_PORT",
         "inference-worker": "INFERENCE_METRICS_PORT",
         "dashboard": "DASHBOARD_PORT",
+        "alerts": "ALERTS_METRICS_PORT",
     }[name]
 
 
@@ -510,6 +533,7 @@ def _markers(settings: Settings) -> list[tuple[str, str]]:
         ("user-stream", f"user-stream --metrics-port {settings.user_stream_metrics_port}"),
         ("market-data", f"market-data --metrics-port {settings.market_data_metrics_port}"),
         ("dashboard", " ".join(_dashboard_args(settings))),
+        ("alerts", _alerts_marker(settings)),
     ]
 
 
@@ -519,6 +543,8 @@ def status(settings: Settings) -> dict[str, object]:
         pid = _running_pid(settings, name, marker)
         if name == "exchange" and settings.trading_mode is not TradingMode.PAPER and pid is None:
             continue  # no paper exchange outside paper mode
+        if name == "alerts" and not settings.alert_targets_configured and pid is None:
+            continue  # no notifier without a target
         services[name] = {"running": pid is not None, "pid": pid}
     return {
         **addresses(settings),
