@@ -215,9 +215,9 @@ async def test_refused_hard_stop_does_not_leave_the_position_unprotected(stack: 
     """The price falls past the hard stop while the entry order is in flight: the venue refuses the
     stop (-2021 "would immediately trigger"), and the position is closed at once by its internal stop."""
     stack.exchange.set_price("BTCUSDT", "60000")
-    # The entry fills at once, but its answer comes back only after 1.2 s (the next order is normal).
+    # The entry fills at once, but its answer comes back only after 5 s (the next order is normal).
     stack.exchange.set_faults(
-        lost_answer_rate=1.0, lost_answer_mode="timeout", hang_s=1.2, paths=["/fapi/v1/order"], count=1
+        lost_answer_rate=1.0, lost_answer_mode="timeout", hang_s=5.0, paths=["/fapi/v1/order"], count=1
     )
     async with stack.workers():
         handle = await start_position(
@@ -225,9 +225,13 @@ async def test_refused_hard_stop_does_not_leave_the_position_unprotected(stack: 
             TradeIntent(symbol="BTCUSDT", side=Side.LONG, notional_usdt=D(150)),
             options=PositionOptions(mark_check_seconds=0.3),
         )
-        await asyncio.sleep(0.6)  # the entry order is at the venue, its answer not yet back
+        # The entry order is at the venue, its answer not yet back (a fixed sleep raced the entry on a
+        # loaded machine: a price moved before the entry filled made no stop-out at all).
+        async with asyncio.timeout(60):
+            while not stack.exchange.admin("GET", "orders?symbol=BTCUSDT"):
+                await asyncio.sleep(0.05)
         stack.exchange.set_price("BTCUSDT", "57500")  # past the 3 % hard stop (58200)
-        result: PositionResult = await asyncio.wait_for(handle.result(), 20)
+        result: PositionResult = await asyncio.wait_for(handle.result(), 90)
     assert result.exit_reason == "stop_loss"
     algos = stack.exchange.admin("GET", "algo-orders?symbol=BTCUSDT")
     assert algos == []  # refused: the venue never held it
