@@ -11,6 +11,7 @@ from decimal import Decimal
 import pydantic
 import pytest
 from temporalio import workflow
+from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
@@ -57,6 +58,24 @@ class UnpatchedV2(PositionWorkflow):
         await super()._check_mark()
 
 
+async def until_mark_checks(handle: WorkflowHandle, n: int, timeout_s: float = 60) -> None:
+    """Until the history holds `n` mark reads: the second is scheduled only after the first completed,
+    so the unpatched change has a completed read to diverge after (a fixed sleep left a loaded machine's
+    history with none, and the control replayed it without an error)."""
+
+    async def reads() -> int:
+        return sum(
+            1
+            for e in (await handle.fetch_history()).events
+            if e.HasField("activity_task_scheduled_event_attributes")
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "get_mark_price"
+        )
+
+    async with asyncio.timeout(timeout_s):
+        while await reads() < n:
+            await asyncio.sleep(0.1)
+
+
 async def test_deploy_over_open_positions_finishes_every_position(stack: Stack) -> None:
     symbols = ["BTCUSDT", "ETHUSDT"]
     stack.exchange.set_price("BTCUSDT", "60000")
@@ -69,7 +88,7 @@ async def test_deploy_over_open_positions_finishes_every_position(stack: Stack) 
         handles = [await start_position(stack, i, options=OPTS) for i in intents]
         for h in handles:
             await wait_status(h, PositionStatus.OPEN)
-        await asyncio.sleep(1)  # a few mark timers in every history
+            await until_mark_checks(h, 2)
     histories_v1 = [await h.fetch_history() for h in handles]
 
     # The deploy: v1's worker is gone; v2's worker (a new process would be the same: empty cache)
