@@ -12,6 +12,7 @@ COPY workers ./workers
 COPY backtest ./backtest
 COPY journal ./journal
 COPY bench ./bench
+COPY alerts ./alerts
 # Point PIP_EXTRA_INDEX_URL at a CPU-only torch index to keep the image small (torch is pinned in pyproject).
 ARG PIP_EXTRA_INDEX_URL=
 RUN pip install --no-cache-dir . \
