@@ -42,7 +42,8 @@ async def start_position(
     )
 
 
-async def wait_status(handle: WorkflowHandle, status: PositionStatus, timeout: float = 15) -> PositionView:
+async def wait_status(handle: WorkflowHandle, status: PositionStatus, timeout: float = 60) -> PositionView:
+    """An upper bound for a loaded machine, not a figure under test."""
     async with asyncio.timeout(timeout):
         while True:
             view = await handle.query("state", result_type=PositionView)
@@ -127,6 +128,20 @@ async def test_three_close_requests_at_once_make_one_order(stack: Stack) -> None
         assert [p.position_amt for p in await venue.position_risk("ETHUSDT")] in ([], [D(0)])
 
 
+async def quiet_history_len(handle: WorkflowHandle, timeout: float = 60) -> int:
+    """The history's length once nothing is in flight (the entry's projections and level publish done)
+    and it stays put: a fixed sleep let a slow projection's completion land between two counts."""
+    async with asyncio.timeout(timeout):
+        last = -1
+        while True:
+            pending = (await handle.describe()).raw_description.pending_activities
+            now = len((await handle.fetch_history()).events)
+            if not pending and now == last:
+                return now
+            last = now
+            await asyncio.sleep(0.3)
+
+
 async def test_close_more_than_open_is_refused_before_anything_is_recorded(stack: Stack) -> None:
     stack.exchange.set_price("BTCUSDT", "60000")
     async with stack.workers():
@@ -135,8 +150,7 @@ async def test_close_more_than_open_is_refused_before_anything_is_recorded(stack
             stack, TradeIntent(symbol="BTCUSDT", side=Side.LONG, quantity=D("0.002")), options=quiet
         )
         await wait_status(handle, PositionStatus.OPEN)
-        await asyncio.sleep(0.5)  # let the entry's projection activity finish
-        history_before = len((await handle.fetch_history()).events)
+        history_before = await quiet_history_len(handle)
         try:
             await handle.execute_update("close", ClosePositionRequest(quantity=D("0.5")))
             raise AssertionError("an over-sized close was accepted")
