@@ -40,7 +40,18 @@ def pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process that its parent has not reaped yet. `stack down` stops what an earlier `stack
+    up` started, whose parent is then init: an init that reaps every ~2 s made each of ten stops wait
+    that long for a process that had already exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile, or no /proc here: kill(0) said it exists
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class StartupError(RuntimeError):
