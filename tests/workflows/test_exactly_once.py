@@ -1,5 +1,5 @@
 """Exactly-once orders when the venue executes an order and the answer is lost (30 % of order requests,
-HTTP 503 "Unknown error"): 120 lifecycles, each opened and closed exactly once, no client id ever
+HTTP 503 "Unknown error"): 200 lifecycles, each opened and closed exactly once, no client id ever
 sent twice to a new order, and every workflow's PnL what the venue's own trades add up to."""
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from tests.workflows.drills import (
 from trading.intents import Side
 from workflows.messages import PositionStatus
 
-# 120 lifecycles lose about 70 order answers (was 200, ~120 lost; 40 s of the suite's 20-minute budget);
-# `python -m bench.truth` asks the same of far more orders.
-LIFECYCLES = 120
+LIFECYCLES = 200
 SYMBOLS = synthetic_symbols(40)
 CONCURRENCY = 20
 LIMITS = {
