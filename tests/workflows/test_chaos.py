@@ -38,6 +38,7 @@ SERVICES = {
 }
 
 
+@pytest.mark.drill  # minutes: run with `pytest -m drill`, outside the suite
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)
 async def test_sigkill_every_service_during_100_lifecycles(stack: Stack) -> None:
     for sym in SYMBOLS:

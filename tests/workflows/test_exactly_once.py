@@ -31,6 +31,7 @@ LIMITS = {
 }
 
 
+@pytest.mark.drill  # minutes: run with `pytest -m drill`, outside the suite
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)
 async def test_lost_answers_on_30_percent_of_orders_make_no_duplicate(stack: Stack) -> None:
     for sym in SYMBOLS:
