@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from trading.risk import RiskLayerPolicy
+
 # The sample klines the repository ships (data/README.md), located from this file, not the current
 # directory: the old default, a folder beside the repository and relative to the current directory,
 # left a fresh clone (or a run from another folder) with no data. QT_DATA_DIR points at a fuller one.
@@ -121,6 +123,10 @@ class Settings(BaseSettings):
     """The lifecycle worker runs a reconcile at start; until it is done new entries wait."""
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     """How often the portfolio looks for holders that stopped without giving their slot back."""
+    risk_layer_policy: RiskLayerPolicy | None = None
+    """The risk layer a new portfolio starts with, as JSON (fields of trading.risk.RiskLayerPolicy: the
+    automatic emergency stop, protections, heat, concentration, allocation; `{}` is every default); unset,
+    the governor's gates alone. A running portfolio changes it only through its `set_risk_policy` update."""
     qt_home: Path = Path(".qt")
     """Folder of the local stack's state, logs, models and journal."""
     database_url: SecretStr | None = None

@@ -67,12 +67,15 @@ def lifecycle_worker(
     `position_workflow`: another version of it (the upgrade test deploys one over open positions).
     `workflow_task_executor`: where its workflow activations run (workers/fresh_cache.py)."""
     portfolio = PortfolioActivities(
-        client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
+        client,
+        RiskPolicy.from_settings(settings),
+        settings.portfolio_holder_check_seconds,
+        settings.risk_layer_policy,
     )
     projections = ProjectionActivities(redis)
     symbols = MarketActivities(market)
     reconciling = ReconcileActivities(client, redis)
-    journaling = journal_activities(settings, gauges)
+    journaling = journal_activities(settings, gauges, client)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
@@ -84,6 +87,7 @@ def lifecycle_worker(
             portfolio.running_holders,
             projections.project_position,
             projections.project_portfolio,
+            projections.publish_ess_moves,
             projections.publish_levels,
             symbols.check_symbol,
             reconciling.tracked_positions,
@@ -100,13 +104,17 @@ def lifecycle_worker(
     )
 
 
-def journal_activities(settings: Settings, gauges: PerformanceGauges | None = None) -> JournalActivities:
-    """The trade journal (DATABASE_URL, else QT_HOME/journal.sqlite), its rows under this stack's mode."""
+def journal_activities(
+    settings: Settings, gauges: PerformanceGauges | None = None, client: Client | None = None
+) -> JournalActivities:
+    """The trade journal (DATABASE_URL, else QT_HOME/journal.sqlite), its rows under this stack's mode;
+    with `client`, each closed trade is also told to the portfolio's risk layer."""
     return JournalActivities(
         open_journal(settings.database_url, settings.qt_home),
         RecordMode(settings.trading_mode.value),
         settings.start_equity_usdt or settings.paper_start_balance_usdt,
         gauges,
+        client=client,
     )
 
 
@@ -137,6 +145,7 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
             RiskPolicy.from_settings(settings),
             settings.portfolio_holder_check_seconds,
             await_reconcile=settings.reconcile_on_start,
+            risk=settings.risk_layer_policy,
         )
         await ensure_reconcile_schedule(
             client, settings.reconcile_interval_seconds, run_now=settings.reconcile_on_start
