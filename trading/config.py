@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     """Metrics port of the user-data stream."""
     reconcile_interval_seconds: float = Field(30.0, gt=0)
     """Period of the reconcile Schedule (venue positions and orders against the workflows)."""
+    risk_inputs_interval_minutes: float = Field(60.0, gt=0)
+    """Period of the market-inputs Schedule: correlation clusters and allocation caps for the risk layer,
+    from the stored bars of SIGNAL_TIMEFRAME (nothing is computed while the risk layer is off)."""
+    risk_inputs_window_bars: int = Field(720, ge=3, le=1500)
+    """Bars the correlation and volatility of the market inputs look back over."""
     reconcile_on_start: bool = True
     """The lifecycle worker runs a reconcile at start; until it is done new entries wait."""
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)

@@ -276,6 +276,21 @@ class RunningHolder(_Msg):
     entry_price: Decimal = Decimal(0)
 
 
+class MarketInputsRequest(_Msg):
+    """What MarketInputsWorkflow reads: the newest `window_bars` stored bars of `interval` of every symbol
+    with bars (a symbol with fewer than `min_returns` returns gets no cap and is its own cluster)."""
+
+    interval: str = "1h"
+    window_bars: int = Field(720, ge=3, le=1500)
+    min_returns: int = Field(24, ge=2)
+
+    @model_validator(mode="after")
+    def _fits(self) -> MarketInputsRequest:
+        if self.min_returns >= self.window_bars:
+            raise ValueError("min_returns must be below window_bars (a window has window_bars - 1 returns)")
+        return self
+
+
 class EssMove(_Msg):
     """One transition of the automatic emergency stop, numbered in the portfolio's order (the stream's
     dedupe key: a retried publication adds nothing)."""

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         release,
         restore_reservation,
     )
+    from trading.market_inputs import MarketInputs, with_market_inputs
     from trading.risk import ClosedTradeEvent, RiskEvent, RiskLayerPolicy, RiskState, assess, observe
     from workflows.messages import (
         LIFECYCLE_TASK_QUEUE,
@@ -673,6 +674,24 @@ class PortfolioWorkflow:
     @set_risk_policy.validator
     def _validate_risk_policy(self, raw: dict | None) -> None:
         self._parsed_risk(raw)
+
+    @workflow.update(name="set_market_inputs")
+    def set_market_inputs(self, raw: dict) -> RiskState:
+        """Correlation clusters and allocation caps from the scheduled refresh (MarketInputsWorkflow)."""
+        self.risk_state = with_market_inputs(self.risk_state, self._parsed_inputs(raw))
+        self._changed()
+        return self.risk_state
+
+    @set_market_inputs.validator
+    def _validate_market_inputs(self, raw: dict) -> None:
+        self._parsed_inputs(raw)
+
+    def _parsed_inputs(self, raw: object) -> MarketInputs:
+        inputs = parse_message(MarketInputs, raw)
+        held = max(self.risk_state.clusters_at_ms or 0, self.risk_state.allocation_at_ms or 0)
+        if inputs.at_ms < held:  # a refresh that ran late must not undo a newer one
+            raise ValueError(f"market inputs of {inputs.at_ms} are older than those held ({held})")
+        return inputs
 
     def _parsed_risk(self, raw: object) -> RiskLayerPolicy | None:
         if raw is None:

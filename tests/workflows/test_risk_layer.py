@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -17,18 +18,21 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from activities.portfolio import start_portfolio
+from signals.bar_store import Bar, BarStore
 from tests.workflows.conftest import Stack
 from tests.workflows.drills import QUIET, synthetic_symbols
 from tests.workflows.test_replay import HISTORIES, replay_all, replay_one_task_late
 from trading.emergency import EmergencyState
-from trading.governor import Gate, RiskPolicy
+from trading.governor import HOUR_MS, Gate, RiskPolicy
 from trading.intents import Side
+from trading.market_inputs import MarketInputs
 from trading.records import ClosedTrade
 from trading.risk import ClosedTradeEvent
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
     ClosePositionRequest,
+    MarketInputsRequest,
     PortfolioView,
     PositionInput,
     PositionResult,
@@ -260,3 +264,74 @@ async def _running(stack: Stack) -> bool:
     except Exception:
         return False
     return True
+
+
+CLUSTERED = SYMBOLS[:5]  # five symbols that move together
+LONER = SYMBOLS[5]
+CONCENTRATION = {
+    "emergency": None,
+    "protections": None,
+    "allocation": None,
+    "concentration": {"max_symbol_share": "0.25", "max_cluster_share": "0.5"},
+}
+
+
+async def store_bars(stack: Stack, n: int = 120) -> None:
+    """`n` hourly bars: the five clustered symbols follow one random walk (plus a little noise of their
+    own), the loner its own."""
+    rng = random.Random(7)
+    t0 = 1_700_000_000_000 // HOUR_MS * HOUR_MS
+    price = dict.fromkeys(SYMBOLS, 100.0)
+    bars = []
+    for i in range(n):
+        common = rng.gauss(0, 0.01)
+        for s in SYMBOLS:
+            move = (common + rng.gauss(0, 0.001)) if s in CLUSTERED else rng.gauss(0, 0.01)
+            o, price[s] = price[s], price[s] * (1 + move)
+            hi, lo = max(o, price[s]), min(o, price[s])
+            bars.append(Bar(s, "1h", t0 + i * HOUR_MS, o, hi, lo, price[s], 10.0, 10.0 * price[s]))
+    await BarStore(stack.redis).write(bars, "test", stream=False)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{**SETTINGS, "risk_layer_policy": CONCENTRATION, "gov_max_total_notional_usdt": 400}],
+    indirect=True,
+)
+async def test_correlated_symbols_are_granted_up_to_their_cluster_limit(stack: Stack) -> None:
+    for sym in SYMBOLS:
+        stack.exchange.set_price(sym, "100")
+    await store_bars(stack)
+    async with stack.workers():
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 30, risk=stack.settings.risk_layer_policy
+        )
+        inputs = await stack.client.execute_workflow(
+            "MarketInputsWorkflow",
+            MarketInputsRequest(interval="1h", window_bars=120),
+            id="market-inputs-test",
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            result_type=MarketInputs,
+        )
+        assert inputs.clusters is not None and tuple(CLUSTERED) in inputs.clusters.groups, inputs
+        view = await portfolio(stack)
+        assert view.risk_state is not None and view.risk_state.clusters == inputs.clusters
+
+        # 100 USDT each; a cluster may hold 0.5 × 400 = 200 USDT net: two of the five, then no more.
+        outcomes = {}
+        for s in [*CLUSTERED, LONER]:
+            outcomes[s] = (await settled(await start(stack, f"corr-{s}", s))).status
+        assert [outcomes[s] for s in CLUSTERED] == [PositionStatus.OPEN] * 2 + [PositionStatus.REJECTED] * 3
+        assert outcomes[LONER] is PositionStatus.OPEN  # its own cluster
+        denials = [d for d in (await portfolio(stack)).last_decisions if d.decision == "denied"]
+        assert {d.holder_id for d in denials} == {f"corr-{s}" for s in CLUSTERED[2:]}
+        for d in denials:
+            assert d.gate is Gate.CLUSTER_CONCENTRATION, d
+            assert all(s in d.reason for s in CLUSTERED) and "200" in d.reason, d.reason
+
+        with pytest.raises(WorkflowUpdateFailedError) as stale:  # an older refresh never undoes a newer one
+            older = inputs.model_copy(update={"at_ms": inputs.at_ms - 1}).model_dump(mode="json")
+            await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).execute_update(
+                "set_market_inputs", older
+            )
+        assert "older" in str(stale.value.cause)
