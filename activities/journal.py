@@ -14,10 +14,14 @@ import time
 from decimal import Decimal
 
 from temporalio import activity
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from journal.metrics import PerformanceGauges, performance_figures
 from journal.store import Journal
 from trading.records import ClosedTrade, RecordMode, TradeRecord
+from trading.risk import ClosedTradeEvent
+from workflows.messages import DEFAULT_PORTFOLIO_ID
 
 log = logging.getLogger("qtrader.journal")
 
@@ -30,7 +34,11 @@ class JournalActivities:
         capital: Decimal,
         gauges: PerformanceGauges | None = None,
         run_id: str | None = None,
+        client: Client | None = None,
     ) -> None:
+        """`client`: the portfolio is told each closed trade (its risk layer's losing streak, daily loss,
+        stop-outs and symbol locks); none, not told."""
+        self.client = client
         self.journal = journal
         self.mode = mode
         self.run_id = run_id or mode.value  # the stack's rows: run id "paper", "testnet" or "live"
@@ -44,8 +52,22 @@ class JournalActivities:
         inserted = await asyncio.to_thread(self.journal.record, record)
         if not inserted:
             log.info("trade %s was already journaled", record.trade_id)
+        # Told on every attempt (a worker killed after the insert must not lose the event); the portfolio
+        # counts a trade id once.
+        await self.tell_portfolio(trade)
         await self.refresh_gauges()
         return inserted
+
+    async def tell_portfolio(self, trade: ClosedTrade) -> None:
+        if self.client is None:
+            return
+        event = ClosedTradeEvent(trade=trade).model_dump(mode="json")
+        try:
+            await self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("risk_event", event)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise  # retried with the activity
+            log.warning("trade %s: no portfolio running to tell", trade.trade_id)
 
     async def refresh_gauges(self) -> None:
         if self.gauges is None:

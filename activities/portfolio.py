@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from trading.governor import HOLDING_STATES, Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.intents import Side
+from trading.risk import RiskLayerPolicy
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -42,10 +43,11 @@ async def start_portfolio(
     *,
     request: ReservationRequest | None = None,
     await_reconcile: bool = False,
+    risk: RiskLayerPolicy | None = None,
 ) -> None:
     """Start the account's portfolio unless it runs (a running one keeps its policy: that changes only
     through its validated update); with `request`, signal-with-start it. With `await_reconcile`, new
-    entries wait for the first reconcile."""
+    entries wait for the first reconcile. `risk`: the risk layer it starts with (None: the governor alone)."""
     signal = {"start_signal": "request_reservation", "start_signal_args": [request]} if request else {}
     await client.start_workflow(
         "PortfolioWorkflow",
@@ -53,6 +55,7 @@ async def start_portfolio(
             policy=policy,
             holder_check_seconds=holder_check_seconds,
             book=PortfolioBook(reconciled=not await_reconcile),
+            risk=risk,
         ),
         id=DEFAULT_PORTFOLIO_ID,
         task_queue=LIFECYCLE_TASK_QUEUE,
@@ -64,18 +67,25 @@ async def start_portfolio(
 
 class PortfolioActivities:
     def __init__(
-        self, client: Client, default_policy: RiskPolicy, holder_check_seconds: float = 30.0
+        self,
+        client: Client,
+        default_policy: RiskPolicy,
+        holder_check_seconds: float = 30.0,
+        risk: RiskLayerPolicy | None = None,
     ) -> None:
         self.client = client
         self.default_policy = default_policy
         self.holder_check_seconds = holder_check_seconds
+        self.risk = risk
 
     @activity.defn(name="request_reservation")
     async def request_reservation(self, portfolio_id: str, request: ReservationRequest) -> None:
         """Signal-with-start: the request reaches the running portfolio, or starts it with the policy
         from this worker's settings."""
         assert portfolio_id == DEFAULT_PORTFOLIO_ID, portfolio_id
-        await start_portfolio(self.client, self.default_policy, self.holder_check_seconds, request=request)
+        await start_portfolio(
+            self.client, self.default_policy, self.holder_check_seconds, request=request, risk=self.risk
+        )
 
     @activity.defn(name="deliver_decisions")
     async def deliver_decisions(self, batch: DecisionBatch) -> list[str]:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from temporalio import activity
 
 from trading.bandit import REWARDS_STREAM, RewardError, normalize_reward, trade_margin
-from workflows.messages import PortfolioView, ProjectionInput, PublishLevelsInput
+from workflows.messages import EssMove, PortfolioView, ProjectionInput, PublishLevelsInput
 
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
 LEDGER_KEY = "quantum:ledger:{symbol}"
@@ -26,6 +26,9 @@ APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
 # One entry per change of the portfolio's emergency state or kill switch (read by the notifier, alerts/).
 EMERGENCY_STREAM = "quantum:stream:portfolio.emergency"
+# One entry per move of the automatic emergency stop, with its cause, rule, reason and figures (the seed's
+# name; read by the notifier, alerts/).
+ESS_STREAM = "quantum:stream:ess.state.changed"
 RL_REWARDS_STREAM = REWARDS_STREAM  # one per traded position; read by signals/strategy_chooser.py
 STREAM_MAXLEN = 100_000
 DEDUPE_TTL_S = 7 * 24 * 3600
@@ -236,6 +239,9 @@ class ProjectionActivities:
             "holders": json.dumps(sorted(view.book.reservations)),
             "updated_at": str(int(time.time() * 1000)),
         }
+        last = view.ess_moves[-1].transition if view.ess_moves else None
+        # Why the automatic stop stands where it does (the notifier's alert says it); "" otherwise.
+        state["reason"] = last.reason if last is not None and last.to_state is view.book.emergency else ""
         await self._portfolio(
             keys=[PORTFOLIO_KEY, EMERGENCY_STREAM],
             args=[
@@ -245,6 +251,25 @@ class ProjectionActivities:
                 *(x for kv in state.items() for x in kv),
             ],
         )
+
+    @activity.defn(name="publish_ess_moves")
+    async def publish_ess_moves(self, moves: list[EssMove]) -> None:
+        """Each move of the emergency stop to its stream once: keyed by its number and time, so a retry,
+        or a move carried into the next run and sent again, adds nothing."""
+        for m in moves:
+            t = m.transition
+            fields = {
+                "seq": str(m.seq),
+                "from": t.from_state.value,
+                "to": t.to_state.value,
+                "cause": t.cause.value,
+                "rule": t.rule,
+                "reason": t.reason,
+                "operator": _s(t.operator),
+                "breaches": json.dumps([b.model_dump(mode="json") for b in t.breaches]),
+                "at_ms": str(t.at_ms),
+            }
+            await self._append_once(f"ess:{m.seq}:{t.at_ms}", ESS_STREAM, fields)
 
     async def _append_once(
         self,

@@ -25,10 +25,10 @@ import numpy as np
 from backtest.config import BacktestConfig, BacktestRisk
 from backtest.result import Trade
 from signals.data import AlignedKlines, timeframe_ms
-from trading.allocation import allocate
-from trading.concentration import Clusters, correlation_clusters, entry_times
+from trading.concentration import entry_times
 from trading.emergency import EquityMark, OperatorCommand, Transition
 from trading.governor import HOUR_MS, EmergencyState, Gate, PortfolioBook, ReservationRequest
+from trading.market_inputs import market_inputs, wants_clusters, with_market_inputs
 from trading.protections import symbol_lock
 from trading.records import ClosedTrade
 from trading.risk import (
@@ -38,8 +38,6 @@ from trading.risk import (
     RiskVerdict,
     assess,
     observe,
-    with_allocation,
-    with_clusters,
 )
 
 PARK = -1  # retry_after: wait until a position is released or the clusters and targets are refreshed
@@ -88,8 +86,7 @@ class RiskTrack:
         self.refresh_ms = run.refresh_hours * HOUR_MS
         self.epoch: int | None = None
         self.closed: dict[str, list[ClosedTrade]] = {}  # the latest trades, for the allocation's tilt
-        conc = self.risk.concentration
-        self.wants_clusters = conc is not None and conc.max_cluster_share is not None
+        self.wants_clusters = wants_clusters(self.risk)
         self.wants_market = self.wants_clusters or self.risk.allocation is not None
         self.wants_equity = self.risk.emergency is not None
 
@@ -197,24 +194,21 @@ class RiskTrack:
         with np.errstate(divide="ignore", invalid="ignore"):
             returns = closes[:, 1:] / closes[:, :-1] - 1.0
         finite = np.isfinite(returns)
+        whole: dict[str, list[float]] = {}
         if self.wants_clusters:
             whole = {
                 s: returns[k].tolist()
                 for k, s in enumerate(self.symbols)
                 if finite[k].all() and returns.shape[1] >= self.run.min_returns
             }
-            clusters = (
-                correlation_clusters(whole, self.risk.correlation_threshold) if len(whole) > 1 else Clusters()
-            )
-            self.state = with_clusters(self.state, clusters, cutoff)
+        vols: dict[str, float | None] = {}
+        trades: dict[str, list[ClosedTrade]] = {}
         if self.risk.allocation is not None:
-            vols: dict[str, float | None] = {}
             for k, s in enumerate(self.symbols):
                 r = returns[k][finite[k]]
                 vols[s] = float(np.std(r, ddof=1)) if r.shape[0] >= self.run.min_returns else None
-            if any(v for v in vols.values()):
-                trades = {s: self._last_closed(ts, cutoff) for s, ts in self.closed.items()}
-                budget = self.cfg.policy.max_total_notional_usdt
-                targets = allocate(vols, budget, self.risk.allocation, trades)
-                self.state = with_allocation(self.state, targets, cutoff)
+            trades = {s: self._last_closed(ts, cutoff) for s, ts in self.closed.items()}
+        budget = self.cfg.policy.max_total_notional_usdt
+        inputs = market_inputs(whole, vols, self.risk, budget, trades, cutoff)
+        self.state = with_market_inputs(self.state, inputs)
         return True

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from trading.risk import RiskLayerPolicy
+
 # The sample klines the repository ships (data/README.md), located from this file, not the current
 # directory: the old default, a folder beside the repository and relative to the current directory,
 # left a fresh clone (or a run from another folder) with no data. QT_DATA_DIR points at a fuller one.
@@ -117,10 +119,19 @@ class Settings(BaseSettings):
     """Metrics port of the user-data stream."""
     reconcile_interval_seconds: float = Field(30.0, gt=0)
     """Period of the reconcile Schedule (venue positions and orders against the workflows)."""
+    risk_inputs_interval_minutes: float = Field(60.0, gt=0)
+    """Period of the market-inputs Schedule: correlation clusters and allocation caps for the risk layer,
+    from the stored bars of SIGNAL_TIMEFRAME (nothing is computed while the risk layer is off)."""
+    risk_inputs_window_bars: int = Field(720, ge=3, le=1500)
+    """Bars the correlation and volatility of the market inputs look back over."""
     reconcile_on_start: bool = True
     """The lifecycle worker runs a reconcile at start; until it is done new entries wait."""
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)
     """How often the portfolio looks for holders that stopped without giving their slot back."""
+    risk_layer_policy: RiskLayerPolicy | None = None
+    """The risk layer a new portfolio starts with, as JSON (fields of trading.risk.RiskLayerPolicy: the
+    automatic emergency stop, protections, heat, concentration, allocation; `{}` is every default); unset,
+    the governor's gates alone. A running portfolio changes it only through its `set_risk_policy` update."""
     qt_home: Path = Path(".qt")
     """Folder of the local stack's state, logs, models and journal."""
     database_url: SecretStr | None = None

@@ -88,6 +88,7 @@ __all__ = [
     "decide_with_risk",
     "observe",
     "with_allocation",
+    "with_caps",
     "with_clusters",
 ]
 
@@ -349,5 +350,9 @@ def with_clusters(state: RiskState, clusters: Clusters, at_ms: int) -> RiskState
 
 def with_allocation(state: RiskState, targets: Mapping[str, AllocationTarget], at_ms: int) -> RiskState:
     """The state with new per-symbol notional caps, from `trading.allocation.allocate`."""
-    caps = {s: t.notional_usdt for s, t in sorted(targets.items())}
-    return state.model_copy(update={"allocation": caps, "allocation_at_ms": at_ms})
+    return with_caps(state, {s: t.notional_usdt for s, t in targets.items()}, at_ms)
+
+
+def with_caps(state: RiskState, caps: Mapping[str, Decimal], at_ms: int) -> RiskState:
+    """The state with these per-symbol notional caps (symbol → USDT)."""
+    return state.model_copy(update={"allocation": dict(sorted(caps.items())), "allocation_at_ms": at_ms})

@@ -15,6 +15,7 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
+    ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
@@ -27,6 +28,7 @@ from temporalio.worker import Worker
 
 from activities.journal import JournalActivities
 from activities.market import MarketActivities
+from activities.market_inputs import MarketInputActivities
 from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
 from activities.reconcile import ReconcileActivities
@@ -40,13 +42,15 @@ from trading.promotion import PromotionPolicy
 from trading.records import RecordMode
 from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
-from workflows.messages import LIFECYCLE_TASK_QUEUE
+from workflows.market_inputs import MARKET_INPUTS_WORKFLOW_ID, MarketInputsWorkflow
+from workflows.messages import LIFECYCLE_TASK_QUEUE, MarketInputsRequest
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.retrain import INFERENCE_TASK_QUEUE, RETRAIN_WORKFLOW_ID, RetrainInput, RetrainWindow
 
 RECONCILE_SCHEDULE_ID = "reconcile-schedule"
+MARKET_INPUTS_SCHEDULE_ID = "market-inputs-schedule"
 STICKY_TIMEOUT_S = 3.0
 RETRAIN_SCHEDULE_ID = "retrain-schedule"
 
@@ -67,16 +71,20 @@ def lifecycle_worker(
     `position_workflow`: another version of it (the upgrade test deploys one over open positions).
     `workflow_task_executor`: where its workflow activations run (workers/fresh_cache.py)."""
     portfolio = PortfolioActivities(
-        client, RiskPolicy.from_settings(settings), settings.portfolio_holder_check_seconds
+        client,
+        RiskPolicy.from_settings(settings),
+        settings.portfolio_holder_check_seconds,
+        settings.risk_layer_policy,
     )
     projections = ProjectionActivities(redis)
     symbols = MarketActivities(market)
     reconciling = ReconcileActivities(client, redis)
-    journaling = journal_activities(settings, gauges)
+    journaling = journal_activities(settings, gauges, client)
+    market_inputs = MarketInputActivities(client, redis, journaling.journal, journaling.run_id)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
-        workflows=[position_workflow, PortfolioWorkflow, ReconcileWorkflow],
+        workflows=[position_workflow, PortfolioWorkflow, ReconcileWorkflow, MarketInputsWorkflow],
         activities=[
             portfolio.request_reservation,
             portfolio.deliver_decisions,
@@ -84,6 +92,7 @@ def lifecycle_worker(
             portfolio.running_holders,
             projections.project_position,
             projections.project_portfolio,
+            projections.publish_ess_moves,
             projections.publish_levels,
             symbols.check_symbol,
             reconciling.tracked_positions,
@@ -91,6 +100,8 @@ def lifecycle_worker(
             reconciling.adopt_position,
             reconciling.record_reconcile,
             journaling.journal_trade,
+            market_inputs.compute_market_inputs,
+            market_inputs.deliver_market_inputs,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
         # A worker that died or was replaced (workers/fresh_cache.py) leaves its workflows' next tasks on
@@ -100,13 +111,17 @@ def lifecycle_worker(
     )
 
 
-def journal_activities(settings: Settings, gauges: PerformanceGauges | None = None) -> JournalActivities:
-    """The trade journal (DATABASE_URL, else QT_HOME/journal.sqlite), its rows under this stack's mode."""
+def journal_activities(
+    settings: Settings, gauges: PerformanceGauges | None = None, client: Client | None = None
+) -> JournalActivities:
+    """The trade journal (DATABASE_URL, else QT_HOME/journal.sqlite), its rows under this stack's mode;
+    with `client`, each closed trade is also told to the portfolio's risk layer."""
     return JournalActivities(
         open_journal(settings.database_url, settings.qt_home),
         RecordMode(settings.trading_mode.value),
         settings.start_equity_usdt or settings.paper_start_balance_usdt,
         gauges,
+        client=client,
     )
 
 
@@ -137,10 +152,12 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
             RiskPolicy.from_settings(settings),
             settings.portfolio_holder_check_seconds,
             await_reconcile=settings.reconcile_on_start,
+            risk=settings.risk_layer_policy,
         )
         await ensure_reconcile_schedule(
             client, settings.reconcile_interval_seconds, run_now=settings.reconcile_on_start
         )
+        await ensure_market_inputs_schedule(client, settings)
         await run_until_sigterm(worker, "lifecycle", metrics_port, client)
     await redis.aclose()
 
@@ -156,24 +173,44 @@ async def show_journal_figures(settings: Settings, gauges: PerformanceGauges) ->
 async def ensure_reconcile_schedule(client: Client, every_s: float, *, run_now: bool) -> None:
     """The Temporal Schedule that runs ReconcileWorkflow every `every_s` (overlaps skipped); with
     `run_now`, one run at once (the startup reconcile the portfolio waits for)."""
-    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
+    action = ScheduleActionStartWorkflow("ReconcileWorkflow", id="reconcile", task_queue=LIFECYCLE_TASK_QUEUE)
+    handle = await _ensure_interval_schedule(client, RECONCILE_SCHEDULE_ID, action, every_s)
+    if run_now:
+        await handle.trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+
+
+async def ensure_market_inputs_schedule(client: Client, settings: Settings) -> None:
+    """The Temporal Schedule that runs MarketInputsWorkflow every `RISK_INPUTS_INTERVAL_MINUTES`."""
+    req = MarketInputsRequest(
+        interval=settings.signal_timeframe, window_bars=settings.risk_inputs_window_bars
+    )
+    action = ScheduleActionStartWorkflow(
+        "MarketInputsWorkflow", req, id=MARKET_INPUTS_WORKFLOW_ID, task_queue=LIFECYCLE_TASK_QUEUE
+    )
+    await _ensure_interval_schedule(
+        client, MARKET_INPUTS_SCHEDULE_ID, action, settings.risk_inputs_interval_minutes * 60
+    )
+
+
+async def _ensure_interval_schedule(
+    client: Client, schedule_id: str, action: ScheduleActionStartWorkflow, every_s: float
+) -> ScheduleHandle:
+    """Create the schedule unless it exists (one that exists is kept as it is; overlaps skipped)."""
+    handle = client.get_schedule_handle(schedule_id)
     try:
         await handle.describe()
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
         await client.create_schedule(
-            RECONCILE_SCHEDULE_ID,
+            schedule_id,
             Schedule(
-                action=ScheduleActionStartWorkflow(
-                    "ReconcileWorkflow", id="reconcile", task_queue=LIFECYCLE_TASK_QUEUE
-                ),
+                action=action,
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
                 policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
             ),
         )
-    if run_now:
-        await handle.trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+    return handle
 
 
 def retrain_schedule(settings: Settings) -> Schedule:

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trading.emergency import EmergencyState, Transition
 from trading.execution import OrderOutcome
 from trading.exit_policy import ExitProfile, ExitState
 from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
@@ -16,6 +17,7 @@ from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
 from trading.position_state import PositionState, PositionStatus  # PositionStatus re-exported
 from trading.reconcile import VenueOrder, VenuePosition
+from trading.risk import RiskLayerPolicy, RiskState
 
 LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
 EXCHANGE_TASK_QUEUE = "exchange"
@@ -274,6 +276,37 @@ class RunningHolder(_Msg):
     entry_price: Decimal = Decimal(0)
 
 
+class MarketInputsRequest(_Msg):
+    """What MarketInputsWorkflow reads: the newest `window_bars` stored bars of `interval` of every symbol
+    with bars (a symbol with fewer than `min_returns` returns gets no cap and is its own cluster)."""
+
+    interval: str = "1h"
+    window_bars: int = Field(720, ge=3, le=1500)
+    min_returns: int = Field(24, ge=2)
+
+    @model_validator(mode="after")
+    def _fits(self) -> MarketInputsRequest:
+        if self.min_returns >= self.window_bars:
+            raise ValueError("min_returns must be below window_bars (a window has window_bars - 1 returns)")
+        return self
+
+
+class EssMove(_Msg):
+    """One transition of the automatic emergency stop, numbered in the portfolio's order (the stream's
+    dedupe key: a retried publication adds nothing)."""
+
+    seq: int = Field(ge=1)
+    transition: Transition
+
+
+class EssCommand(_Msg):
+    """An operator's explicit move of the emergency stop (the only way out of HALTED)."""
+
+    to: EmergencyState
+    reason: str = Field(min_length=1, max_length=200)
+    operator: str = Field("operator", min_length=1, max_length=64)
+
+
 class PortfolioInput(_Msg):
     policy: RiskPolicy | None = None
     book: PortfolioBook | None = None
@@ -283,6 +316,13 @@ class PortfolioInput(_Msg):
     granted_total: int = 0
     denied_total: int = 0
     flattens: list[PendingFlatten] = Field(default_factory=list)  # carried: a flatten outlives the hand-over
+    # The risk layer (trading/risk.py); None: the governor's gates alone. Its state, the automatic emergency
+    # stop's recent moves (each numbered once) and the trade ids already heard are carried whole.
+    risk: RiskLayerPolicy | None = None
+    risk_state: RiskState | None = None
+    ess_moves: list[EssMove] = Field(default_factory=list)
+    ess_unpublished: list[EssMove] = Field(default_factory=list)
+    risk_seen: list[str] = Field(default_factory=list)
 
 
 class PortfolioView(_Msg):
@@ -293,6 +333,9 @@ class PortfolioView(_Msg):
     granted_total: int
     denied_total: int
     last_decisions: list[Grant | Denial]
+    risk: RiskLayerPolicy | None = None
+    risk_state: RiskState | None = None
+    ess_moves: list[EssMove] = Field(default_factory=list)
 
 
 M = TypeVar("M", bound=BaseModel)

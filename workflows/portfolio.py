@@ -21,14 +21,17 @@ import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
+from pydantic import TypeAdapter, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from trading.emergency import SEVERITY, OperatorCommand, Tick, Transition
     from trading.governor import (
         Denial,
         EmergencyState,
+        Gate,
         Grant,
         PortfolioBook,
         ReservationRequest,
@@ -41,10 +44,14 @@ with workflow.unsafe.imports_passed_through():
         release,
         restore_reservation,
     )
+    from trading.market_inputs import MarketInputs, with_market_inputs
+    from trading.risk import ClosedTradeEvent, RiskEvent, RiskLayerPolicy, RiskState, assess, observe
     from workflows.messages import (
         LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
         DecisionBatch,
+        EssCommand,
+        EssMove,
         FlattenRequest,
         KillSwitchRequest,
         PendingFlatten,
@@ -73,6 +80,12 @@ PATCH_SURVIVE = "portfolio-survives-failed-activities"
 PATCH_REBUILD = "portfolio-rebuilds-book-on-fresh-start"
 PATCH_FLATTEN = "portfolio-flatten-until-released"
 PATCH_TIMERS = "portfolio-steps-on-timers"
+PATCH_RISK = "portfolio-risk-layer"
+
+ESS_MOVES_KEPT = 20  # in the view and the Web UI's details
+RISK_SEEN_KEPT = 1000  # trade ids heard: a journal activity retried tells the same trade again
+ESS_PUBLISH_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+_RISK_EVENT: TypeAdapter[RiskEvent] = TypeAdapter(RiskEvent)
 
 
 @workflow.defn(name="PortfolioWorkflow", sandboxed=False)  # see PositionWorkflow
@@ -87,6 +100,13 @@ class PortfolioWorkflow:
         self.granted_total = inp.granted_total
         self.denied_total = inp.denied_total
         self._flattens: list[PendingFlatten] = list(inp.flattens)
+        # The risk layer (None: the governor's gates alone, as before it existed).
+        self.risk: RiskLayerPolicy | None = inp.risk
+        self.risk_state = inp.risk_state or RiskState()
+        self.ess_moves: list[EssMove] = list(inp.ess_moves)
+        self._ess_unpublished: list[EssMove] = list(inp.ess_unpublished)
+        self._ess_publishing: asyncio.Future[None] | None = None
+        self._risk_seen: list[str] = list(inp.risk_seen)
         # A fresh run (not its own continue-as-new) knows nothing of the slots running positions hold
         # until it has rebuilt its book: until then nothing is decided.
         self._book_known = workflow.info().continued_run_id is not None
@@ -114,6 +134,12 @@ class PortfolioWorkflow:
         self._step_failures = self._meter.create_counter(
             "quantum_portfolio_step_failures", "portfolio steps that failed and are tried again, by step"
         )
+        self._ess_gauge = self._meter.create_gauge(
+            "quantum_ess_state", "automatic emergency stop: 0 NORMAL, 1 WARNING, 2 CRITICAL, 3 HALTED"
+        )
+        self._ess_transitions = self._meter.create_counter(
+            "quantum_ess_transitions", "moves of the automatic emergency stop, by target state and rule"
+        )
 
     @workflow.run
     async def run(self, inp: PortfolioInput) -> None:
@@ -140,17 +166,23 @@ class PortfolioWorkflow:
         while True:
             await workflow.wait_condition(
                 lambda: bool(
-                    self._actionable() or self._flatten_due() or self._check_due or self._projection_ready()
+                    self._actionable()
+                    or self._flatten_due()
+                    or self._check_due
+                    or self._projection_ready()
+                    or self._ess_publish_ready()
                 )
             )
             await self._decide_pending()
             await self._flatten_holders()
             if self._check_due:
                 self._check_due = False
+                self._risk_tick()
                 await self._release_stopped_holders()
                 await self._retell_flattens()
                 prune(self.book, self._now_ms())
             self._project_when_ready()
+            self._publish_ess_moves()
             if self._history_full(inp):
                 clock.cancel()
                 await self._continue_as_new(inp)
@@ -184,7 +216,9 @@ class PortfolioWorkflow:
         )
 
     async def _continue_as_new(self, inp: PortfolioInput) -> None:
-        await asyncio.gather(*self._deliveries, *self._projections)
+        await asyncio.gather(
+            *self._deliveries, *self._projections, *([self._ess_publishing] if self._ess_publishing else [])
+        )
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             PortfolioInput(
@@ -197,6 +231,11 @@ class PortfolioWorkflow:
                 denied_total=self.denied_total,
                 # A flatten asked while this run was handing over must reach its holders.
                 flattens=self._flattens,
+                risk=self.risk,
+                risk_state=self.risk_state,
+                ess_moves=self.ess_moves,
+                ess_unpublished=self._ess_unpublished,
+                risk_seen=self._risk_seen,
             )
         )
 
@@ -254,7 +293,7 @@ class PortfolioWorkflow:
             now = self._now_ms()
             decisions: list[Grant | Denial] = []
             for req in batch:
-                decision = decide(self.book, self.policy, req, now)
+                decision = self._decide(req, now)
                 if isinstance(decision, Grant):
                     apply_grant(self.book, req, decision, now)
                     if decision.over_limit:
@@ -273,6 +312,22 @@ class PortfolioWorkflow:
             # Delivered by one activity per batch; decisions go on while it runs.
             self._deliveries.append(asyncio.ensure_future(self._deliver(decisions)))
         self._deliveries = [d for d in self._deliveries if not d.done()]
+
+    def _decide(self, req: ReservationRequest, now_ms: int) -> Grant | Denial:
+        """The governor's gates, then (when the risk layer is on) the emergency stop, protections, heat,
+        concentration and allocation (trading/risk.py), each cut logged with its figures."""
+        if self.risk is None:
+            return decide(self.book, self.policy, req, now_ms)
+        verdict = assess(self.book, self.policy, self.risk, self.risk_state, req, now_ms)
+        decision = verdict.decision
+        for cut in verdict.cuts:
+            workflow.logger.info("%s cut by %s: %s", req.holder_id, cut.gate.value, cut.reason)
+        last = self.risk_state.last_transition
+        if isinstance(decision, Denial) and decision.gate is Gate.EMERGENCY and last is not None:
+            # The governor's own emergency gate answers first: name the rule that put the stop there.
+            if last.reason not in decision.reason:
+                decision = decision.model_copy(update={"reason": f"{decision.reason} ({last.reason})"})
+        return decision
 
     async def _deliver(self, decisions: list[Grant | Denial]) -> None:
         try:
@@ -425,7 +480,95 @@ class PortfolioWorkflow:
         ):
             workflow.logger.error("fresh portfolio: the running positions already exceed the limits")
 
+    # ------------------------------------------------------------------ the risk layer
+    def _observe(self, event: RiskEvent) -> None:
+        """Fold one event into the risk state; act on the emergency stop's moves."""
+        if self.risk is None:
+            return
+        self.risk_state, moved = observe(self.risk_state, self.risk, event, self._now_ms())
+        self._changed()
+        for t in moved:
+            self._ess_moved(t)
+
+    def _risk_tick(self) -> None:
+        """Time passing, seen at each holder check: windows expire and cool-offs end (recovery by rule)."""
+        if self._stop_on():
+            self._observe(Tick(at_ms=self._now_ms()))
+
+    def _ess_moved(self, t: Transition) -> None:
+        """The book's emergency state follows the stop (the governor's gate and the projection read it);
+        the move is numbered for the stream, counted, logged and shown; HALTED flattens every holder."""
+        self.book.emergency = t.to_state
+        seq = (self.ess_moves[-1].seq if self.ess_moves else 0) + 1
+        move = EssMove(seq=seq, transition=t)
+        self.ess_moves = [*self.ess_moves, move][-ESS_MOVES_KEPT:]
+        self._ess_unpublished.append(move)
+        self._ess_transitions.add(1, {"to": t.to_state.value, "rule": t.rule})
+        worse = SEVERITY[t.to_state] > SEVERITY[t.from_state]
+        log = workflow.logger.error if worse else workflow.logger.warning
+        log("emergency stop %s → %s (%s): %s", t.from_state.value, t.to_state.value, t.rule, t.reason)
+        if t.to_state is EmergencyState.HALTED and t.from_state is not EmergencyState.HALTED:
+            holders = sorted(self.book.reservations)
+            reason = f"automatic emergency stop HALTED: {t.reason}"[:200]
+            self._flattens.append(PendingFlatten(request=FlattenRequest(reason=reason), holders=holders))
+        self._show_details()
+
+    def _stop_on(self) -> bool:
+        return self.risk is not None and self.risk.emergency is not None
+
+    def _ess_publish_ready(self) -> bool:
+        return bool(self._ess_unpublished) and (self._ess_publishing is None or self._ess_publishing.done())
+
+    def _publish_ess_moves(self) -> None:
+        """Each move to `quantum:stream:ess.state.changed` once (keyed by its number); one that could not be
+        written is tried again with the next move or holder check, and carried through continue-as-new."""
+        if self._ess_publish_ready() and workflow.patched(PATCH_RISK):
+            self._ess_publishing = asyncio.ensure_future(self._publish(list(self._ess_unpublished)))
+
+    async def _publish(self, moves: list[EssMove]) -> None:
+        try:
+            await workflow.execute_activity(
+                "publish_ess_moves",
+                moves,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=ESS_PUBLISH_RETRY,
+            )
+        except ActivityError as err:
+            self._step_failed("ess_publish", err)
+            await workflow.sleep(PROJECTION_INTERVAL_S)  # not at once again: Redis is down
+            return
+        done = {m.seq for m in moves}
+        self._ess_unpublished = [m for m in self._ess_unpublished if m.seq not in done]
+
+    def _show_details(self) -> None:
+        """The Web UI's current details of the portfolio: the stop's state and its recent moves."""
+        if self.risk is None:
+            return
+        lines = [f"**Emergency stop: {self.risk_state.ess.state.value}**", ""]
+        for m in reversed(self.ess_moves[-5:]):
+            t = m.transition
+            move = f"{t.from_state.value} → {t.to_state.value} ({t.cause.value}, {t.rule})"
+            lines.append(f"- #{m.seq} {move}: {t.reason}")
+        workflow.set_current_details("\n".join(lines))
+
     # ------------------------------------------------------------------ messages
+    @workflow.signal(name="risk_event")
+    def risk_event(self, raw: dict) -> None:
+        """A measured fact for the risk layer: a closed trade (from the journal activity), an order's
+        outcome, the venue's health, an equity mark. A closed trade heard twice counts once."""
+        try:
+            event = _RISK_EVENT.validate_python(raw)
+        except ValidationError as err:  # a signal cannot be refused: say so, and drop it
+            self._step_failed("risk_event", None)
+            workflow.logger.error("risk_event dropped, invalid: %s", err.errors()[:3])
+            return
+        if isinstance(event, ClosedTradeEvent):
+            if event.trade.trade_id in self._risk_seen:
+                return
+            self._risk_seen = [*self._risk_seen, event.trade.trade_id][-RISK_SEEN_KEPT:]
+        self._observe(event)
+
     @workflow.signal(name="request_reservation")
     def request_reservation(self, req: ReservationRequest) -> None:
         self.pending.append(req)
@@ -489,9 +632,73 @@ class PortfolioWorkflow:
 
     @workflow.update(name="set_emergency_state")
     def set_emergency_state(self, state: str) -> EmergencyState:
+        if self._stop_on():  # one state: the stop's, moved explicitly
+            self._operator_move(EssCommand(to=EmergencyState(state), reason="set_emergency_state"))
+            return self.book.emergency
         self.book.emergency = EmergencyState(state)
         self._changed()
         return self.book.emergency
+
+    @workflow.update(name="set_ess")
+    def set_ess(self, raw: dict) -> list[EssMove]:
+        """An operator's explicit move of the automatic emergency stop, with its reason (leaving HALTED
+        is only this). Returns the moves it made (none when already there)."""
+        return self._operator_move(parse_message(EssCommand, raw))
+
+    @set_ess.validator
+    def _validate_ess(self, raw: dict) -> None:
+        parse_message(EssCommand, raw)
+        if not self._stop_on():
+            raise ValueError("set_ess: the automatic emergency stop is off (set_risk_policy turns it on)")
+
+    def _operator_move(self, cmd: EssCommand) -> list[EssMove]:
+        before = self.ess_moves[-1].seq if self.ess_moves else 0
+        self._observe(
+            OperatorCommand(at_ms=self._now_ms(), to=cmd.to, reason=cmd.reason, operator=cmd.operator)
+        )
+        return [m for m in self.ess_moves if m.seq > before]
+
+    @workflow.update(name="set_risk_policy")
+    def set_risk_policy(self, raw: dict | None) -> RiskLayerPolicy | None:
+        """Turn the risk layer on with these thresholds (fields of trading.risk.RiskLayerPolicy), or off
+        with null. Its state (the stop's, the locks) is kept either way."""
+        self.risk = self._parsed_risk(raw)
+        if self._stop_on() and self.risk_state.ess.state is not self.book.emergency:
+            # Turned on while an operator's emergency state stands: the stop starts from it.
+            reason = f"risk layer turned on in emergency state {self.book.emergency.value}"
+            self._operator_move(EssCommand(to=self.book.emergency, reason=reason))
+        self._changed()
+        self._show_details()
+        return self.risk
+
+    @set_risk_policy.validator
+    def _validate_risk_policy(self, raw: dict | None) -> None:
+        self._parsed_risk(raw)
+
+    @workflow.update(name="set_market_inputs")
+    def set_market_inputs(self, raw: dict) -> RiskState:
+        """Correlation clusters and allocation caps from the scheduled refresh (MarketInputsWorkflow)."""
+        self.risk_state = with_market_inputs(self.risk_state, self._parsed_inputs(raw))
+        self._changed()
+        return self.risk_state
+
+    @set_market_inputs.validator
+    def _validate_market_inputs(self, raw: dict) -> None:
+        self._parsed_inputs(raw)
+
+    def _parsed_inputs(self, raw: object) -> MarketInputs:
+        inputs = parse_message(MarketInputs, raw)
+        held = max(self.risk_state.clusters_at_ms or 0, self.risk_state.allocation_at_ms or 0)
+        if inputs.at_ms < held:  # a refresh that ran late must not undo a newer one
+            raise ValueError(f"market inputs of {inputs.at_ms} are older than those held ({held})")
+        return inputs
+
+    def _parsed_risk(self, raw: object) -> RiskLayerPolicy | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise ValueError("risk policy: expected a JSON object (fields of RiskLayerPolicy) or null")
+        return parse_message(RiskLayerPolicy, raw)
 
     @set_emergency_state.validator
     def _validate_emergency_state(self, state: str) -> None:
@@ -504,6 +711,10 @@ class PortfolioWorkflow:
         self.book.emergency = EmergencyState.HALTED
         if not self._book_known:  # a fresh run still reading the running positions: they are holders too
             await workflow.wait_condition(lambda: self._book_known)
+        if self._stop_on() and self.risk_state.ess.state is not EmergencyState.HALTED:
+            # The stop moves with it (or its next move would lift the halt); its own flatten names the same
+            # holders, each told once.
+            self._operator_move(EssCommand(to=EmergencyState.HALTED, reason=req.reason))
         holders = sorted(self.book.reservations)
         # Every holder of this moment (a position still entering included) is told until it lets go;
         # carried through continue-as-new.
@@ -525,6 +736,9 @@ class PortfolioWorkflow:
             granted_total=self.granted_total,
             denied_total=self.denied_total,
             last_decisions=self.last_decisions,
+            risk=self.risk,
+            risk_state=self.risk_state if self.risk is not None else None,
+            ess_moves=self.ess_moves,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -568,6 +782,8 @@ class PortfolioWorkflow:
         self._record_gauges()
 
     def _record_gauges(self) -> None:
+        if self.risk is not None:
+            self._ess_gauge.set(SEVERITY[self.risk_state.ess.state])
         self._slots.set(len(self.book.reservations))
         self._open.set(len(self.book.reservations))
         self._notional.set(float(self.book.total_notional))

@@ -38,6 +38,8 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """Environment for a worker child process."""
+        policy = self.settings.risk_layer_policy
+        risk = {"RISK_LAYER_POLICY": policy.model_dump_json()} if policy is not None else {}
         return {
             **os.environ,
             "TEMPORAL_ADDRESS": self.settings.temporal_address,
@@ -54,6 +56,7 @@ class Stack:
             "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(self.settings.gov_max_notional_per_trade_usdt),
             "GOV_MAX_TOTAL_NOTIONAL_USDT": str(self.settings.gov_max_total_notional_usdt),
             "PORTFOLIO_HOLDER_CHECK_SECONDS": str(self.settings.portfolio_holder_check_seconds),
+            **risk,
         }
 
     def start_worker_process(self, kind: str, *extra: str) -> ManagedProcess:

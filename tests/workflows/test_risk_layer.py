@@ -1,0 +1,337 @@
+"""The risk layer in the running portfolio, across the real stack: closed trades reach the automatic
+emergency stop through the journal activity; the stop cuts sizes (WARNING), refuses entries naming its
+gate (CRITICAL) and flattens every holder (HALTED); each move is on `quantum:stream:ess.state.changed`,
+in the portfolio's state and in its Web UI details; a restart of every worker keeps it; only an
+operator's explicit move leaves HALTED."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+
+from activities.portfolio import start_portfolio
+from signals.bar_store import Bar, BarStore
+from tests.workflows.conftest import Stack
+from tests.workflows.drills import QUIET, synthetic_symbols
+from tests.workflows.test_replay import HISTORIES, replay_all, replay_one_task_late
+from trading.emergency import EmergencyState
+from trading.governor import HOUR_MS, Gate, RiskPolicy
+from trading.intents import Side
+from trading.market_inputs import MarketInputs
+from trading.records import ClosedTrade
+from trading.risk import ClosedTradeEvent
+from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
+    LIFECYCLE_TASK_QUEUE,
+    ClosePositionRequest,
+    MarketInputsRequest,
+    PortfolioView,
+    PositionInput,
+    PositionResult,
+    PositionStatus,
+    PositionView,
+)
+
+D = Decimal
+ES = EmergencyState
+SYMBOLS = synthetic_symbols(6)
+# Only the losing streak moves the stop here: one losing trade WARNING, two CRITICAL, three HALTED.
+RISK = {
+    "emergency": {
+        "losing_streak": {"warning": 1, "critical": 2, "halt": 3},
+        "daily_loss_usdt": {},
+        "drawdown_pct": {},
+        "stop_outs": {},
+        "failed_order_rate": {},
+    },
+    "protections": None,
+    "concentration": None,
+    "allocation": None,
+}
+SETTINGS = {"risk_layer_policy": RISK, "exchange_args": ["--extra-symbols", str(len(SYMBOLS))]}
+ESS_STREAM = "quantum:stream:ess.state.changed"
+
+
+async def until(check: Callable[[], Awaitable[object]], what: str, timeout: float = 90) -> object:
+    async with asyncio.timeout(timeout):
+        while True:
+            if found := await check():
+                return found
+            await asyncio.sleep(0.2)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+async def portfolio(stack: Stack) -> PortfolioView:
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    return await handle.query("state", result_type=PortfolioView)
+
+
+async def ess_state(stack: Stack) -> EmergencyState:
+    view = await portfolio(stack)
+    assert view.risk_state is not None
+    return view.risk_state.ess.state
+
+
+async def start(stack: Stack, wid: str, symbol: str) -> WorkflowHandle:
+    return await stack.client.start_workflow(
+        "PositionWorkflow",
+        PositionInput(symbol=symbol, side=Side.LONG, notional_usdt=D(100), intent_id=wid, options=QUIET),
+        id=wid,
+        task_queue=LIFECYCLE_TASK_QUEUE,
+        result_type=PositionResult,
+    )
+
+
+async def settled(handle: WorkflowHandle) -> PositionView:
+    """The position's view once it is past deciding and entering."""
+
+    async def view() -> PositionView | None:
+        v = await handle.query("state", result_type=PositionView)
+        busy = (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING)
+        return None if v.status in busy else v
+
+    return await until(view, f"{handle.id} never settled")  # type: ignore[return-value]
+
+
+async def close_at_a_loss(stack: Stack, handle: WorkflowHandle, symbol: str) -> PositionResult:
+    stack.exchange.set_price(symbol, "98")
+    await handle.execute_update("close", ClosePositionRequest(reason="operator"))
+    result = await handle.result()
+    assert result.realized_pnl < 0, result
+    return result
+
+
+async def moved_to(stack: Stack, state: EmergencyState) -> None:
+    async def there() -> bool:
+        return await ess_state(stack) is state
+
+    await until(there, f"the emergency stop never reached {state.value}")
+
+
+async def stream(stack: Stack) -> list[dict[str, str]]:
+    entries = await stack.redis.xrange(ESS_STREAM)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+@pytest.mark.parametrize("stack", [SETTINGS], indirect=True)
+async def test_a_losing_streak_warns_refuses_and_halts_and_only_an_operator_resumes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    for sym in SYMBOLS:
+        stack.exchange.set_price(sym, "100")
+    a, b, c, d, e, f = SYMBOLS
+    async with stack.workers(holder_check_seconds=1):
+        pos = {s: await start(stack, f"risk-{s}", s) for s in (a, b, c)}
+        for h in pos.values():
+            assert (await settled(h)).status is PositionStatus.OPEN
+        assert await ess_state(stack) is ES.NORMAL
+
+        await close_at_a_loss(stack, pos[a], a)  # 1 loss: WARNING, sizes cut ×0.5
+        await moved_to(stack, ES.WARNING)
+        pos[d] = await start(stack, f"risk-{d}", d)
+        opened = await settled(pos[d])
+        assert opened.status is PositionStatus.OPEN
+        grant = next(x for x in (await portfolio(stack)).last_decisions if x.holder_id == f"risk-{d}")
+        assert grant.decision == "granted" and grant.notional_usdt == D(50), grant
+
+        await close_at_a_loss(stack, pos[b], b)  # 2 losses: CRITICAL, entries refused
+        await moved_to(stack, ES.CRITICAL)
+        refused = await settled(await start(stack, f"risk-{e}", e))
+        assert refused.status is PositionStatus.REJECTED
+        denial = next(x for x in (await portfolio(stack)).last_decisions if x.holder_id == f"risk-{e}")
+        assert denial.decision == "denied" and denial.gate is Gate.EMERGENCY
+        assert "losing" in denial.reason, denial.reason
+
+        await close_at_a_loss(stack, pos[d], d)  # 3 losses: HALTED, every holder flattened
+        await moved_to(stack, ES.HALTED)
+        flattened = await pos[c].result()
+        assert flattened.status is PositionStatus.CLOSED, flattened
+        assert flattened.exit_reason == "emergency_flatten", flattened.exit_reason
+
+    moves = await until(lambda: _moves_on_stream(stack, 3), "three moves never reached the stream")
+
+    assert [(m["from"], m["to"], m["rule"]) for m in moves] == [  # type: ignore[union-attr]
+        ("NORMAL", "WARNING", "losing_streak"),
+        ("WARNING", "CRITICAL", "losing_streak"),
+        ("CRITICAL", "HALTED", "losing_streak"),
+    ]
+
+    # Every worker restarted (the portfolio's cache gone with them): the stop is still HALTED and refuses.
+    async with stack.workers(holder_check_seconds=1):
+        assert await ess_state(stack) is ES.HALTED
+        view = await portfolio(stack)
+        assert [m.transition.to_state for m in view.ess_moves] == [ES.WARNING, ES.CRITICAL, ES.HALTED]
+        details = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
+            "__temporal_workflow_metadata", result_type=WorkflowMetadata
+        )
+        assert "Emergency stop: HALTED" in details.current_details, details.current_details
+
+        async def projected_halt() -> bool:  # the projection writes at most every 2 s
+            projected = await stack.redis.hgetall("quantum:portfolio:state")
+            return projected.get(b"emergency") == b"HALTED" and b"3 losing" in projected.get(b"reason", b"")
+
+        await until(projected_halt, "the portfolio's projection never showed the halt and its reason")
+        assert (await settled(await start(stack, f"risk-{f}", f))).status is PositionStatus.REJECTED
+        handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+        with pytest.raises(WorkflowUpdateFailedError):  # a move without its reason is refused, whole
+            await handle.execute_update("set_ess", {"to": "NORMAL"})
+        assert await ess_state(stack) is ES.HALTED
+        resume = {"to": "NORMAL", "reason": "losses reviewed", "operator": "ana"}
+        await handle.execute_update("set_ess", resume)
+        assert await ess_state(stack) is ES.NORMAL
+        again = await settled(await start(stack, f"risk-{f}-2", f))
+        assert again.status is PositionStatus.OPEN
+    resumed = await until(lambda: _moves_on_stream(stack, 4), "the operator's move never reached the stream")
+    # The portfolio's history replays (also with each task a task late); kept as a committed history.
+    history = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).fetch_history()
+    assert not await replay_all([history], tmp_path / "not-replaying")
+    assert not await replay_one_task_late([history])
+    if os.environ.get("RECORD_HISTORIES"):
+        (HISTORIES / "portfolio-risk-layer.json").write_text(history.to_json())
+    last = resumed[-1]  # type: ignore[index]
+    assert (last["from"], last["to"], last["cause"]) == ("HALTED", "NORMAL", "operator")
+    assert last["operator"] == "ana" and "losses reviewed" in last["reason"], last
+
+
+async def _moves_on_stream(stack: Stack, n: int) -> list[dict[str, str]] | None:
+    moves = await stream(stack)
+    assert len(moves) <= n, moves  # each move once, however often its publication was tried
+    return moves if len(moves) == n else None
+
+
+def closed_trade(trade_id: str, pnl: str) -> dict:
+    trade = ClosedTrade(
+        trade_id=trade_id,
+        symbol=SYMBOLS[0],
+        side=Side.LONG,
+        strategy="manual",
+        source="manual",
+        quantity=D(1),
+        entry_price=D(100),
+        exit_price=D(99),
+        opened_at_ms=1,
+        closed_at_ms=2,
+        realized_pnl=D(pnl),
+        gross_pnl=D(pnl),
+        fees=D(0),
+        exit_reason="manual",
+    )
+    return ClosedTradeEvent(trade=trade).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("stack", [{}], indirect=True)
+async def test_the_risk_policy_is_validated_and_each_trade_counts_once(stack: Stack) -> None:
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    async with stack.workers(lifecycle=True, exchange=False):
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 1)
+        await until(lambda: _running(stack), "no portfolio")
+        view = await portfolio(stack)
+        assert view.risk is None and view.risk_state is None  # unset: the governor's gates alone
+        with pytest.raises(WorkflowUpdateFailedError) as bad:
+            await handle.execute_update("set_ess", {"to": "HALTED", "reason": "drill"})
+        assert "off" in str(bad.value.cause)
+        with pytest.raises(WorkflowUpdateFailedError) as bad:
+            await handle.execute_update("set_risk_policy", {"emergency": {"losing_streak": {"warnin": 1}}})
+        assert "warnin" in str(bad.value.cause)
+        assert (await portfolio(stack)).risk is None  # nothing half-applied
+
+        await handle.execute_update("set_risk_policy", RISK)
+        await handle.signal("risk_event", {"kind": "closed_trade", "trade": {"trade_id": "x"}})  # dropped
+        await handle.signal("risk_event", closed_trade("t-1", "-3"))
+        await handle.signal("risk_event", closed_trade("t-1", "-3"))  # the journal activity retried
+        await moved_to(stack, ES.WARNING)
+        view = await portfolio(stack)
+        assert view.risk_state is not None and view.risk_state.ess.losing_streak == 1
+        await handle.signal("risk_event", closed_trade("t-2", "-3"))
+        await moved_to(stack, ES.CRITICAL)
+
+        await handle.execute_update("set_risk_policy", None)  # off: the state is kept, entries follow it
+        view = await portfolio(stack)
+        assert view.risk is None and view.book.emergency is ES.CRITICAL
+
+
+async def _running(stack: Stack) -> bool:
+    try:
+        await portfolio(stack)
+    except Exception:
+        return False
+    return True
+
+
+CLUSTERED = SYMBOLS[:5]  # five symbols that move together
+LONER = SYMBOLS[5]
+CONCENTRATION = {
+    "emergency": None,
+    "protections": None,
+    "allocation": None,
+    "concentration": {"max_symbol_share": "0.25", "max_cluster_share": "0.5"},
+}
+
+
+async def store_bars(stack: Stack, n: int = 120) -> None:
+    """`n` hourly bars: the five clustered symbols follow one random walk (plus a little noise of their
+    own), the loner its own."""
+    rng = random.Random(7)
+    t0 = 1_700_000_000_000 // HOUR_MS * HOUR_MS
+    price = dict.fromkeys(SYMBOLS, 100.0)
+    bars = []
+    for i in range(n):
+        common = rng.gauss(0, 0.01)
+        for s in SYMBOLS:
+            move = (common + rng.gauss(0, 0.001)) if s in CLUSTERED else rng.gauss(0, 0.01)
+            o, price[s] = price[s], price[s] * (1 + move)
+            hi, lo = max(o, price[s]), min(o, price[s])
+            bars.append(Bar(s, "1h", t0 + i * HOUR_MS, o, hi, lo, price[s], 10.0, 10.0 * price[s]))
+    await BarStore(stack.redis).write(bars, "test", stream=False)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{**SETTINGS, "risk_layer_policy": CONCENTRATION, "gov_max_total_notional_usdt": 400}],
+    indirect=True,
+)
+async def test_correlated_symbols_are_granted_up_to_their_cluster_limit(stack: Stack) -> None:
+    for sym in SYMBOLS:
+        stack.exchange.set_price(sym, "100")
+    await store_bars(stack)
+    async with stack.workers():
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 30, risk=stack.settings.risk_layer_policy
+        )
+        inputs = await stack.client.execute_workflow(
+            "MarketInputsWorkflow",
+            MarketInputsRequest(interval="1h", window_bars=120),
+            id="market-inputs-test",
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            result_type=MarketInputs,
+        )
+        assert inputs.clusters is not None and tuple(CLUSTERED) in inputs.clusters.groups, inputs
+        view = await portfolio(stack)
+        assert view.risk_state is not None and view.risk_state.clusters == inputs.clusters
+
+        # 100 USDT each; a cluster may hold 0.5 × 400 = 200 USDT net: two of the five, then no more.
+        outcomes = {}
+        for s in [*CLUSTERED, LONER]:
+            outcomes[s] = (await settled(await start(stack, f"corr-{s}", s))).status
+        assert [outcomes[s] for s in CLUSTERED] == [PositionStatus.OPEN] * 2 + [PositionStatus.REJECTED] * 3
+        assert outcomes[LONER] is PositionStatus.OPEN  # its own cluster
+        denials = [d for d in (await portfolio(stack)).last_decisions if d.decision == "denied"]
+        assert {d.holder_id for d in denials} == {f"corr-{s}" for s in CLUSTERED[2:]}
+        for d in denials:
+            assert d.gate is Gate.CLUSTER_CONCENTRATION, d
+            assert all(s in d.reason for s in CLUSTERED) and "200" in d.reason, d.reason
+
+        with pytest.raises(WorkflowUpdateFailedError) as stale:  # an older refresh never undoes a newer one
+            older = inputs.model_copy(update={"at_ms": inputs.at_ms - 1}).model_dump(mode="json")
+            await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).execute_update(
+                "set_market_inputs", older
+            )
+        assert "older" in str(stale.value.cause)
