@@ -563,6 +563,8 @@ class PortfolioWorkflow:
             self._step_failed("risk_event", None)
             workflow.logger.error("risk_event dropped, invalid: %s", err.errors()[:3])
             return
+        if self.risk is None:  # off: nothing measured (and no trade id carried through continue-as-new)
+            return
         if isinstance(event, ClosedTradeEvent):
             if event.trade.trade_id in self._risk_seen:
                 return
