@@ -15,21 +15,27 @@
 
 Each backtest figure is the best of the runs the time budget allows (at least one; off and on
 alternate, so a load change on the machine hits both); each decision figure runs ~2 s. Progress on
-stderr; the last stdout line is one JSON object. (The portfolio workflow's throughput with the risk
-state comes once the portfolio holds it.)
+stderr; the last stdout line is one JSON object.
+- `decisions_per_s` / `decisions_per_s_today_gates`: one portfolio workflow on a real dev server,
+  every gate of the risk layer on against the governor's gates alone (bench/risk_portfolio.py; aim
+  ≥ 200 decisions/s), `--requests` each.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 
 from backtest.config import BacktestConfig, BacktestRisk
 from backtest.engine import run_backtest
 from bench.backtest import tradable_every_bar, union_bars
+from bench.risk_portfolio import portfolio_decisions
 from signals.data import available
 from trading.allocation import AllocationPolicy, allocate
 from trading.concentration import Clusters
@@ -179,8 +185,13 @@ def decisions(seconds: float = 2.0) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.risk", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-s", type=float, default=240.0, help="time for the backtest runs (default 240)")
+    p.add_argument("--requests", type=int, default=1000, help="reservation requests per portfolio phase")
     args = p.parse_args(argv)
-    result = decisions() | backtests(args.budget_s)
+    if args.requests < 1:
+        p.error("--requests must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="bench-risk-") as tmp:
+        portfolio = asyncio.run(portfolio_decisions(Path(tmp), args.requests, log))
+    result = portfolio | decisions() | backtests(args.budget_s)
     print(json.dumps(result), flush=True)
     return 0
 
