@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     from the stored bars of SIGNAL_TIMEFRAME (nothing is computed while the risk layer is off)."""
     risk_inputs_window_bars: int = Field(720, ge=3, le=1500)
     """Bars the correlation and volatility of the market inputs look back over."""
+    policy_review_interval_hours: float = Field(24.0, gt=0, le=720)
+    """Period of the policy-review Schedule: a proposal to tighten or restore the risk policy from the
+    last day's trades and emergency-stop moves, applied only when an operator approves it."""
     reconcile_on_start: bool = True
     """The lifecycle worker runs a reconcile at start; until it is done new entries wait."""
     portfolio_holder_check_seconds: float = Field(30.0, gt=0)

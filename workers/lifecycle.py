@@ -29,6 +29,7 @@ from temporalio.worker import Worker
 from activities.journal import JournalActivities
 from activities.market import MarketActivities
 from activities.market_inputs import MarketInputActivities
+from activities.policy_review import PolicyReviewActivities
 from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
 from activities.reconcile import ReconcileActivities
@@ -43,7 +44,8 @@ from trading.records import RecordMode
 from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
 from workflows.market_inputs import MARKET_INPUTS_WORKFLOW_ID, MarketInputsWorkflow
-from workflows.messages import LIFECYCLE_TASK_QUEUE, MarketInputsRequest
+from workflows.messages import LIFECYCLE_TASK_QUEUE, MarketInputsRequest, PolicyReviewInput
+from workflows.policy_review import POLICY_REVIEW_WORKFLOW_ID, PolicyReviewWorkflow
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -51,6 +53,7 @@ from workflows.retrain import INFERENCE_TASK_QUEUE, RETRAIN_WORKFLOW_ID, Retrain
 
 RECONCILE_SCHEDULE_ID = "reconcile-schedule"
 MARKET_INPUTS_SCHEDULE_ID = "market-inputs-schedule"
+POLICY_REVIEW_SCHEDULE_ID = "policy-review-schedule"
 STICKY_TIMEOUT_S = 3.0
 RETRAIN_SCHEDULE_ID = "retrain-schedule"
 
@@ -81,10 +84,17 @@ def lifecycle_worker(
     reconciling = ReconcileActivities(client, redis)
     journaling = journal_activities(settings, gauges, client)
     market_inputs = MarketInputActivities(client, redis, journaling.journal, journaling.run_id)
+    review = PolicyReviewActivities(client, journaling.journal, journaling.run_id)
     return Worker(
         client,
         task_queue=LIFECYCLE_TASK_QUEUE,
-        workflows=[position_workflow, PortfolioWorkflow, ReconcileWorkflow, MarketInputsWorkflow],
+        workflows=[
+            position_workflow,
+            PortfolioWorkflow,
+            ReconcileWorkflow,
+            MarketInputsWorkflow,
+            PolicyReviewWorkflow,
+        ],
         activities=[
             portfolio.request_reservation,
             portfolio.deliver_decisions,
@@ -102,6 +112,8 @@ def lifecycle_worker(
             journaling.journal_trade,
             market_inputs.compute_market_inputs,
             market_inputs.deliver_market_inputs,
+            review.policy_review_facts,
+            review.apply_policy_proposal,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
         # A worker that died or was replaced (workers/fresh_cache.py) leaves its workflows' next tasks on
@@ -158,6 +170,7 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
             client, settings.reconcile_interval_seconds, run_now=settings.reconcile_on_start
         )
         await ensure_market_inputs_schedule(client, settings)
+        await ensure_policy_review_schedule(client, settings)
         await run_until_sigterm(worker, "lifecycle", metrics_port, client)
     await redis.aclose()
 
@@ -190,6 +203,17 @@ async def ensure_market_inputs_schedule(client: Client, settings: Settings) -> N
     await _ensure_interval_schedule(
         client, MARKET_INPUTS_SCHEDULE_ID, action, settings.risk_inputs_interval_minutes * 60
     )
+
+
+async def ensure_policy_review_schedule(client: Client, settings: Settings) -> None:
+    """The Temporal Schedule that runs PolicyReviewWorkflow every `POLICY_REVIEW_INTERVAL_HOURS`, over
+    as many hours of trades (a proposal waits as long for its verdict)."""
+    hours = settings.policy_review_interval_hours
+    req = PolicyReviewInput(window_hours=hours, approval_hours=hours)
+    action = ScheduleActionStartWorkflow(
+        "PolicyReviewWorkflow", req, id=POLICY_REVIEW_WORKFLOW_ID, task_queue=LIFECYCLE_TASK_QUEUE
+    )
+    await _ensure_interval_schedule(client, POLICY_REVIEW_SCHEDULE_ID, action, hours * 3600)
 
 
 async def _ensure_interval_schedule(

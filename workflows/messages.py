@@ -15,6 +15,7 @@ from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, R
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
+from trading.policy_review import Proposal
 from trading.position_state import PositionState, PositionStatus  # PositionStatus re-exported
 from trading.reconcile import VenueOrder, VenuePosition
 from trading.risk import RiskLayerPolicy, RiskState
@@ -289,6 +290,30 @@ class MarketInputsRequest(_Msg):
         if self.min_returns >= self.window_bars:
             raise ValueError("min_returns must be below window_bars (a window has window_bars - 1 returns)")
         return self
+
+
+class PolicyReviewInput(_Msg):
+    """One review: the trades and emergency-stop moves of the last `window_hours`; a proposal waits
+    `approval_hours` for an operator's verdict, then expires."""
+
+    window_hours: float = Field(24.0, gt=0, le=24 * 90)
+    approval_hours: float = Field(24.0, gt=0, le=24 * 30)
+    min_trades: int = Field(5, ge=1)
+
+
+class PolicyVerdict(_Msg):
+    """An operator's answer to a policy-review proposal."""
+
+    approve: bool
+    operator: str = Field(min_length=1, max_length=64)
+    reason: str = Field("", max_length=200)
+
+
+class PolicyReviewResult(_Msg):
+    outcome: str  # off | no_change | applied | rejected | expired | stale | refused
+    detail: str
+    proposal: Proposal | None = None
+    verdict: PolicyVerdict | None = None
 
 
 class EssMove(_Msg):

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         restore_reservation,
     )
     from trading.market_inputs import MarketInputs, with_market_inputs
+    from trading.policy_review import PolicyChange, apply_changes, stale_changes
     from trading.risk import ClosedTradeEvent, RiskEvent, RiskLayerPolicy, RiskState, assess, observe
     from workflows.messages import (
         LIFECYCLE_TASK_QUEUE,
@@ -676,6 +677,30 @@ class PortfolioWorkflow:
     @set_risk_policy.validator
     def _validate_risk_policy(self, raw: dict | None) -> None:
         self._parsed_risk(raw)
+
+    @workflow.update(name="apply_policy_changes")
+    def apply_policy_changes(self, raw: dict) -> RiskLayerPolicy:
+        """An approved policy-review proposal (PolicyReviewWorkflow): its changes, each checked against
+        the value it was proposed from, in one step (an edit made since refuses it whole)."""
+        self.risk = self._changed_policy(raw)
+        self._changed()
+        self._show_details()
+        workflow.logger.warning("risk policy changed by an approved review: %s", raw.get("changes"))
+        return self.risk
+
+    @apply_policy_changes.validator
+    def _validate_policy_changes(self, raw: dict) -> None:
+        self._changed_policy(raw)
+
+    def _changed_policy(self, raw: object) -> RiskLayerPolicy:
+        if not isinstance(raw, dict) or not isinstance(raw.get("changes"), list):
+            raise ValueError('policy changes: expected {"changes": [...]}')
+        changes = tuple(parse_message(PolicyChange, c) for c in raw["changes"])
+        if self.risk is None:
+            raise ValueError("stale: the risk layer is off")
+        if stale := stale_changes(self.risk, changes):
+            raise ValueError(f"stale: {'; '.join(stale)}")
+        return apply_changes(self.risk, changes)
 
     @workflow.update(name="set_market_inputs")
     def set_market_inputs(self, raw: dict) -> RiskState:

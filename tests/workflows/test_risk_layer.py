@@ -26,13 +26,16 @@ from trading.emergency import EmergencyState
 from trading.governor import HOUR_MS, Gate, RiskPolicy
 from trading.intents import Side
 from trading.market_inputs import MarketInputs
+from trading.policy_review import Proposal
 from trading.records import ClosedTrade
-from trading.risk import ClosedTradeEvent
+from trading.risk import ClosedTradeEvent, RiskLayerPolicy
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
     ClosePositionRequest,
     MarketInputsRequest,
+    PolicyReviewInput,
+    PolicyReviewResult,
     PortfolioView,
     PositionInput,
     PositionResult,
@@ -335,3 +338,81 @@ async def test_correlated_symbols_are_granted_up_to_their_cluster_limit(stack: S
                 "set_market_inputs", older
             )
         assert "older" in str(stale.value.cause)
+
+
+REVIEWED = {
+    **RISK,
+    "concentration": {"max_symbol_share": None, "max_cluster_share": None, "max_entries_per_window": 8},
+}
+
+
+@pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": REVIEWED}], indirect=True)
+async def test_a_policy_review_changes_the_policy_only_when_approved(stack: Stack) -> None:
+    portfolio_handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+
+    async def policy() -> RiskLayerPolicy:
+        view = await portfolio(stack)
+        assert view.risk is not None
+        return view.risk
+
+    async def review(wid: str) -> tuple[WorkflowHandle, Proposal]:
+        handle = await stack.client.start_workflow(
+            "PolicyReviewWorkflow",
+            PolicyReviewInput(window_hours=1, approval_hours=1),
+            id=wid,
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            result_type=PolicyReviewResult,
+        )
+
+        async def proposed() -> Proposal | None:
+            return await handle.query("proposal", result_type=Proposal | None)  # type: ignore[arg-type]
+
+        return handle, await until(proposed, f"{wid} proposed nothing")  # type: ignore[return-value]
+
+    async with stack.workers(lifecycle=True, exchange=False):
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 30, risk=stack.settings.risk_layer_policy
+        )
+        await until(lambda: _running(stack), "no portfolio")
+        for k in range(2):  # two losing trades: the stop goes to CRITICAL
+            await portfolio_handle.signal("risk_event", closed_trade(f"t-{k}", "-3"))
+        await moved_to(stack, ES.CRITICAL)
+
+        # Approved: the proposal (sizes under WARNING halved again, half the entries per window) is applied.
+        first, proposal = await review("review-1")
+        assert [(c.name, c.old, c.new) for c in proposal.changes] == [
+            ("emergency.warning_size_factor", D("0.5"), D("0.25")),
+            ("concentration.max_entries_per_window", 8, 4),
+        ]
+        assert "CRITICAL" in proposal.summary
+        with pytest.raises(WorkflowUpdateFailedError):  # a verdict must say who gives it
+            await first.execute_update("verdict", {"approve": True})
+        await first.execute_update("verdict", {"approve": True, "operator": "ana", "reason": "agreed"})
+        with pytest.raises(WorkflowUpdateFailedError):  # and is given once
+            await first.execute_update("verdict", {"approve": False, "operator": "bo"})
+        assert (await first.result()).outcome == "applied"
+        tightened = await policy()
+        assert tightened.emergency is not None and tightened.emergency.warning_size_factor == D("0.25")
+        assert tightened.concentration is not None and tightened.concentration.max_entries_per_window == 4
+
+        # Rejected: nothing changes.
+        second, proposal = await review("review-2")
+        assert [c.new for c in proposal.changes] == [D("0.125"), 2]
+        await second.execute_update("verdict", {"approve": False, "operator": "ana", "reason": "enough"})
+        assert (await second.result()).outcome == "rejected"
+        assert await policy() == tightened
+
+        # Approved after an operator edited the policy: stale, nothing of it applied.
+        third, proposal = await review("review-3")
+        await portfolio_handle.execute_update(
+            "set_risk_policy",
+            {
+                **tightened.model_dump(mode="json"),
+                "emergency": {**REVIEWED["emergency"], "warning_size_factor": "0.3"},
+            },
+        )
+        edited = await policy()
+        await third.execute_update("verdict", {"approve": True, "operator": "ana"})
+        result = await third.result()
+        assert result.outcome == "stale" and "warning_size_factor is 0.3" in result.detail, result
+        assert await policy() == edited
