@@ -41,7 +41,9 @@ from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import FAST, start_position, wait_status
 from trading.intents import ExitOverrides, Side, TradeIntent
 from workflows.bar_close import BarCloseWorkflow
+from workflows.market_inputs import MarketInputsWorkflow
 from workflows.messages import DEFAULT_PORTFOLIO_ID, ClosePositionRequest, PositionStatus
+from workflows.policy_review import PolicyReviewWorkflow
 from workflows.portfolio import PortfolioWorkflow
 from workflows.position import PositionWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -61,6 +63,8 @@ def replayer() -> Replayer:
             UniverseWorkflow,
             RetrainWorkflow,
             ReconcileWorkflow,
+            MarketInputsWorkflow,
+            PolicyReviewWorkflow,
         ],
         data_converter=pydantic_data_converter,
     )

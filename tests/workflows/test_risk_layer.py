@@ -347,7 +347,7 @@ REVIEWED = {
 
 
 @pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": REVIEWED}], indirect=True)
-async def test_a_policy_review_changes_the_policy_only_when_approved(stack: Stack) -> None:
+async def test_a_policy_review_changes_the_policy_only_when_approved(stack: Stack, tmp_path: Path) -> None:
     portfolio_handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
 
     async def policy() -> RiskLayerPolicy:
@@ -416,3 +416,14 @@ async def test_a_policy_review_changes_the_policy_only_when_approved(stack: Stac
         result = await third.result()
         assert result.outcome == "stale" and "warning_size_factor is 0.3" in result.detail, result
         assert await policy() == edited
+
+    # Each review's history, and the portfolio's, replays; the applied one is kept as a committed history.
+    histories = [
+        await stack.client.get_workflow_handle(w).fetch_history()
+        for w in ("review-1", "review-2", "review-3")
+    ]
+    assert not await replay_all(
+        [*histories, await portfolio_handle.fetch_history()], tmp_path / "not-replaying"
+    )
+    if os.environ.get("RECORD_HISTORIES"):
+        (HISTORIES / "policy-review-applied.json").write_text(histories[0].to_json())
