@@ -131,6 +131,7 @@ class Decoded:
     events: list[dict[str, Any]] = field(default_factory=list)
     expired_key: str | None = None
     ignored: bool = False  # a type or state not forwarded
+    account_reason: str | None = None  # ACCOUNT_UPDATE: why the account changed (ORDER, DEPOSIT, ...)
 
 
 def decode(msg: Mapping[str, Any]) -> Decoded:
@@ -170,6 +171,7 @@ def decode(msg: Mapping[str, Any]) -> Decoded:
     elif etype == "ACCOUNT_UPDATE":
         a = data["a"]
         reason = _str_or_none(a.get("m"))
+        out.account_reason = reason or "ACCOUNT_UPDATE"
         for p in a.get("P") or ():
             ev = empty_event("account_update", str(p["s"]), event_ms)
             ev.update(

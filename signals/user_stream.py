@@ -50,6 +50,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from exchange.client import BinanceFuturesClient
 from exchange.errors import ExchangeError, RejectedError
+from signals.balance_tracker import BalanceTracker
 from signals.service import JsonLogFormatter, connect_temporal
 from signals.user_events import (
     EXPIRED_EVENT,
@@ -188,6 +189,7 @@ class UserStream:
         backoff_max_s: float = 10.0,
         publish_streams: bool = True,
         stream_maxlen: int = 100_000,
+        balance: BalanceTracker | None = None,
     ) -> None:
         self.ws_url = ws_url.rstrip("/")
         self.venue = venue
@@ -204,6 +206,7 @@ class UserStream:
         self.backoff_max_s = backoff_max_s
         self.publish_streams = publish_streams
         self.stream_maxlen = stream_maxlen
+        self.balance = balance  # read after each ACCOUNT_UPDATE and periodically (signals/balance_tracker.py)
         self.key: str | None = None
         self._stale_reason: str | None = None  # set: the key must be replaced before the next connect
         self._key_lock = asyncio.Lock()
@@ -228,6 +231,8 @@ class UserStream:
         ]
         if self.publish_streams:
             self._tasks.append(asyncio.create_task(self._stream_writer(), name="stream-writer"))
+        if self.balance is not None:
+            self._tasks.append(asyncio.create_task(self.balance.run(), name="balance"))
         stopper = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -500,6 +505,8 @@ class UserStream:
         self.metrics.events.labels(d.etype).inc()
         for ev in d.events:
             self._enqueue(ev, received, None)
+        if d.account_reason is not None and self.balance is not None:
+            self.balance.poke(d.account_reason)
         if self.publish_streams:
             self._publish(raw, d)
         if d.etype == EXPIRED_EVENT:
@@ -717,6 +724,13 @@ async def run_user_stream(
         health_check_interval=15,
     )
     venue = BinanceFuturesClient.from_settings(settings)
+    balance = BalanceTracker(
+        venue=venue,
+        redis=redis,
+        client=client,
+        registry=metrics.registry,
+        check_s=settings.balance_check_seconds,
+    )
     stream = UserStream(
         ws_url=settings.ws_url,
         venue=venue,
@@ -724,6 +738,7 @@ async def run_user_stream(
         client=client,
         keepalive_s=keepalive_s,
         metrics=metrics,
+        balance=balance,
     )
     log.info(
         "user stream starting rest=%s ws=%s redis=%s:%d temporal=%s keepalive_s=%g",

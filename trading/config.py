@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     from the stored bars of SIGNAL_TIMEFRAME (nothing is computed while the risk layer is off)."""
     risk_inputs_window_bars: int = Field(720, ge=3, le=1500)
     """Bars the correlation and volatility of the market inputs look back over."""
+    balance_check_seconds: float = Field(60.0, gt=0)
+    """How often the user-data stream's balance tracker reads the account besides each ACCOUNT_UPDATE
+    (GET /fapi/v3/account, weight 5)."""
     policy_review_interval_hours: float = Field(24.0, gt=0, le=720)
     """Period of the policy-review Schedule: a proposal to tighten or restore the risk policy from the
     last day's trades and emergency-stop moves, applied only when an operator approves it."""

@@ -52,6 +52,8 @@ class Gate(StrEnum):
     CLUSTER_CONCENTRATION = "cluster_concentration"  # one correlated cluster would hold too much
     HEAT = "portfolio_heat"  # too many entries across the book in the window
     ALLOCATION = "allocation_cap"  # the symbol's capital allocation target leaves no room (trading/risk.py)
+    MARGIN_RATIO = "margin_ratio"  # the venue's margin ratio is too high for a new entry (trading/balance.py)
+    EQUITY = "equity_exposure"  # the venue's equity leaves no room for the grant (trading/balance.py)
 
 
 class RiskPolicy(BaseModel):

@@ -39,6 +39,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trading.allocation import AllocationPolicy, AllocationTarget
+from trading.balance import AccountBalance, BalancePolicy, balance_room, margin_refusal
 from trading.concentration import (
     Clusters,
     ConcentrationPolicy,
@@ -51,6 +52,7 @@ from trading.concentration import (
     net_exposure,
 )
 from trading.emergency import (
+    EmergencyEvent,
     EmergencyPolicy,
     EquityMark,
     EssState,
@@ -108,12 +110,15 @@ class RiskLayerPolicy(BaseModel):
         default_factory=lambda: ConcentrationPolicy(max_entries_per_window=5)
     )
     allocation: AllocationPolicy | None = Field(default_factory=AllocationPolicy)
+    # Sizing from the venue's equity (the balance tracker's readings); off by default: sizes then come
+    # from the settings' figures and the governor's absolute limits alone.
+    balance: BalancePolicy | None = None
     # Symbols whose returns correlate at least this much form one cluster (`correlation_clusters`).
     correlation_threshold: float = Field(0.8, ge=-1, le=1)
 
     @classmethod
     def off(cls) -> RiskLayerPolicy:
-        return cls(emergency=None, protections=None, concentration=None, allocation=None)
+        return cls(emergency=None, protections=None, concentration=None, allocation=None, balance=None)
 
 
 class ClosedTradeEvent(BaseModel):
@@ -130,7 +135,14 @@ class ClosedTradeEvent(BaseModel):
 
 
 RiskEvent = Annotated[
-    ClosedTradeEvent | TradeClosed | OrderOutcome | VenueHealth | EquityMark | OperatorCommand | Tick,
+    ClosedTradeEvent
+    | TradeClosed
+    | OrderOutcome
+    | VenueHealth
+    | EquityMark
+    | OperatorCommand
+    | Tick
+    | AccountBalance,
     Field(discriminator="kind"),
 ]
 
@@ -149,6 +161,7 @@ class RiskState(BaseModel):
     clusters_at_ms: int | None = None
     allocation: dict[str, Decimal] | None = None  # symbol → notional cap; None: no targets yet
     allocation_at_ms: int | None = None
+    balance: AccountBalance | None = None  # the venue's latest account reading
 
 
 class SizeCut(BaseModel):
@@ -223,6 +236,15 @@ def assess(
             if out := too_small(Gate.EMERGENCY, scaled, f"emergency stop {ess.value} cuts sizes ×{factor}"):
                 return out
             notional = scaled
+
+    if risk.balance is not None and state.balance is not None:  # 1b. the venue's equity and margin
+        if why := margin_refusal(state.balance, risk.balance):
+            return deny(Gate.MARGIN_RATIO, why)
+        room, figures = balance_room(state.balance, risk.balance, book.total_notional)
+        if notional > room:
+            if out := too_small(Gate.EQUITY, room, figures):
+                return out
+            notional = room
 
     if risk.protections is not None:  # 2. symbol protections
         lock = symbol_lock(req.symbol, state.trades.get(req.symbol, ()), risk.protections, now_ms)
@@ -305,7 +327,11 @@ def observe(
     older than the protections' history are dropped then (they can no longer lock anything)."""
     changes: dict[str, object] = {}
     moved: list[Transition] = []
-    if isinstance(event, ClosedTradeEvent):
+    if isinstance(event, AccountBalance):
+        if state.balance is None or event.at_ms >= state.balance.at_ms:  # an older reading never wins
+            changes["balance"] = event
+        ess_event: EmergencyEvent = EquityMark(at_ms=event.at_ms, equity=event.equity)
+    elif isinstance(event, ClosedTradeEvent):
         trade = event.trade
         if risk.protections is not None:
             kept = tuple(

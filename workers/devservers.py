@@ -114,6 +114,10 @@ class PaperExchange:
     def set_price(self, symbol: str, price: str) -> None:
         self.admin("POST", "price", {"symbol": symbol, "price": price})
 
+    def transfer(self, amount: str) -> dict[str, str]:
+        """A deposit (positive) or withdrawal (negative) of USDT on the paper account."""
+        return self.admin("POST", "transfer", {"amount": amount})
+
     def set_faults(self, **faults: Any) -> None:
         self.admin("POST", "faults", faults)
 

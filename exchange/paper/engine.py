@@ -1657,6 +1657,23 @@ class PaperEngine:
         self._check_liquidations(now)
         self._commit()
 
+    def transfer(self, amount: Decimal) -> dict[str, str]:
+        """Move USDT into (positive) or out of (negative) the futures wallet, as a transfer from the spot
+        account does: an income row and an ACCOUNT_UPDATE (reason DEPOSIT / WITHDRAW) on the user stream.
+        A withdrawal cannot take more than is available."""
+        if not amount.is_finite() or amount == 0:
+            raise _invalid("amount")
+        if amount < 0 and -amount > self._available():
+            raise ApiError(-2019, f"Margin is insufficient: {self._available()} USDT available.")
+        now = self.wall_ms()
+        self.wallet += amount
+        self.wallet_time = now
+        self._income("", "TRANSFER", amount, now)
+        self._mark_kv("wallet")
+        self._user(self._account_update("DEPOSIT" if amount > 0 else "WITHDRAW", now, []))
+        self._commit()
+        return {"wallet": money(self.wallet)}
+
     def advance(self) -> None:
         now = self.wall_ms()
         m = self.prices.market_ms(now)

@@ -462,6 +462,16 @@ class PaperServer:
                 return _json_response({"code": -1102, "msg": f"expected {{symbol, price}}: {exc}"}, 400)
             return self._engine_call(lambda: self.engine.set_price(symbol, value))
 
+        async def transfer(request: Request) -> Response:
+            if (denied := self._admin_ok(request)) is not None:
+                return denied
+            try:
+                data = json.loads(await request.body() or b"{}")
+                amount = Decimal(str(data["amount"]))
+            except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
+                return _json_response({"code": -1102, "msg": f"expected {{amount}}: {exc}"}, 400)
+            return self._engine_call(lambda: self.engine.transfer(amount))
+
         async def orders(request: Request) -> Response:
             if (denied := self._admin_ok(request)) is not None:
                 return denied
@@ -490,6 +500,7 @@ class PaperServer:
             Route("/admin/ws/drop", ws_drop, methods=["POST"]),
             Route("/admin/listen-keys/expire", expire_keys, methods=["POST"]),
             Route("/admin/price", price, methods=["POST"]),
+            Route("/admin/transfer", transfer, methods=["POST"]),
             Route("/admin/orders", orders, methods=["GET"]),
             Route("/admin/algo-orders", algo_orders, methods=["GET"]),
             Route("/admin/advance", advance, methods=["POST"]),

@@ -23,7 +23,7 @@ from tests.workflows.conftest import Stack
 from tests.workflows.drills import QUIET, synthetic_symbols
 from tests.workflows.test_replay import HISTORIES, replay_all, replay_one_task_late
 from trading.emergency import EmergencyState
-from trading.governor import HOUR_MS, Gate, RiskPolicy
+from trading.governor import HOUR_MS, Gate, ReservationRequest, RiskPolicy
 from trading.intents import Side
 from trading.market_inputs import MarketInputs
 from trading.policy_review import Proposal
@@ -427,3 +427,64 @@ async def test_a_policy_review_changes_the_policy_only_when_approved(stack: Stac
     )
     if os.environ.get("RECORD_HISTORIES"):
         (HISTORIES / "policy-review-applied.json").write_text(histories[0].to_json())
+
+
+SIZED = {
+    "emergency": None,
+    "protections": None,
+    "concentration": None,
+    "allocation": None,
+    "balance": {"max_trade_exposure": "0.01"},
+}
+
+
+@pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": SIZED}], indirect=True)
+async def test_a_deposit_or_withdrawal_moves_the_sizing_within_one_user_data_event(stack: Stack) -> None:
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    asked = 0
+
+    async def granted(notional: str) -> Decimal:
+        nonlocal asked
+        asked += 1
+        holder = f"sized-{asked}"
+        req = ReservationRequest(
+            holder_id=holder, symbol=SYMBOLS[0], side=Side.LONG, notional_usdt=D(notional)
+        )
+        await handle.signal("request_reservation", req)
+
+        async def decision() -> object:
+            return next((d for d in (await portfolio(stack)).last_decisions if d.holder_id == holder), None)
+
+        d = await until(decision, f"{holder} was never decided")
+        assert d.decision == "granted", d  # type: ignore[attr-defined]
+        return d.notional_usdt  # type: ignore[attr-defined]
+
+    async def equity_is(value: str) -> None:
+        async def there() -> bool:
+            balance = (await portfolio(stack)).risk_state.balance  # type: ignore[union-attr]
+            return balance is not None and balance.equity == D(value)
+
+        await until(there, f"the portfolio never saw equity {value}")
+
+    async with stack.workers(lifecycle=True, exchange=False):
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 30, risk=stack.settings.risk_layer_policy
+        )
+        stack.start_worker_process("user-stream")
+        await equity_is("10000")  # the first reading, at start
+        assert await granted("150") == D(100)  # 1 % of 10,000 USDT of equity
+
+        stack.exchange.transfer("10000")  # a deposit: one ACCOUNT_UPDATE (DEPOSIT) on the user stream
+        await equity_is("20000")
+        assert await granted("150") == D(150)
+
+        stack.exchange.transfer("-15000")  # a withdrawal
+        await equity_is("5000")
+        assert await granted("150") == D(50)
+
+    readings = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in await stack.redis.xrange("quantum:stream:account.balance")
+    ]
+    assert {"DEPOSIT", "WITHDRAW"} <= {r["reason"] for r in readings}, readings
+    assert any(r["reason"] == "DEPOSIT" and D(r["equity"]) == 20000 for r in readings), readings

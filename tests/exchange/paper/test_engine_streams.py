@@ -168,3 +168,17 @@ def test_klines_from_recorded_prices_and_public_shapes() -> None:
     assert btc["contractType"] == "PERPETUAL" and btc["marginAsset"] == "USDT"
     assert {f["filterType"] for f in btc["filters"]} >= {"PRICE_FILTER", "LOT_SIZE", "MIN_NOTIONAL"}
     assert e.server_time({}) == {"serverTime": h.clock.ms}
+
+
+def test_a_transfer_moves_the_wallet_and_says_so_on_the_user_stream() -> None:
+    h = Harness()
+    assert h.engine.transfer(D("500")) == {"wallet": "10500.00000000"}
+    assert h.engine.transfer(D("-200")) == {"wallet": "10300.00000000"}
+    updates = h.user("ACCOUNT_UPDATE")
+    assert [u["a"]["m"] for u in updates] == ["DEPOSIT", "WITHDRAW"]
+    assert updates[-1]["a"]["B"][0]["wb"] == "10300.00000000" and updates[-1]["a"]["P"] == []
+    assert [i["incomeType"] for i in h.engine.incomes][-2:] == ["TRANSFER", "TRANSFER"]
+    # no more out than is available, and not nothing; nothing changes
+    assert api_error(h.engine.transfer, D("-20000")).code == -2019 and h.wallet() == D("10300")
+    assert api_error(h.engine.transfer, D("0")).code < 0
+    assert len(h.user("ACCOUNT_UPDATE")) == 2
