@@ -20,6 +20,9 @@ from workflows.messages import EssMove, PortfolioView, ProjectionInput, PublishL
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
 LEDGER_KEY = "quantum:ledger:{symbol}"
 PORTFOLIO_KEY = "quantum:portfolio:state"
+# The risk layer's notional cap per symbol (MarketInputsWorkflow → the portfolio), one hash per symbol.
+ALLOCATION_KEY = "quantum:capital:allocation:{symbol}"
+ALLOCATION_INDEX = "quantum:capital:allocation:index"
 LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (signals/price_watcher.py)
 LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
@@ -242,6 +245,7 @@ class ProjectionActivities:
         last = view.ess_moves[-1].transition if view.ess_moves else None
         # Why the automatic stop stands where it does (the notifier's alert says it); "" otherwise.
         state["reason"] = last.reason if last is not None and last.to_state is view.book.emergency else ""
+        await self._project_allocation(view)
         await self._portfolio(
             keys=[PORTFOLIO_KEY, EMERGENCY_STREAM],
             args=[
@@ -251,6 +255,23 @@ class ProjectionActivities:
                 *(x for kv in state.items() for x in kv),
             ],
         )
+
+    async def _project_allocation(self, view: PortfolioView) -> None:
+        """`quantum:capital:allocation:{symbol}`: each symbol's cap and when it was computed, written when
+        the caps change (`...:index` names the symbols written; one no longer capped is removed)."""
+        risk = view.risk_state
+        caps = (risk.allocation or {}) if risk is not None and view.risk is not None else {}
+        at = str(risk.allocation_at_ms or "") if risk is not None and caps else ""
+        index = json.loads(await self.redis.get(ALLOCATION_INDEX) or "{}")
+        if index.get("at") == at and sorted(index.get("symbols", [])) == sorted(caps):
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for symbol in set(index.get("symbols", [])) - set(caps):
+            pipe.delete(ALLOCATION_KEY.format(symbol=symbol))
+        for symbol, cap in caps.items():
+            pipe.hset(ALLOCATION_KEY.format(symbol=symbol), mapping={"cap_usdt": str(cap), "computed_at": at})
+        pipe.set(ALLOCATION_INDEX, json.dumps({"at": at, "symbols": sorted(caps)}))
+        await pipe.execute()
 
     @activity.defn(name="publish_ess_moves")
     async def publish_ess_moves(self, moves: list[EssMove]) -> None:

@@ -488,3 +488,36 @@ async def test_a_deposit_or_withdrawal_moves_the_sizing_within_one_user_data_eve
     ]
     assert {"DEPOSIT", "WITHDRAW"} <= {r["reason"] for r in readings}, readings
     assert any(r["reason"] == "DEPOSIT" and D(r["equity"]) == 20000 for r in readings), readings
+
+
+@pytest.mark.parametrize("stack", [{}], indirect=True)
+async def test_allocation_caps_are_projected_per_symbol(stack: Stack) -> None:
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    a, b = SYMBOLS[:2]
+
+    async def projected(symbol: str) -> dict[str, str]:
+        raw = await stack.redis.hgetall(f"quantum:capital:allocation:{symbol}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async with stack.workers(lifecycle=True, exchange=False):
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 30, risk=RiskLayerPolicy()
+        )
+        await until(lambda: _running(stack), "no portfolio")
+        first = MarketInputs(at_ms=5, allocation={a: D(300), b: D(200)})
+        await handle.execute_update("set_market_inputs", first.model_dump(mode="json"))
+
+        async def both() -> bool:
+            return (
+                await projected(a) == {"cap_usdt": "300", "computed_at": "5"}
+                and (await projected(b))["cap_usdt"] == "200"
+            )
+
+        await until(both, "the caps were never projected")
+        later = MarketInputs(at_ms=6, allocation={b: D(250)})
+        await handle.execute_update("set_market_inputs", later.model_dump(mode="json"))
+
+        async def moved() -> bool:
+            return await projected(a) == {} and await projected(b) == {"cap_usdt": "250", "computed_at": "6"}
+
+        await until(moved, "a symbol no longer capped kept its cap")
