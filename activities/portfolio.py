@@ -26,6 +26,7 @@ from workflows.messages import (
     LIFECYCLE_TASK_QUEUE,
     DecisionBatch,
     PortfolioInput,
+    PortfolioView,
     PositionStatus,
     PositionView,
     RunningHolder,
@@ -33,6 +34,8 @@ from workflows.messages import (
 from workflows.position import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
 
 RUNNING_POSITIONS = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
+CLOSED_PORTFOLIO_RUNS = f"WorkflowId='{DEFAULT_PORTFOLIO_ID}' AND ExecutionStatus!='Running'"
+PREVIOUS_STATE_TIMEOUT_S = 60.0
 STATE_QUERY_TIMEOUT_S = 10.0
 
 
@@ -126,6 +129,31 @@ class PortfolioActivities:
 
         flags = await asyncio.gather(*(stopped(h) for h in holder_ids))
         return [h for h, gone in zip(holder_ids, flags, strict=True) if gone]
+
+    @activity.defn(name="previous_portfolio_state")
+    async def previous_portfolio_state(self) -> PortfolioView | None:
+        """What the portfolio's last run (failed, terminated, timed out, or continued as new) held, as its
+        `state` query answers on its replayed history: a fresh run takes over its policy (the kill switch
+        with it), emergency state, cooldowns, entry times and risk layer. None when there is no earlier
+        run, or its state cannot be read (then the fresh run starts from its input, and says so)."""
+        latest: WorkflowExecution | None = None
+        async for wf in self.client.list_workflows(CLOSED_PORTFOLIO_RUNS):
+            if wf.close_time is not None and (latest is None or wf.close_time > latest.close_time):  # type: ignore[operator]
+                latest = wf
+        if latest is None:
+            return None
+        handle = self.client.get_workflow_handle(latest.id, run_id=latest.run_id)
+        try:
+            return await asyncio.wait_for(
+                handle.query("state", result_type=PortfolioView), PREVIOUS_STATE_TIMEOUT_S
+            )
+        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError, TimeoutError) as err:
+            activity.logger.error(
+                "the portfolio's previous run %s cannot say its state (%s): the fresh run starts without it",
+                latest.run_id,
+                err,
+            )
+            return None
 
     @activity.defn(name="running_holders")
     async def running_holders(self) -> list[RunningHolder]:

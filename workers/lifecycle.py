@@ -100,6 +100,7 @@ def lifecycle_worker(
             portfolio.deliver_decisions,
             portfolio.find_stopped_holders,
             portfolio.running_holders,
+            portfolio.previous_portfolio_state,
             projections.project_position,
             projections.project_portfolio,
             projections.publish_ess_moves,

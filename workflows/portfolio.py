@@ -82,6 +82,7 @@ PATCH_REBUILD = "portfolio-rebuilds-book-on-fresh-start"
 PATCH_FLATTEN = "portfolio-flatten-until-released"
 PATCH_TIMERS = "portfolio-steps-on-timers"
 PATCH_RISK = "portfolio-risk-layer"
+PATCH_RESTORE = "portfolio-restores-previous-run"
 
 ESS_MOVES_KEPT = 20  # in the view and the Web UI's details
 RISK_SEEN_KEPT = 1000  # trade ids heard: a journal activity retried tells the same trade again
@@ -148,6 +149,8 @@ class PortfolioWorkflow:
             # Fresh: the singleton failed or was terminated and a position's signal-with-start began this
             # run with an empty book, while running positions still hold their slots.
             if workflow.patched(PATCH_REBUILD):
+                if workflow.patched(PATCH_RESTORE):
+                    await self._restore_previous_run()
                 await self._rebuild_book()
             self._book_known = True
             self._released_early.clear()
@@ -427,6 +430,48 @@ class PortfolioWorkflow:
             if release(self.book, self.policy, holder, self._now_ms()) is not None:
                 self._changed()
                 workflow.logger.warning("released the slot of %s: its workflow is no longer running", holder)
+
+    async def _restore_previous_run(self) -> None:
+        """Take over what the previous run decided (a restart must never clear a kill switch, an emergency
+        or a cooldown, nor reset an operator's policy to the settings): policy, emergency state,
+        cooldowns, entry times, the risk layer and its state, the totals. Reservations are rebuilt from
+        the running positions next (they, not an old view, say what is held now)."""
+        try:
+            prev: PortfolioView | None = await workflow.execute_activity(
+                "previous_portfolio_state",
+                result_type=PortfolioView | None,  # type: ignore[arg-type]
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+            )
+        except ActivityError as err:
+            self._step_failed("restore", err)
+            workflow.logger.error(
+                "fresh portfolio: the previous run's state was not read; starting from the input"
+            )
+            return
+        if prev is None:
+            return
+        self.policy = prev.policy
+        self.book.emergency = prev.book.emergency
+        self.book.cooldown_until_ms = dict(prev.book.cooldown_until_ms)
+        self.book.executions_ms = {s: list(ts) for s, ts in prev.book.executions_ms.items()}
+        self.risk = prev.risk
+        if prev.risk_state is not None:
+            self.risk_state = prev.risk_state
+        self.ess_moves = list(prev.ess_moves)
+        self.granted_total, self.denied_total = prev.granted_total, prev.denied_total
+        self.last_decisions = list(prev.last_decisions)
+        self._changed()
+        workflow.logger.warning(
+            "fresh portfolio: took over the previous run's policy (kill switch %s), emergency %s, "
+            "%d cooldowns, "
+            "risk layer %s",
+            "on" if self.policy.kill_switch else "off",
+            self.book.emergency.value,
+            len(self.book.cooldown_until_ms),
+            "on" if self.risk is not None else "off",
+        )
 
     async def _rebuild_book(self) -> None:
         """Count the slots the running positions hold (ENTERING, OPEN, CLOSING), as they say through their

@@ -152,6 +152,7 @@ async def portfolio_worker(stack: Stack, **replaced: Callable) -> AsyncIterator[
         "find_stopped_holders": real.find_stopped_holders,
         "project_portfolio": project_nothing,
         "running_holders": no_positions,
+        "previous_portfolio_state": real.previous_portfolio_state,
         **replaced,
     }
     async with (

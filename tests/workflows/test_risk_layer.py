@@ -521,3 +521,40 @@ async def test_allocation_caps_are_projected_per_symbol(stack: Stack) -> None:
             return await projected(a) == {} and await projected(b) == {"cap_usdt": "250", "computed_at": "6"}
 
         await until(moved, "a symbol no longer capped kept its cap")
+
+
+@pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": RISK}], indirect=True)
+async def test_a_fresh_portfolio_takes_over_the_kill_switch_the_stop_and_the_policy(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The singleton terminated (or failed) and started again by the next worker or position: it must not
+    come back with the kill switch off, the stop NORMAL and the settings' policy instead of the operator's."""
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    async with stack.workers(lifecycle=True, exchange=False):
+        policy = RiskPolicy.from_settings(stack.settings)
+        await start_portfolio(stack.client, policy, 30, risk=stack.settings.risk_layer_policy)
+        await until(lambda: _running(stack), "no portfolio")
+        await handle.execute_update("set_kill_switch", {"on": True, "reason": "drill"})
+        await handle.execute_update("set_policy", {"max_open_positions": 4})
+        await handle.execute_update("set_ess", {"to": "CRITICAL", "reason": "drill", "operator": "ana"})
+        first = (await handle.describe()).run_id
+        await handle.terminate("the singleton is gone")
+
+        await start_portfolio(
+            stack.client, policy, 30, risk=stack.settings.risk_layer_policy
+        )  # as a worker does
+
+        async def fresh() -> PortfolioView | None:
+            if (await handle.describe()).run_id == first:
+                return None
+            view = await portfolio(stack)
+            return view if view.risk_state is not None and view.risk_state.ess.state is ES.CRITICAL else None
+
+        view = await until(fresh, "the fresh portfolio never took over the stop")
+        assert view.policy.kill_switch and view.policy.max_open_positions == 4  # type: ignore[union-attr]
+        assert view.book.emergency is ES.CRITICAL and view.risk == stack.settings.risk_layer_policy  # type: ignore[union-attr]
+        assert [m.transition.to_state for m in view.ess_moves] == [ES.CRITICAL]  # type: ignore[union-attr]
+        history = await handle.fetch_history()
+    assert not await replay_all([history], tmp_path / "not-replaying")
+    if os.environ.get("RECORD_HISTORIES"):
+        (HISTORIES / "portfolio-fresh-takes-over.json").write_text(history.to_json())
