@@ -32,6 +32,7 @@ from typing import TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.risk_reports import RiskReports
 from exchange.client import BinanceFuturesClient
 from exchange.errors import (
     ExchangeError,
@@ -113,8 +114,24 @@ async def _sleep_until(monotonic_at: float) -> None:
 
 
 class ExchangeActivities:
-    def __init__(self, client: BinanceFuturesClient) -> None:
+    def __init__(self, client: BinanceFuturesClient, reports: RiskReports | None = None) -> None:
+        """`reports`: where each order's outcome goes for the risk layer (none: not reported)."""
         self.client = client
+        self.reports = reports
+
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        """An order placed (accepted) or refused by the venue (Rejected), for the stop's failed-order
+        rate; retryable failures are not outcomes (the order is tried again), nor is a reduce-only order
+        that found nothing left to reduce."""
+        try:
+            yield
+        except ApplicationError as err:
+            if self.reports is not None and err.type == "Rejected":
+                self.reports.order(failed=True, detail=str(err.message))
+            raise
+        if self.reports is not None:
+            self.reports.order(failed=False)
 
     def send_margin_s(self) -> float:
         """How long before the attempt's end the last order may go: the client's HTTP timeout (it may
@@ -234,7 +251,7 @@ class ExchangeActivities:
         meter.create_counter("apply_layer_exec", "orders sent to the venue").add(
             1, {"symbol": inp.symbol, "action": action}
         )
-        with exit_priority() if inp.reduce_only else contextlib.nullcontext():
+        with self._reported(), exit_priority() if inp.reduce_only else contextlib.nullcontext():
             outcome = await self._place_order(inp, attempt, found, looked_up)
         if outcome.executed_qty > 0:
             meter.create_counter("apply_layer_exec_success", "orders that executed").add(
@@ -294,7 +311,7 @@ class ExchangeActivities:
     async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
         attempt = _Attempt()
         cid = inp.client_algo_id
-        with venue_errors(), exit_priority(), send_before(self._send_deadline(attempt)):
+        with self._reported(), venue_errors(), exit_priority(), send_before(self._send_deadline(attempt)):
             # Every attempt looks first: a reset run or an earlier attempt may have placed it.
             algo = await self.client.find_algo_order(cid)
             if algo is None:

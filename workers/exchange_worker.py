@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.exchange import ExchangeActivities
 from activities.reconcile import VenueReadActivities
+from activities.risk_reports import RiskReports
 from exchange.client import BinanceFuturesClient
 from exchange.shared_budget import budget_from_settings
 from trading.config import Settings
@@ -22,8 +23,9 @@ from workers.temporal_client import connect, metrics_runtime
 from workflows.messages import EXCHANGE_TASK_QUEUE
 
 
-def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
-    acts = ExchangeActivities(exchange)
+def exchange_worker(client, exchange: BinanceFuturesClient, reports: RiskReports | None = None) -> Worker:
+    """`reports`: order outcomes for the risk layer (activities/risk_reports.py; none: not reported)."""
+    acts = ExchangeActivities(exchange, reports)
     venue = VenueReadActivities(exchange)
     return Worker(
         client,
@@ -46,9 +48,20 @@ def exchange_worker(client, exchange: BinanceFuturesClient) -> Worker:
     )
 
 
-async def export_rate_limits(runtime: Runtime, exchange: BinanceFuturesClient, every_s: float = 1.0) -> None:
-    """Request weight used, pauses, 429s and bans as metrics, as this worker saw them."""
-    meter = runtime.metric_meter
+async def export_rate_limits(
+    runtime: Runtime | None,
+    exchange: BinanceFuturesClient,
+    every_s: float = 1.0,
+    reports: RiskReports | None = None,
+) -> None:
+    """Request weight used, pauses, 429s and bans as metrics, as this worker saw them; the ban's start
+    and end also to `reports` (the emergency stop's venue health)."""
+    meter = runtime.metric_meter if runtime is not None else None
+    if meter is None:
+        while reports is not None:
+            reports.banned(bool(exchange.rate_limits()["banned"]))
+            await asyncio.sleep(every_s)
+        return
     used = meter.create_gauge("binance_request_weight_used_1m", "request weight used in the last minute")
     budget = meter.create_gauge("binance_request_weight_budget_1m", "request weight the entries may use")
     banned = meter.create_gauge("binance_ip_banned", "1 while the venue bans this IP (entries halt)")
@@ -63,6 +76,8 @@ async def export_rate_limits(runtime: Runtime, exchange: BinanceFuturesClient, e
         used.set(int(snap["used_weight_1m"]))
         budget.set(int(snap["weight_budget_1m"]))
         banned.set(1 if snap["banned"] else 0)
+        if reports is not None:
+            reports.banned(bool(snap["banned"]))
         for name, counter in counters.items():
             now = int(snap[name])
             if now > seen[name]:
@@ -82,12 +97,17 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     shared = budget_from_settings(settings, redis)
     async with BinanceFuturesClient.from_settings(settings, shared_budget=shared) as exchange:
         await exchange.sync_time()
-        exporter = asyncio.create_task(export_rate_limits(runtime, exchange)) if runtime else None
+        reports = RiskReports(client)
+        side = [
+            asyncio.create_task(export_rate_limits(runtime, exchange, reports=reports)),
+            asyncio.create_task(reports.run()),
+        ]
         try:
-            await run_until_sigterm(exchange_worker(client, exchange), "exchange", metrics_port)
+            await run_until_sigterm(exchange_worker(client, exchange, reports), "exchange", metrics_port)
         finally:
-            if exporter is not None:
-                exporter.cancel()
+            for task in side:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await exporter
+                    await task
+            await reports.flush()  # what this worker measured last
     await redis.aclose()

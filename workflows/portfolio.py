@@ -601,8 +601,23 @@ class PortfolioWorkflow:
     # ------------------------------------------------------------------ messages
     @workflow.signal(name="risk_event")
     def risk_event(self, raw: dict) -> None:
-        """A measured fact for the risk layer: a closed trade (from the journal activity), an order's
-        outcome, the venue's health, an equity mark. A closed trade heard twice counts once."""
+        """A measured fact for the risk layer: a closed trade (from the journal activity), an account
+        reading (the balance tracker), an order's outcome or the venue's health (an exchange worker's
+        `risk_events`). A closed trade heard twice counts once."""
+        self._hear(raw)
+
+    @workflow.signal(name="risk_events")
+    def risk_events(self, raw: dict) -> None:
+        """Several risk events at once, in order (`{"events": [...]}`)."""
+        events = raw.get("events") if isinstance(raw, dict) else None
+        if not isinstance(events, list):
+            self._step_failed("risk_event", None)
+            workflow.logger.error('risk_events dropped: expected {"events": [...]}')
+            return
+        for event in events:
+            self._hear(event)
+
+    def _hear(self, raw: object) -> None:
         try:
             event = _RISK_EVENT.validate_python(raw)
         except ValidationError as err:  # a signal cannot be refused: say so, and drop it

@@ -558,3 +558,39 @@ async def test_a_fresh_portfolio_takes_over_the_kill_switch_the_stop_and_the_pol
     assert not await replay_all([history], tmp_path / "not-replaying")
     if os.environ.get("RECORD_HISTORIES"):
         (HISTORIES / "portfolio-fresh-takes-over.json").write_text(history.to_json())
+
+
+VENUE = {
+    "emergency": {
+        "losing_streak": {},
+        "daily_loss_usdt": {},
+        "drawdown_pct": {},
+        "stop_outs": {},
+        "failed_order_rate": {},
+        "cool_off_seconds": 0,
+        "recovery_requires_new_high": False,
+    },
+    "protections": None,
+    "concentration": None,
+    "allocation": None,
+}
+
+
+@pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": VENUE}], indirect=True)
+async def test_an_ip_ban_seen_by_the_exchange_worker_moves_the_stop_and_its_end_lets_it_recover(
+    stack: Stack,
+) -> None:
+    stack.exchange.set_price(SYMBOLS[0], "100")
+    async with stack.workers(exchange=False, holder_check_seconds=1):
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 1, risk=stack.settings.risk_layer_policy
+        )
+        await until(lambda: _running(stack), "no portfolio")
+        stack.start_worker_process("exchange")  # reports order outcomes and bans (activities/risk_reports.py)
+        stack.exchange.set_faults(ban_at={"path": "/fapi/v1/order", "seconds": 3})
+        refused = await settled(await start(stack, "banned-entry", SYMBOLS[0]))
+        assert refused.status is PositionStatus.REJECTED  # entries halt under a ban
+        await moved_to(stack, ES.CRITICAL)
+        await moved_to(stack, ES.NORMAL)  # the ban ended; no rule breached through the cool-off
+        moves = [(m.transition.to_state, m.transition.rule) for m in (await portfolio(stack)).ess_moves]
+        assert moves[0] == (ES.CRITICAL, "venue_ban") and moves[-1][0] is ES.NORMAL, moves
