@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -279,7 +279,7 @@ async def test_malformed_manual_trades_fail_fast_through_both_clis(stack: Stack)
             task_queue=LIFECYCLE_TASK_QUEUE,
         )
 
-        for i, case in enumerate(CASES):
+        async def through_both(i: int, case: Case) -> None:
             # --- the Temporal CLI ---
             wf_id = f"position-bad-temporal-{i}"
             started = time.monotonic()
@@ -324,16 +324,27 @@ async def test_malformed_manual_trades_fail_fast_through_both_clis(stack: Stack)
                 for why in await _not_at_once(stack.client.get_workflow_handle(wf_id)):
                     problems.append(f"qtrader / {case.name}: not at once: {why}")
 
-        for name, flags, expect in FLAG_CASES:
-            wf_id = f"position-bad-flags-{len(rows)}"
+        async def with_flags(k: int, name: str, flags: list[str], expect: str) -> None:
+            wf_id = f"position-bad-flags-{k}"
             started = time.monotonic()
-            rc, out, err = await _exec(qtrader("trade", "open", *flags, "--id", wf_id), env)
+            rc, _, err = await _exec(qtrader("trade", "open", *flags, "--id", wf_id), env)
             elapsed = time.monotonic() - started
             rows.append(("qtrader", name, elapsed, err.strip()))
             if rc != 2 or expect not in err:
                 problems.append(f"qtrader / {name}: exit {rc}: {err.strip()[:300]!r}")
             if await _exists(stack, wf_id):
                 problems.append(f"qtrader / {name}: a workflow was started")
+
+        # The cases are independent (each its own workflow id): a few at a time, since each runs up to
+        # three CLI processes and the CLI's start-up, not the system, is most of a case's time.
+        gate = asyncio.Semaphore(4)
+
+        async def limited(step: Awaitable[None]) -> None:
+            async with gate:
+                await step
+
+        await asyncio.gather(*(limited(through_both(i, case)) for i, case in enumerate(CASES)))
+        await asyncio.gather(*(limited(with_flags(k, *f)) for k, f in enumerate(FLAG_CASES)))
 
         # Nothing reached the venue or the portfolio.
         orders = stack.exchange.admin("GET", "orders")
