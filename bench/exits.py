@@ -1,7 +1,10 @@
 """`python -m bench.exits`: exit reaction latency, from the paper exchange publishing the tick that crosses
 a stop to the reduce-only order arriving at the paper exchange, with 1 and with 500 open positions,
 next to the floor measured in the same run: one signal into a workflow that immediately runs one
-activity. Progress on stderr; one JSON object as the last stdout line.
+activity. The tick crosses only the workflow's own stop (the venue's hard stop stays behind it); an exit
+that was not the workflow's stop order is counted in `rejected_exits` and fails the run (exit code 1).
+`venue_cpu_pct` is the paper exchange's CPU share over the loaded phase. Progress on stderr; one JSON
+object as the last stdout line.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bench.lifecycle import CpuMeter
 from bench.stack import LocalStack, local_stack, start_service
 from trading.intents import Side
 from workers.processes import ManagedProcess
@@ -33,6 +37,11 @@ from workflows.messages import (
 )
 
 FLOOR_QUEUE = "bench-exit-floor"
+# The workflow's own stop is 2 % under the entry at 100 (trading/exit_policy.py stop_pct) and the venue's
+# hard stop 3 % (hard_stop_pct): a tick to 97.5 crosses only the workflow's, so the exit measured is the
+# workflow's reduce-only order, not a race with the venue's stop (at 97 the venue's stop filled first
+# and every workflow exit was refused -2022).
+CROSS_PRICE = "97.5"
 WATCHER_ONLY = PositionOptions(mark_check_seconds=600)
 _probe_seen: dict[int, float] = {}
 
@@ -42,7 +51,7 @@ def log(msg: str) -> None:
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
+    ordered = sorted(values) or [float("nan")]  # every crossing rejected: no figure (and the run fails)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -119,17 +128,24 @@ async def open_positions(stack: LocalStack, symbols: list[str], tag: str) -> lis
     return handles
 
 
+class RejectedExit(Exception):
+    """The workflow's stop did not close the position (the venue's did, or its exit was refused)."""
+
+
 async def cross_stop(stack: LocalStack, handle: Any, sym: str, stop_price: str) -> float:
-    """Move the price through the stop; the reaction is the exit order's venue time minus the tick's."""
+    """Move the price through the workflow's stop; the reaction is its exit order's venue time minus
+    the tick's. Raises RejectedExit when the position was not closed by that order."""
     t0_ms = time.time() * 1000
     await asyncio.to_thread(stack.venue.admin, "POST", "price", {"symbol": sym, "price": stop_price})
-    await asyncio.wait_for(handle.result(), 30)
+    result: PositionResult = await asyncio.wait_for(handle.result(), 30)
     orders = await asyncio.to_thread(stack.venue.admin, "GET", f"orders?symbol={sym}")
-    exit_order = [o for o in orders if o["reduceOnly"]][-1]
-    return exit_order["time"] - t0_ms
+    exits = [o for o in orders if o["reduceOnly"] and o["clientOrderId"].startswith(handle.id)]
+    if result.exit_reason != "stop_loss" or not exits or exits[-1]["status"] != "FILLED":
+        raise RejectedExit(f"{handle.id}: exit {result.exit_reason}, workflow exit orders {exits[-1:]}")
+    return exits[-1]["time"] - t0_ms
 
 
-async def phase(stack: LocalStack, n_open: int, crossings: int) -> list[float]:
+async def phase(stack: LocalStack, n_open: int, crossings: int, rejected: list[str]) -> list[float]:
     symbols = [f"T{i:03d}USDT" for i in range(1, max(n_open, 1) + 1)]
     for sym in symbols:
         await asyncio.to_thread(stack.venue.admin, "POST", "price", {"symbol": sym, "price": "100"})
@@ -137,7 +153,7 @@ async def phase(stack: LocalStack, n_open: int, crossings: int) -> list[float]:
     if n_open == 1:
         for k in range(crossings):
             (handle,) = await open_positions(stack, symbols, f"one{k}")
-            out.append(await cross_stop(stack, handle, symbols[0], "97"))
+            await crossed(stack, handle, symbols[0], out, rejected)
             await asyncio.to_thread(
                 stack.venue.admin, "POST", "price", {"symbol": symbols[0], "price": "100"}
             )
@@ -148,10 +164,18 @@ async def phase(stack: LocalStack, n_open: int, crossings: int) -> list[float]:
     handles = await open_positions(stack, symbols, "many")
     log(f"{n_open} positions open and watched in {time.monotonic() - t:.1f} s")
     for k in range(crossings):
-        out.append(await cross_stop(stack, handles[k], symbols[k], "97"))
+        await crossed(stack, handles[k], symbols[k], out, rejected)
         if k % 20 == 19:
             log(f"{n_open} open: {k + 1}/{crossings} crossings, p50 {pct(out, 0.5):.1f} ms")
     return out
+
+
+async def crossed(stack: LocalStack, handle: Any, sym: str, out: list[float], rejected: list[str]) -> None:
+    try:
+        out.append(await cross_stop(stack, handle, sym, CROSS_PRICE))
+    except RejectedExit as err:
+        rejected.append(str(err))
+        log(f"REJECTED EXIT {err}")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,8 +193,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 floor = await measure_floor(stack.client, args.floor)
                 log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
-                one = await phase(stack, 1, args.crossings_one)
-                many = await phase(stack, args.open, args.crossings)
+                rejected: list[str] = []
+                one = await phase(stack, 1, args.crossings_one, rejected)
+                cpu = CpuMeter({"venue": stack.processes["paper-exchange"].pid})
+                many = await phase(stack, args.open, args.crossings, rejected)
+                venue_cpu = cpu.percent()["venue"]
             finally:
                 watcher.stop()
     results.update(
@@ -182,6 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         crossings=len(one) + len(many),
         open_positions=args.open,
         ratio_p99_500=round(pct(many, 0.99) / pct(floor, 0.5), 2),
+        rejected_exits=len(rejected),
+        venue_cpu_pct=venue_cpu,
         load_avg=round(os.getloadavg()[0], 2),
     )
     return results
@@ -201,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run(args))
     results["total_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results))
+    if results["rejected_exits"]:  # the exit measured must be the workflow's own, every time
+        log(f"FAILED: {results['rejected_exits']} exits were not the workflow's stop")
+        return 1
     return 0
 
 
