@@ -39,6 +39,7 @@ async def count(stack: Stack, status: str) -> int:
     return (await stack.client.count_workflows(query)).count
 
 
+@pytest.mark.drill  # about a minute of CPU: run with `pytest -m drill`, outside the suite
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)
 async def test_thousand_intents_hundred_symbols_limit_ten(stack: Stack) -> None:
     assert len(SYMBOLS) == 100
