@@ -1,7 +1,7 @@
 """What an exchange worker measures for the risk layer's automatic emergency stop (trading/emergency.py):
-each order's outcome (accepted, or rejected by the venue: the failed-order rate) and the IP ban's start
-and end (venue health), sent to the portfolio as one `risk_events` signal per `flush_s` at most, so a
-burst of orders costs the portfolio one workflow task, not one per order.
+each order's outcome (accepted, or rejected by the venue: the failed-order rate), the IP ban's start and
+end, and the venue unreachable (venue health), sent to the portfolio as one `risk_events` signal per
+`flush_s` at most, so a burst of orders costs the portfolio one workflow task, not one per order.
 
 Reports are kept in memory until the portfolio takes them (at most `keep`, the oldest dropped and
 counted first); a portfolio that is not running drops them. A worker that dies loses at most the last
@@ -39,6 +39,7 @@ class RiskReports:
         self.sent = 0
         self.dropped = 0
         self._banned = False
+        self._unreachable = False
 
     def _add(self, event: BaseModel) -> None:
         self.pending.append(event.model_dump(mode="json"))
@@ -55,6 +56,12 @@ class RiskReports:
         if active != self._banned:
             self._banned = active
             self._add(VenueHealth(at_ms=_now_ms(), condition="ban", active=active))
+
+    def unreachable(self, active: bool) -> None:
+        """The venue unreachable (no answer for a while) as this worker sees it now; only a change."""
+        if active != self._unreachable:
+            self._unreachable = active
+            self._add(VenueHealth(at_ms=_now_ms(), condition="outage", active=active))
 
     async def flush(self) -> None:
         if not self.pending or self.client is None:

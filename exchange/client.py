@@ -110,6 +110,11 @@ async def _asyncio_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+# A request that failed to get an answer more than this long ago no longer says the venue is down (nothing
+# may have been asked since).
+UNANSWERED_RECENT_S = 10.0
+
+
 class BinanceFuturesClient:
     """Async Binance USDⓈ-M REST client. Use as `async with BinanceFuturesClient(...) as client:`."""
 
@@ -147,6 +152,8 @@ class BinanceFuturesClient:
         self._clock = clock
         self._sleep = sleep
         self.offset_ms: float = 0.0  # serverTime - local time, from sync_time()
+        self.unreachable_since: float | None = None  # monotonic: the first unanswered request since an answer
+        self._last_unanswered = 0.0
         self.weights = WeightTracker(
             weight_limit_1m,
             headroom_pct,
@@ -295,8 +302,13 @@ class BinanceFuturesClient:
             try:
                 resp = await self._http.request(method, url, content=content, headers=headers)
             except httpx.TransportError as exc:
+                self._unanswered()
                 err = classify(None, None, exc, endpoint=f"{method} {path}", client_order_id=client_order_id)
             else:
+                if resp.status_code >= 500:
+                    self._unanswered()
+                else:
+                    self.unreachable_since = None  # the venue answers (even a refusal is an answer)
                 self.weights.update(resp.headers)
                 if self.shared_budget is not None:
                     await self._share_usage(resp.headers)
@@ -795,6 +807,20 @@ class BinanceFuturesClient:
         await self._request("DELETE", "/fapi/v1/listenKey", keyed=True)
 
     # --- figures ---
+    def _unanswered(self) -> None:
+        now = time.monotonic()
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        self._last_unanswered = now
+
+    def unreachable_s(self) -> float:
+        """How long every request has failed to get an answer (no connection, a timeout, or a 5xx), while
+        requests still fail (one in the last `UNANSWERED_RECENT_S`): 0 once the venue answers, or when
+        nothing was asked since. The risk layer's `venue_outage` input (workers/exchange_worker.py)."""
+        if self.unreachable_since is None or time.monotonic() - self._last_unanswered > UNANSWERED_RECENT_S:
+            return 0.0
+        return time.monotonic() - self.unreachable_since
+
     def rate_limits(self) -> dict[str, float | int | bool]:
         """Current request-weight / order-count figures (for metrics); the shared budget's too, if any."""
         snap = self.weights.snapshot()

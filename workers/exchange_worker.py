@@ -48,6 +48,16 @@ def exchange_worker(client, exchange: BinanceFuturesClient, reports: RiskReports
     )
 
 
+# No answer from the venue this long (every request refused, timed out or 5xx) is an outage for the
+# emergency stop: a single lost answer is not.
+OUTAGE_AFTER_S = 5.0
+
+
+def report_venue_health(exchange: BinanceFuturesClient, reports: RiskReports) -> None:
+    reports.banned(bool(exchange.rate_limits()["banned"]))
+    reports.unreachable(exchange.unreachable_s() >= OUTAGE_AFTER_S)
+
+
 async def export_rate_limits(
     runtime: Runtime | None,
     exchange: BinanceFuturesClient,
@@ -59,7 +69,7 @@ async def export_rate_limits(
     meter = runtime.metric_meter if runtime is not None else None
     if meter is None:
         while reports is not None:
-            reports.banned(bool(exchange.rate_limits()["banned"]))
+            report_venue_health(exchange, reports)
             await asyncio.sleep(every_s)
         return
     used = meter.create_gauge("binance_request_weight_used_1m", "request weight used in the last minute")
@@ -77,7 +87,7 @@ async def export_rate_limits(
         budget.set(int(snap["weight_budget_1m"]))
         banned.set(1 if snap["banned"] else 0)
         if reports is not None:
-            reports.banned(bool(snap["banned"]))
+            report_venue_health(exchange, reports)
         for name, counter in counters.items():
             now = int(snap[name])
             if now > seen[name]:

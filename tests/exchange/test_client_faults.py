@@ -151,3 +151,20 @@ async def test_clock_skew_that_resync_cannot_fix_raises(
     with pytest.raises(ClockSkewError) as info:
         await client.account()
     assert info.value.code == -1021
+
+
+async def test_the_client_knows_how_long_the_venue_has_not_answered(
+    paper_exchange: PaperExchange, client: BinanceFuturesClient
+) -> None:
+    """The emergency stop's outage input: unanswered requests (a 5xx, no connection) start it; any
+    answer ends it."""
+    assert client.unreachable_s() == 0.0
+    paper_exchange.set_faults(outage={"mode": "5xx", "seconds": 30})
+    with pytest.raises(RetryableError):
+        await client.new_order(SYM, "BUY", "MARKET", D("0.002"), client_order_id="down-1")
+    first = client.unreachable_s()
+    await asyncio.sleep(0.05)
+    assert client.unreachable_s() > first > 0  # counting from the first unanswered request
+    paper_exchange.clear_faults()
+    assert await client.find_order(SYM, "down-1") is None  # an answer: the venue is there (nothing executed)
+    assert client.unreachable_s() == 0.0

@@ -38,6 +38,7 @@ from workflows.messages import (
     PolicyReviewResult,
     PortfolioView,
     PositionInput,
+    PositionOptions,
     PositionResult,
     PositionStatus,
     PositionView,
@@ -594,3 +595,37 @@ async def test_an_ip_ban_seen_by_the_exchange_worker_moves_the_stop_and_its_end_
         await moved_to(stack, ES.NORMAL)  # the ban ended; no rule breached through the cool-off
         moves = [(m.transition.to_state, m.transition.rule) for m in (await portfolio(stack)).ess_moves]
         assert moves[0] == (ES.CRITICAL, "venue_ban") and moves[-1][0] is ES.NORMAL, moves
+
+
+@pytest.mark.parametrize("stack", [{**SETTINGS, "risk_layer_policy": VENUE}], indirect=True)
+async def test_a_venue_that_stops_answering_is_an_outage_for_the_stop_until_it_answers(stack: Stack) -> None:
+    sym = SYMBOLS[1]
+    stack.exchange.set_price(sym, "100")
+    async with stack.workers(exchange=False, holder_check_seconds=1):
+        await start_portfolio(
+            stack.client, RiskPolicy.from_settings(stack.settings), 1, risk=stack.settings.risk_layer_policy
+        )
+        await until(lambda: _running(stack), "no portfolio")
+        stack.start_worker_process("exchange")
+        handle = await stack.client.start_workflow(
+            "PositionWorkflow",
+            PositionInput(
+                symbol=sym,
+                side=Side.LONG,
+                notional_usdt=D(100),
+                intent_id="watched",
+                options=PositionOptions(mark_check_seconds=1, entry_deadline_seconds=3600),
+            ),
+            id="watched",
+            task_queue=LIFECYCLE_TASK_QUEUE,
+            result_type=PositionResult,
+        )
+        assert (await settled(handle)).status is PositionStatus.OPEN
+        # Its mark reads every second go unanswered for 12 s: an outage after 5 s (venue_outage: WARNING).
+        stack.exchange.set_faults(outage={"paths": ["/fapi/v1/premiumIndex"], "mode": "5xx", "seconds": 12})
+        await moved_to(stack, ES.WARNING)
+        await moved_to(stack, ES.NORMAL)  # it answers again; nothing breached through the cool-off
+        moves = [(m.transition.to_state, m.transition.rule) for m in (await portfolio(stack)).ess_moves]
+        assert moves[0] == (ES.WARNING, "venue_outage") and moves[-1][0] is ES.NORMAL, moves
+        await handle.execute_update("close", ClosePositionRequest(reason="operator"))
+        await handle.result()
