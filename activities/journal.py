@@ -24,6 +24,7 @@ from trading.risk import ClosedTradeEvent
 from workflows.messages import DEFAULT_PORTFOLIO_ID
 
 log = logging.getLogger("qtrader.journal")
+TELL_TIMEOUT_S = 5.0
 
 
 class JournalActivities:
@@ -59,15 +60,28 @@ class JournalActivities:
         return inserted
 
     async def tell_portfolio(self, trade: ClosedTrade) -> None:
+        """Best effort, bounded: the position waits for this activity before it ends, so a portfolio that
+        cannot be told must not keep a closed position running (the activity retries for up to a day).
+        A trade not told is logged as an error: the emergency stop did not count it."""
         if self.client is None:
             return
         event = ClosedTradeEvent(trade=trade).model_dump(mode="json")
         try:
-            await self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("risk_event", event)
+            await asyncio.wait_for(
+                self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("risk_event", event),
+                TELL_TIMEOUT_S,
+            )
         except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise  # retried with the activity
-            log.warning("trade %s: no portfolio running to tell", trade.trade_id)
+            if err.status == RPCStatusCode.NOT_FOUND:
+                log.warning("trade %s: no portfolio running to tell", trade.trade_id)
+            else:
+                log.error("trade %s not told to the portfolio's risk layer: %s", trade.trade_id, err)
+        except TimeoutError:
+            log.error(
+                "trade %s not told to the portfolio's risk layer: no answer in %g s",
+                trade.trade_id,
+                TELL_TIMEOUT_S,
+            )
 
     async def refresh_gauges(self) -> None:
         if self.gauges is None:
