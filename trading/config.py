@@ -16,12 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from trading.paths import SHIPPED_DATA_DIR
 from trading.risk import RiskLayerPolicy
-
-# The sample klines the repository ships (data/README.md), located from this file, not the current
-# directory: the old default, a folder beside the repository and relative to the current directory,
-# left a fresh clone (or a run from another folder) with no data. QT_DATA_DIR points at a fuller one.
-SHIPPED_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 class TradingMode(StrEnum):

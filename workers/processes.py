@@ -126,24 +126,55 @@ def stop_pid(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | N
     """SIGTERM the process (and its group, which it leads), then SIGKILL after `timeout`."""
     if not pid_alive(pid):
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGTERM)
+    if not _wait_gone(pid, popen, time.monotonic() + timeout):
+        _kill(pid, popen)
+
+
+def stop_all(
+    procs: Sequence[ManagedProcess], *, kill: Sequence[ManagedProcess] = (), timeout: float = 10.0
+) -> None:
+    """Stop several processes at once: SIGTERM to each of `procs` (SIGKILL at once to those in `kill`:
+    throw-away servers with nothing to keep, such as a test's Temporal dev server, whose graceful stop
+    takes a second), then wait for all of them together, SIGKILL for any still running after `timeout`.
+    One after another, a test's three servers took 1.5 s to stop, in every test."""
+    running = [p for p in procs if p.popen is not None and pid_alive(p.popen.pid)]
+    for p in running:
+        assert p.popen is not None
+        if p in kill:
+            _kill(p.popen.pid, None)
+        else:
+            _signal(p.popen.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    for p in running:
+        assert p.popen is not None
+        if not _wait_gone(p.popen.pid, p.popen, deadline):
+            _kill(p.popen.pid, p.popen)
+        if p.pid_path is not None:
+            p.pid_path.unlink(missing_ok=True)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, popen: subprocess.Popen[bytes] | None, deadline: float) -> bool:
     while time.monotonic() < deadline:
         if popen is not None and popen.poll() is not None:
-            break
+            return True
         if popen is None and not pid_alive(pid):
-            break
+            return True
         time.sleep(0.05)
-    else:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if popen is not None:
-            popen.wait(timeout=5)
+    return False
+
+
+def _kill(pid: int, popen: subprocess.Popen[bytes] | None) -> None:
+    _signal(pid, signal.SIGKILL)
+    if popen is not None:
+        popen.wait(timeout=5)
 
 
 def http_ok(url: str) -> bool:

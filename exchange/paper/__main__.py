@@ -15,7 +15,7 @@ import threading
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from trading.config import SHIPPED_DATA_DIR
+from trading.paths import SHIPPED_DATA_DIR
 
 DEFAULT_DATA_DIR = SHIPPED_DATA_DIR  # the repository's `data/`; QT_DATA_DIR points elsewhere
 

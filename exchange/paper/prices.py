@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from exchange.paper.config import PaperConfig
-from trading.config import SHIPPED_DATA_DIR
 from trading.instruments import (
     DEFAULT_RULES,
     SYNTHETIC_START_PRICE,
@@ -38,6 +37,7 @@ from trading.instruments import (
     synthetic_rules,
     synthetic_symbols,
 )
+from trading.paths import SHIPPED_DATA_DIR
 
 # The repository's shipped data folder (`data/`).
 DEFAULT_DATA_DIR = SHIPPED_DATA_DIR

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from trading.config import Settings, load_settings
 from workers.devservers import start_redis, start_temporal
 from workers.exchange_worker import exchange_worker
 from workers.lifecycle import lifecycle_worker
-from workers.processes import ManagedProcess
+from workers.processes import ManagedProcess, stop_all
 from workers.temporal_client import connect
 
 
@@ -119,20 +120,25 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     temporal_extra: tuple[str, ...] = ()
     if overrides.pop("temporal_db", False):
         temporal_extra = ("--db-filename", str(tmp_path / "temporal.sqlite"))
-    started: list[ManagedProcess] = []
+    # The three servers start side by side (one after another they took 1.2 s of every test's set-up).
+    with ThreadPoolExecutor(3) as pool:
+        starting = [
+            pool.submit(start_temporal, tmp_path, *temporal_extra),
+            pool.submit(start_redis, tmp_path),
+            pool.submit(start_paper_exchange, tmp_path, *exchange_args),
+        ]
+        wait(starting)
+    up = [f.exception() is None for f in starting]
+    temporal_up = [starting[0].result()[0]] if up[0] else []
+    started = [*temporal_up, *([starting[1].result()[0]] if up[1] else [])]
+    started += [starting[2].result().process] if up[2] else []
     try:  # whatever was started is stopped, even when a later step of the set-up fails
-        temporal, address = start_temporal(tmp_path, *temporal_extra)
-        started.append(temporal)
-        redis_proc, redis_port = start_redis(tmp_path)
-        started.append(redis_proc)
-        exchange = start_paper_exchange(tmp_path, *exchange_args)
-        started.append(exchange.process)
+        (temporal, address), (redis_proc, redis_port), exchange = (f.result() for f in starting)
         overrides.setdefault("qt_home", tmp_path / "qt")
         settings = stack_settings(address, redis_port, exchange, **overrides)
         client = await connect(settings)
     except BaseException:
-        for proc in reversed(started):
-            proc.stop()
+        stop_all(started, kill=temporal_up)
         raise
     redis = aioredis.Redis(port=redis_port)
     s = Stack(
@@ -141,9 +147,8 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     try:
         yield s
     finally:
-        for child in s.children:
-            child.stop()
+        stop_all(s.children)  # the workers first, while the servers they talk to still answer
         await redis.aclose()
-        s.exchange.process.stop()
-        s.redis_proc.stop()
-        s.temporal.stop()
+        # The servers together, the dev server (in memory, or a file nothing reads afterwards) killed at
+        # once: one after another, with its graceful stop, they took 1.5 s of every test's tear-down.
+        stop_all([s.exchange.process, s.redis_proc, s.temporal], kill=[s.temporal])
