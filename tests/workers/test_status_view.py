@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from activities.inference import DECISION_STREAM
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_of_champion
 from tests.workers.test_stack import qtrader, stack_env  # noqa: F401  (the fixture)
 from tests.workflows.conftest import Stack, stack  # noqa: F401  (the fixture)
 from tests.workflows.test_position_lifecycle import start_position, wait_status
@@ -87,25 +87,15 @@ async def test_status_frame_shows_the_real_portfolio(stack: Stack) -> None:  # n
         await asyncio.wait_for(handle.result(), 20)  # closed before the workers stop
 
 
-def test_paper_runs_the_whole_system_and_exits_with_a_summary(stack_env: dict[str, str]) -> None:  # noqa: F811
+def test_paper_runs_the_whole_system_and_exits_with_a_summary(
+    stack_env: dict[str, str],  # noqa: F811
+    champion_registry: Path,
+) -> None:
     """`qtrader paper --for N` (what `./quantum paper --for N` runs): stack up with replayed prices, the
     registry's champion reused, bars replayed, intents → positions, a summary, exit 0."""
     import re
 
-    from signals.labels import LabelSpec
-    from signals.training import TorchBudget, train_and_validate
-
-    models = Path(stack_env["QT_HOME"]) / "models"
-    train_and_validate(
-        ("BTCUSDT", "ETHUSDT"),
-        "1h",
-        LabelSpec(horizon=12),
-        folds=2,
-        registry_root=models,
-        last_n=2500,
-        torch_budget=TorchBudget(epochs=1, windows_per_epoch=1500),
-        progress=None,
-    )
+    copy_of_champion(champion_registry, Path(stack_env["QT_HOME"]) / "models")
     env = {**stack_env, "SIGNAL_CONFIDENCE_THRESHOLD": "0.505", "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT,SOLUSDT"}
     run = qtrader(env, "paper", "--for", "15", "--plain", "--speed", "3600", timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -26,13 +26,11 @@ from activities.inference import DECISION_STREAM, INTENT_STREAM, SIGNAL_STREAM, 
 from activities.learning import LearningActivities
 from activities.universe import UniverseActivities
 from signals.bar_store import KLINES_STREAM, UNIVERSE_KEY, BarStore
-from signals.data import kline_path, load_aligned
-from signals.labels import LabelSpec
+from signals.data import load_aligned
 from signals.market_data import MarketDataService
 from signals.regime import REGIMES
 from signals.registry import ModelRegistry
 from signals.strategy_chooser import GROUP, STATE_KEY
-from signals.training import TorchBudget, train_and_validate
 from tests.exchange.paper.test_server_support import Api
 from tests.workflows.conftest import Stack
 from trading.bandit import REWARDS_STREAM, BanditState
@@ -56,25 +54,10 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest.fixture(scope="module")
-def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not all(kline_path(s, "1h").is_file() for s in SYMBOLS):
-        pytest.skip("shipped klines not found")
-    root = tmp_path_factory.mktemp("models")
-    import torch
-
-    torch.set_num_threads(1)
-    train_and_validate(
-        SYMBOLS,
-        "1h",
-        LabelSpec(horizon=12),
-        folds=2,
-        registry_root=root,
-        last_n=2500,
-        torch_budget=TorchBudget(epochs=1, windows_per_epoch=1500),
-        progress=None,
-    )
-    return root
+@pytest.fixture
+def registry_root(champion_registry: Path) -> Path:
+    """The session's trained champion (tests/conftest.py), read only."""
+    return champion_registry
 
 
 def signal_settings(stack: Stack, **extra: object):
