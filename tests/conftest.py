@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +11,10 @@ from trading.config import SHIPPED_DATA_DIR
 from workers.devservers import PaperExchange, start_paper_exchange
 
 __all__ = ["REPO", "SHIPPED_DATA", "PaperExchange", "start_paper_exchange"]
-CHAMPION_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_DATA = SHIPPED_DATA_DIR  # the sample klines in the repository (data/README.md)
+CHAMPION_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def paper_exchange(tmp_path: Path) -> Iterator[PaperExchange]:
 def champion_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model registry with a champion trained once per session on the shipped BTC and ETH 1h klines
     (XGBoost, LightGBM, N-HiTS, PatchTST on small budgets): the bar-close tests and the paper run share
-    it. Read it only; a test that writes copies it (`copy_of_champion`)."""
+    it. Read it only; a test that writes into a registry copies it first."""
     from signals.data import kline_path
     from signals.labels import LabelSpec
     from signals.training import TorchBudget, train_and_validate
@@ -54,8 +53,3 @@ def champion_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=None,
     )
     return root
-
-
-def copy_of_champion(champion: Path, to: Path) -> Path:
-    shutil.copytree(champion, to)
-    return to

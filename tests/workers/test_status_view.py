@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from activities.inference import DECISION_STREAM
-from tests.conftest import REPO, copy_of_champion
+from tests.conftest import REPO
 from tests.workers.test_stack import qtrader, stack_env  # noqa: F401  (the fixture)
 from tests.workflows.conftest import Stack, stack  # noqa: F401  (the fixture)
 from tests.workflows.test_position_lifecycle import start_position, wait_status
@@ -94,8 +94,9 @@ def test_paper_runs_the_whole_system_and_exits_with_a_summary(
     """`qtrader paper --for N` (what `./quantum paper --for N` runs): stack up with replayed prices, the
     registry's champion reused, bars replayed, intents → positions, a summary, exit 0."""
     import re
+    import shutil
 
-    copy_of_champion(champion_registry, Path(stack_env["QT_HOME"]) / "models")
+    shutil.copytree(champion_registry, Path(stack_env["QT_HOME"]) / "models")
     env = {**stack_env, "SIGNAL_CONFIDENCE_THRESHOLD": "0.505", "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT,SOLUSDT"}
     run = qtrader(env, "paper", "--for", "15", "--plain", "--speed", "3600", timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -128,10 +128,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
             pool.submit(start_paper_exchange, tmp_path, *exchange_args),
         ]
         wait(starting)
-    up = [f.exception() is None for f in starting]
-    temporal_up = [starting[0].result()[0]] if up[0] else []
-    started = [*temporal_up, *([starting[1].result()[0]] if up[1] else [])]
-    started += [starting[2].result().process] if up[2] else []
+    up = [f.result() for f in starting if f.exception() is None]
+    started = [r.process if isinstance(r, PaperExchange) else r[0] for r in up]
+    temporal_up = started[:1] if starting[0].exception() is None else []
     try:  # whatever was started is stopped, even when a later step of the set-up fails
         (temporal, address), (redis_proc, redis_port), exchange = (f.result() for f in starting)
         overrides.setdefault("qt_home", tmp_path / "qt")

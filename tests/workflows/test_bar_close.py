@@ -54,12 +54,6 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest.fixture
-def registry_root(champion_registry: Path) -> Path:
-    """The session's trained champion (tests/conftest.py), read only."""
-    return champion_registry
-
-
 def signal_settings(stack: Stack, **extra: object):
     return stack.settings.model_copy(
         update={
@@ -95,7 +89,7 @@ async def run_bar_close(stack: Stack, inp: BarCloseInput) -> BarCloseResult:
     return await (await start_bar_close(stack, inp)).result()
 
 
-async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, registry_root: Path) -> None:
+async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, champion_registry: Path) -> None:
     settings = signal_settings(stack)
     svc = await replay(stack, settings, 3)
     # capped streams: 3 bars x 2 symbols of klines; ticks: 4 pushes per bar per symbol
@@ -104,7 +98,7 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, reg
     last = await svc.store.last_bars("1h")
     assert set(last) == set(SYMBOLS) and len(set(last.values())) == 1
     bar = next(iter(last.values()))
-    async with stack.workers(), inference_worker(stack.client, settings, stack.redis, registry_root):
+    async with stack.workers(), inference_worker(stack.client, settings, stack.redis, champion_registry):
         first = await start_bar_close(stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS)))
         result = await first.result()
         assert result.bar_open_ms == bar and result.decisions == 2
@@ -217,10 +211,10 @@ async def test_universe_is_top_n_by_quote_volume_within_the_allowlist(stack: Sta
 
 
 async def test_a_corrupted_model_is_left_out_and_named(
-    stack: Stack, registry_root: Path, tmp_path: Path
+    stack: Stack, champion_registry: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "models"
-    shutil.copytree(registry_root, root)
+    shutil.copytree(champion_registry, root)
     version = (root / "lightgbm" / "champion").read_text().strip()
     model_file = root / "lightgbm" / version / "model.txt"
     model_file.write_text(model_file.read_text()[:-100])
@@ -240,10 +234,10 @@ def stream_fields(entries: list) -> list[dict[str, str]]:
 
 
 async def test_a_shadow_challenger_is_published_each_bar_and_never_traded(
-    stack: Stack, registry_root: Path, tmp_path: Path
+    stack: Stack, champion_registry: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "models"
-    shutil.copytree(registry_root, root)
+    shutil.copytree(champion_registry, root)
     learning = LearningActivities(root)
     version = ModelRegistry(root).champion("lightgbm")
     assert version is not None
@@ -341,14 +335,14 @@ async def bar_close_intents(stack: Stack) -> tuple[BarCloseResult, list[dict[str
 
 
 async def test_rewards_on_the_stream_change_the_strategy_of_the_next_intent(
-    stack: Stack, registry_root: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, champion_registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inference worker as its own process (`qtrader worker inference`): its background rewards
     consumer learns from quantum:stream:rl_rewards, and the next bar's intents carry what it learned,
     per regime; SIGTERM stops it cleanly."""
     settings = signal_settings(stack)
     for key, value in {
-        "MODEL_REGISTRY_DIR": str(registry_root),
+        "MODEL_REGISTRY_DIR": str(champion_registry),
         "SIGNAL_TIMEFRAME": "1h",
         "SIGNAL_CONFIDENCE_THRESHOLD": str(settings.signal_confidence_threshold),
         # its schedules must not fire during the test
