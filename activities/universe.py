@@ -6,6 +6,11 @@ service stores bars of are candidates: inference cannot decide a symbol without 
 unreachable, does not serve the endpoint, or reports no volume for any candidate (a paper exchange on
 pushed prices that nobody traded on yet) gives way to the closed bars the market-data service stored:
 the quote volume of each symbol's bars in the 24 h up to its newest bar.
+
+No stored bars at all is not an empty universe: it is a stack whose market-data service has not
+stored its first bar yet. Storing `[]` then would have inference decide nothing until the next run of
+the schedule (an hour by default), so the activity fails, retryably, and the universe is left as it was
+(unset: inference decides the allowlist).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import httpx
 import redis.asyncio as aioredis
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from signals.bar_store import KLINES_KEY, BarStore
 from signals.data import timeframe_ms
@@ -57,6 +63,12 @@ class UniverseActivities:
     @activity.defn(name="quote_volumes")
     async def quote_volumes(self, inp: UniverseInput) -> QuoteVolumes:
         last = await self.store.last_bars(inp.interval)
+        if not last:
+            raise ApplicationError(
+                f"no closed {inp.interval} bars stored yet (is market-data running?); the universe is "
+                "left as it was",
+                type="NoBarsStored",
+            )
         venue = await self._from_venue()
         if venue is not None:
             stored = {s: v for s, v in venue.items() if s in last}

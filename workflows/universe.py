@@ -13,6 +13,11 @@ from temporalio.common import RetryPolicy
 from workflows.messages import INFERENCE_TASK_QUEUE
 
 RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
+# quote volumes wait for the market-data service's first stored bar (a fresh stack) or for Redis to
+# come back: every few seconds for up to ten minutes, the schedule's next run skipped meanwhile
+WAIT_FOR_BARS = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5)
+)
 
 
 class UniverseInput(BaseModel):
@@ -55,7 +60,8 @@ class UniverseWorkflow:
             result_type=QuoteVolumes,
             task_queue=INFERENCE_TASK_QUEUE,
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,
+            schedule_to_close_timeout=timedelta(minutes=10),
+            retry_policy=WAIT_FOR_BARS,
         )
         symbols = top_by_volume(vols.volumes, inp.allowlist, inp.top_n)
         await workflow.execute_activity(

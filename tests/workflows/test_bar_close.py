@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
@@ -208,6 +209,37 @@ async def test_universe_is_top_n_by_quote_volume_within_the_allowlist(stack: Sta
     # an unreachable venue: the stored bars
     down = await UniverseActivities(stack.redis, "http://127.0.0.1:9").quote_volumes(UniverseInput())
     assert down.source == "bars" and down.volumes == pytest.approx(qv, rel=1e-9)
+
+
+async def test_a_universe_run_before_the_first_stored_bar_waits_for_bars_instead_of_storing_none(
+    stack: Stack,
+) -> None:
+    """A stack whose universe job runs before market-data stored its first bar: storing `[]` there had
+    inference decide nothing until the next run (an hour by default). The job retries until bars are
+    stored, and the universe it stores is the real one."""
+    settings = signal_settings(stack)
+    with pytest.raises(ApplicationError, match="no closed 1h bars stored yet") as err:
+        await UniverseActivities(stack.redis, None).quote_volumes(UniverseInput())
+    assert err.value.type == "NoBarsStored" and not err.value.non_retryable
+    async with inference_worker(stack.client, settings, stack.redis):
+        handle = await stack.client.start_workflow(
+            UniverseWorkflow.run,
+            UniverseInput(top_n=5, allowlist=["*"], interval="1h"),
+            id=f"universe-{uuid.uuid4().hex[:6]}",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=UniverseResult,
+        )
+        async with asyncio.timeout(30):  # the first attempt has failed for want of bars
+            while True:
+                pending = (await handle.describe()).raw_description.pending_activities
+                if pending and "no closed 1h bars" in pending[0].last_failure.message:
+                    break
+                await asyncio.sleep(0.1)
+        assert await stack.redis.get(UNIVERSE_KEY) is None  # nothing stored: inference takes the allowlist
+        await replay(stack, settings, 1)
+        res = await handle.result()
+    assert sorted(res.symbols) == sorted(SYMBOLS) and res.source == "bars"
+    assert json.loads(await stack.redis.get(UNIVERSE_KEY)) == res.symbols
 
 
 async def test_a_corrupted_model_is_left_out_and_named(
