@@ -2,8 +2,9 @@
 
 `create_app(config)` returns one ASGI application:
 - `/fapi/...` is served by a lean dispatcher (one dict lookup, no per-request logging): rate limits,
-  fault injection, authentication, then the engine method, Binance-shaped JSON and headers;
-- `/admin/...` (paper key in `X-MBX-APIKEY`) and the lifespan are a small Starlette app;
+  fault injection, authentication, then the engine method (the route table is routes.py),
+  Binance-shaped JSON and headers;
+- `/admin/...` (paper key in `X-MBX-APIKEY`, admin.py) and the lifespan are a small Starlette app;
 - `GET /metrics` is the Prometheus text exposition of this app's own registry (metrics.py), no auth;
 - every WebSocket goes to the StreamHub (streams.py).
 
@@ -16,146 +17,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 from starlette.websockets import WebSocket
 
 from exchange.paper import auth
-from exchange.paper.auth import API_KEY, NONE, SIGNED, Authenticator
+from exchange.paper.admin import admin_routes
+from exchange.paper.auth import SIGNED, Authenticator
 from exchange.paper.config import PaperConfig
 from exchange.paper.errors import ApiError
-from exchange.paper.faults import LOST_ANSWER_MSG, FaultConfigError, Faults
+from exchange.paper.faults import LOST_ANSWER_MSG, Faults
 from exchange.paper.limits import LimitError, RateLimiter
 from exchange.paper.metrics import CONTENT_TYPE, OTHER_PATH, PaperMetrics
 from exchange.paper.outages import Outage
+from exchange.paper.responses import UNKNOWN_ERROR, dumps
+from exchange.paper.routes import build_routes
 from exchange.paper.streams import StreamHub
 
 log = logging.getLogger("exchange.paper.server")
 
-try:  # optional speed-up; the stdlib is the fallback
-    import orjson
-
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, default=_default)
-except ImportError:  # pragma: no cover - depends on the environment
-
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), default=_default).encode()
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, Decimal):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-UNKNOWN_ERROR = ApiError(-1000, "An unknown error occured while processing the request.", 500)
 _JSON = (b"content-type", b"application/json")
 _WEIGHT_HEADER = b"x-mbx-used-weight-1m"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 METRICS_PATH = "/metrics"
 ORDER_PATH = "/fapi/v1/order"
-
-Weight = int | Callable[[dict[str, str]], int]
-
-
-def _symbol_weight(with_symbol: int, without: int) -> Callable[[dict[str, str]], int]:
-    return lambda p: with_symbol if p.get("symbol") else without
-
-
-def _klines_weight(p: dict[str, str]) -> int:
-    try:
-        limit = int(p.get("limit") or 500)
-    except ValueError:
-        return 1
-    if limit < 100:
-        return 1
-    if limit < 500:
-        return 2
-    if limit <= 1000:
-        return 5
-    return 10
-
-
-class _Route:
-    __slots__ = ("fn", "places_order", "security", "weight")
-
-    def __init__(
-        self, fn: Callable[[dict[str, str]], Any], security: int, weight: Weight, places_order: bool = False
-    ) -> None:
-        self.fn = fn
-        self.security = security
-        self.weight = weight
-        self.places_order = places_order
-
-
-def build_routes(engine: Any) -> dict[tuple[str, str], _Route]:
-    """(method, path) → route: the engine method, security type and request weight (notes §1)."""
-    e = engine
-    r: dict[tuple[str, str], _Route] = {}
-
-    def add(
-        method: str,
-        path: str,
-        fn: Callable[[dict[str, str]], Any],
-        security: int,
-        weight: Weight,
-        places_order: bool = False,
-    ) -> None:
-        r[(method, path)] = _Route(fn, security, weight, places_order)
-
-    # public market data
-    add("GET", "/fapi/v1/ping", lambda p: {}, NONE, 1)
-    add("GET", "/fapi/v1/time", e.server_time, NONE, 1)
-    add("GET", "/fapi/v1/exchangeInfo", e.exchange_info, NONE, 1)
-    add("GET", "/fapi/v1/klines", e.klines, NONE, _klines_weight)
-    add("GET", "/fapi/v1/premiumIndex", e.premium_index, NONE, _symbol_weight(1, 10))
-    add("GET", "/fapi/v1/ticker/price", e.ticker_price, NONE, _symbol_weight(1, 2))
-    add("GET", "/fapi/v2/ticker/price", e.ticker_price, NONE, _symbol_weight(1, 2))
-    add("GET", "/fapi/v1/ticker/bookTicker", e.book_ticker, NONE, _symbol_weight(2, 5))
-    add("GET", "/fapi/v1/ticker/24hr", e.ticker_24hr, NONE, _symbol_weight(1, 40))
-    # orders
-    add("POST", "/fapi/v1/order", e.new_order, SIGNED, 0, places_order=True)
-    add("GET", "/fapi/v1/order", e.query_order, SIGNED, 1)
-    add("DELETE", "/fapi/v1/order", e.cancel_order, SIGNED, 1)
-    add("GET", "/fapi/v1/openOrders", e.open_orders, SIGNED, _symbol_weight(1, 40))
-    add("GET", "/fapi/v1/allOrders", e.all_orders, SIGNED, 5)
-    add("POST", "/fapi/v1/algoOrder", e.new_algo_order, SIGNED, 0, places_order=True)
-    add("GET", "/fapi/v1/algoOrder", e.query_algo_order, SIGNED, 1)
-    add("DELETE", "/fapi/v1/algoOrder", e.cancel_algo_order, SIGNED, 1)
-    add("GET", "/fapi/v1/openAlgoOrders", e.open_algo_orders, SIGNED, _symbol_weight(1, 40))
-    # account settings
-    add("POST", "/fapi/v1/leverage", e.change_leverage, SIGNED, 1)
-    add("POST", "/fapi/v1/marginType", e.change_margin_type, SIGNED, 1)
-    add("GET", "/fapi/v1/leverageBracket", e.leverage_bracket, SIGNED, 1)
-    add("GET", "/fapi/v1/positionSide/dual", e.position_side_dual, SIGNED, 30)
-    add("POST", "/fapi/v1/positionSide/dual", e.position_side_dual, SIGNED, 1)
-    # account state
-    add("GET", "/fapi/v2/positionRisk", lambda p: e.position_risk(p, 2), SIGNED, 5)
-    add("GET", "/fapi/v3/positionRisk", lambda p: e.position_risk(p, 3), SIGNED, 5)
-    add("GET", "/fapi/v2/account", lambda p: e.account(p, 2), SIGNED, 5)
-    add("GET", "/fapi/v3/account", lambda p: e.account(p, 3), SIGNED, 5)
-    add("GET", "/fapi/v2/balance", lambda p: e.balance(p, 2), SIGNED, 5)
-    add("GET", "/fapi/v3/balance", lambda p: e.balance(p, 3), SIGNED, 5)
-    add("GET", "/fapi/v1/userTrades", e.user_trades, SIGNED, 5)
-    add("GET", "/fapi/v1/income", e.income, SIGNED, 30)
-    # user data stream
-    add("POST", "/fapi/v1/listenKey", lambda p: e.new_listen_key(), API_KEY, 1)
-    add("PUT", "/fapi/v1/listenKey", e.keepalive_listen_key, API_KEY, 1)
-    add("DELETE", "/fapi/v1/listenKey", e.close_listen_key, API_KEY, 1)
-    return r
 
 
 async def _read_body(receive: Callable[[], Any]) -> bytes:
@@ -191,7 +84,7 @@ class PaperServer:
         self._closed = False
         engine.add_listener(self.hub.on_event)
         self.metrics = PaperMetrics(engine, self.hub)
-        self.admin = Starlette(routes=self._admin_routes(), lifespan=self._lifespan)
+        self.admin = Starlette(routes=admin_routes(self), lifespan=self._lifespan)
         self._admin_paths = frozenset(r.path for r in self.admin.routes if isinstance(r, Route))
 
     # ---- ASGI entry ------------------------------------------------------------------------
@@ -418,106 +311,6 @@ class PaperServer:
             else:
                 self.metrics.order(params.get("symbol", ""), params.get("type", ""), params.get("side", ""))
 
-    # ---- admin -----------------------------------------------------------------------------
-    def _admin_ok(self, request: Request) -> Response | None:
-        if self.auth.key_matches(request.headers.get("x-mbx-apikey")):
-            return None
-        return _json_response({"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}, 401)
-
-    def _admin_routes(self) -> list[Route]:
-        async def faults(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            now = self.engine.wall_ms()
-            if request.method == "GET":
-                return _json_response(self.faults.snapshot(now))
-            if request.method == "DELETE":
-                return _json_response(self.faults.clear(now))
-            try:
-                changes = json.loads(await request.body() or b"{}")
-                return _json_response(self.faults.update(changes, now))
-            except (ValueError, FaultConfigError) as exc:
-                return _json_response({"code": -1102, "msg": str(exc)}, 400)
-
-        async def ws_drop(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            return _json_response({"dropped": self.hub.drop_all()})
-
-        async def expire_keys(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            return self._engine_call(self.engine.expire_listen_keys)
-
-        async def price(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            try:
-                data = json.loads(await request.body() or b"{}")
-                symbol = str(data["symbol"]).upper()
-                value = Decimal(str(data["price"]))
-                if not value.is_finite() or value <= 0:
-                    raise ValueError("price must be positive")
-            except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
-                return _json_response({"code": -1102, "msg": f"expected {{symbol, price}}: {exc}"}, 400)
-            return self._engine_call(lambda: self.engine.set_price(symbol, value))
-
-        async def transfer(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            try:
-                data = json.loads(await request.body() or b"{}")
-                amount = Decimal(str(data["amount"]))
-            except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
-                return _json_response({"code": -1102, "msg": f"expected {{amount}}: {exc}"}, 400)
-            return self._engine_call(lambda: self.engine.transfer(amount))
-
-        async def orders(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            symbol = request.query_params.get("symbol") or None
-            return self._engine_call(lambda: self.engine.admin_orders(symbol))
-
-        async def algo_orders(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            symbol = request.query_params.get("symbol") or None
-            return self._engine_call(lambda: self.engine.admin_algo_orders(symbol))
-
-        async def advance(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            return self._engine_call(self.engine.advance)
-
-        async def status(request: Request) -> Response:
-            if (denied := self._admin_ok(request)) is not None:
-                return denied
-            faults = self.faults.snapshot(self.engine.wall_ms())
-            return _json_response({"ws_connections": self.hub.connection_count, "faults": faults})
-
-        return [
-            Route("/admin/faults", faults, methods=["GET", "POST", "DELETE"]),
-            Route("/admin/ws/drop", ws_drop, methods=["POST"]),
-            Route("/admin/listen-keys/expire", expire_keys, methods=["POST"]),
-            Route("/admin/price", price, methods=["POST"]),
-            Route("/admin/transfer", transfer, methods=["POST"]),
-            Route("/admin/orders", orders, methods=["GET"]),
-            Route("/admin/algo-orders", algo_orders, methods=["GET"]),
-            Route("/admin/advance", advance, methods=["POST"]),
-            Route("/admin/status", status, methods=["GET"]),
-        ]
-
-    @staticmethod
-    def _engine_call(fn: Callable[[], Any]) -> Response:
-        try:
-            result = fn()
-        except ApiError as exc:
-            return _json_response(exc.body(), exc.http_status)
-        except Exception:
-            log.exception("admin call failed")
-            return _json_response(UNKNOWN_ERROR.body(), 500)
-        return _json_response({} if result is None else result)
-
     # ---- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -585,10 +378,6 @@ async def _drop_connection(send: Any) -> None:
     # own "500 Internal Server Error" on the closed transport.
     for _ in range(3):
         await asyncio.sleep(0)
-
-
-def _json_response(obj: Any, status: int = 200) -> Response:
-    return Response(dumps(obj), status_code=status, media_type="application/json")
 
 
 def create_app(config: PaperConfig, engine: Any = None, store_path: Path | None = None) -> PaperServer:
