@@ -64,6 +64,8 @@ from trading.execution import (
 )
 from trading.exits import entry_quantity
 from trading.pnl import Fill
+from workflows import calls
+from workflows.errors import ErrorType
 
 FINAL_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
 # Between the server starting an attempt (its `started_time`, on the server's clock) and this process
@@ -84,14 +86,16 @@ def venue_errors() -> Iterator[None]:
     try:
         yield
     except RejectedError as err:
-        raise ApplicationError(str(err), {"code": err.code}, type="Rejected", non_retryable=True) from None
+        raise ApplicationError(
+            str(err), {"code": err.code}, type=ErrorType.REJECTED, non_retryable=True
+        ) from None
     except IpBannedError as err:
         delay = timedelta(seconds=err.retry_after_s) if err.retry_after_s else None
-        raise ApplicationError(str(err), type="IpBanned", next_retry_delay=delay) from None
+        raise ApplicationError(str(err), type=ErrorType.IP_BANNED, next_retry_delay=delay) from None
     except RateLimitedError as err:
         delay = timedelta(seconds=err.retry_after_s) if err.retry_after_s else None
-        raise ApplicationError(str(err), type="RateLimited", next_retry_delay=delay) from None
-    except ExchangeError as err:
+        raise ApplicationError(str(err), type=ErrorType.RATE_LIMITED, next_retry_delay=delay) from None
+    except ExchangeError as err:  # retryable, typed by the client's error class (exchange/errors.py)
         raise ApplicationError(str(err), {"code": err.code}, type=type(err).__name__) from None
 
 
@@ -127,7 +131,7 @@ class ExchangeActivities:
         try:
             yield
         except ApplicationError as err:
-            if self.reports is not None and err.type == "Rejected":
+            if self.reports is not None and err.type == ErrorType.REJECTED:
                 self.reports.order(failed=True, detail=str(err.message))
             raise
         if self.reports is not None:
@@ -153,7 +157,7 @@ class ExchangeActivities:
         no later than now, and the venue refuses one older than recvWindow."""
         return time.monotonic() + self.client.recv_window_ms / 1000 + EXPIRY_MARGIN_S
 
-    @activity.defn(name="prepare_entry")
+    @activity.defn(name=calls.PREPARE_ENTRY.name)
     async def prepare_entry(self, inp: PrepareEntryInput) -> EntryMarket:
         with venue_errors():
             rules = await self.client.exchange_info()
@@ -161,13 +165,13 @@ class ExchangeActivities:
             if found is None or found.status != "TRADING":
                 raise ApplicationError(
                     f"{inp.symbol} is not a trading symbol on the exchange",
-                    type="UnknownSymbol",
+                    type=ErrorType.UNKNOWN_SYMBOL,
                     non_retryable=True,
                 )
             index = await self.client.premium_index(inp.symbol)
         return EntryMarket(rules=found, mark_price=index.mark_price)
 
-    @activity.defn(name="open_entry")
+    @activity.defn(name=calls.OPEN_ENTRY.name)
     async def open_entry(self, inp: OpenEntryInput) -> OpenEntryOutcome:
         attempt = _Attempt()
         try:
@@ -176,13 +180,13 @@ class ExchangeActivities:
             # Halt only while no order with this client id can exist: halting gives the slot back, and
             # after the order went out (a ban on the fills read or the status poll) the venue would hold
             # a position nobody manages. Otherwise retry: the retry looks the order up first.
-            if err.type == "IpBanned" and not attempt.may_exist:
+            if err.type == ErrorType.IP_BANNED and not attempt.may_exist:
                 activity.metric_meter().create_counter(
                     "quantum_entries_halted", "entries refused because the venue banned the IP"
                 ).add(1, {"symbol": inp.symbol})
                 activity.logger.error("ALERT entries halted by an IP ban: %s", err.message)
                 raise ApplicationError(
-                    f"entries halted: {err.message}", type="EntriesHalted", non_retryable=True
+                    f"entries halted: {err.message}", type=ErrorType.ENTRIES_HALTED, non_retryable=True
                 ) from None
             raise
 
@@ -213,17 +217,17 @@ class ExchangeActivities:
         )
         return OpenEntryOutcome(market=market, outcome=await self._metered(order, attempt, found, True))
 
-    @activity.defn(name="set_leverage")
+    @activity.defn(name=calls.SET_LEVERAGE.name)
     async def set_leverage(self, inp: SetLeverageInput) -> int:
         with venue_errors():
             return (await self.client.set_leverage(inp.symbol, inp.leverage)).leverage
 
-    @activity.defn(name="get_mark_price")
+    @activity.defn(name=calls.GET_MARK_PRICE.name)
     async def get_mark_price(self, inp: MarkPriceInput) -> Decimal:
         with venue_errors():
             return (await self.client.premium_index(inp.symbol)).mark_price
 
-    @activity.defn(name="get_position")
+    @activity.defn(name=calls.GET_POSITION.name)
     async def get_position(self, inp: ExchangePositionInput) -> ExchangePosition:
         with venue_errors():
             rows = await self.client.position_risk(inp.symbol)
@@ -239,7 +243,7 @@ class ExchangeActivities:
             mark_price=row.mark_price,
         )
 
-    @activity.defn(name="place_order")
+    @activity.defn(name=calls.PLACE_ORDER.name)
     async def place_order(self, inp: PlaceOrderInput) -> OrderOutcome:
         return await self._metered(inp, _Attempt())
 
@@ -307,7 +311,7 @@ class ExchangeActivities:
             recovered=recovered,
         )
 
-    @activity.defn(name="place_stop")
+    @activity.defn(name=calls.PLACE_STOP.name)
     async def place_stop(self, inp: PlaceStopInput) -> StopOutcome:
         attempt = _Attempt()
         cid = inp.client_algo_id
@@ -335,7 +339,7 @@ class ExchangeActivities:
             trigger_price=algo.trigger_price or inp.trigger_price,
         )
 
-    @activity.defn(name="cancel_stop")
+    @activity.defn(name=calls.CANCEL_STOP.name)
     async def cancel_stop(self, inp: CancelStopInput) -> bool:
         """True when a live stop was cancelled; False when there was none left (already gone)."""
         with venue_errors(), exit_priority():
@@ -349,7 +353,7 @@ class ExchangeActivities:
                 raise
         return True
 
-    @activity.defn(name="sync_fills")
+    @activity.defn(name=calls.SYNC_FILLS.name)
     async def sync_fills(self, inp: SyncFillsInput) -> list[Fill]:
         """Every fill of the symbol since the position opened (one position per symbol), including
         those the venue made on its own (hard stop, liquidation)."""

@@ -54,9 +54,15 @@ from signals.registry import ModelRegistry
 from signals.strategy_chooser import StrategyChooser
 from signals.training import RETURNS_LEN
 from trading.config import Settings
-from workflows.bar_close import InferenceInput, InferenceResult, SymbolDecision
-from workflows.messages import PositionInput
-from workflows.retrain import RetrainWindow, ShadowSignalsInput
+from workflows import calls
+from workflows.messages import (
+    InferenceInput,
+    InferenceResult,
+    PositionInput,
+    RetrainWindow,
+    ShadowSignalsInput,
+    SymbolDecision,
+)
 
 log = logging.getLogger("activities.inference")
 
@@ -135,7 +141,7 @@ class InferenceActivities:
             return allow
         return sorted(await self.store.last_bars(self.settings.signal_timeframe))
 
-    @activity.defn(name="infer_bar")
+    @activity.defn(name=calls.INFER_BAR.name)
     async def infer_bar(self, inp: InferenceInput) -> InferenceResult:
         symbols = sorted(set(await self._symbols(inp.symbols)))
         if not symbols:
@@ -258,7 +264,7 @@ class InferenceActivities:
             notes=notes,
         )
 
-    @activity.defn(name="publish_decisions")
+    @activity.defn(name=calls.PUBLISH_DECISIONS.name)
     async def publish_decisions(self, result: InferenceResult) -> None:
         now = str(int(time.time() * 1000))
         versions = json.dumps(result.model_versions, sort_keys=True)

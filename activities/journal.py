@@ -21,6 +21,7 @@ from journal.metrics import PerformanceGauges, performance_figures
 from journal.store import Journal
 from trading.records import ClosedTrade, RecordMode, TradeRecord
 from trading.risk import ClosedTradeEvent
+from workflows import calls
 from workflows.messages import DEFAULT_PORTFOLIO_ID
 
 log = logging.getLogger("qtrader.journal")
@@ -46,7 +47,7 @@ class JournalActivities:
         self.capital = capital
         self.gauges = gauges
 
-    @activity.defn(name="journal_trade")
+    @activity.defn(name=calls.JOURNAL_TRADE.name)
     async def journal_trade(self, trade: ClosedTrade) -> bool:
         """Journal one closed trade; True when it was new (False: an earlier attempt wrote it)."""
         record = TradeRecord(**trade.model_dump(), run_id=self.run_id, mode=self.mode)

@@ -42,8 +42,9 @@ from signals.registry import ModelRegistry
 from signals.training import RETURNS_LEN, TorchBudget, model_factory
 from signals.validation import brier, log_loss, roc_auc, signal_pnl
 from trading.promotion import ModelScore
-from workflows.retrain import (
-    KNOWN_MODELS,
+from workflows import calls
+from workflows.errors import ErrorType
+from workflows.messages import (
     ChallengerReport,
     EvaluateShadowInput,
     RetrainWindow,
@@ -51,6 +52,7 @@ from workflows.retrain import (
     ShadowSignalsInput,
     TrainChallengerInput,
 )
+from workflows.retrain import KNOWN_MODELS
 
 SIGNAL_STREAM = "quantum:stream:ai.signal_generated"
 SHADOW = "shadow"  # alias file next to `champion` in the registry
@@ -62,7 +64,7 @@ ProgressFn = Callable[[str], None]
 
 class BadRetrainInput(ApplicationError):
     def __init__(self, message: str) -> None:
-        super().__init__(message, type="BadRetrainInput", non_retryable=True)
+        super().__init__(message, type=ErrorType.BAD_RETRAIN_INPUT, non_retryable=True)
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -185,7 +187,7 @@ class LearningActivities:
             return None, ModelScore(version=version, note=f"champion has another label {meta.label}"), 0
         return loaded.model, None, _first_clean_bar(ds, meta.training_span.get("end_ms"))
 
-    @activity.defn(name="retrain_challenger")
+    @activity.defn(name=calls.RETRAIN_CHALLENGER.name)
     def retrain_challenger(self, inp: TrainChallengerInput) -> ChallengerReport:
         t0 = time.monotonic()
         name, w = inp.model, inp.window
@@ -270,7 +272,7 @@ class LearningActivities:
             seconds=round(time.monotonic() - t0, 3),
         )
 
-    @activity.defn(name="evaluate_shadow")
+    @activity.defn(name=calls.EVALUATE_SHADOW.name)
     def evaluate_shadow(self, inp: EvaluateShadowInput) -> ChallengerReport | None:
         t0 = time.monotonic()
         name = inp.model
@@ -306,7 +308,7 @@ class LearningActivities:
             seconds=round(time.monotonic() - t0, 3),
         )
 
-    @activity.defn(name="set_model_stage")
+    @activity.defn(name=calls.SET_MODEL_STAGE.name)
     def set_model_stage(self, inp: SetStageInput) -> str:
         name, version = inp.model, inp.version
         if version not in self.registry.versions(name):
@@ -323,7 +325,7 @@ class LearningActivities:
         self._say(f"[retrain] {name} {version}: {inp.stage}")
         return inp.stage
 
-    @activity.defn(name="publish_shadow_signals")
+    @activity.defn(name=calls.PUBLISH_SHADOW_SIGNALS.name)
     async def publish_shadow_signals(self, inp: ShadowSignalsInput) -> int:
         """P(up) of every shadow model for one closed bar of each symbol, published with `shadow=true`."""
         client = aioredis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)

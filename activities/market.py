@@ -13,6 +13,8 @@ from activities.exchange import venue_errors
 from exchange.client import BinanceFuturesClient
 from trading.execution import SymbolCheck, SymbolCheckInput
 from trading.instruments import SymbolRules
+from workflows import calls
+from workflows.errors import ErrorType
 
 RULES_TTL_S = 60.0
 
@@ -29,14 +31,14 @@ class MarketActivities:
             self._rules_at = time.monotonic()
         return self._rules
 
-    @activity.defn(name="check_symbol")
+    @activity.defn(name=calls.CHECK_SYMBOL.name)
     async def check_symbol(self, inp: SymbolCheckInput) -> SymbolCheck:
         with venue_errors():
             rules = (await self._all_rules()).get(inp.symbol)
             if rules is None or rules.status != "TRADING":
                 raise ApplicationError(
                     f"{inp.symbol} is not a trading symbol on the exchange",
-                    type="UnknownSymbol",
+                    type=ErrorType.UNKNOWN_SYMBOL,
                     non_retryable=True,
                 )
             mark = (await self.client.premium_index(inp.symbol)).mark_price if inp.want_price else None

@@ -20,6 +20,7 @@ from signals.data import timeframe_ms
 from trading.allocation import realized_volatility
 from trading.market_inputs import MarketInputs, market_inputs
 from trading.records import ClosedTrade
+from workflows import calls
 from workflows.messages import DEFAULT_PORTFOLIO_ID, MarketInputsRequest, PortfolioView
 
 log = logging.getLogger("qtrader.market_inputs")
@@ -33,7 +34,7 @@ class MarketInputActivities:
         self.journal = journal
         self.run_id = run_id
 
-    @activity.defn(name="compute_market_inputs")
+    @activity.defn(name=calls.COMPUTE_MARKET_INPUTS.name)
     async def compute_market_inputs(self, req: MarketInputsRequest) -> MarketInputs | None:
         """None when the portfolio's risk layer is off or no bars are stored yet."""
         handle = self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
@@ -84,7 +85,7 @@ class MarketInputActivities:
             by_symbol[r.symbol].append(r)
         return {s: ts[-keep:] for s, ts in by_symbol.items()}
 
-    @activity.defn(name="deliver_market_inputs")
+    @activity.defn(name=calls.DELIVER_MARKET_INPUTS.name)
     async def deliver_market_inputs(self, inputs: MarketInputs) -> None:
         handle = self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
         try:

@@ -14,8 +14,9 @@ from temporalio.exceptions import ApplicationError
 
 from journal.store import Journal
 from trading.policy_review import Proposal, worst_state
-from workflows.messages import DEFAULT_PORTFOLIO_ID, PolicyReviewInput, PortfolioView
-from workflows.policy_review import ReviewContext
+from workflows import calls
+from workflows.errors import ErrorType
+from workflows.messages import DEFAULT_PORTFOLIO_ID, PolicyReviewInput, PortfolioView, ReviewContext
 
 
 class PolicyReviewActivities:
@@ -24,7 +25,7 @@ class PolicyReviewActivities:
         self.journal = journal
         self.run_id = run_id
 
-    @activity.defn(name="policy_review_facts")
+    @activity.defn(name=calls.POLICY_REVIEW_FACTS.name)
     async def policy_review_facts(self, inp: PolicyReviewInput) -> ReviewContext:
         view = await self.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query(
             "state", result_type=PortfolioView
@@ -43,7 +44,7 @@ class PolicyReviewActivities:
             policy=view.risk,
         )
 
-    @activity.defn(name="apply_policy_proposal")
+    @activity.defn(name=calls.APPLY_POLICY_PROPOSAL.name)
     async def apply_policy_proposal(self, proposal: Proposal) -> None:
         changes = [c.model_dump(mode="json") for c in proposal.changes]
         try:
@@ -52,7 +53,7 @@ class PolicyReviewActivities:
             )
         except WorkflowUpdateFailedError as err:  # refused whole by the portfolio's validator: final
             message = str(err.cause.message if hasattr(err.cause, "message") else err.cause)
-            kind = "StaleProposal" if "stale" in message else "ProposalRefused"
+            kind = ErrorType.STALE_PROPOSAL if "stale" in message else ErrorType.PROPOSAL_REFUSED
             raise ApplicationError(
                 f"portfolio refused the proposal: {message}", type=kind, non_retryable=True
             ) from err

@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from trading.governor import HOLDING_STATES, Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.intents import Side
 from trading.risk import RiskLayerPolicy
+from workflows import calls
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -81,7 +82,7 @@ class PortfolioActivities:
         self.holder_check_seconds = holder_check_seconds
         self.risk = risk
 
-    @activity.defn(name="request_reservation")
+    @activity.defn(name=calls.REQUEST_RESERVATION.name)
     async def request_reservation(self, portfolio_id: str, request: ReservationRequest) -> None:
         """Signal-with-start: the request reaches the running portfolio, or starts it with the policy
         from this worker's settings."""
@@ -90,7 +91,7 @@ class PortfolioActivities:
             self.client, self.default_policy, self.holder_check_seconds, request=request, risk=self.risk
         )
 
-    @activity.defn(name="deliver_decisions")
+    @activity.defn(name=calls.DELIVER_DECISIONS.name)
     async def deliver_decisions(self, batch: DecisionBatch) -> list[str]:
         """Signal each holder its decision, concurrently; return the holders that are gone.
 
@@ -113,7 +114,7 @@ class PortfolioActivities:
         gone = await asyncio.gather(*(deliver(d) for d in batch.decisions))
         return [g for g in gone if g is not None]
 
-    @activity.defn(name="find_stopped_holders")
+    @activity.defn(name=calls.FIND_STOPPED_HOLDERS.name)
     async def find_stopped_holders(self, holder_ids: list[str]) -> list[str]:
         limit = asyncio.Semaphore(20)
 
@@ -130,7 +131,7 @@ class PortfolioActivities:
         flags = await asyncio.gather(*(stopped(h) for h in holder_ids))
         return [h for h, gone in zip(holder_ids, flags, strict=True) if gone]
 
-    @activity.defn(name="previous_portfolio_state")
+    @activity.defn(name=calls.PREVIOUS_PORTFOLIO_STATE.name)
     async def previous_portfolio_state(self) -> PortfolioView | None:
         """What the portfolio's last run (failed, terminated, timed out, or continued as new) held, as its
         `state` query answers on its replayed history: a fresh run takes over its policy (the kill switch
@@ -155,7 +156,7 @@ class PortfolioActivities:
             )
             return None
 
-    @activity.defn(name="running_holders")
+    @activity.defn(name=calls.RUNNING_HOLDERS.name)
     async def running_holders(self) -> list[RunningHolder]:
         """Every running position and what it holds, for a fresh portfolio rebuilding its book: listed
         through visibility (one paged call), each asked by its `state` query, since visibility has no

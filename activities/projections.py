@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from temporalio import activity
 
 from trading.bandit import REWARDS_STREAM, RewardError, normalize_reward, trade_margin
+from workflows import calls
 from workflows.messages import EssMove, PortfolioView, ProjectionInput, PublishLevelsInput
 
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
@@ -142,7 +143,7 @@ class ProjectionActivities:
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._portfolio = redis.register_script(_PORTFOLIO)
 
-    @activity.defn(name="project_position")
+    @activity.defn(name=calls.PROJECT_POSITION.name)
     async def project_position(self, inp: ProjectionInput) -> None:
         v = inp.view
         now_ms = int(time.time() * 1000)
@@ -212,7 +213,7 @@ class ProjectionActivities:
             if reward is not None:
                 await self._append_once(f"reward:{v.workflow_id}", RL_REWARDS_STREAM, reward)
 
-    @activity.defn(name="publish_levels")
+    @activity.defn(name=calls.PUBLISH_LEVELS.name)
     async def publish_levels(self, inp: PublishLevelsInput) -> None:
         """Write (or remove) one position's trigger levels and tell the watcher which one changed. A
         newer version is never overwritten by an older one (activities can finish out of order)."""
@@ -230,7 +231,7 @@ class ProjectionActivities:
             args=[inp.workflow_id, value, inp.version, "1" if inp.remove else "0"],
         )
 
-    @activity.defn(name="project_portfolio")
+    @activity.defn(name=calls.PROJECT_PORTFOLIO.name)
     async def project_portfolio(self, view: PortfolioView) -> None:
         state = {
             "slots_used": str(view.slots_used),
@@ -273,7 +274,7 @@ class ProjectionActivities:
         pipe.set(ALLOCATION_INDEX, json.dumps({"at": at, "symbols": sorted(caps)}))
         await pipe.execute()
 
-    @activity.defn(name="publish_ess_moves")
+    @activity.defn(name=calls.PUBLISH_ESS_MOVES.name)
     async def publish_ess_moves(self, moves: list[EssMove]) -> None:
         """Each move of the emergency stop to its stream once: keyed by its number and time, so a retry,
         or a move carried into the next run and sent again, adds nothing."""

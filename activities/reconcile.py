@@ -21,6 +21,7 @@ from exchange.client import BinanceFuturesClient
 from exchange.errors import OrderNotFoundError
 from trading.intents import IntentSource, Side
 from trading.reconcile import UNKNOWN, Fix, TrackedPosition, VenueOrder, VenuePosition
+from workflows import calls
 from workflows.messages import (
     LIFECYCLE_TASK_QUEUE,
     AdoptedPosition,
@@ -37,7 +38,7 @@ class VenueReadActivities:
     def __init__(self, client: BinanceFuturesClient) -> None:
         self.client = client
 
-    @activity.defn(name="venue_state")
+    @activity.defn(name=calls.VENUE_STATE.name)
     async def venue_state(self) -> VenueState:
         with venue_errors():
             positions, orders, algos = await asyncio.gather(
@@ -74,7 +75,7 @@ class VenueReadActivities:
             ],
         )
 
-    @activity.defn(name="cancel_orphan")
+    @activity.defn(name=calls.CANCEL_ORPHAN.name)
     async def cancel_orphan(self, fix: Fix) -> bool:
         with venue_errors():
             try:
@@ -92,7 +93,7 @@ class ReconcileActivities:
         self.client = client
         self.redis = redis
 
-    @activity.defn(name="tracked_positions")
+    @activity.defn(name=calls.TRACKED_POSITIONS.name)
     async def tracked_positions(self) -> list[TrackedPosition]:
         """Every running position as visibility indexes it (one paged list call); a position that has
         not indexed its quantity yet is asked directly."""
@@ -134,7 +135,7 @@ class ReconcileActivities:
         asked = await asyncio.gather(*(ask(w) for w in unindexed))
         return tracked + [t for t in asked if t is not None]
 
-    @activity.defn(name="tell_position")
+    @activity.defn(name=calls.TELL_POSITION.name)
     async def tell_position(self, fix: Fix) -> None:
         """The workflow takes the venue's word (it settles from the venue's fills)."""
         try:
@@ -153,7 +154,7 @@ class ReconcileActivities:
                 raise
             # It finished after the listing: it settled its position itself.
 
-    @activity.defn(name="adopt_position")
+    @activity.defn(name=calls.ADOPT_POSITION.name)
     async def adopt_position(self, fix: Fix) -> str:
         # One id per reconcile run and symbol: a retried attempt finds the workflow its first one started.
         run = hashlib.sha256(activity.info().workflow_run_id.encode()).hexdigest()[:8]
@@ -197,7 +198,7 @@ class ReconcileActivities:
             activity.logger.warning("could not read the ended workflow on %s: %s", fix.symbol, err)
         return None
 
-    @activity.defn(name="record_reconcile")
+    @activity.defn(name=calls.RECORD_RECONCILE.name)
     async def record_reconcile(self, fixes: list[Fix]) -> None:
         drift = activity.metric_meter().create_counter(
             "reconcile_drift_detected", "differences found by reconcile"

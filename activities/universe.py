@@ -25,7 +25,9 @@ from temporalio.exceptions import ApplicationError
 
 from signals.bar_store import KLINES_KEY, BarStore
 from signals.data import timeframe_ms
-from workflows.universe import QuoteVolumes, UniverseInput
+from workflows import calls
+from workflows.errors import ErrorType
+from workflows.messages import QuoteVolumes, UniverseInput
 
 log = logging.getLogger("activities.universe")
 DAY_MS = 86_400_000
@@ -60,14 +62,14 @@ class UniverseActivities:
             out[symbol] = float(sum(json.loads(r)[6] for r in rows))
         return out
 
-    @activity.defn(name="quote_volumes")
+    @activity.defn(name=calls.QUOTE_VOLUMES.name)
     async def quote_volumes(self, inp: UniverseInput) -> QuoteVolumes:
         last = await self.store.last_bars(inp.interval)
         if not last:
             raise ApplicationError(
                 f"no closed {inp.interval} bars stored yet (is market-data running?); the universe is "
                 "left as it was",
-                type="NoBarsStored",
+                type=ErrorType.NO_BARS_STORED,
             )
         venue = await self._from_venue()
         if venue is not None:
@@ -77,6 +79,6 @@ class UniverseActivities:
             log.info("ticker/24hr has no volume for the stored symbols %s; using stored bars", sorted(last))
         return QuoteVolumes(volumes=await self._from_bars(inp.interval, last), source="bars")
 
-    @activity.defn(name="store_universe")
+    @activity.defn(name=calls.STORE_UNIVERSE.name)
     async def store_universe(self, symbols: list[str]) -> None:
         await self.store.set_universe(symbols)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from trading.config import Settings
 from trading.governor import RiskPolicy
+from workflows.errors import ErrorType
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -339,9 +340,9 @@ async def _failed_outcome(handle: WorkflowHandle) -> CliError:
         await handle.result()
     except WorkflowFailureError as err:
         text, kind = _failure_text(err)
-        if kind == "UnknownSymbol" and not text.startswith("symbol:"):
+        if kind == ErrorType.UNKNOWN_SYMBOL and not text.startswith("symbol:"):
             text = f"symbol: {text}"
-        bad_input = kind in ("InvalidIntent", "ValidationError", "UnknownSymbol")
+        bad_input = kind in (ErrorType.INVALID_INTENT, ErrorType.VALIDATION_ERROR, ErrorType.UNKNOWN_SYMBOL)
         return CliError(f"{handle.id} failed: {text}", EXIT_BAD_INPUT if bad_input else EXIT_ERROR)
     return CliError(f"{handle.id} ended unexpectedly")
 

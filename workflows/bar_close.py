@@ -17,65 +17,20 @@ second position. The portfolio decides the rest.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from decimal import Decimal
-
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from trading.promotion import is_tradeable
-    from workflows.messages import INFERENCE_TASK_QUEUE, LIFECYCLE_TASK_QUEUE, PositionInput
-    from workflows.retrain import ShadowSignalsInput
-
-RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
+    from workflows import calls
+    from workflows.messages import LIFECYCLE_TASK_QUEUE, InferenceInput, InferenceResult
 
 
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class InferenceInput(_Msg):
-    """Symbols to decide for (None: the universe in Redis, else the allowlist) at one closed bar
-    (None: the newest bar every symbol has)."""
-
-    symbols: list[str] | None = None
-    interval: str = "1h"
-    bar_open_ms: int | None = Field(None, ge=0)
-
-
-class SymbolDecision(_Msg):
-    symbol: str
-    side: str  # LONG | SHORT | NONE
-    p_up: float
-    confidence: float
-    models_agree: int
-    kill_score: float
-    regime: str
-    price: float
-    votes: dict[str, float] = Field(default_factory=dict)
-    used: list[str] = Field(default_factory=list)
-    missing: dict[str, str] = Field(default_factory=dict)  # model → why it was left out (fallback)
-    notional_usdt: Decimal = Decimal(0)
-    strategy: str | None = None  # the chooser's pick for this regime (None: no side)
-    shadow: bool = False  # a shadow model's prediction: published, never traded
-    action: str = "skip"  # "open" | "skip"
-    reason: str = ""
-    workflow_id: str | None = None
-    intent: PositionInput | None = None
-
-
-class InferenceResult(_Msg):
-    interval: str
-    bar_open_ms: int | None
-    symbols: list[str]
-    model_versions: dict[str, str] = Field(default_factory=dict)
-    decisions: list[SymbolDecision] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
-    shadow: ShadowSignalsInput | None = None  # set when the registry has shadow challengers
 
 
 class BarCloseInput(_Msg):
@@ -99,22 +54,11 @@ class BarCloseWorkflow:
     @workflow.run
     async def run(self, inp: BarCloseInput | None = None) -> BarCloseResult:
         inp = inp or BarCloseInput()
-        result: InferenceResult = await workflow.execute_activity(
-            "infer_bar",
-            InferenceInput(symbols=inp.symbols, interval=inp.interval, bar_open_ms=inp.bar_open_ms),
-            result_type=InferenceResult,
-            task_queue=INFERENCE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=120),
-            retry_policy=RETRY,
+        result: InferenceResult = await calls.INFER_BAR.run(
+            InferenceInput(symbols=inp.symbols, interval=inp.interval, bar_open_ms=inp.bar_open_ms)
         )
         if result.decisions:
-            await workflow.execute_activity(
-                "publish_decisions",
-                result,
-                task_queue=INFERENCE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-            )
+            await calls.PUBLISH_DECISIONS.run(result)
         started: list[str] = []
         already: list[str] = []
         refused: list[str] = []
@@ -146,14 +90,7 @@ class BarCloseWorkflow:
         shadow_signals = 0
         if result.shadow is not None:
             try:
-                shadow_signals = await workflow.execute_activity(
-                    "publish_shadow_signals",
-                    result.shadow,
-                    result_type=int,
-                    task_queue=INFERENCE_TASK_QUEUE,
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
-                )
+                shadow_signals = await calls.PUBLISH_SHADOW_SIGNALS.run(result.shadow)
             except ActivityError as err:
                 notes.append(f"shadow predictions not published: {err.cause or err}")
         return BarCloseResult(

@@ -5,16 +5,13 @@ result is in its history and the Web UI."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from trading.market_inputs import MarketInputs
-    from workflows.messages import LIFECYCLE_TASK_QUEUE, MarketInputsRequest
+    from workflows import calls
+    from workflows.messages import MarketInputsRequest
 
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 MARKET_INPUTS_WORKFLOW_ID = "market-inputs"
 
 
@@ -23,20 +20,7 @@ class MarketInputsWorkflow:
     @workflow.run
     async def run(self, inp: MarketInputsRequest) -> MarketInputs | None:
         """None: the portfolio's risk layer is off, or there are no bars yet (nothing delivered)."""
-        inputs: MarketInputs | None = await workflow.execute_activity(
-            "compute_market_inputs",
-            inp,
-            result_type=MarketInputs | None,  # type: ignore[arg-type]
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RETRY,
-        )
+        inputs: MarketInputs | None = await calls.COMPUTE_MARKET_INPUTS.run(inp)
         if inputs is not None:
-            await workflow.execute_activity(
-                "deliver_market_inputs",
-                inputs,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-            )
+            await calls.DELIVER_MARKET_INPUTS.run(inputs)
         return inputs

@@ -1,12 +1,13 @@
-"""Inputs, results and message types of the position and portfolio workflows (signals, updates, queries)."""
+"""Inputs, results and message types of the workflows (signals, updates, queries) and of the activities
+they call (workflows/calls.py declares which activity takes and returns which)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trading.emergency import EmergencyState, Transition
 from trading.execution import OrderOutcome
@@ -15,8 +16,9 @@ from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, R
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
 from trading.pnl import Fill, PositionTally
-from trading.policy_review import Proposal
+from trading.policy_review import Proposal, ReviewFacts
 from trading.position_state import PositionState, PositionStatus  # PositionStatus re-exported
+from trading.promotion import ModelScore
 from trading.reconcile import VenueOrder, VenuePosition
 from trading.risk import RiskLayerPolicy, RiskState
 
@@ -316,6 +318,12 @@ class PolicyReviewResult(_Msg):
     verdict: PolicyVerdict | None = None
 
 
+class ReviewContext(ReviewFacts):
+    """The facts and the risk policy in force (None: the risk layer is off)."""
+
+    policy: RiskLayerPolicy | None = None
+
+
 class EssMove(_Msg):
     """One transition of the automatic emergency stop, numbered in the portfolio's order (the stream's
     dedupe key: a retried publication adds nothing)."""
@@ -361,6 +369,123 @@ class PortfolioView(_Msg):
     risk: RiskLayerPolicy | None = None
     risk_state: RiskState | None = None
     ess_moves: list[EssMove] = Field(default_factory=list)
+
+
+# --- signal layer (task queue `inference`): universe, bar close, retrain ---
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UniverseInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_n: int = Field(10, ge=1, le=500)
+    allowlist: list[str] = Field(default_factory=lambda: ["*"])  # "*": every symbol
+    interval: str = "1h"
+
+
+class QuoteVolumes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    volumes: dict[str, float]  # symbol → 24 h quote volume (USDT)
+    source: str  # "ticker_24hr" | "bars"
+
+
+class RetrainWindow(_Frozen):
+    """Which bars a retrain learns from and is judged on."""
+
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"], min_length=1)
+    timeframe: str = "1h"
+    window_bars: int = Field(8000, ge=300, le=200_000)  # the newest bars: training + out-of-sample
+    holdout_bars: int = Field(720, ge=24)  # the newest of them, scored out of sample (30 days of 1h)
+    until_ms: int | None = Field(None, ge=0)  # the clock: only bars closed by then (None: the newest)
+    label_kind: Literal["triple_barrier", "fixed_horizon"] = "triple_barrier"
+    horizon: int = Field(24, ge=1, le=500)
+    seed: int = 0
+    torch_epochs: int = Field(3, ge=1, le=100)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not (s.isalnum() and s.isupper() and s.endswith("USDT"))]
+        if bad:
+            raise ValueError(f"not USDT perpetual symbols: {bad}")
+        return v
+
+
+class TrainChallengerInput(_Frozen):
+    model: str
+    window: RetrainWindow
+
+
+class EvaluateShadowInput(_Frozen):
+    model: str
+    window: RetrainWindow
+
+
+class ChallengerReport(_Frozen):
+    model: str
+    challenger: ModelScore  # its version is the registered challenger (or the shadow being judged)
+    champion: ModelScore | None  # None: no champion
+    train_rows: int = 0
+    holdout_start_ms: int | None = None
+    holdout_end_ms: int | None = None
+    seconds: float = 0.0
+
+
+class SetStageInput(_Frozen):
+    model: str
+    version: str
+    stage: Literal["champion", "shadow", "retired"]
+
+
+class ShadowSignalsInput(_Frozen):
+    """Shadow predictions for one bar: `bar_open_ms` set (the bar-close path) reads that live bar and
+    its history from Redis (signals/bar_store.py); unset, the newest bar of `window`'s klines."""
+
+    models: list[str]
+    window: RetrainWindow
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class InferenceInput(_Msg):
+    """Symbols to decide for (None: the universe in Redis, else the allowlist) at one closed bar
+    (None: the newest bar every symbol has)."""
+
+    symbols: list[str] | None = None
+    interval: str = "1h"
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class SymbolDecision(_Msg):
+    symbol: str
+    side: str  # LONG | SHORT | NONE
+    p_up: float
+    confidence: float
+    models_agree: int
+    kill_score: float
+    regime: str
+    price: float
+    votes: dict[str, float] = Field(default_factory=dict)
+    used: list[str] = Field(default_factory=list)
+    missing: dict[str, str] = Field(default_factory=dict)  # model → why it was left out (fallback)
+    notional_usdt: Decimal = Decimal(0)
+    strategy: str | None = None  # the chooser's pick for this regime (None: no side)
+    shadow: bool = False  # a shadow model's prediction: published, never traded
+    action: str = "skip"  # "open" | "skip"
+    reason: str = ""
+    workflow_id: str | None = None
+    intent: PositionInput | None = None
+
+
+class InferenceResult(_Msg):
+    interval: str
+    bar_open_ms: int | None
+    symbols: list[str]
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    decisions: list[SymbolDecision] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    shadow: ShadowSignalsInput | None = None  # set when the registry has shadow challengers
 
 
 M = TypeVar("M", bound=BaseModel)

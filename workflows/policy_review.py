@@ -11,30 +11,24 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from trading.policy_review import Proposal, ReviewFacts, propose
     from trading.risk import RiskLayerPolicy
+    from workflows import calls
+    from workflows.errors import ErrorType
     from workflows.messages import (
-        LIFECYCLE_TASK_QUEUE,
         PolicyReviewInput,
         PolicyReviewResult,
         PolicyVerdict,
+        ReviewContext,
         parse_message,
     )
 
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 POLICY_REVIEW_WORKFLOW_ID = "policy-review"
 # The portfolio refused an approved proposal (apply_policy_proposal's error types): nothing changed.
-REFUSALS = {"StaleProposal": "stale", "ProposalRefused": "refused"}
-
-
-class ReviewContext(ReviewFacts):
-    """The facts and the risk policy in force (None: the risk layer is off)."""
-
-    policy: RiskLayerPolicy | None = None
+REFUSALS = {ErrorType.STALE_PROPOSAL: "stale", ErrorType.PROPOSAL_REFUSED: "refused"}
 
 
 @workflow.defn(name="PolicyReviewWorkflow", sandboxed=False)
@@ -45,14 +39,7 @@ class PolicyReviewWorkflow:
 
     @workflow.run
     async def run(self, inp: PolicyReviewInput) -> PolicyReviewResult:
-        ctx: ReviewContext = await workflow.execute_activity(
-            "policy_review_facts",
-            inp,
-            result_type=ReviewContext,
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(minutes=1),
-            retry_policy=RETRY,
-        )
+        ctx: ReviewContext = await calls.POLICY_REVIEW_FACTS.run(inp)
         if ctx.policy is None:
             return PolicyReviewResult(outcome="off", detail="the portfolio's risk layer is off")
         facts = ReviewFacts.model_validate(ctx.model_dump(exclude={"policy"}))
@@ -76,13 +63,7 @@ class PolicyReviewWorkflow:
         if not verdict.approve:
             return self._done("rejected", f"rejected by {verdict.operator}: {verdict.reason}", verdict)
         try:
-            await workflow.execute_activity(
-                "apply_policy_proposal",
-                self.proposal,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-            )
+            await calls.APPLY_POLICY_PROPOSAL.run(self.proposal)
         except ActivityError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type in REFUSALS:

@@ -23,7 +23,6 @@ from decimal import Decimal
 
 from pydantic import TypeAdapter, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -47,8 +46,8 @@ with workflow.unsafe.imports_passed_through():
     from trading.market_inputs import MarketInputs, with_market_inputs
     from trading.policy_review import PolicyChange, apply_changes, stale_changes
     from trading.risk import ClosedTradeEvent, RiskEvent, RiskLayerPolicy, RiskState, assess, observe
+    from workflows import calls
     from workflows.messages import (
-        LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
         DecisionBatch,
         EssCommand,
@@ -63,16 +62,8 @@ with workflow.unsafe.imports_passed_through():
         parse_message,
     )
 
-HOLDER_CHECK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
-PROJECTION_RETRY = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(seconds=1))
 PROJECTION_INTERVAL_S = 2.0
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
-)
 LAST_DECISIONS_KEPT = 50
-# Reading what the running positions hold: retried server-side for as long as visibility is down (one
-# activity in history however long it takes); requests wait meanwhile.
-REBUILD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 REBUILD_PAUSE_S = 5.0
 REBUILD_ROUNDS = 3  # a position that does not answer is asked again this often before the book goes on
 
@@ -86,7 +77,6 @@ PATCH_RESTORE = "portfolio-restores-previous-run"
 
 ESS_MOVES_KEPT = 20  # in the view and the Web UI's details
 RISK_SEEN_KEPT = 1000  # trade ids heard: a journal activity retried tells the same trade again
-ESS_PUBLISH_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 _RISK_EVENT: TypeAdapter[RiskEvent] = TypeAdapter(RiskEvent)
 
 
@@ -335,14 +325,7 @@ class PortfolioWorkflow:
 
     async def _deliver(self, decisions: list[Grant | Denial]) -> None:
         try:
-            gone: list[str] = await workflow.execute_activity(
-                "deliver_decisions",
-                DecisionBatch(decisions=decisions),
-                result_type=list[str],
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DELIVERY_RETRY,
-            )
+            gone: list[str] = await calls.DELIVER_DECISIONS.run(DecisionBatch(decisions=decisions))
         except ActivityError as err:
             if not workflow.patched(PATCH_SURVIVE):
                 raise  # the first version failed here: its histories replay that way
@@ -411,14 +394,7 @@ class PortfolioWorkflow:
         if not holders:
             return
         try:
-            stopped: list[str] = await workflow.execute_activity(
-                "find_stopped_holders",
-                holders,
-                result_type=list[str],
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=HOLDER_CHECK_RETRY,
-            )
+            stopped: list[str] = await calls.FIND_STOPPED_HOLDERS.run(holders)
         except ActivityError as err:
             if not workflow.patched(PATCH_SURVIVE):
                 raise  # the first version failed here: its histories replay that way
@@ -437,13 +413,7 @@ class PortfolioWorkflow:
         cooldowns, entry times, the risk layer and its state, the totals. Reservations are rebuilt from
         the running positions next (they, not an old view, say what is held now)."""
         try:
-            prev: PortfolioView | None = await workflow.execute_activity(
-                "previous_portfolio_state",
-                result_type=PortfolioView | None,  # type: ignore[arg-type]
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
-            )
+            prev: PortfolioView | None = await calls.PREVIOUS_PORTFOLIO_STATE.run()
         except ActivityError as err:
             self._step_failed("restore", err)
             workflow.logger.error(
@@ -480,13 +450,7 @@ class PortfolioWorkflow:
         rounds = 0
         while True:
             try:
-                found: list[RunningHolder] = await workflow.execute_activity(
-                    "running_holders",
-                    result_type=list[RunningHolder],
-                    task_queue=LIFECYCLE_TASK_QUEUE,
-                    start_to_close_timeout=timedelta(minutes=5),
-                    retry_policy=REBUILD_RETRY,
-                )
+                found: list[RunningHolder] = await calls.RUNNING_HOLDERS.run()
             except ActivityError as err:  # not retryable (a malformed answer): nothing known yet
                 self._step_failed("rebuild", err)
                 await workflow.sleep(REBUILD_PAUSE_S)
@@ -573,13 +537,7 @@ class PortfolioWorkflow:
 
     async def _publish(self, moves: list[EssMove]) -> None:
         try:
-            await workflow.execute_activity(
-                "publish_ess_moves",
-                moves,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5),
-                retry_policy=ESS_PUBLISH_RETRY,
-            )
+            await calls.PUBLISH_ESS_MOVES.run(moves)
         except ActivityError as err:
             self._step_failed("ess_publish", err)
             await workflow.sleep(PROJECTION_INTERVAL_S)  # not at once again: Redis is down
@@ -848,13 +806,7 @@ class PortfolioWorkflow:
 
     async def _project(self, view: PortfolioView) -> None:
         try:
-            await workflow.execute_activity(
-                "project_portfolio",
-                view,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5),
-                retry_policy=PROJECTION_RETRY,
-            )
+            await calls.PROJECT_PORTFOLIO.run(view)
         except ActivityError as err:
             self._step_failed("projection", err)
             self._dirty = True  # try again with the next state

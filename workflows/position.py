@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import SearchAttributeKey, SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -40,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         PlaceOrderInput,
         PlaceStopInput,
         PrepareEntryInput,
-        StopOutcome,
         SymbolCheck,
         SymbolCheckInput,
         SyncFillsInput,
@@ -64,10 +63,10 @@ with workflow.unsafe.imports_passed_through():
         update,
     )
     from trading.records import closed_trade
+    from workflows import calls
+    from workflows.errors import ErrorType
     from workflows.messages import (
         DEFAULT_PORTFOLIO_ID,
-        EXCHANGE_TASK_QUEUE,
-        LIFECYCLE_TASK_QUEUE,
         AdjustRequest,
         AdoptedPosition,
         ClosePositionRequest,
@@ -109,41 +108,12 @@ SEARCH_ATTRIBUTES = [
     SA_OPEN_QTY,
 ]
 
-# Reads and idempotent writes retry briefly; orders retry only after the activity has looked the order
-# up by its client id (the activity does that on every attempt).
-QUICK_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=5),
-    maximum_attempts=10,
-    non_retryable_error_types=["Rejected", "UnknownSymbol"],
-)
-ORDER_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=0,
-    non_retryable_error_types=["Rejected", "UnknownSymbol"],
-)
+# The activities' timeouts and retry policies: workflows/calls.py.
 # A venue read while money is on the venue never fails the position: after the quick retries it is
 # reported (log, metric, details) and tried again after a capped pause, for as long as it takes.
 VENUE_READ_PAUSE_MAX_S = 30.0
-# The mark timer's read: a few attempts, then the position says the venue is unreachable and goes on
-# deciding on the watcher's prices until the next timer (it never blocks the exit loop for long).
-MARK_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=2),
-    maximum_attempts=3,
-    non_retryable_error_types=["Rejected", "UnknownSymbol"],
-)
-# An order attempt sends nothing in its last (HTTP timeout + recvWindow + 1 s) = 16 s (activities/
-# exchange.py: a request sent later could execute after the retry's look-up), so it needs room beyond;
-# not much more, since an attempt lost with a killed worker is retried only after it.
-ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=30)
 PUBLISH_PAUSE_S = 5.0
 PATCH_PUBLISH_PAUSE = "position-publish-pause-timer"
-PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
-PROJECTION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
-)
 
 
 def _venue_reason(client_id: str, hard_stop_prefix: str) -> str:
@@ -179,6 +149,7 @@ def _carried_state(carry: PositionState | PositionCarry, intent: TradeIntent) ->
 
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _NO_INPUT = object()  # started without an argument (`temporal workflow start` without --input)
 TRANSIENT_STATUSES = (PositionStatus.VALIDATING, PositionStatus.GOVERNING, PositionStatus.ENTERING)
 
@@ -209,14 +180,14 @@ class PositionWorkflow:
             raise ApplicationError(
                 f"input: PositionWorkflow takes exactly one trade intent, a JSON object "
                 f"(--input '{{\"symbol\": ...}}'); {given} given",
-                type="InvalidIntent",
+                type=ErrorType.INVALID_INTENT,
                 non_retryable=True,
             )
         inp = raw if isinstance(raw, PositionInput) else PositionInput.model_validate(raw)
         if inp.carry is not None and workflow.info().continued_run_id is None:
             raise ApplicationError(
                 "carry: only set by the workflow's own continue-as-new",
-                type="InvalidIntent",
+                type=ErrorType.INVALID_INTENT,
                 non_retryable=True,
             )
         self.input = inp
@@ -349,21 +320,17 @@ class PositionWorkflow:
     # ------------------------------------------------------------------ steps
     async def _validate(self) -> SymbolCheck:
         try:
-            check = await workflow.execute_local_activity(
-                "check_symbol",
-                SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None),
-                result_type=SymbolCheck,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=QUICK_RETRY,
+            check = await calls.CHECK_SYMBOL.run(
+                SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None)
             )
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as the activity's own ApplicationError, not wrapped.
             cause = err.cause if isinstance(err, ActivityError) else err
-            if isinstance(cause, ApplicationError) and cause.type == "UnknownSymbol":
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.UNKNOWN_SYMBOL:
                 self._on(E.INVALID, reason=cause.message)
                 self._show()
                 raise ApplicationError(
-                    f"symbol: {cause.message}", type="InvalidIntent", non_retryable=True
+                    f"symbol: {cause.message}", type=ErrorType.INVALID_INTENT, non_retryable=True
                 ) from None
             raise
         self._on(E.VALIDATED)
@@ -390,13 +357,7 @@ class PositionWorkflow:
                 await self._portfolio_signal("request_reservation", request)
             except FailureError:
                 # No portfolio running yet: signal-with-start it (the stack normally starts it first).
-                await workflow.execute_activity(
-                    "request_reservation",
-                    args=[DEFAULT_PORTFOLIO_ID, request],
-                    task_queue=LIFECYCLE_TASK_QUEUE,
-                    start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=QUICK_RETRY,
-                )
+                await calls.REQUEST_RESERVATION.run(DEFAULT_PORTFOLIO_ID, request)
             try:
                 await workflow.wait_condition(
                     lambda: self._decision is not None, timeout=timedelta(minutes=2)
@@ -412,14 +373,7 @@ class PositionWorkflow:
 
     async def _prepare_entry(self) -> EntryMarket:
         """Fresh rules and mark price for sizing, once a slot is granted."""
-        return await workflow.execute_activity(
-            "prepare_entry",
-            PrepareEntryInput(symbol=self.intent.symbol),
-            result_type=EntryMarket,
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=QUICK_RETRY,
-        )
+        return await calls.PREPARE_ENTRY.run(PrepareEntryInput(symbol=self.intent.symbol))
 
     async def _enter(self) -> None:
         """Size, leverage and the entry order in one exchange activity (each workflow step costs a task
@@ -429,8 +383,7 @@ class PositionWorkflow:
         assert grant is not None
         start_ms = int(workflow.info().start_time.timestamp() * 1000)
         self._on(E.ENTRY_SENT)
-        self._inflight = workflow.start_activity(
-            "open_entry",
+        self._inflight = calls.OPEN_ENTRY.start(
             OpenEntryInput(
                 symbol=self.intent.symbol,
                 side=self.intent.side.entry_order_side,  # type: ignore[arg-type]
@@ -440,18 +393,14 @@ class PositionWorkflow:
                 client_order_id=client_order_id(workflow.info().workflow_id, "entry"),
                 intent_at_ms=start_ms,
                 deadline_ms=start_ms + int(self.options.entry_deadline_seconds * 1000),
-            ),
-            result_type=OpenEntryOutcome,
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
-            retry_policy=ORDER_RETRY,
+            )
         )
         try:
             entry: OpenEntryOutcome = await asyncio.shield(self._inflight)
         except ActivityError as err:
             self._inflight = None
             cause = err.cause
-            if not (isinstance(cause, ApplicationError) and cause.type == "EntriesHalted"):
+            if not (isinstance(cause, ApplicationError) and cause.type == ErrorType.ENTRIES_HALTED):
                 self._on(E.ENTRY_NOTHING, reason=ExitReason.ENTRY_UNFILLED.value)  # refused: nothing executed
                 raise
             denial = Denial(holder_id=grant.holder_id, gate=Gate.VENUE_HALT, reason=cause.message)
@@ -562,18 +511,13 @@ class PositionWorkflow:
         self._set(hard_stop_seq=seq)
         stop_id = client_order_id(workflow.info().workflow_id, f"hstop{seq}")
         try:
-            await workflow.execute_activity(
-                "place_stop",
+            await calls.PLACE_STOP.run(
                 PlaceStopInput(
                     symbol=self.intent.symbol,
                     side=self.intent.side.exit_order_side,
                     trigger_price=price,
                     client_algo_id=stop_id,
-                ),
-                result_type=StopOutcome,
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
-                retry_policy=ORDER_RETRY,
+                )
             )
             self._set(hard_stop_id=stop_id)
         except ActivityError as err:
@@ -587,14 +531,12 @@ class PositionWorkflow:
     async def _cancel_hard_stop(self) -> None:
         assert self.s.hard_stop_id is not None
         await self._venue_call(
-            "cancel_stop",
+            calls.CANCEL_STOP,
             CancelStopInput(symbol=self.intent.symbol, client_algo_id=self.s.hard_stop_id),
-            bool,
-            timedelta(seconds=10),
         )
         self._set(hard_stop_id=None)
 
-    async def _venue_call(self, name: str, arg: object, result_type: type[_T], limit: timedelta) -> _T:
+    async def _venue_call(self, call: calls.Activity[_A, _T], arg: _A) -> _T:
         """A venue call that must eventually succeed while money is on the venue (a read, or a cancel
         that is idempotent): it never fails the position. After the quick retries it says so (log,
         metric, details) and tries again after a capped pause, for as long as the outage lasts (a 30 s
@@ -602,19 +544,12 @@ class PositionWorkflow:
         pause = 1.0
         while True:
             try:
-                result = await workflow.execute_activity(
-                    name,
-                    arg,
-                    result_type=result_type,
-                    task_queue=EXCHANGE_TASK_QUEUE,
-                    start_to_close_timeout=limit,
-                    retry_policy=QUICK_RETRY,
-                )
+                result = await call.run(arg)
             except ActivityError as err:
                 cause = err.cause
                 if isinstance(cause, ApplicationError) and cause.non_retryable:
                     raise
-                self._venue_unreachable(name, err)
+                self._venue_unreachable(call.name, err)
                 await workflow.sleep(pause)
                 pause = min(pause * 2, VENUE_READ_PAUSE_MAX_S)
                 continue
@@ -683,17 +618,10 @@ class PositionWorkflow:
 
     async def _check_mark(self) -> None:
         try:
-            mark = await workflow.execute_activity(
-                "get_mark_price",
-                MarkPriceInput(symbol=self.intent.symbol),
-                result_type=Decimal,
-                task_queue=EXCHANGE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5),
-                retry_policy=MARK_RETRY,
-            )
+            mark = await calls.GET_MARK_PRICE.run(MarkPriceInput(symbol=self.intent.symbol))
         except ActivityError as err:
             # Not fatal: the watcher's prices still drive the exits, the next timer tries again.
-            self._venue_unreachable("get_mark_price", err)
+            self._venue_unreachable(calls.GET_MARK_PRICE.name, err)
             return
         self._venue_reachable()
         self._set(last_mark=mark)
@@ -847,13 +775,7 @@ class PositionWorkflow:
 
     async def _publish(self, inp: PublishLevelsInput) -> None:
         try:
-            await workflow.execute_activity(
-                "publish_levels",
-                inp,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5),
-                retry_policy=PUBLISH_RETRY,
-            )
+            await calls.PUBLISH_LEVELS.run(inp)
         except ActivityError:
             # Publish again after a pause (the mark timer protects the position meanwhile), rather
             # than retrying in a tight loop that would only grow the history while Redis is down.
@@ -882,10 +804,7 @@ class PositionWorkflow:
         known = {f.order_id: f.client_order_id for f in fills_now if f.order_id is not None}
         since = min((f.time_ms for f in fills_now if f.time_ms), default=self.s.opened_at_ms) - 1_000
         fills = await self._venue_call(
-            "sync_fills",
-            SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known),
-            list[Fill],  # type: ignore[arg-type]
-            timedelta(seconds=20),
+            calls.SYNC_FILLS, SyncFillsInput(symbol=self.intent.symbol, since_ms=since, order_ids=known)
         )
         # Trade ids rise per symbol: everything after this position's first entry fill is its own.
         first = min((f.trade_id for f in fills_now if f.trade_id is not None), default=-1)
@@ -927,12 +846,7 @@ class PositionWorkflow:
             self._on(E.VENUE_DRIFT, qty=held)
 
     async def _read_position(self) -> ExchangePosition:
-        return await self._venue_call(
-            "get_position",
-            ExchangePositionInput(symbol=self.intent.symbol),
-            ExchangePosition,
-            timedelta(seconds=10),
-        )
+        return await self._venue_call(calls.GET_POSITION, ExchangePositionInput(symbol=self.intent.symbol))
 
     async def _correct_drift(self) -> None:
         """The venue holds more than this position's tally (an order executed after we gave up on it,
@@ -1009,16 +923,7 @@ class PositionWorkflow:
             exit_reason=self.s.exit_reason or self.s.status.value.lower(),
             exit_controller=self.s.exit_controller,
         )
-        self._projections.append(
-            workflow.start_activity(
-                "journal_trade",
-                trade,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=10),
-                schedule_to_close_timeout=timedelta(days=1),  # a database outage of up to a day
-                retry_policy=PROJECTION_RETRY,
-            )
-        )
+        self._projections.append(calls.JOURNAL_TRADE.start(trade))
 
     # ------------------------------------------------------------------ orders
     async def _place(self, side: str, qty: Decimal, step: str, *, reduce_only: bool) -> OrderOutcome:
@@ -1034,8 +939,7 @@ class PositionWorkflow:
         self, side: str, qty: Decimal, step: str, *, reduce_only: bool
     ) -> workflow.ActivityHandle[OrderOutcome]:
         """One MARKET order under this position's client id for `step` (looked up on every attempt)."""
-        return workflow.start_activity(
-            "place_order",
+        return calls.PLACE_ORDER.start(
             PlaceOrderInput(
                 symbol=self.intent.symbol,
                 side=side,
@@ -1043,11 +947,7 @@ class PositionWorkflow:
                 client_order_id=client_order_id(workflow.info().workflow_id, step),
                 reduce_only=reduce_only,
                 intent_at_ms=int(workflow.info().start_time.timestamp() * 1000),
-            ),
-            result_type=OrderOutcome,
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=ORDER_ATTEMPT_TIMEOUT,
-            retry_policy=ORDER_RETRY,
+            )
         )
 
     # ------------------------------------------------------------------ portfolio
@@ -1173,18 +1073,18 @@ class PositionWorkflow:
         try:
             req = parse_message(ClosePositionRequest, raw)
         except ValueError as err:
-            raise ApplicationError(str(err), type="CloseRefused", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.CLOSE_REFUSED, non_retryable=True) from None
         if self.shown not in (PositionStatus.OPEN, PositionStatus.CLOSING) or self.s.terminal:
             raise ApplicationError(
                 f"position is {self.shown.value}, not open: nothing to close",
-                type="CloseRefused",
+                type=ErrorType.CLOSE_REFUSED,
                 non_retryable=True,
             )
         open_qty = self.s.open_qty
         if req.quantity is not None and req.quantity > open_qty:
             raise ApplicationError(
                 f"quantity {req.quantity} exceeds the open quantity {open_qty}",
-                type="CloseRefused",
+                type=ErrorType.CLOSE_REFUSED,
                 non_retryable=True,
             )
 
@@ -1313,8 +1213,7 @@ class PositionWorkflow:
     ) -> None:
         self._projection_seq += 1
         self._projections.append(
-            workflow.start_activity(
-                "project_position",
+            calls.PROJECT_POSITION.start(
                 ProjectionInput(
                     kind=kind,
                     action=action,
@@ -1324,11 +1223,7 @@ class PositionWorkflow:
                     result=result,
                     event_ms=self._now_ms(),
                     seq=self._projection_seq,
-                ),
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=5),
-                schedule_to_close_timeout=timedelta(hours=1),
-                retry_policy=PROJECTION_RETRY,
+                )
             )
         )
 

@@ -5,23 +5,15 @@ before the portfolio allows any new entry."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from trading.reconcile import Fix, TrackedPosition, reconcile
-    from workflows.messages import (
-        DEFAULT_PORTFOLIO_ID,
-        EXCHANGE_TASK_QUEUE,
-        LIFECYCLE_TASK_QUEUE,
-        ReconcileInput,
-        VenueState,
-    )
-
-RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
+    from trading.reconcile import Fix, reconcile
+    from workflows import calls
+    from workflows.messages import DEFAULT_PORTFOLIO_ID, ReconcileInput
 
 
 @workflow.defn(name="ReconcileWorkflow", sandboxed=False)  # see PositionWorkflow
@@ -31,32 +23,14 @@ class ReconcileWorkflow:
         inp = inp or ReconcileInput()
         # Workflows first, then the venue: see `reconcile` for why that order (and this time) matter.
         listed_ms = int(workflow.now().timestamp() * 1000)
-        tracked = await workflow.execute_activity(
-            "tracked_positions",
-            result_type=list[TrackedPosition],
-            task_queue=LIFECYCLE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RETRY,
-        )
-        venue = await workflow.execute_activity(
-            "venue_state",
-            result_type=VenueState,
-            task_queue=EXCHANGE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,
-        )
+        tracked = await calls.TRACKED_POSITIONS.run()
+        venue = await calls.VENUE_STATE.run()
         fixes = reconcile(
             venue.positions, venue.orders, tracked, listed_ms, adopt_after_ms=inp.adopt_after_ms
         )
         await asyncio.gather(*(self._apply(fix) for fix in fixes))
         if fixes:
-            await workflow.execute_activity(
-                "record_reconcile",
-                fixes,
-                task_queue=LIFECYCLE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-            )
+            await calls.RECORD_RECONCILE.run(fixes)
         try:
             await workflow.get_external_workflow_handle(DEFAULT_PORTFOLIO_ID).signal("reconciled", len(fixes))
         except FailureError:
@@ -64,12 +38,11 @@ class ReconcileWorkflow:
         return fixes
 
     async def _apply(self, fix: Fix) -> None:
+        call: calls.Activity[Fix, Any]
         if fix.kind == "cancel_orphan":
-            name, queue = "cancel_orphan", EXCHANGE_TASK_QUEUE
+            call = calls.CANCEL_ORPHAN
         elif fix.kind == "adopt":
-            name, queue = "adopt_position", LIFECYCLE_TASK_QUEUE
+            call = calls.ADOPT_POSITION
         else:  # close_gone, resize: the workflow takes the venue's numbers
-            name, queue = "tell_position", LIFECYCLE_TASK_QUEUE
-        await workflow.execute_activity(
-            name, fix, task_queue=queue, start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY
-        )
+            call = calls.TELL_POSITION
+        await call.run(fix)

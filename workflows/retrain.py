@@ -22,46 +22,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 from trading.promotion import ModelScore, PromotionPolicy, Verdict, decide_promotion
-from workflows.messages import INFERENCE_TASK_QUEUE
+from workflows import calls
+from workflows.messages import (
+    INFERENCE_TASK_QUEUE,  # noqa: F401  (re-exported: workers/lifecycle.py)
+    ChallengerReport,
+    EvaluateShadowInput,
+    RetrainWindow,
+    SetStageInput,
+    ShadowSignalsInput,
+    TrainChallengerInput,
+)
 
 KNOWN_MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
 RETRAIN_WORKFLOW_ID = "retrain"
 
-TRAIN_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10),
-    maximum_attempts=2,
-    non_retryable_error_types=["BadRetrainInput"],
-)
-QUICK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
-
 
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetrainWindow(_Msg):
-    """Which bars a retrain learns from and is judged on."""
-
-    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"], min_length=1)
-    timeframe: str = "1h"
-    window_bars: int = Field(8000, ge=300, le=200_000)  # the newest bars: training + out-of-sample
-    holdout_bars: int = Field(720, ge=24)  # the newest of them, scored out of sample (30 days of 1h)
-    until_ms: int | None = Field(None, ge=0)  # the clock: only bars closed by then (None: the newest)
-    label_kind: Literal["triple_barrier", "fixed_horizon"] = "triple_barrier"
-    horizon: int = Field(24, ge=1, le=500)
-    seed: int = 0
-    torch_epochs: int = Field(3, ge=1, le=100)
-
-    @field_validator("symbols")
-    @classmethod
-    def _symbols(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if not (s.isalnum() and s.isupper() and s.endswith("USDT"))]
-        if bad:
-            raise ValueError(f"not USDT perpetual symbols: {bad}")
-        return v
 
 
 class RetrainInput(_Msg):
@@ -77,41 +56,6 @@ class RetrainInput(_Msg):
         if bad or len(set(v)) != len(v):
             raise ValueError(f"models must be distinct names from {KNOWN_MODELS}, got {v}")
         return v
-
-
-class TrainChallengerInput(_Msg):
-    model: str
-    window: RetrainWindow
-
-
-class EvaluateShadowInput(_Msg):
-    model: str
-    window: RetrainWindow
-
-
-class ChallengerReport(_Msg):
-    model: str
-    challenger: ModelScore  # its version is the registered challenger (or the shadow being judged)
-    champion: ModelScore | None  # None: no champion
-    train_rows: int = 0
-    holdout_start_ms: int | None = None
-    holdout_end_ms: int | None = None
-    seconds: float = 0.0
-
-
-class SetStageInput(_Msg):
-    model: str
-    version: str
-    stage: Literal["champion", "shadow", "retired"]
-
-
-class ShadowSignalsInput(_Msg):
-    """Shadow predictions for one bar: `bar_open_ms` set (the bar-close path) reads that live bar and
-    its history from Redis (signals/bar_store.py); unset, the newest bar of `window`'s klines."""
-
-    models: list[str]
-    window: RetrainWindow
-    bar_open_ms: int | None = Field(None, ge=0)
 
 
 class ModelOutcome(_Msg):
@@ -161,27 +105,16 @@ class RetrainWorkflow:
             outcomes.append(await self._challenge(model, inp))
         published = 0
         if inp.shadow_mode and any(o.stage == "shadow" for o in outcomes):
-            published = await workflow.execute_activity(
-                "publish_shadow_signals",
-                ShadowSignalsInput(models=inp.models, window=w),
-                result_type=int,
-                task_queue=INFERENCE_TASK_QUEUE,
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=QUICK_RETRY,
+            # A whole window's predictions: longer, and tried more often, than the bar close's one bar.
+            publish = calls.PUBLISH_SHADOW_SIGNALS.with_options(
+                start_to_close_timeout=timedelta(minutes=5), retry_policy=calls.FIVE_TRIES
             )
+            published = await publish.run(ShadowSignalsInput(models=inp.models, window=w))
             self._say(f"published {published} shadow predictions")
         return RetrainResult(outcomes=outcomes, shadow_signals=published)
 
     async def _judge_shadow(self, model: str, inp: RetrainInput) -> ModelOutcome | None:
-        report = await workflow.execute_activity(
-            "evaluate_shadow",
-            EvaluateShadowInput(model=model, window=inp.window),
-            result_type=ChallengerReport | None,  # type: ignore[arg-type]
-            task_queue=INFERENCE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=10),
-            retry_policy=TRAIN_RETRY,
-        )
+        report = await calls.EVALUATE_SHADOW.run(EvaluateShadowInput(model=model, window=inp.window))
         if report is None:
             return None
         decision = decide_promotion(report.challenger, report.champion, inp.policy)
@@ -199,15 +132,7 @@ class RetrainWorkflow:
 
     async def _challenge(self, model: str, inp: RetrainInput) -> ModelOutcome:
         self._say(f"{model}: training a challenger")
-        report = await workflow.execute_activity(
-            "retrain_challenger",
-            TrainChallengerInput(model=model, window=inp.window),
-            result_type=ChallengerReport,
-            task_queue=INFERENCE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(minutes=10),
-            retry_policy=TRAIN_RETRY,
-        )
+        report = await calls.RETRAIN_CHALLENGER.run(TrainChallengerInput(model=model, window=inp.window))
         decision = decide_promotion(report.challenger, report.champion, inp.policy)
         version = report.challenger.version
         assert version is not None
@@ -222,12 +147,8 @@ class RetrainWorkflow:
         return self._outcome(model, "challenger", report, decision.verdict, stage, decision.reason)
 
     async def _set_stage(self, model: str, version: str, stage: str) -> None:
-        await workflow.execute_activity(
-            "set_model_stage",
-            SetStageInput(model=model, version=version, stage=stage),  # type: ignore[arg-type]
-            task_queue=INFERENCE_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=QUICK_RETRY,
+        await calls.SET_MODEL_STAGE.run(
+            SetStageInput(model=model, version=version, stage=stage)  # type: ignore[arg-type]
         )
 
     @staticmethod

@@ -16,6 +16,7 @@ from exchange.client import BinanceFuturesClient
 from tests.activities.conftest import SYM, attempt, fault_on_next_post, orders_of
 from tests.conftest import PaperExchange
 from trading.execution import OpenEntryInput, OrderStatus
+from workflows.errors import ErrorType
 
 D = Decimal
 CID = "position-BTCUSDT-test-1.entry"
@@ -39,7 +40,7 @@ async def test_a_ban_on_the_fills_read_after_the_entry_executed_does_not_halt(
     paper_exchange.set_faults(http_418_rate=1.0, retry_after_s=1, count=1, paths=["/fapi/v1/userTrades"])
     with pytest.raises(ApplicationError) as info:
         await attempt(1).run(acts.open_entry, entry())
-    assert info.value.type == "IpBanned" and not info.value.non_retryable
+    assert info.value.type == ErrorType.IP_BANNED and not info.value.non_retryable
     assert info.value.next_retry_delay == timedelta(seconds=1)  # the retry comes when the ban ends
     assert len(orders_of(paper_exchange, CID)) == 1  # the entry executed before the ban
 
@@ -57,7 +58,7 @@ async def test_a_ban_before_the_order_halts_with_nothing_on_the_venue(
     paper_exchange.set_faults(http_418_rate=1.0, retry_after_s=1, count=1)
     with pytest.raises(ApplicationError) as info:
         await attempt(1).run(acts.open_entry, entry())
-    assert info.value.type == "EntriesHalted" and info.value.non_retryable
+    assert info.value.type == ErrorType.ENTRIES_HALTED and info.value.non_retryable
     assert orders_of(paper_exchange, CID) == []
 
 
@@ -71,7 +72,7 @@ async def test_a_ban_answering_the_order_post_halts(
     fault_on_next_post(monkeypatch, paper_exchange, client, http_418_rate=1.0, retry_after_s=1)
     with pytest.raises(ApplicationError) as info:
         await attempt(1).run(acts.open_entry, entry())
-    assert info.value.type == "EntriesHalted"
+    assert info.value.type == ErrorType.ENTRIES_HALTED
     assert orders_of(paper_exchange, CID) == []
 
 
@@ -82,7 +83,7 @@ async def test_a_ban_on_a_retry_before_its_look_up_keeps_retrying(
     paper_exchange.set_faults(http_418_rate=1.0, retry_after_s=1, count=1)
     with pytest.raises(ApplicationError) as info:
         await attempt(2).run(acts.open_entry, entry())
-    assert info.value.type == "IpBanned" and not info.value.non_retryable
+    assert info.value.type == ErrorType.IP_BANNED and not info.value.non_retryable
 
 
 async def test_an_entry_past_its_deadline_sends_nothing(

@@ -15,6 +15,7 @@ from activities.risk_reports import RiskReports
 from exchange.client import BinanceFuturesClient
 from tests.activities.conftest import SYM, attempt
 from trading.execution import PlaceOrderInput, PlaceStopInput
+from workflows.errors import ErrorType
 
 D = Decimal
 
@@ -70,6 +71,6 @@ async def test_an_order_placed_and_a_stop_refused_are_reported(client: BinanceFu
     stop = PlaceStopInput(symbol=SYM, side="SELL", trigger_price=D("70000"), client_algo_id="rr-1.hstop1")
     with pytest.raises(ApplicationError) as refused:
         await attempt(1).run(acts.place_stop, stop)
-    assert refused.value.type == "Rejected"
+    assert refused.value.type == ErrorType.REJECTED
     assert [(e["kind"], e["failed"]) for e in reports.pending] == [("order", False), ("order", True)]
     assert "immediately trigger" in reports.pending[1]["detail"]

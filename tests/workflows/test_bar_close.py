@@ -38,18 +38,21 @@ from trading.bandit import REWARDS_STREAM, BanditState
 from trading.intents import IntentSource, Side
 from trading.promotion import is_tradeable
 from workers.inference_worker import inference_worker
-from workflows.bar_close import (
+from workflows import calls
+from workflows.bar_close import BarCloseInput, BarCloseResult, BarCloseWorkflow
+from workflows.errors import ErrorType
+from workflows.messages import (
     INFERENCE_TASK_QUEUE,
-    BarCloseInput,
-    BarCloseResult,
-    BarCloseWorkflow,
     InferenceInput,
     InferenceResult,
+    PositionInput,
+    PositionStatus,
+    PositionView,
+    SetStageInput,
     SymbolDecision,
+    UniverseInput,
 )
-from workflows.messages import PositionInput, PositionStatus, PositionView
-from workflows.retrain import SetStageInput
-from workflows.universe import UniverseInput, UniverseResult, UniverseWorkflow
+from workflows.universe import UniverseResult, UniverseWorkflow
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 HISTORIES = Path(__file__).parent / "histories"
@@ -220,7 +223,7 @@ async def test_a_universe_run_before_the_first_stored_bar_waits_for_bars_instead
     settings = signal_settings(stack)
     with pytest.raises(ApplicationError, match="no closed 1h bars stored yet") as err:
         await UniverseActivities(stack.redis, None).quote_volumes(UniverseInput())
-    assert err.value.type == "NoBarsStored" and not err.value.non_retryable
+    assert err.value.type == ErrorType.NO_BARS_STORED and not err.value.non_retryable
     async with inference_worker(stack.client, settings, stack.redis):
         handle = await stack.client.start_workflow(
             UniverseWorkflow.run,
@@ -326,11 +329,11 @@ async def test_bar_close_starts_no_position_for_a_shadow_decision(stack: Stack) 
         decision.model_copy(update={"workflow_id": "position-shadow", "shadow": True}),
     ]
 
-    @activity.defn(name="infer_bar")
+    @activity.defn(name=calls.INFER_BAR.name)
     async def infer_bar(inp: InferenceInput) -> InferenceResult:
         return InferenceResult(interval="1h", bar_open_ms=0, symbols=["BTCUSDT"], decisions=decisions)
 
-    @activity.defn(name="publish_decisions")
+    @activity.defn(name=calls.PUBLISH_DECISIONS.name)
     async def publish_decisions(result: InferenceResult) -> None:
         return None
 

@@ -19,6 +19,7 @@ from tests.workflows.test_portfolio import eventually, portfolio_view
 from tests.workflows.test_position_lifecycle import start_position, wait_status
 from tests.workflows.test_reconcile import adopted_position, reconcile_now
 from trading.intents import ExitOverrides, Side, TradeIntent
+from workflows.errors import ErrorType
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     ClosePositionRequest,
@@ -230,7 +231,7 @@ async def test_every_refused_close_has_one_shape(stack: Stack, ask: dict) -> Non
         with pytest.raises(WorkflowUpdateFailedError) as err:
             await handle.execute_update("close", ask)
         cause = err.value.cause
-        assert isinstance(cause, ApplicationError) and cause.type == "CloseRefused", cause
+        assert isinstance(cause, ApplicationError) and cause.type == ErrorType.CLOSE_REFUSED, cause
         await handle.execute_update("close", {})
         await asyncio.wait_for(handle.result(), 30)
         with pytest.raises(Exception) as late:  # the workflow has finished: refused, same shape when it can

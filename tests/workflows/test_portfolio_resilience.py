@@ -30,6 +30,7 @@ from tests.workflows.conftest import Stack
 from tests.workflows.test_position_lifecycle import start_position, wait_status
 from trading.governor import Denial, Gate, Grant, ReservationRequest, RiskPolicy
 from trading.intents import Side, TradeIntent
+from workflows.calls import DELIVER_DECISIONS, FIND_STOPPED_HOLDERS, PROJECT_PORTFOLIO, RUNNING_HOLDERS
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -139,11 +140,11 @@ async def portfolio_worker(stack: Stack, **replaced: Callable) -> AsyncIterator[
     (by activity name), a projection that writes nothing, and a worker for the probes."""
     real = PortfolioActivities(stack.client, ROOMY, 1.0)
 
-    @activity.defn(name="project_portfolio")
+    @activity.defn(name=PROJECT_PORTFOLIO.name)
     async def project_nothing(view: PortfolioView) -> None:
         return None
 
-    @activity.defn(name="running_holders")
+    @activity.defn(name=RUNNING_HOLDERS.name)
     async def no_positions() -> list[dict]:
         return []
 
@@ -186,7 +187,7 @@ async def test_a_failing_holder_check_never_fails_the_portfolio(stack: Stack) ->
     failing = True
     real = PortfolioActivities(stack.client, ROOMY, 1.0)
 
-    @activity.defn(name="find_stopped_holders")
+    @activity.defn(name=FIND_STOPPED_HOLDERS.name)
     async def flaky_holder_check(holder_ids: list[str]) -> list[str]:
         nonlocal calls
         calls += 1
@@ -255,7 +256,7 @@ async def test_a_fresh_portfolio_decides_nothing_before_its_book_is_rebuilt(stac
     listing = asyncio.Event()
     answer = asyncio.Event()
 
-    @activity.defn(name="running_holders")
+    @activity.defn(name=RUNNING_HOLDERS.name)
     async def slow_running_holders() -> list[dict]:
         listing.set()
         await answer.wait()
@@ -366,7 +367,7 @@ async def test_b_flatten_asked_right_before_continue_as_new_reaches_every_holder
     delivered: set[str] = set()
     real = PortfolioActivities(stack.client, ROOMY, 1.0)
 
-    @activity.defn(name="deliver_decisions")
+    @activity.defn(name=DELIVER_DECISIONS.name)
     async def held_delivery(batch: DecisionBatch) -> list[str]:
         if any(d.holder_id == late_id for d in batch.decisions):
             delivery_held.set()
@@ -446,7 +447,7 @@ async def test_a_a_delivery_that_fails_at_the_hand_over_never_fails_the_portfoli
     delivered: set[str] = set()
     real = PortfolioActivities(stack.client, ROOMY, 1.0)
 
-    @activity.defn(name="deliver_decisions")
+    @activity.defn(name=DELIVER_DECISIONS.name)
     async def failing_delivery(batch: DecisionBatch) -> list[str]:
         if any(d.holder_id == doomed for d in batch.decisions):
             delivery_held.set()

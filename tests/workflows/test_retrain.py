@@ -32,14 +32,8 @@ from signals.registry import ModelRegistry
 from tests.workflows.conftest import Stack
 from trading.promotion import PromotionPolicy, Verdict, decide_promotion, is_tradeable
 from workers.lifecycle import RETRAIN_SCHEDULE_ID, ensure_retrain_schedule
-from workflows.retrain import (
-    INFERENCE_TASK_QUEUE,
-    RetrainInput,
-    RetrainResult,
-    RetrainWindow,
-    RetrainWorkflow,
-    ShadowSignalsInput,
-)
+from workflows.messages import INFERENCE_TASK_QUEUE, RetrainWindow, ShadowSignalsInput
+from workflows.retrain import RetrainInput, RetrainResult, RetrainWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 MODEL = "lightgbm"
