@@ -1,4 +1,4 @@
-# One image for every Python service of the stack (workers, paper exchange, signal services).
+# One image for every Python service of the stack (workers, paper exchange, venue feeds).
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -8,6 +8,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY exchange ./exchange
 COPY signals ./signals
+COPY feeds ./feeds
 COPY workers ./workers
 COPY backtest ./backtest
 COPY journal ./journal

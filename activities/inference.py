@@ -44,10 +44,9 @@ from activities.projections import ProjectionActivities
 from signals.bar_store import BarStore
 from signals.data import AlignedKlines
 from signals.ensemble import Ensemble, load_ensemble
-from signals.features import compute_features, return_windows
+from signals.features import _feature_config, compute_features, feature_symbols, return_windows
 from signals.intents import STRATEGY, choose_intent, position_workflow_id, size_for_label
 from signals.labels import LabelSpec
-from signals.market_data import _feature_config, feature_symbols
 from signals.models.base import ModelInput
 from signals.regime import regime_of
 from signals.registry import ModelRegistry

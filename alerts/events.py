@@ -166,7 +166,7 @@ def ban_alert(fields: Mapping[str, str]) -> Alert:
     )
 
 
-# --- quantum:stream:exchange.normalized (signals/user_stream.py) -----------------------------------
+# --- quantum:stream:exchange.normalized (feeds/user_stream.py) -------------------------------------
 def liquidation_alert(fields: Mapping[str, str]) -> Alert | None:
     """A fill of a liquidation (`autoclose-…`) or auto-deleveraging order; any other event: None."""
     if fields.get("kind") != "order_update" or fields.get("exec_type") != "TRADE":

@@ -6,7 +6,7 @@ stream of its own first so that they are delivered, acknowledged and resumed exa
 |---|---|---|
 | emergency | `quantum:stream:portfolio.emergency` | `project_portfolio` (activities/projections.py) |
 | ban | `quantum:stream:venue.ban` | the shared weight budget (exchange/shared_budget.py) on a 418 |
-| liquidation | `quantum:stream:exchange.normalized` | the user-data stream (signals/user_stream.py) |
+| liquidation | `quantum:stream:exchange.normalized` | the user-data stream (feeds/user_stream.py) |
 | drift | `quantum:stream:reconcile.events` | `record_reconcile` (activities/reconcile.py) |
 | observed | `quantum:stream:alerts.observed` | `TaskQueueWatch`, `DailySummary` below |
 
@@ -48,8 +48,8 @@ from alerts.events import Kind, utc
 from alerts.metrics import AlertMetrics
 from alerts.summary import daily_summary_text
 from exchange.shared_budget import BAN_STREAM
+from feeds.user_stream import NORMALIZED_STREAM
 from journal.store import open_journal
-from signals.user_stream import NORMALIZED_STREAM
 
 __all__ = [
     "CONDITIONS_KEY",

@@ -16,7 +16,7 @@ Feature value at bar t uses bars <= t only (bar t is closed when it is used). Wa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -368,6 +368,19 @@ def compute_features(
     """Features for the whole history, and the engine positioned after its last bar (for `update`)."""
     engine = FeatureEngine(bars.symbols, bars.timeframe, config)
     return engine.run(bars), engine
+
+
+def feature_symbols(symbols: Sequence[str], config: FeatureConfig | None = None) -> tuple[str, ...]:
+    """The symbols features are computed over: `symbols` plus the BTC context symbol, sorted."""
+    cfg = config or FeatureConfig()
+    out = set(symbols)
+    if cfg.btc_symbol:
+        out.add(cfg.btc_symbol)
+    return tuple(sorted(out))
+
+
+def _feature_config(symbols: Sequence[str]) -> FeatureConfig:
+    return FeatureConfig() if "BTCUSDT" in symbols else FeatureConfig(btc_symbol=None)
 
 
 def return_windows(close: np.ndarray, index: np.ndarray, length: int) -> np.ndarray:

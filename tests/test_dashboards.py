@@ -127,9 +127,9 @@ def meter_metric_names() -> set[str]:
 
 def registry_metric_names() -> set[str]:
     """The price watcher's, user-data stream's and the lifecycle worker's performance registries."""
+    from feeds.price_watcher import WatcherMetrics
+    from feeds.user_stream import UserStreamMetrics
     from journal.metrics import PerformanceGauges
-    from signals.price_watcher import WatcherMetrics
-    from signals.user_stream import UserStreamMetrics
 
     names: set[str] = set()
     for metrics in (WatcherMetrics(), UserStreamMetrics(), PerformanceGauges()):

@@ -95,7 +95,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
-    from signals.price_watcher import run_watcher
+    from feeds.price_watcher import run_watcher
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run_watcher(settings, args.metrics_port))
@@ -105,7 +105,7 @@ def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
-    from signals.user_stream import run_user_stream
+    from feeds.user_stream import run_user_stream
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run_user_stream(settings, args.metrics_port))
@@ -115,7 +115,7 @@ def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
-    from signals.market_data import MarketDataError, run_market_data
+    from feeds.market_data import MarketDataError, run_market_data
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -23,8 +23,8 @@ from alerts.sources import GROUP, SUMMARY_DAY_KEY
 from exchange.client import BinanceFuturesClient
 from exchange.errors import IpBannedError
 from exchange.shared_budget import BAN_STREAM, SharedWeightBudget
+from feeds.user_stream import NORMALIZED_STREAM, UserStream
 from journal.store import open_journal
-from signals.user_stream import NORMALIZED_STREAM, UserStream
 from tests.alerts.conftest import (
     API_KEY,
     API_SECRET,

@@ -26,9 +26,9 @@ from temporalio.worker import Worker
 from activities.inference import DECISION_STREAM, INTENT_STREAM, SIGNAL_STREAM, InferenceActivities
 from activities.learning import LearningActivities
 from activities.universe import UniverseActivities
+from feeds.market_data import MarketDataService
 from signals.bar_store import KLINES_STREAM, UNIVERSE_KEY, BarStore
 from signals.data import load_aligned
-from signals.market_data import MarketDataService
 from signals.regime import REGIMES
 from signals.registry import ModelRegistry
 from signals.strategy_chooser import GROUP, STATE_KEY

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from feeds.market_data import MarketDataError, MarketDataService, Tick
+from feeds.price_watcher import TICK_STREAM
 from signals.bar_store import BarStore
-from signals.market_data import MarketDataError, MarketDataService, Tick
-from signals.price_watcher import TICK_STREAM
 from tests.workflows.conftest import Stack, stack  # noqa: F401  (the fixture)
 from trading.config import ConfigError, load_settings
 

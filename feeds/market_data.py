@@ -49,13 +49,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from exchange.client import BinanceFuturesClient
 from exchange.models import Kline
+from feeds.price_watcher import TICK_STREAM
 from signals.bar_store import FEATURES_STREAM, Bar, BarStore
 from signals.data import AlignedKlines, default_data_dir, load_aligned, timeframe_ms
-from signals.features import FeatureConfig, FeatureEngine, compute_features
-from signals.price_watcher import TICK_STREAM
+from signals.features import FeatureEngine, _feature_config, compute_features, feature_symbols
 from trading.config import Settings
 
-log = logging.getLogger("signals.market_data")
+log = logging.getLogger("feeds.market_data")
 
 REPLAY_CURSOR_KEY = "quantum:market:replay:cursor:{interval}"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
@@ -76,15 +76,6 @@ class MarketMetrics:
             "market_data_last_bar_open_ms", "Open time of the newest closed bar", registry=r
         )
         self.errors = Counter("market_data_errors", "Errors by kind", ["kind"], registry=r)
-
-
-def feature_symbols(symbols: Sequence[str], config: FeatureConfig | None = None) -> tuple[str, ...]:
-    """The symbols features are computed over: `symbols` plus the BTC context symbol, sorted."""
-    cfg = config or FeatureConfig()
-    out = set(symbols)
-    if cfg.btc_symbol:
-        out.add(cfg.btc_symbol)
-    return tuple(sorted(out))
 
 
 class FeatureTracker:
@@ -181,10 +172,6 @@ def _bar(symbol: str, interval: str, k: Kline) -> Bar:
         float(k.volume),
         float(k.quote_volume),
     )
-
-
-def _feature_config(symbols: Sequence[str]) -> FeatureConfig:
-    return FeatureConfig() if "BTCUSDT" in symbols else FeatureConfig(btc_symbol=None)
 
 
 @dataclass

@@ -16,12 +16,12 @@ matters out, to the position workflow that owns the symbol.
   drops the cache entry and the event goes to the symbol's current owner if that changed. Events of
   one symbol are signalled in order; different symbols in parallel (at most `max_in_flight` RPCs), so
   one slow signal never delays another symbol. What is forwarded and the signal's shape:
-  `signals/user_events.py`.
+  `feeds/user_events.py`.
 - every raw event also goes to the Redis stream `quantum:stream:exchange.raw` and every forwarded one,
   normalized, to `quantum:stream:exchange.normalized` (background, pipelined, after the signals are on
   their way; dropped, and counted, when Redis is down).
 
-Run: `python -m signals.user_stream --metrics-port 9467` (settings from the environment, like every
+Run: `python -m feeds.user_stream --metrics-port 9467` (settings from the environment, like every
 process here: BINANCE_API_KEY / BINANCE_API_SECRET, TRADING_MODE, PAPER_WS_URL, REDIS_*, TEMPORAL_*),
 or `run_user_stream(settings, metrics_port)`.
 """
@@ -50,9 +50,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from exchange.client import BinanceFuturesClient
 from exchange.errors import ExchangeError, RejectedError
-from signals.balance_tracker import BalanceTracker
-from signals.service import JsonLogFormatter, connect_temporal
-from signals.user_events import (
+from feeds.balance_tracker import BalanceTracker
+from feeds.user_events import (
     EXPIRED_EVENT,
     SNAPSHOT_PREFIX,
     Decoded,
@@ -62,6 +61,7 @@ from signals.user_events import (
     snapshot_events,
     snapshot_key,
 )
+from signals.service import JsonLogFormatter, connect_temporal
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -80,7 +80,7 @@ __all__ = [
     "run_user_stream",
 ]
 
-log = logging.getLogger("signals.user_stream")
+log = logging.getLogger("feeds.user_stream")
 
 SIGNAL_NAME = "exchange_event"
 RAW_STREAM = "quantum:stream:exchange.raw"
@@ -206,7 +206,7 @@ class UserStream:
         self.backoff_max_s = backoff_max_s
         self.publish_streams = publish_streams
         self.stream_maxlen = stream_maxlen
-        self.balance = balance  # read after each ACCOUNT_UPDATE and periodically (signals/balance_tracker.py)
+        self.balance = balance  # read after each ACCOUNT_UPDATE and periodically (feeds/balance_tracker.py)
         self.key: str | None = None
         self._stale_reason: str | None = None  # set: the key must be replaced before the next connect
         self._key_lock = asyncio.Lock()

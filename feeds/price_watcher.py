@@ -1,6 +1,6 @@
 """The price watcher: venue ticks in, one `price_crossed` signal per crossed position level out.
 
-Contract with the position workflows (see `signals/watcher_levels.py` for the table itself):
+Contract with the position workflows (see `feeds/watcher_levels.py` for the table itself):
 - levels: Redis hash `quantum:exit:levels`, field = position workflow id, value JSON
   `{"workflow_id", "symbol", "above", "below", "version"}`; after every HSET / HDEL the writer
   PUBLISHes the workflow id on `quantum:exit:levels:changed`; the watcher reloads that field.
@@ -22,7 +22,7 @@ The level test is on the level, not on an edge between two ticks: the first tick
 The whole hash is loaded at start, on every Redis reconnect, on every WebSocket reconnect and every
 `full_reload_s` as a safety net against a lost pub/sub message.
 
-Run: `python -m signals.price_watcher --metrics-port 9466` (settings from the environment, like every
+Run: `python -m feeds.price_watcher --metrics-port 9466` (settings from the environment, like every
 process here), or `run_watcher(settings, metrics_port)` from the CLI.
 """
 
@@ -49,8 +49,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from redis.exceptions import RedisError
 from temporalio.service import RPCError, RPCStatusCode
 
+from feeds.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
 from signals.service import JsonLogFormatter, connect_temporal
-from signals.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -69,7 +69,7 @@ __all__ = [
     "run_watcher",
 ]
 
-log = logging.getLogger("signals.price_watcher")
+log = logging.getLogger("feeds.price_watcher")
 
 TICK_STREAM = "quantum:stream:market.tick"
 SIGNAL_NAME = "price_crossed"

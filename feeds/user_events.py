@@ -1,4 +1,4 @@
-"""Pure decisions of the user-data stream service (`signals/user_stream.py`): which venue events
+"""Pure decisions of the user-data stream service (`feeds/user_stream.py`): which venue events
 matter, what each becomes as an `exchange_event` signal, how a symbol is routed to its position
 workflow, and what a REST catch-up tells each tracked position. No I/O here.
 

@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from signals.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Levels, LevelsError, LevelsTable
+from feeds.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Levels, LevelsError, LevelsTable
 from tests.conftest import REPO, PaperExchange
 from workers.devservers import start_redis, start_redis_on, start_temporal
 from workers.processes import ManagedProcess, free_port, pid_alive
@@ -203,7 +203,7 @@ class Env:
             argv=[
                 sys.executable,
                 "-m",
-                "signals.price_watcher",
+                "feeds.price_watcher",
                 "--metrics-port",
                 str(port),
                 "--resend-after",

@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 
 from exchange.client import BinanceFuturesClient
 from exchange.errors import RejectedError
-from signals.user_events import (
+from feeds.user_events import (
     EVENT_FIELDS,
     Route,
     canonical_decimal,
@@ -260,7 +260,7 @@ class Env:
             argv=[
                 sys.executable,
                 "-m",
-                "signals.user_stream",
+                "feeds.user_stream",
                 "--metrics-port",
                 str(port),
                 "--keepalive",
