@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 import weakref
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from alerts.events import DECODERS, Alert, Kind, MalformedEvent, Severity
@@ -31,6 +29,7 @@ from alerts.ratelimit import RateLimiter, Release
 from alerts.senders import Outcome, RetryPolicy, Target, send, targets_from_settings
 from alerts.sources import DailySummary, Entry, StreamReader, TaskQueueWatch
 from trading.config import Settings
+from workers.service import Service, run_service
 
 __all__ = ["AlertsConfigError", "Notifier", "run_alerts", "scrubber_for", "send_test"]
 
@@ -367,18 +366,19 @@ async def run_alerts(
     _check_targets(settings)
     _quiet_http_logs()
     metrics = AlertMetrics()
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.prometheus_bind_host, registry=metrics.registry)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    # Reads block for a second at a time: the socket timeout must be longer than that.
-    redis = aioredis.Redis(
-        host=settings.redis_host, port=settings.redis_port, socket_timeout=10, socket_connect_timeout=3
+
+    async def notify(svc: Service) -> None:
+        assert svc.redis is not None
+        await Notifier(settings, svc.redis, metrics=metrics).run(svc.stop)
+
+    await run_service(
+        "alerts",
+        settings,
+        notify,
+        log=log,
+        stop=stop,
+        registry=metrics.registry,
+        metrics_port=metrics_port,
+        # Reads block for a second at a time: the socket timeout must be longer than that.
+        redis={"socket_timeout": 10, "socket_connect_timeout": 3},
     )
-    try:
-        await Notifier(settings, redis, metrics=metrics).run(stop)
-    finally:
-        await redis.aclose()

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import random
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import httpx
 import numpy as np
 import redis.asyncio as aioredis
 import websockets
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exchange.client import BinanceFuturesClient
 from exchange.models import Kline
@@ -54,6 +53,7 @@ from signals.bar_store import FEATURES_STREAM, Bar, BarStore
 from signals.data import AlignedKlines, default_data_dir, load_aligned, timeframe_ms
 from signals.features import FeatureEngine, _feature_config, compute_features, feature_symbols
 from trading.config import Settings
+from workers.service import Service, run_service
 
 log = logging.getLogger("feeds.market_data")
 
@@ -189,6 +189,7 @@ class MarketDataService:
         symbols: Sequence[str],
         *,
         metrics: MarketMetrics | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         if not symbols:
             raise MarketDataError("no symbols to follow (APPLY_ALLOWLIST names none with data)")
@@ -199,7 +200,7 @@ class MarketDataService:
         self.store = BarStore(redis, stream_maxlen=settings.market_stream_maxlen, keep=1500)
         self.features = FeatureTracker(self.store, self.symbols, self.interval, settings.market_stream_maxlen)
         self.metrics = metrics or MarketMetrics()
-        self.stop = asyncio.Event()
+        self.stop = stop or asyncio.Event()
 
     # ------------------------------------------------------------------ shared
     async def store_bars(self, bars: Sequence[Bar], source: str) -> None:
@@ -474,18 +475,24 @@ def service_symbols(settings: Settings) -> list[str]:
 async def run_market_data(settings: Settings, metrics_port: int | None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per price push otherwise
     metrics = MarketMetrics()
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.prometheus_bind_host, registry=metrics.registry)
-    redis = aioredis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=5)
-    svc = MarketDataService(settings, redis, service_symbols(settings), metrics=metrics)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, svc.stop.set)
-    log.info("market data: %s %s %s", settings.market_data_source, settings.signal_timeframe, svc.symbols)
-    try:
+
+    async def follow(service: Service) -> None:
+        assert service.redis is not None
+        svc = MarketDataService(
+            settings, service.redis, service_symbols(settings), metrics=metrics, stop=service.stop
+        )
+        log.info("market data: %s %s %s", settings.market_data_source, settings.signal_timeframe, svc.symbols)
         if settings.market_data_source == "replay":
             await svc.run_replay()
         else:
             await svc.run_venue()
-    finally:
-        await redis.aclose()
+
+    await run_service(
+        "market data",
+        settings,
+        follow,
+        log=log,
+        registry=metrics.registry,
+        metrics_port=metrics_port,
+        redis={"socket_timeout": 5},
+    )

@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,12 +44,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import websockets
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 from temporalio.service import RPCError, RPCStatusCode
 
 from feeds.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
-from signals.service import JsonLogFormatter, connect_temporal
+from workers.service import Service, add_service_arguments, run_feed, run_main, wait_until_stopped
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -326,14 +325,9 @@ class PriceWatcher:
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
-        stopper = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]  # a bug: the loops never end by themselves
+            await wait_until_stopped(stop, self._tasks)
         finally:
-            stopper.cancel()
             await self.close()
 
     async def close(self, drain_s: float = 2.0) -> None:
@@ -636,73 +630,41 @@ async def run_watcher(
 ) -> None:
     """Run until SIGTERM / SIGINT (or `stop`): `settings` is a `trading.config.Settings`."""
     metrics = WatcherMetrics()
-    if metrics_port:
-        start_http_server(
-            metrics_port,
-            addr=getattr(settings, "prometheus_bind_host", "127.0.0.1"),
-            registry=metrics.registry,
+
+    async def watch(svc: Service) -> None:
+        assert svc.redis is not None
+        watcher = PriceWatcher(
+            ws_url=settings.ws_url,
+            redis=svc.redis,
+            client=svc.client,
+            resend_after_s=resend_after_s,
+            metrics=metrics,
         )
-        log.info("metrics on port %d", metrics_port)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    client = await connect_temporal(settings, stop)
-    if client is None:
-        return
-    redis = aioredis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=15,
-    )
-    watcher = PriceWatcher(
-        ws_url=settings.ws_url, redis=redis, client=client, resend_after_s=resend_after_s, metrics=metrics
-    )
-    log.info(
-        "price watcher starting ws_url=%s redis=%s:%d temporal=%s",
-        settings.ws_url,
-        settings.redis_host,
-        settings.redis_port,
-        settings.temporal_address,
-    )
-    try:
-        await watcher.run_until(stop)
-    finally:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
-        log.info("price watcher stopped")
+        log.info(
+            "price watcher starting ws_url=%s redis=%s:%d temporal=%s",
+            settings.ws_url,
+            settings.redis_host,
+            settings.redis_port,
+            settings.temporal_address,
+        )
+        await watcher.run_until(svc.stop)
+
+    await run_feed("price watcher", settings, watch, metrics.registry, metrics_port, log=log, stop=stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="price-watcher", description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (none: off)")
+    add_service_arguments(parser)
     parser.add_argument(
         "--resend-after",
         type=float,
         default=2.0,
         help="seconds before the same (workflow, levels version) is signalled again",
     )
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    if args.log_json:
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    from trading.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(run_watcher(settings, args.metrics_port, resend_after_s=args.resend_after))
-    return 0
+    return run_main(
+        args, lambda settings: run_watcher(settings, args.metrics_port, resend_after_s=args.resend_after)
+    )
 
 
 if __name__ == "__main__":

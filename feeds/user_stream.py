@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import random
-import signal
 import sys
 import time
 from collections import deque
@@ -44,7 +43,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import websockets
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -61,7 +60,7 @@ from feeds.user_events import (
     snapshot_events,
     snapshot_key,
 )
-from signals.service import JsonLogFormatter, connect_temporal
+from workers.service import Service, add_service_arguments, run_feed, run_main, wait_until_stopped
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -233,14 +232,9 @@ class UserStream:
             self._tasks.append(asyncio.create_task(self._stream_writer(), name="stream-writer"))
         if self.balance is not None:
             self._tasks.append(asyncio.create_task(self.balance.run(), name="balance"))
-        stopper = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]  # a bug: the loops never end by themselves
+            await wait_until_stopped(stop, self._tasks)
         finally:
-            stopper.cancel()
             await self.close()
 
     async def close(self, drain_s: float = 2.0) -> None:
@@ -701,95 +695,60 @@ async def run_user_stream(
 ) -> None:
     """Run until SIGTERM / SIGINT (or `stop`): `settings` is a `trading.config.Settings`."""
     metrics = UserStreamMetrics()
-    if metrics_port:
-        start_http_server(
-            metrics_port,
-            addr=getattr(settings, "prometheus_bind_host", "127.0.0.1"),
+
+    async def stream_events(svc: Service) -> None:
+        assert svc.redis is not None
+        venue = BinanceFuturesClient.from_settings(settings)
+        balance = BalanceTracker(
+            venue=venue,
+            redis=svc.redis,
+            client=svc.client,
             registry=metrics.registry,
+            check_s=settings.balance_check_seconds,
         )
-        log.info("metrics on port %d", metrics_port)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    client = await connect_temporal(settings, stop)
-    if client is None:
-        return
-    redis = aioredis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=15,
-    )
-    venue = BinanceFuturesClient.from_settings(settings)
-    balance = BalanceTracker(
-        venue=venue,
-        redis=redis,
-        client=client,
-        registry=metrics.registry,
-        check_s=settings.balance_check_seconds,
-    )
-    stream = UserStream(
-        ws_url=settings.ws_url,
-        venue=venue,
-        redis=redis,
-        client=client,
-        keepalive_s=keepalive_s,
-        metrics=metrics,
-        balance=balance,
-    )
-    log.info(
-        "user stream starting rest=%s ws=%s redis=%s:%d temporal=%s keepalive_s=%g",
-        settings.rest_url,
-        settings.ws_url,
-        settings.redis_host,
-        settings.redis_port,
-        settings.temporal_address,
-        keepalive_s,
-    )
-    try:
-        await stream.run_until(stop)
-    finally:
-        with contextlib.suppress(Exception):
-            await venue.aclose()
-        with contextlib.suppress(Exception):
-            await redis.aclose()
-        log.info("user stream stopped")
+        stream = UserStream(
+            ws_url=settings.ws_url,
+            venue=venue,
+            redis=svc.redis,
+            client=svc.client,
+            keepalive_s=keepalive_s,
+            metrics=metrics,
+            balance=balance,
+        )
+        log.info(
+            "user stream starting rest=%s ws=%s redis=%s:%d temporal=%s keepalive_s=%g",
+            settings.rest_url,
+            settings.ws_url,
+            settings.redis_host,
+            settings.redis_port,
+            settings.temporal_address,
+            keepalive_s,
+        )
+        try:
+            await stream.run_until(svc.stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await venue.aclose()
+
+    await run_feed("user stream", settings, stream_events, metrics.registry, metrics_port, log=log, stop=stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="user-stream", description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (none: off)")
+    add_service_arguments(parser)
     parser.add_argument(
         "--keepalive",
         type=float,
         default=1200.0,
         help="seconds between listenKey keepalives (must stay well under 3600)",
     )
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
     if not 0 < args.keepalive < 3000:
         parser.error("--keepalive must be between 0 and 3000 seconds (a listenKey lives 60 minutes)")
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonLogFormatter()
-        if args.log_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would carry the listenKey
-    from trading.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(run_user_stream(settings, args.metrics_port, keepalive_s=args.keepalive))
-    return 0
+    return run_main(
+        args, lambda settings: run_user_stream(settings, args.metrics_port, keepalive_s=args.keepalive)
+    )
 
 
 if __name__ == "__main__":

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="apply what is there, print the table, exit")
     p.add_argument("--show", action="store_true", help="print what was learned; consume nothing")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from workers.service import setup_logging, stop_on_signals
+
+    setup_logging()
 
     async def go() -> None:
         if args.redis_url is None:
@@ -284,13 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(rep.dead)} rewards in {time.monotonic() - t0:.2f}s"
                 )
             else:
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                import signal
-
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, stop.set)
-                await chooser.run(stop)
+                await chooser.run(stop_on_signals())
             print(format_state(chooser.state))
         finally:
             with contextlib.suppress(Exception):

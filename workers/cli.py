@@ -74,9 +74,9 @@ def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
+    from workers.service import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.kind == "lifecycle":
         from workers import lifecycle
 
@@ -93,31 +93,28 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     from feeds.price_watcher import run_watcher
+    from workers.service import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     asyncio.run(run_watcher(settings, args.metrics_port))
     return 0
 
 
 def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     from feeds.user_stream import run_user_stream
+    from workers.service import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     asyncio.run(run_user_stream(settings, args.metrics_port))
     return 0
 
 
 def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     from feeds.market_data import MarketDataError, run_market_data
+    from workers.service import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         asyncio.run(run_market_data(settings, args.metrics_port))
     except MarketDataError as exc:
@@ -127,11 +124,10 @@ def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-
     from alerts.service import AlertsConfigError, run_alerts, send_test
+    from workers.service import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.test:
             outcomes = asyncio.run(send_test(settings))

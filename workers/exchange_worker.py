@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from datetime import timedelta
 
-import redis.asyncio as aioredis
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
@@ -18,7 +17,7 @@ from activities.risk_reports import RiskReports
 from exchange.client import BinanceFuturesClient
 from exchange.shared_budget import budget_from_settings
 from trading.config import Settings
-from workers.lifecycle import run_until_sigterm
+from workers.service import redis_client, run_until_sigterm
 from workers.temporal_client import connect, metrics_runtime
 from workflows.messages import EXCHANGE_TASK_QUEUE
 
@@ -101,9 +100,7 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         raise SystemExit("BINANCE_API_KEY and BINANCE_API_SECRET must be set for the exchange worker")
     runtime = metrics_runtime(metrics_port, settings.prometheus_bind_host)
     client = await connect(settings, runtime)
-    redis = aioredis.Redis(
-        host=settings.redis_host, port=settings.redis_port, socket_timeout=0.5, socket_connect_timeout=0.5
-    )
+    redis = redis_client(settings, socket_timeout=0.5, socket_connect_timeout=0.5)
     shared = budget_from_settings(settings, redis)
     async with BinanceFuturesClient.from_settings(settings, shared_budget=shared) as exchange:
         await exchange.sync_time()

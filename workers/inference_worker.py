@@ -154,13 +154,12 @@ def signal_schedules(settings: Settings) -> dict[str, Schedule]:
 
 
 async def run(settings: Settings, metrics_port: int | None) -> None:
-    from workers.lifecycle import ensure_retrain_schedule, ensure_signal_schedules, run_until_sigterm
+    from workers.lifecycle import ensure_retrain_schedule, ensure_signal_schedules
+    from workers.service import redis_client, run_until_sigterm
     from workers.temporal_client import connect, metrics_runtime
 
     client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
-    redis = aioredis.Redis(
-        host=settings.redis_host, port=settings.redis_port, socket_timeout=5, socket_connect_timeout=2
-    )
+    redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=2)
     chooser = strategy_chooser(redis)
 
     def worker(executor: ThreadPoolExecutor) -> Worker:

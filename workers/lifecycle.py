@@ -3,10 +3,7 @@ itself and to Redis (task queue `trade-lifecycle`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -22,7 +19,6 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
 )
-from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -41,7 +37,7 @@ from trading.config import Settings
 from trading.governor import RiskPolicy
 from trading.promotion import PromotionPolicy
 from trading.records import RecordMode
-from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
+from workers.service import redis_client, run_until_sigterm
 from workers.temporal_client import connect, ensure_search_attributes, metrics_runtime
 from workflows.market_inputs import MARKET_INPUTS_WORKFLOW_ID, MarketInputsWorkflow
 from workflows.messages import LIFECYCLE_TASK_QUEUE, MarketInputsRequest, PolicyReviewInput
@@ -141,9 +137,7 @@ def journal_activities(
 async def run(settings: Settings, metrics_port: int | None) -> None:
     client = await connect(settings, metrics_runtime(metrics_port, settings.prometheus_bind_host))
     await ensure_search_attributes(client)
-    redis = aioredis.Redis(
-        host=settings.redis_host, port=settings.redis_port, socket_timeout=2, socket_connect_timeout=2
-    )
+    redis = redis_client(settings, socket_timeout=2, socket_connect_timeout=2)
     # The same IP weight budget as the exchange workers: public reads count against it too.
     async with BinanceFuturesClient(
         settings.rest_url, None, None, shared_budget=budget_from_settings(settings, redis)
@@ -291,43 +285,3 @@ async def ensure_signal_schedules(client: Client, settings: Settings) -> dict[st
         await upsert_schedule(client, schedule_id, schedule)
         out[schedule_id] = schedule.spec.intervals[0].every.total_seconds()
     return out
-
-
-async def run_until_sigterm(
-    worker: Worker | Callable[[CondemnableExecutor], Worker],
-    name: str,
-    metrics_port: int | None,
-    client: Client | None = None,
-) -> None:
-    """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first).
-    A worker that hosts workflows is given as its factory with its `client`: whenever the Temporal server
-    stops answering it is replaced by a fresh one (workers/fresh_cache.py says why)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if isinstance(worker, Worker):
-        task = asyncio.create_task(worker.run())
-        queue = worker.task_queue
-    else:
-        assert client is not None, "a worker factory needs its client"
-        runtime = client.service_client.config.runtime or Runtime.default()
-        dropped = runtime.metric_meter.create_counter(
-            "quantum_worker_cache_dropped", "workers replaced (cache dropped): the server stopped answering"
-        )
-        runner = FreshCacheWorker(client, worker, on_replaced=lambda: dropped.add(1, {"worker": name}))
-        task = asyncio.create_task(runner.run(stop))
-        queue = runner.task_queue
-    print(
-        f"{name} worker polling task queue {queue!r}"
-        + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""),
-        flush=True,
-    )
-    done, _ = await asyncio.wait(
-        {task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
-    if task not in done:
-        log.info("%s worker: shutting down", name)
-        if isinstance(worker, Worker):
-            await worker.shutdown()
-    await task

@@ -1,7 +1,12 @@
 """Connecting to Temporal the one way every process here does: pydantic payloads, Prometheus metrics,
-and the position search attributes registered."""
+and the position search attributes registered. `connect` once (the workers, the CLI: an unreachable
+server is an error), or `connect_until_stopped` (the feeds: retried until it answers or they stop)."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -10,6 +15,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from trading.config import Settings
+
+log = logging.getLogger(__name__)
 
 # name → type; the position workflow upserts these (workflows/position.py).
 SEARCH_ATTRIBUTES = {
@@ -57,6 +64,20 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
         data_converter=pydantic_data_converter,
         **kwargs,
     )
+
+
+async def connect_until_stopped(settings: Settings, stop: asyncio.Event) -> Client | None:
+    """`connect`, retried with backoff (0.5 s doubling to 10 s); None when `stop` is set first."""
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            return await connect(settings)
+        except Exception as exc:
+            log.warning("temporal connect failed error=%r; retry in %.1fs", exc, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10.0)
+    return None
 
 
 async def ensure_search_attributes(client: Client) -> None:

@@ -68,6 +68,7 @@ FORBIDDEN_MODULES = (
     "activities",
     "workers",
     "signals",
+    "feeds",
     "journal",
     "backtest",
     *FORBIDDEN_TRADING,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-import threading
 from typing import Any
 
 from trading.config import Settings
@@ -39,6 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from workers.dashboard.app import create_app
     from workers.dashboard.gather import PortfolioControls, SystemView
+    from workers.service import run_uvicorn, setup_logging
 
     port = args.port or settings.dashboard_port
     if not 0 < port < 65536:
@@ -47,10 +46,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.interval <= 0:
         print(f"qtrader dashboard: --interval {args.interval:g} must be positive", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else None
 
-    async def serve() -> None:
+    def make_server() -> uvicorn.Server:
         view = SystemView(settings, args.portfolio_id)
         app = create_app(view, PortfolioControls(view), token, interval=args.interval, on_close=view.close)
         loop = asyncio.get_running_loop()
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 # Open live streams would hold the graceful shutdown until its timeout: end them now.
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(app.state.hub.close()))
 
-        server = _Server(
+        return _Server(
             uvicorn.Config(
                 app,
                 host=args.host,
@@ -72,20 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 timeout_graceful_shutdown=5,
             )
         )
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn exposes a flag only
-            await asyncio.sleep(0.01)
-        if server.started:
-            mode = "controls enabled (DASHBOARD_TOKEN set)" if token else "read-only (no DASHBOARD_TOKEN)"
-            print(f"dashboard listening on http://{args.host}:{port} — {mode}", flush=True)
-        await task
 
-    if threading.current_thread() is threading.main_thread():
-        # uvicorn re-raises the signal it caught after a graceful stop: make that a no-op so run()
-        # returns normally instead of dying by SIGTERM's default action.
-        signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
+    mode = "controls enabled (DASHBOARD_TOKEN set)" if token else "read-only (no DASHBOARD_TOKEN)"
+    run_uvicorn(make_server, f"dashboard listening on http://{args.host}:{port} — {mode}")
     return 0
