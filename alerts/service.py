@@ -368,7 +368,6 @@ async def run_alerts(
     metrics = AlertMetrics()
 
     async def notify(svc: Service) -> None:
-        assert svc.redis is not None
         await Notifier(settings, svc.redis, metrics=metrics).run(svc.stop)
 
     await run_service(

@@ -477,7 +477,6 @@ async def run_market_data(settings: Settings, metrics_port: int | None) -> None:
     metrics = MarketMetrics()
 
     async def follow(service: Service) -> None:
-        assert service.redis is not None
         svc = MarketDataService(
             settings, service.redis, service_symbols(settings), metrics=metrics, stop=service.stop
         )

@@ -28,7 +28,6 @@ process here), or `run_watcher(settings, metrics_port)` from the CLI.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -49,7 +48,7 @@ from redis.exceptions import RedisError
 from temporalio.service import RPCError, RPCStatusCode
 
 from feeds.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
-from workers.service import Service, add_service_arguments, run_feed, run_main, wait_until_stopped
+from workers.service import Service, run_feed, run_main, service_parser, wait_until_stopped
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -632,7 +631,6 @@ async def run_watcher(
     metrics = WatcherMetrics()
 
     async def watch(svc: Service) -> None:
-        assert svc.redis is not None
         watcher = PriceWatcher(
             ws_url=settings.ws_url,
             redis=svc.redis,
@@ -652,19 +650,14 @@ async def run_watcher(
     await run_feed("price watcher", settings, watch, metrics.registry, metrics_port, log=log, stop=stop)
 
 
+RESEND_AFTER_HELP = "seconds before the same (workflow, levels version) is signalled again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="price-watcher", description=__doc__.splitlines()[0])
-    add_service_arguments(parser)
-    parser.add_argument(
-        "--resend-after",
-        type=float,
-        default=2.0,
-        help="seconds before the same (workflow, levels version) is signalled again",
-    )
+    parser = service_parser("price-watcher", __doc__)
+    parser.add_argument("--resend-after", type=float, default=2.0, help=RESEND_AFTER_HELP)
     args = parser.parse_args(argv)
-    return run_main(
-        args, lambda settings: run_watcher(settings, args.metrics_port, resend_after_s=args.resend_after)
-    )
+    return run_main(args, lambda s: run_watcher(s, args.metrics_port, resend_after_s=args.resend_after))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ or `run_user_stream(settings, metrics_port)`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -60,7 +59,7 @@ from feeds.user_events import (
     snapshot_events,
     snapshot_key,
 )
-from workers.service import Service, add_service_arguments, run_feed, run_main, wait_until_stopped
+from workers.service import Service, run_feed, run_main, service_parser, wait_until_stopped
 
 try:  # optional speed-up; the stdlib is the fallback
     import orjson
@@ -697,7 +696,6 @@ async def run_user_stream(
     metrics = UserStreamMetrics()
 
     async def stream_events(svc: Service) -> None:
-        assert svc.redis is not None
         venue = BinanceFuturesClient.from_settings(settings)
         balance = BalanceTracker(
             venue=venue,
@@ -733,22 +731,17 @@ async def run_user_stream(
     await run_feed("user stream", settings, stream_events, metrics.registry, metrics_port, log=log, stop=stop)
 
 
+KEEPALIVE_HELP = "seconds between listenKey keepalives (must stay well under 3600)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="user-stream", description=__doc__.splitlines()[0])
-    add_service_arguments(parser)
-    parser.add_argument(
-        "--keepalive",
-        type=float,
-        default=1200.0,
-        help="seconds between listenKey keepalives (must stay well under 3600)",
-    )
+    parser = service_parser("user-stream", __doc__)
+    parser.add_argument("--keepalive", type=float, default=1200.0, help=KEEPALIVE_HELP)
     args = parser.parse_args(argv)
     if not 0 < args.keepalive < 3000:
         parser.error("--keepalive must be between 0 and 3000 seconds (a listenKey lives 60 minutes)")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would carry the listenKey
-    return run_main(
-        args, lambda settings: run_user_stream(settings, args.metrics_port, keepalive_s=args.keepalive)
-    )
+    return run_main(args, lambda s: run_user_stream(s, args.metrics_port, keepalive_s=args.keepalive))
 
 
 if __name__ == "__main__":

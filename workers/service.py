@@ -10,7 +10,7 @@ Three shapes of process use it:
   `workers.temporal_client.metrics_runtime`);
 - the uvicorn servers (the dashboard): `run_uvicorn` serves until SIGTERM / Ctrl-C.
 
-`python -m feeds.…` entry points parse `add_service_arguments` and start through `run_main`; the
+`python -m feeds.…` entry points parse with `service_parser` and start through `run_main`; the
 `qtrader` subcommands call `setup_logging` and `asyncio.run` the same service functions. The Temporal
 connection factory is `workers.temporal_client`.
 """
@@ -47,7 +47,6 @@ __all__ = [
     "LOG_FORMAT",
     "JsonLogFormatter",
     "Service",
-    "add_service_arguments",
     "redis_client",
     "run_feed",
     "run_main",
@@ -55,6 +54,7 @@ __all__ = [
     "run_until_sigterm",
     "run_uvicorn",
     "serve_metrics",
+    "service_parser",
     "setup_logging",
     "stop_on_signals",
     "wait_until_stopped",
@@ -143,7 +143,7 @@ class Service:
     settings: Settings
     stop: asyncio.Event  # set by SIGTERM / SIGINT: the body returns soon after
     client: Client | None  # Temporal, with `temporal=True`
-    redis: aioredis.Redis | None  # with `redis=` options; closed by the runner
+    redis: aioredis.Redis  # with the `redis` options; closed by the runner
 
 
 async def run_service(
@@ -152,11 +152,11 @@ async def run_service(
     body: Callable[[Service], Awaitable[None]],
     *,
     log: logging.Logger,
+    redis: Mapping[str, Any],
     stop: asyncio.Event | None = None,
     registry: CollectorRegistry | None = None,
     metrics_port: int | None = None,
     temporal: bool = False,
-    redis: Mapping[str, Any] | None = None,
 ) -> None:
     """Run `body` until SIGTERM / SIGINT (or `stop`): `registry` served on `metrics_port` first, then
     the stop signals taken, then Temporal connected (with `temporal`: retried with backoff until it
@@ -170,13 +170,12 @@ async def run_service(
         client = await connect_until_stopped(settings, stop)
         if client is None:
             return
-    conn = redis_client(settings, **redis) if redis is not None else None
+    conn = redis_client(settings, **redis)
     try:
         await body(Service(settings, stop, client, conn))
     finally:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.aclose()
+        with contextlib.suppress(Exception):
+            await conn.aclose()
         log.info("%s stopped", name)
 
 
@@ -205,11 +204,14 @@ async def run_feed(
     )
 
 
-def add_service_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every `python -m feeds.…` entry point takes."""
+def service_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a `python -m feeds.…` entry point (described by the first line of its module's
+    `doc`), with the options every one of them takes; the service adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (none: off)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    return parser
 
 
 def run_main(args: argparse.Namespace, service: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
