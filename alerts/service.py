@@ -30,6 +30,7 @@ from alerts.senders import Outcome, RetryPolicy, Target, send, targets_from_sett
 from alerts.sources import DailySummary, Entry, StreamReader, TaskQueueWatch
 from trading.config import Settings
 from workers.service import Service, run_service
+from workers.temporal_client import connect
 
 __all__ = ["AlertsConfigError", "Notifier", "run_alerts", "scrubber_for", "send_test"]
 
@@ -130,7 +131,7 @@ class Notifier:
                 task_queues=settings.alert_task_queues,
                 stale_s=settings.alert_worker_stale_seconds,
                 clock=clock,
-                connect=connect_temporal,
+                connect=connect_temporal or (lambda: connect(settings)),
             )
             if settings.alert_task_queues
             else None
