@@ -24,7 +24,7 @@ PORTFOLIO_KEY = "quantum:portfolio:state"
 # The risk layer's notional cap per symbol (MarketInputsWorkflow → the portfolio), one hash per symbol.
 ALLOCATION_KEY = "quantum:capital:allocation:{symbol}"
 ALLOCATION_INDEX = "quantum:capital:allocation:index"
-LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (signals/price_watcher.py)
+LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (feeds/price_watcher.py)
 LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
