@@ -300,6 +300,29 @@ def addresses(settings: Settings) -> dict[str, str]:
     return out
 
 
+def print_addresses(found: dict[str, str]) -> None:
+    """What `up` / `status` return, one labelled line each (`qtrader stack up`, `demo`, `paper`)."""
+    labels = {
+        "temporal": "Temporal",
+        "ui": "Web UI",
+        "redis": "Redis",
+        "exchange": "Exchange",
+        "exchange_ws": "Exchange WS",
+        "lifecycle_metrics": "Lifecycle",
+        "exchange_metrics": "Exch worker",
+        "watcher_metrics": "Watcher",
+        "user_stream_metrics": "User stream",
+        "market_data_metrics": "Market data",
+        "inference_metrics": "Inference",
+        "dashboard": "Dashboard",
+        "alerts_metrics": "Alerts",
+        "mode": "Mode",
+        "home": "Data folder",
+    }
+    for key, value in found.items():
+        print(f"{labels.get(key, key):<12} {value}")
+
+
 # --- readiness checks ---
 def _temporal_ready(address: str) -> bool:
     from temporalio.client import Client

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trading.emergency import EmergencyState, Transition
 from trading.execution import OrderOutcome
-from trading.exit_policy import ExitProfile, ExitState
+from trading.exit_policy import ExitState
+from trading.exit_profile import ExitProfile
 from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
