@@ -24,7 +24,7 @@ import redis
 
 from trading.config import Settings, TradingMode
 from workers.processes import ManagedProcess, StartupError, http_ok, pid_alive, port_open, stop_pid
-from workers.temporal_client import CLI_SEARCH_ATTRIBUTES
+from workers.temporal_client import cli_search_attribute_flags
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_KEYS_FILE = "paper-keys.env"
@@ -127,11 +127,7 @@ def service_specs(
                 settings.temporal_namespace,
                 "--log-level",
                 "warn",
-                *[
-                    arg
-                    for name, kind in CLI_SEARCH_ATTRIBUTES.items()
-                    for arg in ("--search-attribute", f"{name}={kind}")
-                ],
+                *cli_search_attribute_flags(),
             ],
             host=t_host,
             port=t_port,
