@@ -22,17 +22,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from trading.config import Settings
 from trading.promotion import PromotionPolicy
-from workflows.bar_close import BarCloseInput
 from workflows.market_inputs import MARKET_INPUTS_WORKFLOW_ID
 from workflows.messages import (
     INFERENCE_TASK_QUEUE,
     LIFECYCLE_TASK_QUEUE,
+    BarCloseInput,
     MarketInputsRequest,
     PolicyReviewInput,
+    RetrainInput,
+    RetrainWindow,
+    UniverseInput,
 )
 from workflows.policy_review import POLICY_REVIEW_WORKFLOW_ID
-from workflows.retrain import RETRAIN_WORKFLOW_ID, RetrainInput, RetrainWindow
-from workflows.universe import UniverseInput
+from workflows.retrain import RETRAIN_WORKFLOW_ID
 
 RECONCILE_SCHEDULE_ID = "reconcile-schedule"
 MARKET_INPUTS_SCHEDULE_ID = "market-inputs-schedule"

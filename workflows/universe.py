@@ -4,19 +4,10 @@ seed's INTENT_BRIDGE_USE_TOP10) intersected with the allowlist. Run by a Tempora
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 
 from workflows import calls
-from workflows.messages import QuoteVolumes, UniverseInput
-
-
-class UniverseResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    symbols: list[str]
-    ranked: list[tuple[str, float]]
-    source: str
+from workflows.messages import QuoteVolumes, UniverseInput, UniverseResult
 
 
 def top_by_volume(volumes: dict[str, float], allowlist: list[str], n: int) -> list[str]:
