@@ -6,14 +6,9 @@ from __future__ import annotations
 
 from temporalio import workflow
 
+from trading.universe import top_by_volume
 from workflows import calls
 from workflows.messages import QuoteVolumes, UniverseInput, UniverseResult
-
-
-def top_by_volume(volumes: dict[str, float], allowlist: list[str], n: int) -> list[str]:
-    """The `n` highest quote volumes (ties by name) among the allowed symbols, highest first."""
-    allowed = [s for s in volumes if "*" in allowlist or s in allowlist]
-    return sorted(allowed, key=lambda s: (-volumes[s], s))[:n]
 
 
 @workflow.defn(name="UniverseWorkflow", sandboxed=False)
