@@ -45,6 +45,7 @@ from trading.promotion import ModelScore
 from workflows import calls
 from workflows.errors import ErrorType
 from workflows.messages import (
+    KNOWN_MODELS,
     ChallengerReport,
     EvaluateShadowInput,
     RetrainWindow,
@@ -52,7 +53,6 @@ from workflows.messages import (
     ShadowSignalsInput,
     TrainChallengerInput,
 )
-from workflows.retrain import KNOWN_MODELS
 
 SIGNAL_STREAM = "quantum:stream:ai.signal_generated"
 SHADOW = "shadow"  # alias file next to `champion` in the registry

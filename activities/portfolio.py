@@ -32,7 +32,7 @@ from workflows.messages import (
     PositionView,
     RunningHolder,
 )
-from workflows.position import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
+from workflows.search_attributes import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
 
 RUNNING_POSITIONS = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
 CLOSED_PORTFOLIO_RUNS = f"WorkflowId='{DEFAULT_PORTFOLIO_ID}' AND ExecutionStatus!='Running'"

@@ -29,7 +29,7 @@ from workflows.messages import (
     PositionView,
     VenueState,
 )
-from workflows.position import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
+from workflows.search_attributes import SA_OPEN_QTY, SA_SIDE, SA_STATUS, SA_SYMBOL
 
 RECONCILE_STREAM = "quantum:stream:reconcile.events"
 
@@ -185,7 +185,8 @@ class ReconcileActivities:
         exchange stop must not become the default 3 %). None when there is none, or it cannot be read."""
         side = Side.LONG if (fix.venue_amt or 0) > 0 else Side.SHORT
         query = (
-            f"WorkflowType='PositionWorkflow' AND Symbol='{fix.symbol}' AND Side='{side.value}' "
+            f"WorkflowType='PositionWorkflow' AND {SA_SYMBOL.name}='{fix.symbol}' "
+            f"AND {SA_SIDE.name}='{side.value}' "
             "AND ExecutionStatus IN ('Failed','Terminated','TimedOut')"
         )
         try:

@@ -51,13 +51,13 @@ from backtest.risk import ESS_WAIT, NEVER, PARK, RiskTrack
 from backtest.search import first_cross
 from signals.data import AlignedKlines, FundingRates, timeframe_ms
 from trading.exit_policy import (
-    ExitProfile,
     ExitState,
     evaluate,
     initial_state,
     resolve_profile,
     trigger_levels,
 )
+from trading.exit_profile import ExitProfile
 from trading.exits import entry_quantity
 from trading.governor import (
     FIVE_MIN_MS,

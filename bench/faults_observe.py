@@ -16,14 +16,13 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from temporalio.common import SearchAttributeKey
 
 from bench.faults_invariants import TemporalSnapshot, VenueSnapshot, live_stops, positions_from_orders
 from bench.faults_stack import ExplorerStack
 from workflows.messages import DEFAULT_PORTFOLIO_ID, PortfolioView, PositionView
+from workflows.search_attributes import SA_SYMBOL
 
 RUNNING_POSITIONS = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
-SA_SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 RPC = timedelta(seconds=2)
 
 

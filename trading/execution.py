@@ -6,35 +6,32 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trading.instruments import SymbolRules
+from trading.message_base import FrozenMsg
 from trading.pnl import Fill
 
 OrderSide = Literal["BUY", "SELL"]
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PrepareEntryInput(_Msg):
+class PrepareEntryInput(FrozenMsg):
     symbol: str
 
 
-class EntryMarket(_Msg):
+class EntryMarket(FrozenMsg):
     """The symbol's filters and the current mark price: what sizing needs."""
 
     rules: SymbolRules
     mark_price: Decimal
 
 
-class SetLeverageInput(_Msg):
+class SetLeverageInput(FrozenMsg):
     symbol: str
     leverage: int = Field(ge=1, le=125)
 
 
-class PlaceOrderInput(_Msg):
+class PlaceOrderInput(FrozenMsg):
     symbol: str
     side: OrderSide
     quantity: Decimal = Field(gt=0)
@@ -54,7 +51,7 @@ class OrderStatus(StrEnum):
     REJECTED = "REJECTED"
 
 
-class OrderOutcome(_Msg):
+class OrderOutcome(FrozenMsg):
     """A MARKET order's final state with its fills (fees as the venue charged them)."""
 
     client_order_id: str
@@ -67,7 +64,7 @@ class OrderOutcome(_Msg):
     recovered: bool = False
 
 
-class PlaceStopInput(_Msg):
+class PlaceStopInput(FrozenMsg):
     symbol: str
     side: OrderSide
     trigger_price: Decimal = Field(gt=0)
@@ -75,50 +72,50 @@ class PlaceStopInput(_Msg):
     working_type: Literal["MARK_PRICE", "CONTRACT_PRICE"] = "MARK_PRICE"
 
 
-class StopOutcome(_Msg):
+class StopOutcome(FrozenMsg):
     client_algo_id: str
     algo_id: int
     status: str
     trigger_price: Decimal
 
 
-class CancelStopInput(_Msg):
+class CancelStopInput(FrozenMsg):
     symbol: str
     client_algo_id: str
 
 
-class MarkPriceInput(_Msg):
+class MarkPriceInput(FrozenMsg):
     symbol: str
 
 
-class ExchangePositionInput(_Msg):
+class ExchangePositionInput(FrozenMsg):
     symbol: str
 
 
-class ExchangePosition(_Msg):
+class ExchangePosition(FrozenMsg):
     symbol: str
     position_amt: Decimal  # signed: + long, − short
     entry_price: Decimal
     mark_price: Decimal
 
 
-class SyncFillsInput(_Msg):
+class SyncFillsInput(FrozenMsg):
     symbol: str
     since_ms: int
     order_ids: dict[int, str] = Field(default_factory=dict)  # known order id → client order id
 
 
-class SymbolCheckInput(_Msg):
+class SymbolCheckInput(FrozenMsg):
     symbol: str
     want_price: bool = False
 
 
-class SymbolCheck(_Msg):
+class SymbolCheck(FrozenMsg):
     rules: SymbolRules
     mark_price: Decimal | None = None
 
 
-class OpenEntryInput(_Msg):
+class OpenEntryInput(FrozenMsg):
     """Everything the entry needs in one exchange activity: size at the mark, leverage, the order."""
 
     symbol: str
@@ -133,7 +130,7 @@ class OpenEntryInput(_Msg):
     deadline_ms: int | None = None
 
 
-class OpenEntryOutcome(_Msg):
+class OpenEntryOutcome(FrozenMsg):
     market: EntryMarket
     outcome: OrderOutcome | None = None  # None: below the venue's minimum, or expired; nothing was sent
     expired: bool = False  # the entry deadline passed with nothing executed under its client id

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trading.exit_policy import ExitProfile, Level
+from trading.exit_profile import ExitProfile, Level
 from trading.intents import Side
 
 if TYPE_CHECKING:  # settings are read at the edges; workflow code never imports pydantic-settings

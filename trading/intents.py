@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trading.exit_profile import ExitProfile
+
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}USDT$"
 
 
@@ -44,15 +46,13 @@ class ExitOverrides(BaseModel):
     hard_stop_pct: Decimal | None = Field(None, gt=0, lt=100)
     stop_loss_price: Decimal | None = Field(None, gt=0)
     take_profit_price: Decimal | None = Field(None, gt=0)
-    # Any other field of the exit profile (trading/exit_policy.py ExitProfile), e.g.
+    # Any other field of the exit profile (trading/exit_profile.py ExitProfile), e.g.
     # {"trailing_enabled": false, "tp_levels": [{"at": 3, "fraction": 1}]}.
     profile: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _profile_fields(self) -> ExitOverrides:
         if self.profile:
-            from trading.exit_policy import ExitProfile  # the profile module builds on this one
-
             ExitProfile.model_validate(self.profile)  # unknown or bad fields fail here, by name
         return self
 

@@ -66,7 +66,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trading import pnl
-from trading.exit_policy import ExitProfile, ExitState
+from trading.exit_policy import ExitState
+from trading.exit_profile import ExitProfile
 from trading.governor import Denial, Grant
 from trading.instruments import SymbolRules
 from trading.intents import Side

@@ -17,7 +17,7 @@ def _cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     found = stack.up(
         settings, prices=args.prices, speed=args.speed, timeout=args.timeout, symbols=args.symbols
     )
-    _print_addresses(found)
+    stack.print_addresses(found)
     return 0
 
 
@@ -36,34 +36,12 @@ def _cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        _print_addresses({k: v for k, v in report.items() if isinstance(v, str)})
+        stack.print_addresses({k: v for k, v in report.items() if isinstance(v, str)})
         for name, info in report["services"].items():  # type: ignore[union-attr]
             state = f"running (pid {info['pid']})" if info["running"] else "stopped"
             print(f"  {name:<9} {state}")
     running = [s["running"] for s in report["services"].values()]  # type: ignore[union-attr]
     return 0 if all(running) else 3
-
-
-def _print_addresses(found: dict[str, str]) -> None:
-    labels = {
-        "temporal": "Temporal",
-        "ui": "Web UI",
-        "redis": "Redis",
-        "exchange": "Exchange",
-        "exchange_ws": "Exchange WS",
-        "lifecycle_metrics": "Lifecycle",
-        "exchange_metrics": "Exch worker",
-        "watcher_metrics": "Watcher",
-        "user_stream_metrics": "User stream",
-        "market_data_metrics": "Market data",
-        "inference_metrics": "Inference",
-        "dashboard": "Dashboard",
-        "alerts_metrics": "Alerts",
-        "mode": "Mode",
-        "home": "Data folder",
-    }
-    for key, value in found.items():
-        print(f"{labels.get(key, key):<12} {value}")
 
 
 def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,7 +133,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers import demo, stack
 
     if not args.no_stack:
-        _print_addresses(stack.up(settings, timeout=args.timeout))
+        stack.print_addresses(stack.up(settings, timeout=args.timeout))
     return asyncio.run(demo.paper_round_trip(settings, symbol=args.symbol, notional=args.notional))
 
 

@@ -16,7 +16,7 @@ import httpx
 
 from workers.processes import ManagedProcess, free_port, http_ok, port_open
 from workers.stack import temporal_binary
-from workers.temporal_client import CLI_SEARCH_ATTRIBUTES
+from workers.temporal_client import cli_search_attribute_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,11 +25,7 @@ def start_temporal(tmp: Path, *extra: str, port: int | None = None) -> tuple[Man
     """A dev server on `port` (a free one by default); pass `--db-filename` in `extra` to keep its state
     in a SQLite file across a restart."""
     port = port or free_port()
-    sa = [
-        arg
-        for name, kind in CLI_SEARCH_ATTRIBUTES.items()
-        for arg in ("--search-attribute", f"{name}={kind}")
-    ]
+    sa = cli_search_attribute_flags()
     proc = ManagedProcess(
         name="temporal",
         argv=[

@@ -20,15 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-)
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.inference import InferenceActivities
@@ -36,13 +28,11 @@ from activities.learning import LearningActivities
 from activities.universe import UniverseActivities
 from signals.strategy_chooser import StrategyChooser
 from trading.config import Settings, TradingMode
-from workflows.bar_close import BarCloseInput, BarCloseWorkflow
+from workers.schedules import ensure_retrain_schedule, ensure_signal_schedules
+from workflows.bar_close import BarCloseWorkflow
 from workflows.messages import INFERENCE_TASK_QUEUE
 from workflows.retrain import RetrainWorkflow
-from workflows.universe import UniverseInput, UniverseWorkflow
-
-BAR_CLOSE_SCHEDULE_ID = "bar-close-schedule"
-UNIVERSE_SCHEDULE_ID = "universe-schedule"
+from workflows.universe import UniverseWorkflow
 
 log = logging.getLogger("qtrader.worker.inference")
 
@@ -117,44 +107,7 @@ def inference_worker(
     )
 
 
-def signal_schedules(settings: Settings) -> dict[str, Schedule]:
-    """Schedule id → the Schedule the settings ask for (see `workers.lifecycle.ensure_signal_schedules`)."""
-    every = max(1.0, settings.bar_close_interval_seconds or settings.bar_seconds)
-    # a live bar is run a few seconds after it closes, so its closed kline has arrived
-    offset = 0.0 if settings.market_data_source == "replay" else min(5.0, every / 2)
-    bar_close = Schedule(
-        action=ScheduleActionStartWorkflow(
-            "BarCloseWorkflow",
-            BarCloseInput(interval=settings.signal_timeframe),
-            id="bar-close",
-            task_queue=INFERENCE_TASK_QUEUE,
-        ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every), offset=timedelta(seconds=offset))]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-    universe = Schedule(
-        action=ScheduleActionStartWorkflow(
-            "UniverseWorkflow",
-            UniverseInput(
-                top_n=settings.universe_top_n,
-                allowlist=list(settings.apply_allowlist),
-                interval=settings.signal_timeframe,
-            ),
-            id="universe",
-            task_queue=INFERENCE_TASK_QUEUE,
-        ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.universe_interval_seconds))]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-    return {BAR_CLOSE_SCHEDULE_ID: bar_close, UNIVERSE_SCHEDULE_ID: universe}
-
-
 async def run(settings: Settings, metrics_port: int | None) -> None:
-    from workers.lifecycle import ensure_retrain_schedule, ensure_signal_schedules
     from workers.service import redis_client, run_until_sigterm
     from workers.temporal_client import connect, metrics_runtime
 

@@ -130,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     from workers import stack
-    from workers.cli import _print_addresses
 
     print(ensure_champion(settings), flush=True)
     status = stack.status(settings)
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print("restarting the stack so the paper exchange takes replayed prices...", flush=True)
         stack.down(settings)
     found = stack.up(settings, prices="manual", timeout=args.timeout)
-    _print_addresses(found)
+    stack.print_addresses(found)
     print(
         f"\nreplaying {os.environ['APPLY_ALLOWLIST']} 1h klines at {args.speed:g}x "
         f"(one bar every {settings.bar_seconds:.1f} s); Web UI {found['ui']}\n",

@@ -24,7 +24,7 @@ import redis
 
 from trading.config import Settings, TradingMode
 from workers.processes import ManagedProcess, StartupError, http_ok, pid_alive, port_open, stop_pid
-from workers.temporal_client import CLI_SEARCH_ATTRIBUTES
+from workers.temporal_client import cli_search_attribute_flags
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_KEYS_FILE = "paper-keys.env"
@@ -127,11 +127,7 @@ def service_specs(
                 settings.temporal_namespace,
                 "--log-level",
                 "warn",
-                *[
-                    arg
-                    for name, kind in CLI_SEARCH_ATTRIBUTES.items()
-                    for arg in ("--search-attribute", f"{name}={kind}")
-                ],
+                *cli_search_attribute_flags(),
             ],
             host=t_host,
             port=t_port,
@@ -298,6 +294,29 @@ def addresses(settings: Settings) -> dict[str, str]:
     else:
         out["exchange"] = settings.rest_url
     return out
+
+
+def print_addresses(found: dict[str, str]) -> None:
+    """What `up` / `status` return, one labelled line each (`qtrader stack up`, `demo`, `paper`)."""
+    labels = {
+        "temporal": "Temporal",
+        "ui": "Web UI",
+        "redis": "Redis",
+        "exchange": "Exchange",
+        "exchange_ws": "Exchange WS",
+        "lifecycle_metrics": "Lifecycle",
+        "exchange_metrics": "Exch worker",
+        "watcher_metrics": "Watcher",
+        "user_stream_metrics": "User stream",
+        "market_data_metrics": "Market data",
+        "inference_metrics": "Inference",
+        "dashboard": "Dashboard",
+        "alerts_metrics": "Alerts",
+        "mode": "Mode",
+        "home": "Data folder",
+    }
+    for key, value in found.items():
+        print(f"{labels.get(key, key):<12} {value}")
 
 
 # --- readiness checks ---

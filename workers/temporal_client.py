@@ -11,36 +11,42 @@ import logging
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from trading.config import Settings
+from workflows.search_attributes import SEARCH_ATTRIBUTES as POSITION_SEARCH_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
-# name → type; the position workflow upserts these (workflows/position.py).
-SEARCH_ATTRIBUTES = {
-    "Symbol": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "Side": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "PositionStatus": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "Strategy": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "Source": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "RealizedPnl": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
-    "OpenedAt": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-    "OpenQty": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
+# The CLI's spelling of each type (`temporal server start-dev --search-attribute NAME=TYPE`).
+_CLI_TYPE = {
+    SearchAttributeIndexedValueType.TEXT: "Text",
+    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.INT: "Int",
+    SearchAttributeIndexedValueType.DOUBLE: "Double",
+    SearchAttributeIndexedValueType.BOOL: "Bool",
+    SearchAttributeIndexedValueType.DATETIME: "Datetime",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
+}
+
+# name → type, from the keys the position workflow upserts (workflows/search_attributes.py).
+SEARCH_ATTRIBUTES: dict[str, IndexedValueType.ValueType] = {
+    key.name: IndexedValueType.ValueType(key.indexed_value_type) for key in POSITION_SEARCH_ATTRIBUTES
 }
 
 # For `temporal server start-dev --search-attribute NAME=TYPE`.
-CLI_SEARCH_ATTRIBUTES = {
-    "Symbol": "Keyword",
-    "Side": "Keyword",
-    "PositionStatus": "Keyword",
-    "Strategy": "Keyword",
-    "Source": "Keyword",
-    "RealizedPnl": "Double",
-    "OpenedAt": "Datetime",
-    "OpenQty": "Double",
-}
+CLI_SEARCH_ATTRIBUTES = {key.name: _CLI_TYPE[key.indexed_value_type] for key in POSITION_SEARCH_ATTRIBUTES}
+
+
+def cli_search_attribute_flags() -> list[str]:
+    """`--search-attribute NAME=TYPE` for each position search attribute (the dev server registers them)."""
+    return [
+        arg
+        for name, kind in CLI_SEARCH_ATTRIBUTES.items()
+        for arg in ("--search-attribute", f"{name}={kind}")
+    ]
 
 
 def metrics_runtime(port: int | None, host: str = "127.0.0.1") -> Runtime | None:

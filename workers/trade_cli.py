@@ -326,10 +326,10 @@ def _not_found(err: BaseException) -> bool:
 
 async def _position_status(handle: WorkflowHandle) -> tuple[Any, PositionStatus | None]:
     """Run status and the PositionStatus search attribute, from `describe` (no worker needed)."""
-    from temporalio.common import SearchAttributeKey
+    from workflows.search_attributes import SA_STATUS
 
     desc = await handle.describe()
-    value = desc.typed_search_attributes.get(SearchAttributeKey.for_keyword("PositionStatus"))
+    value = desc.typed_search_attributes.get(SA_STATUS)
     return desc.status, PositionStatus(value) if value else None
 
 
@@ -489,6 +489,8 @@ def _format_view(v: PositionView) -> str:
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
     from temporalio.client import WorkflowExecutionStatus
 
+    from workflows.search_attributes import SA_REALIZED_PNL, SA_SIDE, SA_STATUS, SA_SYMBOL
+
     client = await _client(settings)
     query = f"WorkflowType='{POSITION_TYPE}'" + ("" if args.all else " AND ExecutionStatus='Running'")
     executions = [e async for e in client.list_workflows(query)]
@@ -498,10 +500,10 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
         base = {
             "workflow_id": e.id,
             "run_status": e.status.name if e.status else None,
-            "symbol": (sa.get("Symbol") or [None])[0],
-            "side": (sa.get("Side") or [None])[0],
-            "status": (sa.get("PositionStatus") or ["VALIDATING"])[0],
-            "realized_pnl": (sa.get("RealizedPnl") or [None])[0],
+            "symbol": (sa.get(SA_SYMBOL.name) or [None])[0],
+            "side": (sa.get(SA_SIDE.name) or [None])[0],
+            "status": (sa.get(SA_STATUS.name) or ["VALIDATING"])[0],
+            "realized_pnl": (sa.get(SA_REALIZED_PNL.name) or [None])[0],
             "started": e.start_time.isoformat() if e.start_time else None,
         }
         if e.status != WorkflowExecutionStatus.RUNNING:

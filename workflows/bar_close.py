@@ -17,7 +17,6 @@ second position. The portfolio decides the rest.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
@@ -26,27 +25,13 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from trading.promotion import is_tradeable
     from workflows import calls
-    from workflows.messages import LIFECYCLE_TASK_QUEUE, InferenceInput, InferenceResult
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BarCloseInput(_Msg):
-    interval: str = "1h"
-    symbols: list[str] | None = None
-    bar_open_ms: int | None = Field(None, ge=0)
-
-
-class BarCloseResult(_Msg):
-    bar_open_ms: int | None
-    decisions: int
-    started: list[str] = Field(default_factory=list)
-    already_started: list[str] = Field(default_factory=list)
-    not_tradeable: list[str] = Field(default_factory=list)  # shadow decisions that carried an intent
-    shadow_signals: int = 0
-    notes: list[str] = Field(default_factory=list)
+    from workflows.messages import (
+        LIFECYCLE_TASK_QUEUE,
+        BarCloseInput,
+        BarCloseResult,
+        InferenceInput,
+        InferenceResult,
+    )
 
 
 @workflow.defn(name="BarCloseWorkflow", sandboxed=False)  # unsandboxed like every workflow here

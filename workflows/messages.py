@@ -11,14 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trading.emergency import EmergencyState, Transition
 from trading.execution import OrderOutcome
-from trading.exit_policy import ExitProfile, ExitState
+from trading.exit_policy import ExitState
+from trading.exit_profile import ExitProfile
 from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.instruments import SymbolRules
 from trading.intents import Side, TradeIntent
+from trading.message_base import FrozenMsg, Msg
 from trading.pnl import Fill, PositionTally
 from trading.policy_review import Proposal, ReviewFacts
 from trading.position_state import PositionState, PositionStatus  # PositionStatus re-exported
-from trading.promotion import ModelScore
+from trading.promotion import ModelScore, PromotionPolicy, Verdict
 from trading.reconcile import VenueOrder, VenuePosition
 from trading.risk import RiskLayerPolicy, RiskState
 
@@ -26,10 +28,6 @@ LIFECYCLE_TASK_QUEUE = "trade-lifecycle"
 EXCHANGE_TASK_QUEUE = "exchange"
 INFERENCE_TASK_QUEUE = "inference"  # signal layer: bar close, universe, retrain
 DEFAULT_PORTFOLIO_ID = "portfolio-default"
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- position ---
@@ -48,7 +46,7 @@ class ExitReason(StrEnum):
     CANCELLED = "cancelled"
 
 
-class PositionOptions(_Msg):
+class PositionOptions(Msg):
     """Technical knobs of one position workflow. Risk numbers come from the portfolio's grant."""
 
     mark_check_seconds: float = Field(10.0, gt=0, le=3600)
@@ -59,14 +57,14 @@ class PositionOptions(_Msg):
     entry_deadline_seconds: float = Field(60.0, gt=0, le=86_400)
 
 
-class ClosePositionRequest(_Msg):
+class ClosePositionRequest(Msg):
     """Close all (quantity omitted) or part of the open quantity."""
 
     quantity: Decimal | None = Field(None, gt=0)
     reason: str = Field("manual", min_length=1, max_length=64)
 
 
-class CloseResult(_Msg):
+class CloseResult(Msg):
     closed_qty: Decimal
     avg_price: Decimal
     remaining_qty: Decimal
@@ -74,11 +72,11 @@ class CloseResult(_Msg):
     detail: str = ""
 
 
-class FlattenRequest(_Msg):
+class FlattenRequest(Msg):
     reason: str = Field("emergency flatten", min_length=1, max_length=200)
 
 
-class PositionCarry(_Msg):
+class PositionCarry(Msg):
     """What runs continued before the state machine carried (read into a PositionState on resume)."""
 
     status: PositionStatus
@@ -95,7 +93,7 @@ class PositionCarry(_Msg):
     last_mark: Decimal | None = None
 
 
-class PriceCrossed(_Msg):
+class PriceCrossed(Msg):
     """From the price watcher: a tick crossed one of the position's published trigger levels."""
 
     model_config = ConfigDict(extra="ignore")
@@ -107,7 +105,7 @@ class PriceCrossed(_Msg):
     source: str = "watcher"
 
 
-class ExchangeEvent(_Msg):
+class ExchangeEvent(Msg):
     """From the user-data stream: what the venue did to a position's symbol."""
 
     model_config = ConfigDict(extra="ignore")
@@ -122,12 +120,12 @@ class ExchangeEvent(_Msg):
     reason: str | None = None
 
 
-class VenueState(_Msg):
+class VenueState(Msg):
     positions: list[VenuePosition]
     orders: list[VenueOrder]
 
 
-class PublishLevelsInput(_Msg):
+class PublishLevelsInput(Msg):
     """The position's next trigger levels for the watcher's table; both None removes the entry."""
 
     workflow_id: str
@@ -138,12 +136,12 @@ class PublishLevelsInput(_Msg):
     remove: bool = False
 
 
-class ReconcileInput(_Msg):
+class ReconcileInput(Msg):
     # A venue position younger than this may belong to a workflow entering right now.
     adopt_after_ms: int = Field(15_000, ge=0)
 
 
-class AdoptedPosition(_Msg):
+class AdoptedPosition(Msg):
     """A position found on the venue with no workflow: the adopting workflow takes it as it is."""
 
     quantity: Decimal = Field(gt=0)
@@ -168,7 +166,7 @@ class PositionInput(TradeIntent):
         return self
 
 
-class PositionView(_Msg):
+class PositionView(Msg):
     workflow_id: str
     status: PositionStatus
     symbol: str
@@ -190,7 +188,7 @@ class PositionView(_Msg):
     venue_unreachable_since_ms: int | None = None  # venue reads failing since then (still managed)
 
 
-class PositionResult(_Msg):
+class PositionResult(Msg):
     workflow_id: str
     status: PositionStatus
     symbol: str
@@ -222,7 +220,7 @@ class PositionResult(_Msg):
         )
 
 
-class ProjectionInput(_Msg):
+class ProjectionInput(Msg):
     """What the projection activity writes to Redis's read model for one position event."""
 
     kind: str  # "apply_result" | "trade_closed" | "snapshot"
@@ -238,27 +236,27 @@ class ProjectionInput(_Msg):
 
 
 # --- portfolio ---
-class ReleaseRequest(_Msg):
+class ReleaseRequest(Msg):
     holder_id: str
     reason: str = "closed"
     cooldown: bool = True  # False when nothing was traded: no symbol cooldown for an entry that never filled
 
 
-class AdjustRequest(_Msg):
+class AdjustRequest(Msg):
     holder_id: str
     notional_usdt: Decimal = Field(ge=0)
 
 
-class DecisionBatch(_Msg):
+class DecisionBatch(Msg):
     decisions: list[Grant | Denial]
 
 
-class KillSwitchRequest(_Msg):
+class KillSwitchRequest(Msg):
     on: bool
     reason: str = "operator"
 
 
-class PendingFlatten(_Msg):
+class PendingFlatten(Msg):
     """An emergency flatten being told: the holders of the moment it was asked (a position still entering
     included), each told again at the holder checks until it lets its slot go."""
 
@@ -267,7 +265,7 @@ class PendingFlatten(_Msg):
     told: bool = False
 
 
-class RunningHolder(_Msg):
+class RunningHolder(Msg):
     """A running position as a fresh portfolio finds it when it rebuilds its book: what its `state` query
     says or, when it did not answer, what visibility indexes (no status: not even that)."""
 
@@ -279,7 +277,7 @@ class RunningHolder(_Msg):
     entry_price: Decimal = Decimal(0)
 
 
-class MarketInputsRequest(_Msg):
+class MarketInputsRequest(Msg):
     """What MarketInputsWorkflow reads: the newest `window_bars` stored bars of `interval` of every symbol
     with bars (a symbol with fewer than `min_returns` returns gets no cap and is its own cluster)."""
 
@@ -294,7 +292,7 @@ class MarketInputsRequest(_Msg):
         return self
 
 
-class PolicyReviewInput(_Msg):
+class PolicyReviewInput(Msg):
     """One review: the trades and emergency-stop moves of the last `window_hours`; a proposal waits
     `approval_hours` for an operator's verdict, then expires."""
 
@@ -303,7 +301,7 @@ class PolicyReviewInput(_Msg):
     min_trades: int = Field(5, ge=1)
 
 
-class PolicyVerdict(_Msg):
+class PolicyVerdict(Msg):
     """An operator's answer to a policy-review proposal."""
 
     approve: bool
@@ -311,7 +309,7 @@ class PolicyVerdict(_Msg):
     reason: str = Field("", max_length=200)
 
 
-class PolicyReviewResult(_Msg):
+class PolicyReviewResult(Msg):
     outcome: str  # off | no_change | applied | rejected | expired | stale | refused
     detail: str
     proposal: Proposal | None = None
@@ -324,7 +322,7 @@ class ReviewContext(ReviewFacts):
     policy: RiskLayerPolicy | None = None
 
 
-class EssMove(_Msg):
+class EssMove(Msg):
     """One transition of the automatic emergency stop, numbered in the portfolio's order (the stream's
     dedupe key: a retried publication adds nothing)."""
 
@@ -332,7 +330,7 @@ class EssMove(_Msg):
     transition: Transition
 
 
-class EssCommand(_Msg):
+class EssCommand(Msg):
     """An operator's explicit move of the emergency stop (the only way out of HALTED)."""
 
     to: EmergencyState
@@ -340,7 +338,7 @@ class EssCommand(_Msg):
     operator: str = Field("operator", min_length=1, max_length=64)
 
 
-class PortfolioInput(_Msg):
+class PortfolioInput(Msg):
     policy: RiskPolicy | None = None
     book: PortfolioBook | None = None
     pending: list[ReservationRequest] = Field(default_factory=list)
@@ -358,7 +356,7 @@ class PortfolioInput(_Msg):
     risk_seen: list[str] = Field(default_factory=list)
 
 
-class PortfolioView(_Msg):
+class PortfolioView(Msg):
     policy: RiskPolicy
     book: PortfolioBook
     slots_used: int
@@ -372,26 +370,24 @@ class PortfolioView(_Msg):
 
 
 # --- signal layer (task queue `inference`): universe, bar close, retrain ---
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class UniverseInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UniverseInput(Msg):
     top_n: int = Field(10, ge=1, le=500)
     allowlist: list[str] = Field(default_factory=lambda: ["*"])  # "*": every symbol
     interval: str = "1h"
 
 
-class QuoteVolumes(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class QuoteVolumes(Msg):
     volumes: dict[str, float]  # symbol → 24 h quote volume (USDT)
     source: str  # "ticker_24hr" | "bars"
 
 
-class RetrainWindow(_Frozen):
+class UniverseResult(Msg):
+    symbols: list[str]
+    ranked: list[tuple[str, float]]
+    source: str
+
+
+class RetrainWindow(FrozenMsg):
     """Which bars a retrain learns from and is judged on."""
 
     symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"], min_length=1)
@@ -413,17 +409,17 @@ class RetrainWindow(_Frozen):
         return v
 
 
-class TrainChallengerInput(_Frozen):
+class TrainChallengerInput(FrozenMsg):
     model: str
     window: RetrainWindow
 
 
-class EvaluateShadowInput(_Frozen):
+class EvaluateShadowInput(FrozenMsg):
     model: str
     window: RetrainWindow
 
 
-class ChallengerReport(_Frozen):
+class ChallengerReport(FrozenMsg):
     model: str
     challenger: ModelScore  # its version is the registered challenger (or the shadow being judged)
     champion: ModelScore | None  # None: no champion
@@ -433,13 +429,13 @@ class ChallengerReport(_Frozen):
     seconds: float = 0.0
 
 
-class SetStageInput(_Frozen):
+class SetStageInput(FrozenMsg):
     model: str
     version: str
     stage: Literal["champion", "shadow", "retired"]
 
 
-class ShadowSignalsInput(_Frozen):
+class ShadowSignalsInput(FrozenMsg):
     """Shadow predictions for one bar: `bar_open_ms` set (the bar-close path) reads that live bar and
     its history from Redis (signals/bar_store.py); unset, the newest bar of `window`'s klines."""
 
@@ -448,7 +444,41 @@ class ShadowSignalsInput(_Frozen):
     bar_open_ms: int | None = Field(None, ge=0)
 
 
-class InferenceInput(_Msg):
+KNOWN_MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
+
+
+class RetrainInput(FrozenMsg):
+    models: list[str] = Field(default_factory=lambda: ["xgboost", "lightgbm"], min_length=1)
+    window: RetrainWindow = Field(default_factory=RetrainWindow)
+    shadow_mode: bool = False  # winners go to shadow first; promoted only when they win again later
+    policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in KNOWN_MODELS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"models must be distinct names from {KNOWN_MODELS}, got {v}")
+        return v
+
+
+class ModelOutcome(FrozenMsg):
+    model: str
+    step: Literal["shadow", "challenger"]
+    version: str | None
+    verdict: Verdict
+    stage: Literal["champion", "shadow", "retired", "challenger", "unchanged"]
+    reason: str
+    challenger: ModelScore  # out of sample, on the same rows as the champion's score
+    champion: ModelScore | None
+
+
+class RetrainResult(FrozenMsg):
+    outcomes: list[ModelOutcome]
+    shadow_signals: int = 0
+
+
+class InferenceInput(Msg):
     """Symbols to decide for (None: the universe in Redis, else the allowlist) at one closed bar
     (None: the newest bar every symbol has)."""
 
@@ -457,7 +487,7 @@ class InferenceInput(_Msg):
     bar_open_ms: int | None = Field(None, ge=0)
 
 
-class SymbolDecision(_Msg):
+class SymbolDecision(Msg):
     symbol: str
     side: str  # LONG | SHORT | NONE
     p_up: float
@@ -478,7 +508,7 @@ class SymbolDecision(_Msg):
     intent: PositionInput | None = None
 
 
-class InferenceResult(_Msg):
+class InferenceResult(Msg):
     interval: str
     bar_open_ms: int | None
     symbols: list[str]
@@ -486,6 +516,22 @@ class InferenceResult(_Msg):
     decisions: list[SymbolDecision] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     shadow: ShadowSignalsInput | None = None  # set when the registry has shadow challengers
+
+
+class BarCloseInput(Msg):
+    interval: str = "1h"
+    symbols: list[str] | None = None
+    bar_open_ms: int | None = Field(None, ge=0)
+
+
+class BarCloseResult(Msg):
+    bar_open_ms: int | None
+    decisions: int
+    started: list[str] = Field(default_factory=list)
+    already_started: list[str] = Field(default_factory=list)
+    not_tradeable: list[str] = Field(default_factory=list)  # shadow decisions that carried an intent
+    shadow_signals: int = 0
+    notes: list[str] = Field(default_factory=list)
 
 
 M = TypeVar("M", bound=BaseModel)

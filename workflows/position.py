@@ -23,8 +23,20 @@ from typing import Any, TypeVar
 
 import pydantic
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, SearchAttributePair
+from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
+
+from workflows.search_attributes import (
+    SA_OPEN_QTY,
+    SA_OPENED_AT,
+    SA_REALIZED_PNL,
+    SA_SIDE,
+    SA_SOURCE,
+    SA_STATUS,
+    SA_STRATEGY,
+    SA_SYMBOL,
+)
+from workflows.search_attributes import SEARCH_ATTRIBUTES as SEARCH_ATTRIBUTES  # importable here as before
 
 with workflow.unsafe.imports_passed_through():
     from trading.execution import (
@@ -87,26 +99,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 E = PositionEvent
-SA_SYMBOL = SearchAttributeKey.for_keyword("Symbol")
-SA_SIDE = SearchAttributeKey.for_keyword("Side")
-SA_STATUS = SearchAttributeKey.for_keyword("PositionStatus")
-SA_STRATEGY = SearchAttributeKey.for_keyword("Strategy")
-SA_SOURCE = SearchAttributeKey.for_keyword("Source")
-SA_REALIZED_PNL = SearchAttributeKey.for_float("RealizedPnl")
-SA_OPENED_AT = SearchAttributeKey.for_datetime("OpenedAt")
-# The open quantity in visibility lets reconcile list every position in one call instead of one
-# query (a workflow task) per position.
-SA_OPEN_QTY = SearchAttributeKey.for_float("OpenQty")
-SEARCH_ATTRIBUTES = [
-    SA_SYMBOL,
-    SA_SIDE,
-    SA_STATUS,
-    SA_STRATEGY,
-    SA_SOURCE,
-    SA_REALIZED_PNL,
-    SA_OPENED_AT,
-    SA_OPEN_QTY,
-]
 
 # The activities' timeouts and retry policies: workflows/calls.py.
 # A venue read while money is on the venue never fails the position: after the quick retries it is

@@ -20,58 +20,23 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from temporalio import workflow
 
-from trading.promotion import ModelScore, PromotionPolicy, Verdict, decide_promotion
+from trading.promotion import Verdict, decide_promotion
 from workflows import calls
 from workflows.messages import (
-    INFERENCE_TASK_QUEUE,  # noqa: F401  (re-exported: workers/lifecycle.py)
     ChallengerReport,
     EvaluateShadowInput,
-    RetrainWindow,
+    ModelOutcome,
+    RetrainInput,
+    RetrainResult,
     SetStageInput,
     ShadowSignalsInput,
     TrainChallengerInput,
 )
 
-KNOWN_MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
 RETRAIN_WORKFLOW_ID = "retrain"
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetrainInput(_Msg):
-    models: list[str] = Field(default_factory=lambda: ["xgboost", "lightgbm"], min_length=1)
-    window: RetrainWindow = Field(default_factory=RetrainWindow)
-    shadow_mode: bool = False  # winners go to shadow first; promoted only when they win again later
-    policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in KNOWN_MODELS]
-        if bad or len(set(v)) != len(v):
-            raise ValueError(f"models must be distinct names from {KNOWN_MODELS}, got {v}")
-        return v
-
-
-class ModelOutcome(_Msg):
-    model: str
-    step: Literal["shadow", "challenger"]
-    version: str | None
-    verdict: Verdict
-    stage: Literal["champion", "shadow", "retired", "challenger", "unchanged"]
-    reason: str
-    challenger: ModelScore  # out of sample, on the same rows as the champion's score
-    champion: ModelScore | None
-
-
-class RetrainResult(_Msg):
-    outcomes: list[ModelOutcome]
-    shadow_signals: int = 0
 
 
 @workflow.defn(name="RetrainWorkflow", sandboxed=False, failure_exception_types=[ValidationError])

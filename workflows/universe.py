@@ -4,25 +4,11 @@ seed's INTENT_BRIDGE_USE_TOP10) intersected with the allowlist. Run by a Tempora
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 
+from trading.universe import top_by_volume
 from workflows import calls
-from workflows.messages import QuoteVolumes, UniverseInput
-
-
-class UniverseResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    symbols: list[str]
-    ranked: list[tuple[str, float]]
-    source: str
-
-
-def top_by_volume(volumes: dict[str, float], allowlist: list[str], n: int) -> list[str]:
-    """The `n` highest quote volumes (ties by name) among the allowed symbols, highest first."""
-    allowed = [s for s in volumes if "*" in allowlist or s in allowlist]
-    return sorted(allowed, key=lambda s: (-volumes[s], s))[:n]
+from workflows.messages import QuoteVolumes, UniverseInput, UniverseResult
 
 
 @workflow.defn(name="UniverseWorkflow", sandboxed=False)

@@ -58,7 +58,8 @@ def test_workflow_id_depends_on_symbol_and_bar_only() -> None:
 
 def test_a_strategy_names_the_intent_and_may_only_tighten_the_stop() -> None:
     from signals.strategy_chooser import STRATEGIES
-    from trading.exit_policy import ExitProfile, resolve_profile
+    from trading.exit_policy import resolve_profile
+    from trading.exit_profile import ExitProfile
 
     size = volatility_target_notional(Decimal(10000), 0.005, CFG)
     label_stop = Decimal(repr(round(0.005 * 24**0.5 * 100, 4)))  # ≈ 2.45 %

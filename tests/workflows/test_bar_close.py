@@ -39,10 +39,12 @@ from trading.intents import IntentSource, Side
 from trading.promotion import is_tradeable
 from workers.inference_worker import inference_worker
 from workflows import calls
-from workflows.bar_close import BarCloseInput, BarCloseResult, BarCloseWorkflow
+from workflows.bar_close import BarCloseWorkflow
 from workflows.errors import ErrorType
 from workflows.messages import (
     INFERENCE_TASK_QUEUE,
+    BarCloseInput,
+    BarCloseResult,
     InferenceInput,
     InferenceResult,
     PositionInput,
@@ -51,8 +53,9 @@ from workflows.messages import (
     SetStageInput,
     SymbolDecision,
     UniverseInput,
+    UniverseResult,
 )
-from workflows.universe import UniverseResult, UniverseWorkflow
+from workflows.universe import UniverseWorkflow
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 HISTORIES = Path(__file__).parent / "histories"

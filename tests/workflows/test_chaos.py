@@ -16,8 +16,8 @@ import pytest
 from tests.workflows.conftest import Stack
 from tests.workflows.drills import open_then_close, synthetic_symbols, venue_positions, venue_record
 from trading.intents import Side
-from workers.lifecycle import RECONCILE_SCHEDULE_ID
 from workers.processes import ManagedProcess
+from workers.schedules import RECONCILE_SCHEDULE_ID
 from workflows.messages import DEFAULT_PORTFOLIO_ID, PortfolioView, PositionStatus
 
 LIFECYCLES = 100

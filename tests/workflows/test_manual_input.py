@@ -33,7 +33,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import REPO
 from tests.workflows.conftest import Stack
-from trading.exit_policy import ExitProfile, initial_state
+from trading.exit_policy import initial_state
+from trading.exit_profile import ExitProfile
 from trading.governor import Grant, RiskPolicy
 from trading.instruments import SymbolRules
 from trading.intents import Side

@@ -31,9 +31,15 @@ from signals.models.gbm import LightGBMModel
 from signals.registry import ModelRegistry
 from tests.workflows.conftest import Stack
 from trading.promotion import PromotionPolicy, Verdict, decide_promotion, is_tradeable
-from workers.lifecycle import RETRAIN_SCHEDULE_ID, ensure_retrain_schedule
-from workflows.messages import INFERENCE_TASK_QUEUE, RetrainWindow, ShadowSignalsInput
-from workflows.retrain import RetrainInput, RetrainResult, RetrainWorkflow
+from workers.schedules import RETRAIN_SCHEDULE_ID, ensure_retrain_schedule
+from workflows.messages import (
+    INFERENCE_TASK_QUEUE,
+    RetrainInput,
+    RetrainResult,
+    RetrainWindow,
+    ShadowSignalsInput,
+)
+from workflows.retrain import RetrainWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 MODEL = "lightgbm"

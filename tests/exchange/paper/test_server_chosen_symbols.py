@@ -54,21 +54,6 @@ def paper_exchange_process(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("price", ["65000", "3000", "150", "1.5", "0.15", "0.0000123"])
-def test_inferred_filters_scale_with_the_price(price: str) -> None:
-    p = Decimal(price)
-    r = inferred_rules(SYM, p)
-    assert Decimal(10) ** 4 <= p / r.tick_size < Decimal(10) ** 5  # five significant digits
-    assert Decimal(1) < r.step_size * p <= Decimal(10)  # one step is worth 1..10 USDT
-    assert r.min_notional == Decimal(5) and r.max_price >= p * 10_000 and r.min_price == r.tick_size
-    assert r.round_price(p) == p
-    entry = {"symbol": SYM, "baseAsset": "PEPE", "filters": r.to_filters()}
-    entry |= {"pricePrecision": r.price_precision, "quantityPrecision": r.quantity_precision}
-    assert SymbolRules.from_exchange_info(entry) == r
-    with pytest.raises(ValueError, match="not a USDT perpetual"):
-        inferred_rules("pepe", p)
-
-
 def test_exchange_lists_exactly_the_chosen_symbol_with_its_replayed_klines(exchange: PaperExchange) -> None:
     rows = kline_rows()
     with Api(exchange) as api:

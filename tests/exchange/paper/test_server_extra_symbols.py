@@ -18,7 +18,6 @@ from trading.instruments import (
     DEFAULT_RULES,
     SymbolRules,
     synthetic_rules,
-    synthetic_symbol,
     synthetic_symbols,
 )
 
@@ -32,36 +31,6 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperExchange
         yield ex
     finally:
         ex.process.stop()
-
-
-def test_synthetic_rules_are_pure_and_generic() -> None:
-    r = synthetic_rules(SYM)
-    assert r == synthetic_rules(SYM)
-    assert (r.symbol, r.base_asset, r.price_precision, r.quantity_precision) == (SYM, "T042", 2, 3)
-    assert (r.tick_size, r.step_size, r.min_qty, r.market_max_qty, r.min_notional) == (
-        Decimal("0.01"),
-        Decimal("0.001"),
-        Decimal("0.001"),
-        Decimal("100000"),
-        Decimal("5"),
-    )
-    assert (
-        SymbolRules.from_exchange_info(
-            {
-                "symbol": SYM,
-                "baseAsset": "T042",
-                "pricePrecision": 2,
-                "quantityPrecision": 3,
-                "filters": r.to_filters(),
-            }
-        )
-        == r
-    )
-    assert synthetic_symbols(3) == ["T001USDT", "T002USDT", "T003USDT"]
-    assert synthetic_symbol(999) == "T999USDT"
-    with pytest.raises(ValueError):
-        synthetic_symbol(1000)
-    assert not set(synthetic_symbols(999)) & set(DEFAULT_RULES)
 
 
 def test_exchange_info_lists_110_symbols(exchange: PaperExchange) -> None:
