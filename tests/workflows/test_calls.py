@@ -222,6 +222,7 @@ def test_error_type_values_never_change() -> None:
         "CLOSE_REFUSED": "CloseRefused",
         "STALE_PROPOSAL": "StaleProposal",
         "PROPOSAL_REFUSED": "ProposalRefused",
+        "NO_BARS_STORED": "NoBarsStored",
         "BAD_RETRAIN_INPUT": "BadRetrainInput",
         "VALIDATION_ERROR": "ValidationError",
     }
