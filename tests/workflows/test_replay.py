@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -70,8 +70,11 @@ def replayer() -> Replayer:
     )
 
 
-async def run_scenario(stack: Stack) -> None:
-    """Open → partial close → stop-loss; a rejected intent; a failed one; the portfolio behind them."""
+async def run_scenario(
+    stack: Stack, before_workers_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Open → partial close → stop-loss; a rejected intent; a failed one; the portfolio behind them.
+    `before_workers_stop` runs last, while the workers still answer."""
     stack.exchange.set_price("BTCUSDT", "60000")
     stack.exchange.set_price("ETHUSDT", "3000")
     async with stack.workers():
@@ -104,6 +107,8 @@ async def run_scenario(stack: Stack) -> None:
         with pytest.raises(WorkflowFailureError) as err:
             await asyncio.wait_for(failed.result(), 20)
         assert "symbol: FOOUSDT is not a trading symbol" in str(err.value.cause)
+        if before_workers_stop is not None:
+            await before_workers_stop()
 
 
 async def fetch_histories(stack: Stack) -> list[WorkflowHistory]:
@@ -207,8 +212,8 @@ async def test_histories_replay_and_hold_no_secrets(stack: Stack, tmp_path: Path
 SCENARIO_IDS = ("replay-full", "replay-rejected", "replay-failed")
 
 
-async def interleave(stack: Stack, seen: Counter[str]) -> None:
-    """Until cancelled: queries, updates each validator refuses and signals each handler ignores, to every
+async def interleave(stack: Stack, seen: Counter[str], stop: asyncio.Event) -> None:
+    """Until `stop` is set: queries, updates each validator refuses and signals each handler ignores, to every
     workflow of the scenario, as fast as they go (counted in `seen`). None may change a command: queries
     and refused updates leave nothing in history, the ignored signals leave only themselves."""
     refused = (
@@ -226,7 +231,7 @@ async def interleave(stack: Stack, seen: Counter[str]) -> None:
         except refused as err:  # not started yet, finished, or refused: what is being exercised
             seen[f"{kind} refused ({type(err).__name__})"] += 1
 
-    while True:
+    while not stop.is_set():
         for wid in SCENARIO_IDS:
             h = stack.client.get_workflow_handle(wid)
             await attempt("query", h.query("state"))
@@ -245,10 +250,20 @@ async def test_histories_replay_with_queries_refused_updates_and_ignored_signals
     stack: Stack, tmp_path: Path
 ) -> None:
     seen: Counter[str] = Counter()
-    hammers = [asyncio.create_task(interleave(stack, seen)) for _ in range(2)]
+    stop = asyncio.Event()
+    hammers = [asyncio.create_task(interleave(stack, seen, stop)) for _ in range(2)]
+
+    async def stop_hammers() -> None:
+        # The hammers end their round while the workers still answer. Cancelled after the workers had
+        # stopped, a hammer waiting on a query sometimes never ended: the client took the cancellation
+        # and went on waiting for an answer no worker would give (the test hung about one run in
+        # twenty on a loaded machine, past pytest's timeout).
+        stop.set()
+        await asyncio.gather(*hammers)
+
     try:
-        await run_scenario(stack)
-    finally:  # (an update waiting for a worker that has stopped waits until cancelled)
+        await run_scenario(stack, stop_hammers)
+    finally:  # the scenario failed before its end: no round to finish
         for hammer in hammers:
             hammer.cancel()
         await asyncio.gather(*hammers, return_exceptions=True)
