@@ -1,5 +1,5 @@
 """Every activity the workflows call, declared once: its name (the activity type in histories), what it
-takes and returns, its task queue, timeouts and retry policy.
+takes and returns, its task queue, timeouts and retry policy (the policies: workflows/retries.py).
 
 Workflows call the typed stubs (`await calls.PREPARE_ENTRY.run(PrepareEntryInput(...))`, or
 `calls.OPEN_ENTRY.start(...)` for a handle); the implementations take their names from here
@@ -50,7 +50,6 @@ from trading.pnl import Fill
 from trading.policy_review import Proposal
 from trading.reconcile import Fix, TrackedPosition
 from trading.records import ClosedTrade
-from workflows.errors import ErrorType
 from workflows.messages import (
     EXCHANGE_TASK_QUEUE,
     INFERENCE_TASK_QUEUE,
@@ -74,6 +73,22 @@ from workflows.messages import (
     TrainChallengerInput,
     UniverseInput,
     VenueState,
+)
+from workflows.retries import (
+    DELIVERY_RETRY,
+    FIVE_TRIES,
+    FIVE_TRIES_FAST,
+    LEVELS_RETRY,
+    MARK_RETRY,
+    ORDER_ATTEMPT_TIMEOUT,
+    ORDER_RETRY,
+    REBUILD_RETRY,
+    RECORD_RETRY,
+    THREE_TRIES,
+    TRAIN_RETRY,
+    TWO_TRIES,
+    VENUE_RETRY,
+    WAIT_FOR_BARS,
 )
 
 In = TypeVar("In")
@@ -194,64 +209,6 @@ class TwoArgActivity(_Declared[Out], Generic[A, B, Out]):
 
     def start(self, first: A, second: B) -> workflow.ActivityHandle[Out]:
         return self._start(first, second)
-
-
-# ------------------------------------------------------------------ retry policies
-# Venue reads and idempotent writes retry briefly; orders retry only after the activity has looked the
-# order up by its client id (the activity does that on every attempt).
-VENUE_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=5),
-    maximum_attempts=10,
-    non_retryable_error_types=[ErrorType.REJECTED, ErrorType.UNKNOWN_SYMBOL],
-)
-ORDER_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=0,
-    non_retryable_error_types=[ErrorType.REJECTED, ErrorType.UNKNOWN_SYMBOL],
-)
-# The mark timer's read: a few attempts, then the position says the venue is unreachable and goes on
-# deciding on the watcher's prices until the next timer (it never blocks the exit loop for long).
-MARK_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=2),
-    maximum_attempts=3,
-    non_retryable_error_types=[ErrorType.REJECTED, ErrorType.UNKNOWN_SYMBOL],
-)
-# An order attempt sends nothing in its last (HTTP timeout + recvWindow + 1 s) = 16 s (activities/
-# exchange.py: a request sent later could execute after the retry's look-up), so it needs room beyond;
-# not much more, since an attempt lost with a killed worker is retried only after it.
-ORDER_ATTEMPT_TIMEOUT = timedelta(seconds=30)
-# A position's trigger levels: a failed publish waits out a pause in the workflow instead.
-LEVELS_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
-# A position's read model and its journal row: retried until their schedule-to-close bound.
-RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15), maximum_attempts=0
-)
-# The portfolio's answers to its holders.
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
-)
-# Reading what the running positions hold: retried server-side for as long as visibility is down (one
-# activity in history however long it takes); requests wait meanwhile.
-REBUILD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
-# Training: one retry, none for an input that cannot train.
-TRAIN_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10),
-    maximum_attempts=2,
-    non_retryable_error_types=[ErrorType.BAD_RETRAIN_INPUT],
-)
-# The universe's quote volumes wait for the market-data service's first stored bar (a fresh stack) or
-# for Redis to come back: every few seconds for up to ten minutes, the schedule's next run skipped.
-WAIT_FOR_BARS = RetryPolicy(
-    initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5)
-)
-# The plain ones, shared by calls that only need a few tries.
-FIVE_TRIES_FAST = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_attempts=5)
-FIVE_TRIES = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
-THREE_TRIES = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
-TWO_TRIES = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
 
 
 # ------------------------------------------------------------------ task queue `exchange`

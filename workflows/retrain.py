@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from temporalio import workflow
 
 from trading.promotion import Verdict, decide_promotion
-from workflows import calls
+from workflows import calls, retries
 from workflows.messages import (
     ChallengerReport,
     EvaluateShadowInput,
@@ -72,7 +72,7 @@ class RetrainWorkflow:
         if inp.shadow_mode and any(o.stage == "shadow" for o in outcomes):
             # A whole window's predictions: longer, and tried more often, than the bar close's one bar.
             publish = calls.PUBLISH_SHADOW_SIGNALS.with_options(
-                start_to_close_timeout=timedelta(minutes=5), retry_policy=calls.FIVE_TRIES
+                start_to_close_timeout=timedelta(minutes=5), retry_policy=retries.FIVE_TRIES
             )
             published = await publish.run(ShadowSignalsInput(models=inp.models, window=w))
             self._say(f"published {published} shadow predictions")

@@ -26,7 +26,7 @@ import workers.exchange_worker
 import workers.inference_worker
 import workers.lifecycle
 from trading.config import Settings
-from workflows import calls
+from workflows import calls, retries
 from workflows.errors import ErrorType
 from workflows.messages import EXCHANGE_TASK_QUEUE, INFERENCE_TASK_QUEUE, LIFECYCLE_TASK_QUEUE
 
@@ -199,14 +199,14 @@ async def test_a_stub_schedules_what_the_string_call_scheduled() -> None:
 
 def test_with_options_changes_only_what_it_is_given() -> None:
     base = calls.PUBLISH_SHADOW_SIGNALS
-    other = base.with_options(start_to_close_timeout=timedelta(minutes=5), retry_policy=calls.FIVE_TRIES)
+    other = base.with_options(start_to_close_timeout=timedelta(minutes=5), retry_policy=retries.FIVE_TRIES)
     assert (other.name, other.task_queue, other.input, other.output) == (
         base.name,
         base.task_queue,
         base.input,
         base.output,
     )
-    assert (other.start_to_close_timeout, other.retry_policy) == (timedelta(minutes=5), calls.FIVE_TRIES)
+    assert (other.start_to_close_timeout, other.retry_policy) == (timedelta(minutes=5), retries.FIVE_TRIES)
     assert base.start_to_close_timeout == timedelta(seconds=60)  # the declaration itself is unchanged
 
 
