@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 
 from workers.processes import ManagedProcess, free_port, http_ok, port_open
-from workers.stack import temporal_binary
-from workers.temporal_client import cli_search_attribute_flags
+from workers.stack import dev_server_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,23 +24,9 @@ def start_temporal(tmp: Path, *extra: str, port: int | None = None) -> tuple[Man
     """A dev server on `port` (a free one by default); pass `--db-filename` in `extra` to keep its state
     in a SQLite file across a restart."""
     port = port or free_port()
-    sa = cli_search_attribute_flags()
     proc = ManagedProcess(
         name="temporal",
-        argv=[
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--headless",
-            "--log-level",
-            "error",
-            *sa,
-            *extra,
-        ],
+        argv=dev_server_argv("127.0.0.1", port, "--headless", "--log-level", "error", *extra),
         log_path=tmp / "temporal.log",
     )
     proc.start()

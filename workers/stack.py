@@ -24,7 +24,7 @@ import redis
 
 from trading.config import Settings, TradingMode
 from workers.processes import ManagedProcess, StartupError, http_ok, pid_alive, port_open, stop_pid
-from workers.temporal_client import cli_search_attribute_flags
+from workers.temporal_client import cli_search_attribute_flags, dynamic_config_flags
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_KEYS_FILE = "paper-keys.env"
@@ -98,6 +98,23 @@ def _split_address(address: str, variable: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def dev_server_argv(host: str, port: int, *extra: str) -> list[str]:
+    """`temporal server start-dev` as every server here is started (the stack, the tests' and the
+    benchmarks'): the position search attributes registered and DEV_SERVER_DYNAMIC_CONFIG applied."""
+    return [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        host,
+        "--port",
+        str(port),
+        *cli_search_attribute_flags(),
+        *dynamic_config_flags(),
+        *extra,
+    ]
+
+
 def service_specs(
     settings: Settings, *, prices: str = "replay", speed: float = 1.0, symbols: list[str] | None = None
 ) -> list[ServiceSpec]:
@@ -111,14 +128,9 @@ def service_specs(
     specs = [
         ServiceSpec(
             name="temporal",
-            argv=[
-                temporal_binary(),
-                "server",
-                "start-dev",
-                "--ip",
+            argv=dev_server_argv(
                 t_host,
-                "--port",
-                str(t_port),
+                t_port,
                 "--ui-port",
                 str(settings.temporal_ui_port),
                 "--db-filename",
@@ -127,8 +139,7 @@ def service_specs(
                 settings.temporal_namespace,
                 "--log-level",
                 "warn",
-                *cli_search_attribute_flags(),
-            ],
+            ),
             host=t_host,
             port=t_port,
             marker=str(root / "temporal"),

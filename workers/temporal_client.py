@@ -49,6 +49,23 @@ def cli_search_attribute_flags() -> list[str]:
     ]
 
 
+# The history service reads its transfer queue (tasks handed to matching) through a token bucket of
+# `history.transferProcessorMaxPollRPS` reads per second per history shard, default 20. The dev
+# server runs ONE shard, so at the default every step waits for the next 50 ms slot: an activity
+# step costs ~50 ms instead of ~21 ms (../shared/notes/temporal.md §4). Reads are triggered by
+# notifications, so the raised limit costs no idle CPU; it only stops capping a busy shard.
+DEV_SERVER_DYNAMIC_CONFIG: dict[str, int] = {"history.transferProcessorMaxPollRPS": 1000}
+
+
+def dynamic_config_flags() -> list[str]:
+    """`--dynamic-config-value KEY=VALUE` for each of DEV_SERVER_DYNAMIC_CONFIG."""
+    return [
+        arg
+        for key, value in DEV_SERVER_DYNAMIC_CONFIG.items()
+        for arg in ("--dynamic-config-value", f"{key}={value}")
+    ]
+
+
 def metrics_runtime(port: int | None, host: str = "127.0.0.1") -> Runtime | None:
     """A runtime whose Prometheus endpoint serves the SDK's metrics and ours (created through its meter)."""
     if not port:  # None or 0: no metrics endpoint
