@@ -56,17 +56,18 @@ class BalanceTracker:
         venue: Any,  # BinanceFuturesClient (account)
         redis: aioredis.Redis,
         client: Any,  # temporalio.client.Client
-        registry: CollectorRegistry,
+        metrics: BalanceMetrics,
         check_s: float = 60.0,
         min_interval_s: float = 2.0,
         stream_maxlen: int = 100_000,
     ) -> None:
         """`min_interval_s`: the least time between two readings (a burst of fills costs one reading of
-        weight 5, not one per fill, from the IP's shared budget)."""
+        weight 5, not one per fill, from the IP's shared budget). `metrics` live as long as the process
+        (a tracker is made each time the process's lease makes it the active stream)."""
         self.venue = venue
         self.redis = redis
         self.client = client
-        self.metrics = BalanceMetrics(registry)
+        self.metrics = metrics
         self.check_s = check_s
         self.min_interval_s = min_interval_s
         self.stream_maxlen = stream_maxlen

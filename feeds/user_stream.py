@@ -48,7 +48,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from exchange.client import BinanceFuturesClient
 from exchange.errors import ExchangeError, RejectedError
-from feeds.balance_tracker import BalanceTracker
+from feeds.balance_tracker import BalanceMetrics, BalanceTracker
 from feeds.user_events import (
     EXPIRED_EVENT,
     SNAPSHOT_PREFIX,
@@ -694,6 +694,7 @@ async def run_user_stream(
 ) -> None:
     """Run until SIGTERM / SIGINT (or `stop`): `settings` is a `trading.config.Settings`."""
     metrics = UserStreamMetrics()
+    balance_metrics = BalanceMetrics(metrics.registry)
 
     async def stream_events(svc: Service) -> None:
         venue = BinanceFuturesClient.from_settings(settings)
@@ -701,7 +702,7 @@ async def run_user_stream(
             venue=venue,
             redis=svc.redis,
             client=svc.client,
-            registry=metrics.registry,
+            metrics=balance_metrics,
             check_s=settings.balance_check_seconds,
         )
         stream = UserStream(

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     """Metrics port of the price watcher."""
     user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
     """Metrics port of the user-data stream."""
+    feed_lease_seconds: float = Field(5.0, ge=0.5, le=60)
+    """The price watcher's and the user-data stream's lease in Redis: of the copies of each that run, one
+    is active and the others take over within this many seconds of its last renewal (renewed every
+    fifth of it)."""
     reconcile_interval_seconds: float = Field(30.0, gt=0)
     """Period of the reconcile Schedule (venue positions and orders against the workflows)."""
     risk_inputs_interval_minutes: float = Field(60.0, gt=0)

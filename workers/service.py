@@ -37,6 +37,7 @@ from temporalio.worker import Worker
 
 from trading.config import ConfigError, Settings, load_settings
 from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
+from workers.lease import FeedLease, run_leased
 from workers.temporal_client import connect_until_stopped
 
 if TYPE_CHECKING:
@@ -190,11 +191,17 @@ async def run_feed(
     stop: asyncio.Event | None = None,
 ) -> None:
     """`run_service` as the feeds that signal workflows run it (the price watcher, the user-data
-    stream): Temporal retried until it answers, Redis with `FEED_REDIS`."""
+    stream): Temporal retried until it answers, Redis with `FEED_REDIS`, and `body` run only while
+    this process holds the feed's lease (workers/lease.py: one copy active, the others standing by)."""
+
+    async def leased(svc: Service) -> None:
+        lease = FeedLease(svc.redis, name.replace(" ", "-"), settings.feed_lease_seconds)
+        await run_leased(name, svc, body, lease, registry, log)
+
     await run_service(
         name,
         settings,
-        body,
+        leased,
         log=log,
         stop=stop,
         registry=registry,

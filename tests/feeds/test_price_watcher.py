@@ -196,7 +196,7 @@ class Env:
     redis: aioredis.Redis
     watchers: list[ManagedProcess]
 
-    def start_watcher(self, *, resend_after: float = 60.0) -> Watcher:
+    def start_watcher(self, *, resend_after: float = 60.0, lease_s: float = 5.0) -> Watcher:
         port = free_port()
         proc = ManagedProcess(
             name="price-watcher",
@@ -218,6 +218,7 @@ class Env:
                 "REDIS_PORT": str(self.redis_port),
                 "TEMPORAL_ADDRESS": self.temporal,
                 "TEMPORAL_NAMESPACE": "default",
+                "FEED_LEASE_SECONDS": str(lease_s),
             },
             cwd=REPO,
         )
@@ -502,6 +503,40 @@ async def test_restarted_watcher_catches_up_on_the_first_tick(env: Env) -> None:
     assert w2.proc.popen is not None
     assert await asyncio.to_thread(w2.proc.popen.wait, 10) == 0
     assert "price watcher stopped" in w2.proc.log_path.read_text()
+
+
+async def test_of_two_watchers_one_acts_and_the_other_takes_over_when_it_is_killed(env: Env) -> None:
+    # Two copies (as on two machines): one holds the lease and signals, the other stands by without a
+    # venue connection; SIGKILLed, the active is replaced once its lease lapses (workers/lease.py).
+    e = env
+    await e.recorder("pos-l")
+    await e.publish("pos-l", "BTCUSDT", None, "59000", 1)
+    watchers = [e.start_watcher(lease_s=1.0), e.start_watcher(lease_s=1.0)]
+    async with asyncio.timeout(GUARD_S):
+        while True:
+            try:
+                active = [(await asyncio.to_thread(w.metrics)).get("feed_lease_active") for w in watchers]
+            except httpx.HTTPError:  # not serving yet
+                active = []
+            if sorted(active) == [0.0, 1.0]:
+                break
+            await asyncio.sleep(0.05)
+    first, standby = (watchers[0], watchers[1]) if active[0] == 1.0 else (watchers[1], watchers[0])
+    await first.wait_metric("price_watcher_streams_subscribed", 3)
+    await e.set_price("BTCUSDT", "58900")
+    await wait_signals("pos-l", 1)
+    await e.set_price("BTCUSDT", "58800")  # the same levels version again: nobody signals it twice
+    await asyncio.sleep(0.5)
+    assert len(signals_for("pos-l")) == 1
+    assert standby.metrics().get("price_watcher_streams_subscribed", 0.0) == 0.0
+    os.kill(first.proc.pid, signal.SIGKILL)
+    await standby.wait_metric("feed_lease_active", 1)
+    await standby.wait_metric("price_watcher_streams_subscribed", 3)
+    await e.publish("pos-l", "BTCUSDT", None, "58000", 2)  # the position re-armed lower
+    await e.set_price("BTCUSDT", "57900")
+    [_, (_, payload)] = await wait_signals("pos-l", 2)
+    assert payload["levels_version"] == 2 and D(payload["price"]) == D("57900")
+    assert "active: lease quantum:lease:price-watcher" in standby.proc.log_path.read_text()
 
 
 async def test_safety_resend_and_a_missing_workflow(env: Env) -> None:

@@ -253,7 +253,7 @@ class Env:
     venue: BinanceFuturesClient
     procs: list[ManagedProcess]
 
-    def start_service(self, keepalive: float = 1.0) -> Service:
+    def start_service(self, keepalive: float = 1.0, lease_s: float = 5.0) -> Service:
         port = free_port()
         proc = ManagedProcess(
             name="user-stream",
@@ -278,6 +278,7 @@ class Env:
                 "REDIS_PORT": str(self.redis_port),
                 "TEMPORAL_ADDRESS": self.temporal,
                 "TEMPORAL_NAMESPACE": "default",
+                "FEED_LEASE_SECONDS": str(lease_s),
             },
             cwd=REPO,
         )
@@ -570,3 +571,41 @@ async def test_user_stream_end_to_end(env: Env) -> None:
             }
         )
     )
+
+
+async def test_of_two_streams_one_forwards_and_the_other_takes_over_when_it_is_killed(env: Env) -> None:
+    """Two copies (as on two machines): one holds the lease and forwards each event once, the other
+    stands by; SIGKILLed, the active is replaced once its lease lapses, and the new one catches up with
+    a snapshot of what changed while nobody streamed."""
+    btc = "pos-two"
+    await env.track("BTCUSDT", btc)
+    services = [env.start_service(lease_s=1.0), env.start_service(lease_s=1.0)]
+    _, p = await wait_for(btc, lambda p: p["kind"] == "position_snapshot", timeout=20)
+    assert p["reason"] == "start"
+    async with asyncio.timeout(GUARD_S):
+        while True:
+            try:
+                active = [(await asyncio.to_thread(svc.metrics)).get("feed_lease_active") for svc in services]
+            except httpx.HTTPError:  # not serving yet
+                active = []
+            if sorted(active) == [0.0, 1.0]:
+                break
+            await asyncio.sleep(0.05)
+    first, standby = (services[0], services[1]) if active[0] == 1.0 else (services[1], services[0])
+    n = count(btc)
+    await env.venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.010"), client_order_id="two-1")
+    await wait_for(btc, lambda p: p.get("client_order_id") == "two-1", since=n)
+    await wait_for(btc, lambda p: p["kind"] == "account_update", since=n)
+    await asyncio.sleep(0.5)  # a second copy forwarding would have signalled by now
+    forwarded = [p for _, p in RECEIVED[btc][n:] if p.get("client_order_id") == "two-1"]
+    assert len(forwarded) == 1
+    os.kill(first.proc.pid, signal.SIGKILL)
+    n = count(btc)
+    await env.venue.new_order("BTCUSDT", "BUY", "MARKET", D("0.010"), client_order_id="two-2")  # unseen
+    await standby.wait_metric("feed_lease_active", 1)
+    _, p = await wait_for(btc, lambda p: p["kind"] == "position_snapshot", since=n)
+    assert (p["reason"], p["position_amt"]) == ("start", "0.02")  # caught up on the fill nobody streamed
+    n = count(btc)
+    await env.venue.new_order("BTCUSDT", "SELL", "MARKET", D("0.020"), client_order_id="two-3")
+    _, o = await wait_for(btc, lambda p: p.get("client_order_id") == "two-3", since=n)
+    assert o["order_status"] == "FILLED"
