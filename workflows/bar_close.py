@@ -17,6 +17,8 @@ second position. The portfolio decides the rest.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
@@ -31,7 +33,11 @@ with workflow.unsafe.imports_passed_through():
         BarCloseResult,
         InferenceInput,
         InferenceResult,
+        SymbolDecision,
     )
+
+# Versioning (README): runs that started before this change start their positions one at a time.
+PATCH_STARTS_TOGETHER = "bar-close-starts-positions-together"
 
 
 @workflow.defn(name="BarCloseWorkflow", sandboxed=False)  # unsandboxed like every workflow here
@@ -47,30 +53,23 @@ class BarCloseWorkflow:
         started: list[str] = []
         already: list[str] = []
         refused: list[str] = []
+        tradeable: list[SymbolDecision] = []
         for d in result.decisions:
             if d.intent is None or d.workflow_id is None:
                 continue
             if not is_tradeable(d):
                 refused.append(d.workflow_id)
                 continue
-            try:
-                await workflow.start_child_workflow(
-                    "PositionWorkflow",
-                    d.intent,
-                    id=d.workflow_id,
-                    task_queue=LIFECYCLE_TASK_QUEUE,
-                    # the position outlives this short run; its id is never reused (client order ids
-                    # derive from it)
-                    parent_close_policy=ParentClosePolicy.ABANDON,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    static_summary=(
-                        f"{d.side} {d.symbol} {d.notional_usdt} USDT ({d.strategy or 'model'}, "
-                        f"{d.regime}, conf {d.confidence:.3f})"
-                    ),
-                )
-                started.append(d.workflow_id)
-            except WorkflowAlreadyStartedError:
-                already.append(d.workflow_id)
+            tradeable.append(d)
+        if workflow.patched(PATCH_STARTS_TOGETHER):
+            # Every start in one workflow task: one at a time, a hundred symbols took a hundred
+            # round trips to the server before the last position existed.
+            outcomes = await asyncio.gather(*(self._start(d) for d in tradeable))
+        else:
+            outcomes = [await self._start(d) for d in tradeable]
+        for d, was_started in zip(tradeable, outcomes, strict=True):
+            assert d.workflow_id is not None
+            (started if was_started else already).append(d.workflow_id)
         notes = list(result.notes)
         shadow_signals = 0
         if result.shadow is not None:
@@ -87,3 +86,24 @@ class BarCloseWorkflow:
             shadow_signals=shadow_signals,
             notes=notes,
         )
+
+    async def _start(self, d: SymbolDecision) -> bool:
+        """Start the decision's position; False when a run for this bar already started it."""
+        try:
+            await workflow.start_child_workflow(
+                "PositionWorkflow",
+                d.intent,
+                id=d.workflow_id,
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                # the position outlives this short run; its id is never reused (client order ids
+                # derive from it)
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=(
+                    f"{d.side} {d.symbol} {d.notional_usdt} USDT ({d.strategy or 'model'}, "
+                    f"{d.regime}, conf {d.confidence:.3f})"
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            return False
+        return True

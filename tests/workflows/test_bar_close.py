@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -26,6 +27,7 @@ from temporalio.worker import Worker
 from activities.inference import DECISION_STREAM, INTENT_STREAM, SIGNAL_STREAM, InferenceActivities
 from activities.learning import LearningActivities
 from activities.universe import UniverseActivities
+from bench.barclose import bench_infer_bar, bench_publish_decisions, position_id
 from feeds.market_data import MarketDataService
 from signals.bar_store import KLINES_STREAM, UNIVERSE_KEY, BarStore
 from signals.data import load_aligned
@@ -428,3 +430,43 @@ async def test_rewards_on_the_stream_change_the_strategy_of_the_next_intent(
     assert "rewards consumer stopped" in worker.log_path.read_text()
     assert (await stack.redis.xpending(REWARDS_STREAM, GROUP))["pending"] == 0  # each reward acknowledged
     assert await stack.redis.xinfo_consumers(REWARDS_STREAM, GROUP) == []  # it left the group tidy
+
+
+@pytest.mark.parametrize(
+    "stack", [{"apply_allowlist": ["BTCUSDT"], "exchange_args": ["--extra-symbols", "30"]}], indirect=True
+)
+async def test_a_bar_close_starts_every_position_in_one_workflow_task(stack: Stack) -> None:
+    # One at a time, a hundred symbols took a hundred round trips to the server before the last
+    # position existed (bench.barclose measures the whole path).
+    symbols = [f"T{i:03d}USDT" for i in range(1, 31)]
+    bar = 1_800_000_000_000
+    async with (
+        stack.workers(),
+        Worker(
+            stack.client,
+            task_queue=INFERENCE_TASK_QUEUE,
+            workflows=[BarCloseWorkflow],
+            activities=[bench_infer_bar, bench_publish_decisions],
+        ),
+    ):
+        handle = await stack.client.start_workflow(
+            BarCloseWorkflow.run,
+            BarCloseInput(symbols=symbols, interval="1h", bar_open_ms=bar),
+            id="bar-close-together",
+            task_queue=INFERENCE_TASK_QUEUE,
+            result_type=BarCloseResult,
+        )
+        result = await handle.result()
+        history = await handle.fetch_history()
+        positions = [stack.client.get_workflow_handle(position_id(bar, s)) for s in symbols]
+        # outside the allowlist: every position is refused and ends before the workers stop
+        outcomes = await asyncio.gather(*(asyncio.wait_for(p.result(), 60) for p in positions))
+    assert sorted(result.started) == sorted(p.id for p in positions)
+    initiated = [
+        e.start_child_workflow_execution_initiated_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    ]
+    assert len(initiated) == 30
+    assert len({a.workflow_task_completed_event_id for a in initiated}) == 1
+    assert {o["rejection_gate"] for o in outcomes} == {"allowlist"}
