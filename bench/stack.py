@@ -73,11 +73,13 @@ async def local_stack(
     extra_symbols: int = 90,
     extra_workers: Sequence[Any] = (),
     log: Any = None,
+    lifecycle: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[LocalStack]:
     """Start everything, yield, stop everything we started (by PID), whatever happens in between.
 
     `extra_workers`: callables `client -> Worker` run next to the two lifecycle workers.
+    `lifecycle`: False runs no lifecycle worker here (the benchmark starts one as a process).
     `overrides`: Settings fields (risk limits etc.)."""
     say = log or (lambda _msg: None)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ async def local_stack(
                 )
                 workers = [
                     exchange_worker(client, venue_client),
-                    lifecycle_worker(client, settings, redis, market),
+                    *([lifecycle_worker(client, settings, redis, market)] if lifecycle else []),
                     *(make(client) for make in extra_workers),
                 ]
                 for w in workers:
@@ -149,11 +151,13 @@ async def local_stack(
             say(f"stopped {name} pid {proc.pid}")
 
 
-def start_service(stack: LocalStack, name: str, *argv: str, keys: bool = False) -> ManagedProcess:
+def start_service(
+    stack: LocalStack, name: str, *argv: str, keys: bool = False, env: dict[str, str] | None = None
+) -> ManagedProcess:
     """A `qtrader` service (e.g. `watcher`, `user-stream`) as a child process wired to this stack;
-    `keys`: it gets the venue's API key and secret in its environment."""
+    `keys`: it gets the venue's API key and secret in its environment; `env`: more settings."""
     s = stack.settings
-    env = {
+    environ = {
         **os.environ,
         "TEMPORAL_ADDRESS": s.temporal_address,
         "REDIS_PORT": str(s.redis_port),
@@ -161,12 +165,12 @@ def start_service(stack: LocalStack, name: str, *argv: str, keys: bool = False) 
         "BINANCE_WEIGHT_LIMIT_1M": str(s.binance_weight_limit_1m),
     }
     if keys:
-        env.update(BINANCE_API_KEY=stack.venue.api_key, BINANCE_API_SECRET=stack.venue.api_secret)
+        environ.update(BINANCE_API_KEY=stack.venue.api_key, BINANCE_API_SECRET=stack.venue.api_secret)
     proc = ManagedProcess(
         name=name,
         argv=[sys.executable, "-m", "workers.cli", *argv, "--metrics-port", "0"],
         log_path=stack.tmp / f"{name}.log",
-        env=env,
+        env={**environ, **(env or {})},
         cwd=REPO,
     )
     proc.start()

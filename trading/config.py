@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     """Metrics port of the price watcher."""
     user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
     """Metrics port of the user-data stream."""
+    lifecycle_cached_workflows: int = Field(10_000, ge=10, le=1_000_000)
+    """Workflows the lifecycle worker keeps in memory (its sticky cache, ~31 KiB each when idle): at
+    least the open positions it holds, or each of their signals replays a history."""
     feed_lease_seconds: float = Field(5.0, ge=0.5, le=60)
     """The price watcher's and the user-data stream's lease in Redis: of the copies of each that run, one
     is active and the others take over within this many seconds of its last renewal (renewed every

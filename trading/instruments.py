@@ -328,12 +328,14 @@ DEFAULT_RULES: dict[str, SymbolRules] = {
 # --- synthetic symbols (load tests) ---------------------------------------------------------------
 SYNTHETIC_PREFIX = "T"
 SYNTHETIC_START_PRICE = Decimal("100.00")
+MAX_SYNTHETIC = 9999
 
 
 def synthetic_symbol(index: int) -> str:
-    """The name of the `index`-th synthetic perpetual (1-based): `T001USDT` ... `T999USDT`."""
-    if not 1 <= index <= 999:
-        raise ValueError(f"synthetic symbol index out of range 1..999: {index}")
+    """The name of the `index`-th synthetic perpetual (1-based): `T001USDT` ... `T999USDT`, then
+    `T1000USDT` ... `T9999USDT` (the scale benchmark holds one position on each of 5,000)."""
+    if not 1 <= index <= MAX_SYNTHETIC:
+        raise ValueError(f"synthetic symbol index out of range 1..{MAX_SYNTHETIC}: {index}")
     return f"{SYNTHETIC_PREFIX}{index:03d}USDT"
 
 

@@ -101,6 +101,7 @@ def lifecycle_worker(
             review.apply_policy_proposal,
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
+        max_cached_workflows=settings.lifecycle_cached_workflows,  # the SDK's default is 1,000
         # A worker that died or was replaced (workers/fresh_cache.py) leaves its workflows' next tasks on
         # its own sticky queue until this passes: positions must not wait the default 10 s for an exit.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="also list N synthetic perpetuals T001USDT..TNNNUSDT for load tests (generic "
-        "filters, start price 100.00; constant under --prices replay; 0..999)",
+        "filters, start price 100.00; constant under --prices replay; 0..9999, T1000USDT on)",
     )
     p.add_argument("--tick-ms", type=int, default=100, help="engine tick interval in ms")
     p.add_argument("--weight-limit", type=int, default=2400, help="request weight per minute per IP")

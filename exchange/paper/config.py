@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trading import margin
+from trading.instruments import MAX_SYNTHETIC
 
 
 def _wall_ms() -> int:
@@ -38,7 +39,7 @@ class PaperConfig(BaseModel):
     symbols: list[str] | None = None  # None: every symbol the price source has
     # Synthetic perpetuals T001USDT..TNNNUSDT listed on top of `symbols` (load tests); generic filters,
     # start price 100.00 (constant under replay, a random walk under synthetic, settable under manual).
-    extra_symbols: int = Field(0, ge=0, le=999)
+    extra_symbols: int = Field(0, ge=0, le=MAX_SYNTHETIC)
     speed: float = Field(1.0, gt=0)  # market clock speed relative to wall time (replay / synthetic)
     seed: int = 7
     tick_interval_ms: int = Field(100, ge=10)

@@ -97,10 +97,13 @@ def test_synthetic_rules_are_pure_and_generic() -> None:
         == r
     )
     assert synthetic_symbols(3) == ["T001USDT", "T002USDT", "T003USDT"]
-    assert synthetic_symbol(999) == "T999USDT"
-    with pytest.raises(ValueError):
-        synthetic_symbol(1000)
-    assert not set(synthetic_symbols(999)) & set(DEFAULT_RULES)
+    assert synthetic_symbol(999) == "T999USDT" and synthetic_symbol(1000) == "T1000USDT"
+    assert synthetic_symbol(9999) == "T9999USDT"
+    for out_of_range in (0, 10_000):
+        with pytest.raises(ValueError, match="out of range"):
+            synthetic_symbol(out_of_range)
+    names = synthetic_symbols(9999)
+    assert len(set(names)) == 9999 and not set(names) & set(DEFAULT_RULES)
 
 
 @pytest.mark.parametrize("price", ["65000", "3000", "150", "1.5", "0.15", "0.0000123"])

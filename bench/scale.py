@@ -1,0 +1,262 @@
+"""Benchmark: how many open positions one lifecycle worker process holds, and what that size costs.
+
+`python -m bench.scale [--quick] [--open N] [--crossings N] [--quiet-s S]`
+
+Starts its own stack (bench/stack.py: a Temporal dev server, Redis, the paper exchange listing N
+synthetic symbols, the exchange worker in this process) with the lifecycle worker and the price
+watcher as their own processes, so that their memory is theirs. Then:
+
+1. open: N positions, one per symbol, each open and watched (its levels in Redis): `open_s`, and
+   the lifecycle worker's resident memory before and after: `rss_per_position_kb`;
+2. exits: the floor (one signal into a workflow that runs one activity, as in `bench.exits`), then
+   `--crossings` ticks through a workflow's own stop, one at a time, with N open: `reaction_p99_ms`;
+3. reconcile: one ReconcileWorkflow run with all N open and tracked: `reconcile_s`;
+4. the portfolio's history over a quiet `--quiet-s` window with N holders: events per day at this
+   size and the continue-as-new runs that keep it bounded.
+
+Progress on stderr; the last stdout line is one JSON object. Every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
+
+from bench.exits import CROSS_PRICE, RejectedExit, cross_stop, floor_worker, measure_floor, pct
+from bench.lifecycle import CpuMeter
+from bench.stack import LocalStack, local_stack, start_service
+from trading.instruments import synthetic_symbols
+from trading.intents import Side
+from trading.reconcile import Fix
+from workers.processes import ManagedProcess
+from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
+    LIFECYCLE_TASK_QUEUE,
+    PortfolioInput,
+    PositionInput,
+    PositionOptions,
+    PositionResult,
+    ReconcileInput,
+)
+
+D = Decimal
+LEVELS_KEY = "quantum:exit:levels"
+WATCHER_ONLY = PositionOptions(mark_check_seconds=3600)  # exits come from the watcher alone
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench.scale {time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def count_open(stack: LocalStack) -> int:
+    query = "WorkflowType='PositionWorkflow' AND PositionStatus='OPEN'"
+    return (await stack.client.count_workflows(query)).count
+
+
+async def open_all(stack: LocalStack, syms: list[str], deadline: float) -> float:
+    """Start one position per symbol; seconds until every one is open and its levels are watched."""
+    gate = asyncio.Semaphore(64)
+    t0 = time.monotonic()
+
+    async def one(sym: str) -> None:
+        async with gate:
+            await stack.client.start_workflow(
+                "PositionWorkflow",
+                PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=WATCHER_ONLY),
+                id=f"bench-scale-{sym}",
+                task_queue=LIFECYCLE_TASK_QUEUE,
+            )
+
+    await asyncio.gather(*(one(s) for s in syms))
+    log(f"open: {len(syms)} starts accepted in {time.monotonic() - t0:.1f} s")
+    last = 0.0
+    while True:
+        opened, watched = await count_open(stack), await stack.redis.hlen(LEVELS_KEY)
+        if opened >= len(syms) and watched >= len(syms):
+            return time.monotonic() - t0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{opened} of {len(syms)} open, {watched} watched when the time ran out")
+        if time.monotonic() - last > 10:
+            log(f"  {opened} open, {watched} watched, {time.monotonic() - t0:.0f} s")
+            last = time.monotonic()
+        await asyncio.sleep(1.0)
+
+
+async def until_served(stack: LocalStack, timeout: float = 120.0) -> None:
+    """Until the lifecycle process answers the portfolio's query (it is up and polling)."""
+    deadline = time.monotonic() + timeout
+    portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    while True:
+        try:
+            await portfolio.query("state", rpc_timeout=timedelta(seconds=5))
+            return
+        except (RPCError, WorkflowQueryFailedError) as err:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the lifecycle worker did not answer: {err}") from err
+            await asyncio.sleep(0.5)
+
+
+async def history_length(stack: LocalStack) -> tuple[int, str]:
+    described = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).describe()
+    return described.history_length, described.run_id or ""
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    syms = synthetic_symbols(args.open)
+    limits = dict(
+        gov_max_open_positions=args.open + 10,
+        gov_max_total_notional_usdt=D(10**9),
+        gov_max_notional_per_trade_usdt=D(1000),
+        lifecycle_cached_workflows=max(10_000, args.open + 1000),
+    )
+    out: dict[str, Any] = {"bench": "scale", "open_positions_target": args.open}
+    async with local_stack(
+        tmp, extra_symbols=args.open, extra_workers=[floor_worker], log=log, lifecycle=False, **limits
+    ) as stack:
+        s = stack.settings
+        env = {
+            "QT_HOME": str(s.qt_home),
+            "APPLY_ALLOWLIST": "*",
+            "GOV_MAX_OPEN_POSITIONS": str(s.gov_max_open_positions),
+            "GOV_MAX_TOTAL_NOTIONAL_USDT": str(s.gov_max_total_notional_usdt),
+            "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(s.gov_max_notional_per_trade_usdt),
+            "GOV_MAX_EXEC_PER_HOUR": str(s.gov_max_exec_per_hour),
+            "GOV_MAX_EXEC_PER_5MIN": str(s.gov_max_exec_per_5min),
+            "GOV_SYMBOL_COOLDOWN_SECONDS": "0",
+            "LIFECYCLE_CACHED_WORKFLOWS": str(s.lifecycle_cached_workflows),
+        }
+        procs: list[ManagedProcess] = [
+            start_service(stack, "lifecycle", "worker", "lifecycle", env=env),
+            start_service(stack, "price-watcher", "watcher"),
+        ]
+        lifecycle, watcher = procs
+        try:
+            await until_served(stack)
+            await asyncio.sleep(2.0)
+            rss0 = rss_kb(lifecycle.pid)
+            watcher_rss0 = rss_kb(watcher.pid)
+            log(f"lifecycle worker pid {lifecycle.pid} RSS {rss0 / 1024:.0f} MiB before any position")
+            meter = CpuMeter({**stack.pids(), "lifecycle": lifecycle.pid, "watcher": watcher.pid})
+            open_s = await open_all(stack, syms, time.monotonic() + args.open_budget_s)
+            cpu_open = meter.percent()
+            await asyncio.sleep(2.0)
+            rss1 = rss_kb(lifecycle.pid)
+            out.update(
+                open_positions=await count_open(stack),
+                open_s=round(open_s, 1),
+                opened_per_s=round(args.open / open_s, 1),
+                rss_before_mib=round(rss0 / 1024, 1),
+                rss_after_mib=round(rss1 / 1024, 1),
+                rss_per_position_kb=round((rss1 - rss0) / args.open, 1),
+                watcher_levels=await stack.redis.hlen(LEVELS_KEY),
+                watcher_rss_per_level_kb=round((rss_kb(watcher.pid) - watcher_rss0) / args.open, 2),
+                cpu_pct_open=cpu_open,
+            )
+            log(
+                f"open: {out['open_positions']} in {open_s:.1f} s; lifecycle RSS {rss0 / 1024:.0f} -> "
+                f"{rss1 / 1024:.0f} MiB ({out['rss_per_position_kb']} KiB per position)"
+            )
+
+            floor = await measure_floor(stack.client, args.floor)
+            out["floor_p50_ms"] = round(statistics.median(floor), 1)
+            reactions: list[float] = []
+            rejected: list[str] = []
+            meter = CpuMeter({**stack.pids(), "lifecycle": lifecycle.pid, "watcher": watcher.pid})
+            for k, sym in enumerate(syms[: args.crossings]):
+                handle = stack.client.get_workflow_handle(f"bench-scale-{sym}", result_type=PositionResult)
+                try:
+                    reactions.append(await cross_stop(stack, handle, sym, CROSS_PRICE))
+                except RejectedExit as err:
+                    rejected.append(str(err))
+                if k % 20 == 19:
+                    log(f"exits: {k + 1}/{args.crossings}, p50 {pct(reactions, 0.5):.1f} ms")
+            out.update(
+                reaction_p50_ms=round(pct(reactions, 0.5), 1),
+                reaction_p99_ms=round(pct(reactions, 0.99), 1),
+                ratio_p99=round(pct(reactions, 0.99) / out["floor_p50_ms"], 2),
+                rejected_exits=len(rejected),
+                cpu_pct_exits=meter.percent(),
+            )
+            log(f"exits: p50 {out['reaction_p50_ms']} ms, p99 {out['reaction_p99_ms']} ms")
+
+            t0 = time.perf_counter()
+            fixes = await stack.client.execute_workflow(
+                "ReconcileWorkflow",
+                ReconcileInput(adopt_after_ms=0),
+                id="bench-scale-reconcile",
+                task_queue=LIFECYCLE_TASK_QUEUE,
+                result_type=list[Fix],
+            )
+            out.update(reconcile_s=round(time.perf_counter() - t0, 2), reconcile_fixes=len(fixes))
+            log(f"reconcile of {args.open - args.crossings} open: {out['reconcile_s']} s, {len(fixes)} fixes")
+
+            h0, run0 = await history_length(stack)
+            await asyncio.sleep(args.quiet_s)
+            h1, run1 = await history_length(stack)
+            per_day = (h1 - h0) / args.quiet_s * 86_400 if run1 == run0 else None
+            max_events = PortfolioInput().max_history_events
+            out.update(
+                portfolio_events_per_day=round(per_day) if per_day is not None else None,
+                portfolio_history_now=h1,
+                portfolio_continue_as_new_at=max_events,
+                portfolio_runs_per_day=round(per_day / max_events, 1) if per_day is not None else None,
+            )
+            log(f"portfolio: {h1 - h0} events in {args.quiet_s:.0f} s quiet ({per_day} per day)")
+        finally:
+            for p in procs:
+                p.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 300 open, 20 crossings")
+    ap.add_argument("--open", type=int, help="open positions (default 5000, at most 9999)")
+    ap.add_argument("--crossings", type=int, help="stop crossings with them open (default 100)")
+    ap.add_argument("--floor", type=int, default=100, help="floor iterations (default 100)")
+    ap.add_argument("--quiet-s", type=float, default=60.0, help="portfolio history window (default 60)")
+    ap.add_argument("--open-budget-s", type=float, default=1500.0, help="give up opening after this long")
+    args = ap.parse_args(argv)
+    args.open = args.open or (300 if args.quick else 5000)
+    args.crossings = args.crossings or (20 if args.quick else 100)
+    if args.quick:
+        args.quiet_s = min(args.quiet_s, 10.0)
+    if not 1 <= args.crossings < args.open <= 9999:
+        ap.error("need 1 <= --crossings < --open <= 9999")
+    with tempfile.TemporaryDirectory(prefix="qt-bench-scale-") as tmp:
+        try:
+            result = asyncio.run(run(args, Path(tmp)))
+        except Exception as exc:
+            log(f"failed: {type(exc).__name__}: {exc}")
+            for log_file in sorted(Path(tmp).rglob("*.log")):
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+                if tail:
+                    log(f"{log_file.relative_to(tmp)} tail:\n{tail}")
+            return 1
+    print(json.dumps(result))
+    return 0 if result["rejected_exits"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
