@@ -52,40 +52,37 @@ def _cmd_exchange_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.service import setup_logging
+    from workers.service import run_until_stopped_then_exit, setup_logging
 
     setup_logging()
     if args.kind == "lifecycle":
         from workers import lifecycle
 
-        asyncio.run(lifecycle.run(settings, args.metrics_port))
+        run_until_stopped_then_exit(lifecycle.run(settings, args.metrics_port))
     elif args.kind == "inference":
         from workers import inference_worker
 
-        asyncio.run(inference_worker.run(settings, args.metrics_port))
+        run_until_stopped_then_exit(inference_worker.run(settings, args.metrics_port))
     else:
         from workers import exchange_worker
 
-        asyncio.run(exchange_worker.run(settings, args.metrics_port))
-    return 0
+        run_until_stopped_then_exit(exchange_worker.run(settings, args.metrics_port))
 
 
 def _cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
     from feeds.price_watcher import run_watcher
-    from workers.service import setup_logging
+    from workers.service import run_until_stopped_then_exit, setup_logging
 
     setup_logging()
-    asyncio.run(run_watcher(settings, args.metrics_port))
-    return 0
+    run_until_stopped_then_exit(run_watcher(settings, args.metrics_port))
 
 
 def _cmd_user_stream(args: argparse.Namespace, settings: Settings) -> int:
     from feeds.user_stream import run_user_stream
-    from workers.service import setup_logging
+    from workers.service import run_until_stopped_then_exit, setup_logging
 
     setup_logging()
-    asyncio.run(run_user_stream(settings, args.metrics_port))
-    return 0
+    run_until_stopped_then_exit(run_user_stream(settings, args.metrics_port))
 
 
 def _cmd_market_data(args: argparse.Namespace, settings: Settings) -> int:

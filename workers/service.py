@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -221,6 +222,18 @@ def service_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def run_until_stopped_then_exit(main: Coroutine[Any, Any, None]) -> NoReturn:
+    """Run a long-lived service process's `main` to its clean stop, then leave at once: the Temporal
+    client's Rust threads can abort the interpreter's shutdown ("Fatal Python error:
+    PyGILState_Release", temporalio/sdk-python#300), and a worker that stopped cleanly on SIGTERM then
+    exited 134 with a fatal error in its log (seen on an exchange worker's stop)."""
+    asyncio.run(main)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_main(args: argparse.Namespace, service: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
     """Logging as `args` say, the settings from the environment (2 when they are wrong), then `service`
     until it ends. Returns the exit status."""
@@ -230,8 +243,7 @@ def run_main(args: argparse.Namespace, service: Callable[[Settings], Coroutine[A
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(service(settings))
-    return 0
+    run_until_stopped_then_exit(service(settings))
 
 
 # ---------------------------------------------------------------------------------------------------
