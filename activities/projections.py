@@ -16,7 +16,7 @@ from temporalio import activity
 
 from trading.bandit import REWARDS_STREAM, RewardError, normalize_reward, trade_margin
 from workflows import calls
-from workflows.messages import EssMove, PortfolioView, ProjectionInput, PublishLevelsInput
+from workflows.messages import EssMove, PortfolioView, ProjectionInput, PublishLevelsInput, Refusal
 
 SNAPSHOT_KEY = "quantum:position:snapshot:{symbol}"
 LEDGER_KEY = "quantum:ledger:{symbol}"
@@ -28,6 +28,8 @@ LEVELS_KEY = "quantum:exit:levels"  # the price watcher's trigger table (feeds/p
 LEVELS_CHANNEL = "quantum:exit:levels:changed"
 APPLY_RESULT_STREAM = "quantum:stream:apply.result"
 TRADE_CLOSED_STREAM = "quantum:stream:trade.closed"
+# One entry per intent the portfolio refused before any workflow existed for it (its gate and reason).
+REFUSED_STREAM = "quantum:stream:intent.refused"
 # One entry per change of the portfolio's emergency state or kill switch (read by the notifier, alerts/).
 EMERGENCY_STREAM = "quantum:stream:portfolio.emergency"
 # One entry per move of the automatic emergency stop, with its cause, rule, reason and figures (the seed's
@@ -292,6 +294,22 @@ class ProjectionActivities:
                 "at_ms": str(t.at_ms),
             }
             await self._append_once(f"ess:{m.seq}:{t.at_ms}", ESS_STREAM, fields)
+
+    @activity.defn(name=calls.PUBLISH_REFUSALS.name)
+    async def publish_refusals(self, refused: list[Refusal]) -> None:
+        """Each intent the portfolio refused before starting anything, once (keyed by its workflow id)."""
+        for r in refused:
+            fields = {
+                "workflow_id": r.workflow_id,
+                "intent_id": _s(r.intent_id),
+                "symbol": r.symbol,
+                "side": r.side.value,
+                "notional_usdt": str(r.notional_usdt),
+                "gate": r.gate,
+                "reason": r.reason,
+                "at_ms": str(r.at_ms),
+            }
+            await self._append_once(f"refused:{r.workflow_id}", REFUSED_STREAM, fields)
 
     async def _append_once(
         self,

@@ -52,6 +52,7 @@ from bench.faults_stack import ExplorerStack, clear_faults, post_faults, settle_
 from exchange.client import BinanceFuturesClient
 from trading.intents import Side
 from trading.pnl import Fill
+from workers.admission import admissions, admit_intents
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -375,6 +376,9 @@ class SeedRun:
             intent_id=wid,
             options=options,
         )
+        if lc.index % 2:  # every other intent through the portfolio's admission (no workflow until granted)
+            await self.admit(intent, wid)
+            return
         while True:
             try:
                 await self.stack.client.start_workflow(
@@ -392,6 +396,19 @@ class SeedRun:
                 await asyncio.sleep(0.3)
         self.started.add(wid)
         self.note("started", workflow=wid, symbol=intent.symbol, side=lc.side)
+
+    async def admit(self, intent: PositionInput, wid: str) -> None:
+        """Send the intent to the portfolio's admission until the signal is accepted (a repeat is safe:
+        the portfolio never starts one id twice). Refused, its workflow never starts."""
+        (admission,) = admissions([(wid, intent)])
+        while True:
+            try:
+                await admit_intents(self.stack.client, [admission])
+                break
+            except Exception:  # Temporal restarting, or the portfolio being replaced
+                await asyncio.sleep(0.3)
+        self.started.add(wid)
+        self.note("admitted", workflow=wid, symbol=intent.symbol, side=intent.side.value)
 
     async def close(self, wid: str, *, partial: bool = False, deadline: float) -> bool:
         """Ask the position to close (half of it with `partial`) until it accepts, is past open, or the

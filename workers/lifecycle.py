@@ -88,6 +88,7 @@ def lifecycle_worker(
             projections.project_position,
             projections.project_portfolio,
             projections.publish_ess_moves,
+            projections.publish_refusals,
             projections.publish_levels,
             symbols.check_symbol,
             reconciling.tracked_positions,

@@ -66,6 +66,7 @@ from workflows.messages import (
     ProjectionInput,
     PublishLevelsInput,
     QuoteVolumes,
+    Refusal,
     ReviewContext,
     RunningHolder,
     SetStageInput,
@@ -361,6 +362,13 @@ PROJECT_PORTFOLIO = Activity(
 PUBLISH_ESS_MOVES = Activity(
     name="publish_ess_moves",
     input=list[EssMove],  # type: ignore[arg-type]
+    task_queue=LIFECYCLE_TASK_QUEUE,
+    start_to_close_timeout=timedelta(seconds=5),
+    retry_policy=THREE_TRIES,
+)
+PUBLISH_REFUSALS = Activity(  # intents the portfolio refused before any workflow existed for them
+    name="publish_refusals",
+    input=list[Refusal],  # type: ignore[arg-type]
     task_queue=LIFECYCLE_TASK_QUEUE,
     start_to_close_timeout=timedelta(seconds=5),
     retry_policy=THREE_TRIES,

@@ -158,6 +158,9 @@ class PositionInput(TradeIntent):
     # before the state machine, read field by field).
     carry: PositionState | PositionCarry | None = None
     adopt: AdoptedPosition | None = None  # set by reconcile only, with source "adopted"
+    # The portfolio's grant, when it admitted the intent and started this workflow for it. Honoured only
+    # in a workflow whose parent is the portfolio (a grant typed on the CLI is ignored: gates apply).
+    grant: Grant | None = None
 
     @model_validator(mode="after")
     def _adoption_is_adopted(self) -> PositionInput:
@@ -249,6 +252,45 @@ class AdjustRequest(Msg):
 
 class DecisionBatch(Msg):
     decisions: list[Grant | Denial]
+
+
+class AdmitIntent(Msg):
+    """One trade intent for the portfolio to decide before any workflow exists for it: granted, it
+    starts `workflow_id` (a PositionWorkflow holding the grant); refused, nothing starts."""
+
+    workflow_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    position: PositionInput
+    # When the intent was made (ms): one not decided within its entry deadline is refused, so a late
+    # or repeated submission never trades a stale signal. None: when the portfolio hears it.
+    at_ms: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _a_new_intent(self) -> AdmitIntent:
+        p = self.position
+        if p.carry is not None or p.adopt is not None or p.grant is not None:
+            raise ValueError("position: a new intent only (no carry, adopt or grant)")
+        if p.notional_usdt is None:
+            raise ValueError("position: notional_usdt is required (a quantity needs the workflow's price)")
+        return self
+
+
+class AdmitBatch(Msg):
+    """The portfolio's `admit_intents` signal: intents decided together, in order."""
+
+    intents: list[AdmitIntent] = Field(min_length=1, max_length=1000)
+
+
+class Refusal(Msg):
+    """An admitted intent the portfolio refused (`quantum:stream:intent.refused`)."""
+
+    workflow_id: str
+    intent_id: str | None
+    symbol: str
+    side: Side
+    notional_usdt: Decimal
+    gate: str
+    reason: str
+    at_ms: int
 
 
 class KillSwitchRequest(Msg):
@@ -354,6 +396,7 @@ class PortfolioInput(Msg):
     ess_moves: list[EssMove] = Field(default_factory=list)
     ess_unpublished: list[EssMove] = Field(default_factory=list)
     risk_seen: list[str] = Field(default_factory=list)
+    admissions: list[AdmitIntent] = Field(default_factory=list)  # carried: admitted, not yet decided
 
 
 class PortfolioView(Msg):
@@ -529,6 +572,8 @@ class BarCloseResult(Msg):
     decisions: int
     started: list[str] = Field(default_factory=list)
     already_started: list[str] = Field(default_factory=list)
+    # Sent to the portfolio's admission, which starts a position for each grant (the others: refusals).
+    admitted: list[str] = Field(default_factory=list)
     not_tradeable: list[str] = Field(default_factory=list)  # shadow decisions that carried an intent
     shadow_signals: int = 0
     notes: list[str] = Field(default_factory=list)

@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
     from trading.risk import RiskLayerPolicy, RiskState
     from workflows.messages import (
         AdjustRequest,
+        AdmitBatch,
+        AdmitIntent,
         EssCommand,
         EssMove,
         FlattenRequest,
@@ -52,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseRequest,
         parse_message,
     )
+    from workflows.portfolio_admission import PortfolioAdmission
     from workflows.portfolio_base import (
         PATCH_REBUILD,
         PATCH_RESTORE,
@@ -68,7 +71,9 @@ with workflow.unsafe.imports_passed_through():
 # The handlers (run, signals, updates, the query) stay in this class's own body: the SDK is not relied
 # on to find decorated handlers on base classes.
 @workflow.defn(name="PortfolioWorkflow", sandboxed=False)  # see PositionWorkflow
-class PortfolioWorkflow(PortfolioLoop, PortfolioDecisions, PortfolioHolders, PortfolioRisk, PortfolioBase):
+class PortfolioWorkflow(
+    PortfolioLoop, PortfolioDecisions, PortfolioAdmission, PortfolioHolders, PortfolioRisk, PortfolioBase
+):
     @workflow.init
     def __init__(self, inp: PortfolioInput) -> None:
         self.input = inp
@@ -93,6 +98,9 @@ class PortfolioWorkflow(PortfolioLoop, PortfolioDecisions, PortfolioHolders, Por
         self._released_early: set[str] = set()
         self._adjusted_early: dict[str, Decimal] = {}
         self._deliveries: list[asyncio.Future[None]] = []
+        self.admissions: list[AdmitIntent] = list(inp.admissions)
+        self._starting: set[str] = set()
+        self._starts: list[asyncio.Future[None]] = []
         self._projections: list[asyncio.Future[None]] = []
         self._dirty = True
         self._projected_at = -PROJECTION_INTERVAL_S  # the loop on the clock (before PATCH_TIMERS)
@@ -159,6 +167,18 @@ class PortfolioWorkflow(PortfolioLoop, PortfolioDecisions, PortfolioHolders, Por
     @workflow.signal(name="request_reservation")
     def request_reservation(self, req: ReservationRequest) -> None:
         self.pending.append(req)
+
+    @workflow.signal(name="admit_intents")
+    def admit_intents(self, raw: dict) -> None:
+        """Trade intents to decide before any workflow exists for them (workflows/portfolio_admission.py;
+        sent by workers/admission.py, which checks them first: a signal cannot answer an error)."""
+        try:
+            batch = parse_message(AdmitBatch, raw)
+        except ValueError as err:
+            self._step_failed("admit_intents", None)
+            workflow.logger.error("admit_intents dropped: %s", err)
+            return
+        self.admissions.extend(batch.intents)
 
     @workflow.signal(name="release_reservation")
     def release_reservation(self, req: ReleaseRequest) -> None:

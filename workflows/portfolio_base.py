@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from trading.emergency import SEVERITY
     from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
     from trading.risk import RiskLayerPolicy, RiskState
-    from workflows.messages import EssMove, PendingFlatten, PortfolioInput, PortfolioView
+    from workflows.messages import AdmitIntent, EssMove, PendingFlatten, PortfolioInput, PortfolioView
 
 PROJECTION_INTERVAL_S = 2.0
 
@@ -59,6 +59,10 @@ class PortfolioBase:
     _released_early: set[str]
     _adjusted_early: dict[str, Decimal]
     _deliveries: list[asyncio.Future[None]]
+    # Intents to decide before any workflow exists for them, and the starts of the granted ones.
+    admissions: list[AdmitIntent]
+    _starting: set[str]
+    _starts: list[asyncio.Future[None]]
     _projections: list[asyncio.Future[None]]
     _dirty: bool
     _projected_at: float
@@ -103,6 +107,14 @@ class PortfolioBase:
         # workflows/portfolio_decisions.py
         def _actionable(self) -> list[ReservationRequest]: ...
         async def _decide_pending(self) -> None: ...
+        def _decide(self, req: ReservationRequest, now_ms: int) -> Grant | Denial: ...
+        def _record_decision(
+            self, req: ReservationRequest, decision: Grant | Denial, now_ms: int
+        ) -> None: ...
+
+        # workflows/portfolio_admission.py
+        def _admissible(self) -> bool: ...
+        def _admit(self, now_ms: int) -> list[Grant | Denial]: ...
 
         # workflows/portfolio_holders.py
         def _flatten_due(self) -> bool: ...

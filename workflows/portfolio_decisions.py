@@ -39,24 +39,33 @@ class PortfolioDecisions(PortfolioBase):
             decisions: list[Grant | Denial] = []
             for req in batch:
                 decision = self._decide(req, now)
-                if isinstance(decision, Grant):
-                    apply_grant(self.book, req, decision, now)
-                    if decision.over_limit:
-                        self._adopted_over.add(1, {"limit": decision.over_limit})
-                        workflow.logger.error(
-                            "adopted %s beyond %s: managed anyway", req.holder_id, decision.over_limit
-                        )
-                    self.granted_total += 1
-                    self._allow.add(1)
-                else:
-                    self.denied_total += 1
-                    self._deny.add(1, {"gate": decision.gate.value})
+                self._record_decision(req, decision, now)
                 decisions.append(decision)
-            self.last_decisions = [*self.last_decisions, *decisions][-LAST_DECISIONS_KEPT:]
-            self._changed()
+            self._remember(decisions)
             # Delivered by one activity per batch; decisions go on while it runs.
             self._deliveries.append(asyncio.ensure_future(self._deliver(decisions)))
+        if self._admissible():  # intents with no workflow yet (workflows/portfolio_admission.py)
+            self._remember(self._admit(self._now_ms()))
         self._deliveries = [d for d in self._deliveries if not d.done()]
+
+    def _record_decision(self, req: ReservationRequest, decision: Grant | Denial, now_ms: int) -> None:
+        """The book and the counters after one decision."""
+        if isinstance(decision, Grant):
+            apply_grant(self.book, req, decision, now_ms)
+            if decision.over_limit:
+                self._adopted_over.add(1, {"limit": decision.over_limit})
+                workflow.logger.error(
+                    "adopted %s beyond %s: managed anyway", req.holder_id, decision.over_limit
+                )
+            self.granted_total += 1
+            self._allow.add(1)
+        else:
+            self.denied_total += 1
+            self._deny.add(1, {"gate": decision.gate.value})
+
+    def _remember(self, decisions: list[Grant | Denial]) -> None:
+        self.last_decisions = [*self.last_decisions, *decisions][-LAST_DECISIONS_KEPT:]
+        self._changed()
 
     def _decide(self, req: ReservationRequest, now_ms: int) -> Grant | Denial:
         """The governor's gates, then (when the risk layer is on) the emergency stop, protections, heat,

@@ -75,7 +75,8 @@ class PortfolioHolders(PortfolioBase):
 
     # ------------------------------------------------------------------ the holder check
     async def _release_stopped_holders(self) -> None:
-        holders = sorted(self.book.reservations)
+        # A position the portfolio is starting right now does not run yet, and holds its slot.
+        holders = sorted(h for h in self.book.reservations if h not in self._starting)
         if not holders:
             return
         try:

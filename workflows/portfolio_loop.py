@@ -31,6 +31,7 @@ class PortfolioLoop(PortfolioBase):
             await workflow.wait_condition(
                 lambda: bool(
                     self._actionable()
+                    or self._admissible()
                     or self._flatten_due()
                     or self._check_due
                     or self._projection_ready()
@@ -82,7 +83,10 @@ class PortfolioLoop(PortfolioBase):
 
     async def _continue_as_new(self, inp: PortfolioInput) -> None:
         await asyncio.gather(
-            *self._deliveries, *self._projections, *([self._ess_publishing] if self._ess_publishing else [])
+            *self._deliveries,
+            *self._projections,
+            *self._starts,  # a started position must be in the book handed over, a failed one out of it
+            *([self._ess_publishing] if self._ess_publishing else []),
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
@@ -101,6 +105,7 @@ class PortfolioLoop(PortfolioBase):
                 ess_moves=self.ess_moves,
                 ess_unpublished=self._ess_unpublished,
                 risk_seen=self._risk_seen,
+                admissions=self.admissions,
             )
         )
 

@@ -72,7 +72,7 @@ class PositionEntry(PositionBase):
             intent_id=self.intent.intent_id,
             adoption=adopt is not None,
         )
-        self._decision: Grant | Denial | None = None
+        self._decision: Grant | Denial | None = self._grant_from_portfolio()
         while self._decision is None:
             try:
                 await self._portfolio_signal("request_reservation", request)
@@ -91,6 +91,22 @@ class PositionEntry(PositionBase):
             self._on(E.GRANTED, grant=self._decision)
         else:
             self._on(E.DENIED, denial=self._decision)
+
+    def _grant_from_portfolio(self) -> Grant | None:
+        """The grant this workflow was started with, when the portfolio admitted the intent and started
+        it (one portfolio round trip fewer). Anyone else's grant is ignored: an operator's
+        `temporal workflow start` with a grant in its input goes through the gates like any intent."""
+        grant = self.input.grant
+        if grant is None:
+            return None
+        parent = workflow.info().parent
+        if parent is None or parent.workflow_id != DEFAULT_PORTFOLIO_ID:
+            workflow.logger.warning("a grant not from the portfolio is ignored: asking the portfolio")
+            return None
+        if grant.holder_id != workflow.info().workflow_id:
+            workflow.logger.warning("a grant for %s is ignored: asking the portfolio", grant.holder_id)
+            return None
+        return grant
 
     async def _prepare_entry(self) -> EntryMarket:
         """Fresh rules and mark price for sizing, once a slot is granted."""

@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 
 from activities.inference import DECISION_STREAM, INTENT_STREAM, SIGNAL_STREAM, InferenceActivities
 from activities.learning import LearningActivities
+from activities.portfolio import start_portfolio
 from activities.universe import UniverseActivities
 from bench.barclose import bench_infer_bar, bench_publish_decisions, position_id
 from feeds.market_data import MarketDataService
@@ -37,6 +38,7 @@ from signals.strategy_chooser import GROUP, STATE_KEY
 from tests.exchange.paper.test_server_support import Api
 from tests.workflows.conftest import Stack
 from trading.bandit import REWARDS_STREAM, BanditState
+from trading.governor import RiskPolicy
 from trading.intents import IntentSource, Side
 from trading.promotion import is_tradeable
 from workers.inference_worker import inference_worker
@@ -44,11 +46,13 @@ from workflows import calls
 from workflows.bar_close import BarCloseWorkflow
 from workflows.errors import ErrorType
 from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
     INFERENCE_TASK_QUEUE,
     BarCloseInput,
     BarCloseResult,
     InferenceInput,
     InferenceResult,
+    PortfolioView,
     PositionInput,
     PositionStatus,
     PositionView,
@@ -108,11 +112,13 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, cha
     assert set(last) == set(SYMBOLS) and len(set(last.values())) == 1
     bar = next(iter(last.values()))
     async with stack.workers(), inference_worker(stack.client, settings, stack.redis, champion_registry):
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 30)
         first = await start_bar_close(stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS)))
         result = await first.result()
         assert result.bar_open_ms == bar and result.decisions == 2
-        assert result.started, result
-        wf_id = result.started[0]
+        # sent to the portfolio's admission, which starts the positions it grants
+        assert result.admitted and result.started == [], result
+        wf_id = result.admitted[0]
         assert wf_id.endswith(f"-1h-{bar}")
         # the intent on the seed's stream names the workflow it started
         intents = await stack.redis.xrange(INTENT_STREAM)
@@ -127,7 +133,11 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, cha
         handle = stack.client.get_workflow_handle(wf_id)
         view = None
         for _ in range(100):
-            view = await handle.query("state", result_type=PositionView)
+            try:
+                view = await handle.query("state", result_type=PositionView)
+            except RPCError:  # the portfolio has not started it yet
+                await asyncio.sleep(0.1)
+                continue
             if view.status not in (
                 PositionStatus.VALIDATING,
                 PositionStatus.GOVERNING,
@@ -140,13 +150,24 @@ async def test_bar_close_starts_a_position_from_a_replayed_bar(stack: Stack, cha
         close = float(bars.close[0, int(np.searchsorted(bars.open_time_ms, bar))])
         assert abs(float(view.entry_price) - close) / close < 0.001
         # the same bar again: same ids, nothing new started, nothing published twice
+        orders = stack.exchange.admin("GET", "orders")
+        portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+        decided = (await portfolio.query("state", result_type=PortfolioView)).denied_total
         again = await run_bar_close(
             stack, BarCloseInput(interval="1h", symbols=list(SYMBOLS), bar_open_ms=bar)
         )
-        assert again.started == [] and again.already_started == result.started
-        assert await stack.redis.xlen(INTENT_STREAM) == len(result.started)
-        await handle.execute_update("close", {"reason": "test"})
-        await asyncio.wait_for(handle.result(), 20)  # closed before the workers stop
+        assert again.admitted == result.admitted and again.started == again.already_started == []
+        assert await stack.redis.xlen(INTENT_STREAM) == len(result.admitted)
+        await asyncio.sleep(1.0)  # the portfolio heard them: each is running, so nothing starts
+        view_after = await portfolio.query("state", result_type=PortfolioView)
+        assert view_after.denied_total == decided and sorted(view_after.book.reservations) == sorted(
+            result.admitted
+        )
+        assert stack.exchange.admin("GET", "orders") == orders
+        for wid in result.admitted:
+            position = stack.client.get_workflow_handle(wid)
+            await position.execute_update("close", {"reason": "test"})
+            await asyncio.wait_for(position.result(), 20)  # closed before the workers stop
         if os.environ.get("RECORD_HISTORIES"):
             (HISTORIES / "bar-close.json").write_text((await first.fetch_history()).to_json())
 
@@ -435,9 +456,12 @@ async def test_rewards_on_the_stream_change_the_strategy_of_the_next_intent(
 @pytest.mark.parametrize(
     "stack", [{"apply_allowlist": ["BTCUSDT"], "exchange_args": ["--extra-symbols", "30"]}], indirect=True
 )
-async def test_a_bar_close_starts_every_position_in_one_workflow_task(stack: Stack) -> None:
-    # One at a time, a hundred symbols took a hundred round trips to the server before the last
-    # position existed (bench.barclose measures the whole path).
+async def test_with_no_portfolio_a_bar_close_starts_every_position_in_one_workflow_task(
+    stack: Stack,
+) -> None:
+    # No portfolio runs to admit the intents, so the bar close starts the positions itself (each asks a
+    # portfolio into being). One at a time, a hundred symbols took a hundred round trips to the server
+    # before the last position existed (bench.barclose measures the admission path).
     symbols = [f"T{i:03d}USDT" for i in range(1, 31)]
     bar = 1_800_000_000_000
     async with (
@@ -461,7 +485,7 @@ async def test_a_bar_close_starts_every_position_in_one_workflow_task(stack: Sta
         positions = [stack.client.get_workflow_handle(position_id(bar, s)) for s in symbols]
         # outside the allowlist: every position is refused and ends before the workers stop
         outcomes = await asyncio.gather(*(asyncio.wait_for(p.result(), 60) for p in positions))
-    assert sorted(result.started) == sorted(p.id for p in positions)
+    assert result.admitted == [] and sorted(result.started) == sorted(p.id for p in positions)
     initiated = [
         e.start_child_workflow_execution_initiated_event_attributes
         for e in history.events

@@ -58,6 +58,7 @@ WIRE = {
     "running_holders": (LIFECYCLE_TASK_QUEUE, 0),
     "project_portfolio": (LIFECYCLE_TASK_QUEUE, 1),
     "publish_ess_moves": (LIFECYCLE_TASK_QUEUE, 1),
+    "publish_refusals": (LIFECYCLE_TASK_QUEUE, 1),
     "project_position": (LIFECYCLE_TASK_QUEUE, 1),
     "publish_levels": (LIFECYCLE_TASK_QUEUE, 1),
     "journal_trade": (LIFECYCLE_TASK_QUEUE, 1),

@@ -285,7 +285,10 @@ async def test_histories_replay_with_queries_refused_updates_and_ignored_signals
 
 
 # Histories of earlier versions stay in dated folders (histories/2026-12-v1/: before the position state
-# machine); each file is named by its workflow id, which the replay needs (client ids derive from it).
+# machine; 2026-12-v2/: bar closes that started their positions one at a time), and histories/admission/
+# holds a portfolio that admitted intents with a position it started (recorded by
+# tests/workflows/test_admission.py); each file is named by its workflow id, which the replay needs
+# (client ids derive from it).
 @pytest.mark.parametrize(
     "path", sorted(HISTORIES.rglob("*.json")), ids=lambda p: str(p.relative_to(HISTORIES).with_suffix(""))
 )
