@@ -1,20 +1,24 @@
 """Benchmark: the position lifecycle on Temporal against a local stack.
 
-`python -m bench.lifecycle [--quick] [--intents N] [--lifecycles N] [--burst N] [--budget-s S]`
+`python -m bench.lifecycle [--quick] [--intents N] [--lifecycles N] [--burst N] [--budget-s S]
+[--path admit|start]`
 
 Starts its own stack for each measurement (bench/stack.py: Temporal dev server with the search
 attributes, Redis, the paper exchange with manual prices and synthetic T001USDT... symbols, the
-lifecycle and exchange workers in this process, the portfolio started first) and measures:
+lifecycle and exchange workers in this process, the portfolio started first) and measures, with the
+intents submitted to the portfolio's admission (`--path admit`, the default: workers/admission.py) or
+as one PositionWorkflow each (`--path start`, as `temporal workflow start` does):
 
 1. floor: start of a no-op workflow + one update whose handler runs one activity (on a second task
    queue, like the exchange activities), p50 over 100 sequential iterations, interleaved with (2);
-2. intent-to-order: N sequential PositionWorkflows, from the client's `start_workflow` call to the entry
-   fill's time at the exchange (the venue's wall clock, ms; same host); one T-symbol each, the next
-   intent starts once the previous position is open and idle; plus the median of each step, read
-   from the workflow histories;
+2. intent-to-order: N sequential intents, from the submission to the entry fill's time at the
+   exchange (the venue's wall clock, ms; same host); one T-symbol each, the next intent submitted once
+   the previous position is open and idle; plus, from the position histories, the median of each
+   stage and the Temporal steps its own workflow took before the entry order;
 3. lifecycles/s: N concurrent open -> `close` update -> completed, one T-symbol each;
 4. burst: N intents at once over 100 symbols with max 10 open positions and 2,000 USDT in total, as in
-   tests/workflows/test_burst.py: time from the first start to all decided (OPEN / REJECTED / FAILED in
+   tests/workflows/test_burst.py: time from the first submission to all decided (admitted: the
+   portfolio's totals and the granted positions open; started: OPEN / REJECTED / FAILED in
    visibility), errors, and violations (a watcher querying the portfolio, and the venue's positions).
 
 Progress goes to stderr; the last stdout line is one JSON object. Every process is stopped by PID.
@@ -46,6 +50,7 @@ from bench.stack import LocalStack, local_stack
 from trading.instruments import DEFAULT_RULES
 from trading.intents import Side
 from trading.pnl import Fill
+from workers.admission import admissions, admit_intents
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -217,7 +222,15 @@ def intent(symbol: str, i: int, wid: str, notional: Decimal = NOTIONAL) -> Posit
     )
 
 
+# How intents are submitted: "admit" (the portfolio decides first and starts a workflow only for a
+# grant: workers/admission.py) or "start" (a PositionWorkflow per intent, which asks the portfolio).
+PATH = {"submit": "admit"}
+
+
 async def start_position(client: Client, inp: PositionInput, wid: str) -> WorkflowHandle[Any, PositionResult]:
+    if PATH["submit"] == "admit":
+        await admit_intents(client, admissions([(wid, inp)]))
+        return client.get_workflow_handle(wid, result_type=PositionResult)
     return await client.start_workflow(
         "PositionWorkflow", inp, id=wid, task_queue=LIFECYCLE_TASK_QUEUE, result_type=PositionResult
     )
@@ -243,61 +256,37 @@ async def floor_once(client: Client, i: int) -> tuple[float, float]:
     return (t2 - t0) * 1000, (t1 - t0) * 1000
 
 
-STEPS = (
-    "start_rpc",
-    "first_task+symbol_check",
-    "portfolio_round_trip",
-    "task_after_grant",
-    "prepare_entry",
-    "task_after_prepare",
-    "set_leverage",
-    "task_after_leverage",
-    "place_order_to_fill",
-)
-
-
 def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | None:
-    """Where one intent's time went, from its history's event times (ms)."""
+    """Where one intent's time went, from its position's history (ms), and how many Temporal steps its
+    own workflow took before the entry order: workflow tasks, activities, signals sent."""
 
     def at(ev: Any) -> float:
         return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
 
-    started = sig_out = sig_in = None
-    sched: dict[str, tuple[float, int]] = {}
-    done: dict[int, float] = {}
+    started = None
+    tasks = activities = signals = 0
     for ev in history.events:
         et = ev.event_type
         if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
             started = at(ev)
-        elif et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED and sig_out is None:
-            sig_out = at(ev)
-        elif (
-            et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
-            and sig_in is None
-            and ev.workflow_execution_signaled_event_attributes.signal_name == "reservation_decided"
-        ):
-            sig_in = at(ev)
+        elif et == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            tasks += 1
+        elif et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            signals += 1
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            name = ev.activity_task_scheduled_event_attributes.activity_type.name
-            sched.setdefault(name, (at(ev), ev.event_id))
-        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            done[ev.activity_task_completed_event_attributes.scheduled_event_id] = at(ev)
-    try:
-        prep, lev, order = sched["prepare_entry"], sched["set_leverage"], sched["place_order"]
-        assert started and sig_out and sig_in
-        return {
-            "start_rpc": started - t0_ms,
-            "first_task+symbol_check": sig_out - started,
-            "portfolio_round_trip": sig_in - sig_out,
-            "task_after_grant": prep[0] - sig_in,
-            "prepare_entry": done[prep[1]] - prep[0],
-            "task_after_prepare": lev[0] - done[prep[1]],
-            "set_leverage": done[lev[1]] - lev[0],
-            "task_after_leverage": order[0] - done[lev[1]],
-            "place_order_to_fill": fill_ms - order[0],
-        }
-    except (KeyError, AssertionError):
-        return None
+            if ev.activity_task_scheduled_event_attributes.activity_type.name == "open_entry":
+                if started is None:
+                    return None
+                return {
+                    "submit_to_workflow_started": started - t0_ms,
+                    "workflow_started_to_entry_scheduled": at(ev) - started,
+                    "entry_scheduled_to_fill": fill_ms - at(ev),
+                    "workflow_tasks_before_entry": tasks,
+                    "activities_before_entry": activities,
+                    "signals_sent_before_entry": signals,
+                }
+            activities += 1
+    return None
 
 
 async def phase_floor_and_intents(
@@ -357,12 +346,11 @@ async def phase_floor_and_intents(
                     f"p99 {pct(lat, 0.99):.1f} ms; floor p50 {statistics.median(floor):.1f} ms"
                 )
         cpu = meter.percent()
-    steps: dict[str, list[float]] = {k: [] for k in STEPS}
+    steps: dict[str, list[float]] = {}
     for h, t0_ms, fill_ms in samples:
         b = breakdown(await h.fetch_history(), t0_ms, fill_ms)
-        if b:
-            for k, v in b.items():
-                steps[k].append(v)
+        for k, v in (b or {}).items():
+            steps.setdefault(k, []).append(v)
     p50 = statistics.median(lat) if lat else float("nan")
     floor_p50 = statistics.median(floor)
     return {
@@ -517,6 +505,8 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
         "peak_slots": 0,
         "peak_notional": D(0),
         "decided_by_portfolio_s": None,
+        "granted": 0,
+        "denied": 0,
     }
     base_totals: list[int] = []
     stop = asyncio.Event()
@@ -532,7 +522,11 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
                 continue
             watch["queries"] += 1
             if not base_totals:
-                base_totals.append(view.granted_total + view.denied_total)
+                base_totals.extend(
+                    [view.granted_total + view.denied_total, view.granted_total, view.denied_total]
+                )
+            watch["granted"] = view.granted_total - base_totals[1]
+            watch["denied"] = view.denied_total - base_totals[2]
             watch["peak_slots"] = max(watch["peak_slots"], view.slots_used)
             watch["peak_notional"] = max(watch["peak_notional"], view.notional_used)
             if view.slots_used > max_open or view.notional_used > max_notional:
@@ -566,8 +560,13 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
     log(f"  all {n} starts accepted in {submitted_s:.2f} s")
     decided = 0
     last_log = time.monotonic()
+    admit = PATH["submit"] == "admit"
     while time.monotonic() < deadline:
-        decided = await count(client, DECIDED)
+        if admit:  # refused intents never start a workflow: the portfolio's totals say they are decided
+            opened_now = await count(client, DECIDED)
+            decided = int(watch["denied"]) + min(opened_now, int(watch["granted"]))
+        else:
+            decided = await count(client, DECIDED)
         if decided >= n - len(submit_errors):
             break
         if time.monotonic() - last_log > 5:
@@ -580,7 +579,7 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
     await watcher
     prefix = "WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH 'bench-burst-' AND "
     opened = await count(client, prefix + "PositionStatus='OPEN'")
-    rejected = await count(client, prefix + "PositionStatus='REJECTED'")
+    rejected = int(watch["denied"]) if admit else await count(client, prefix + "PositionStatus='REJECTED'")
     failed = await count(
         client, prefix + "(PositionStatus='FAILED' OR ExecutionStatus IN ('Failed','Terminated','TimedOut'))"
     )
@@ -614,6 +613,7 @@ async def phase_burst(stack: LocalStack, n: int, deadline: float) -> dict[str, A
         f"peak slots {watch['peak_slots']}, {watch['queries']} portfolio queries"
     )
     return {
+        "burst_path": PATH["submit"],
         "burst_intents": n,
         "burst_opened": opened,
         "burst_rejected": rejected,
@@ -681,6 +681,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     end_4 = budget_end - 10
     out.update(await with_stack(tmp, "burst", 90, BURST_LIMITS, lambda s: phase_burst(s, args.burst, end_4)))
     out["total_s"] = round(time.monotonic() - started, 1)
+    out["path"] = PATH["submit"]
     return out
 
 
@@ -693,7 +694,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lifecycles", type=int, help="concurrent lifecycles (default 500, at most 996)")
     ap.add_argument("--burst", type=int, help="intents in the burst (default 1000)")
     ap.add_argument("--budget-s", type=float, help="stop measuring after this long (default 330; quick 80)")
+    ap.add_argument(
+        "--path",
+        choices=["admit", "start"],
+        default="admit",
+        help="admit: intents to the portfolio's admission (default); start: a PositionWorkflow per intent",
+    )
     args = ap.parse_args(argv)
+    PATH["submit"] = args.path
     args.intents = args.intents or (30 if args.quick else 200)
     args.lifecycles = args.lifecycles or (50 if args.quick else 500)
     args.burst = args.burst or (200 if args.quick else 1000)
