@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 
 from workers.processes import ManagedProcess, free_port, http_ok, port_open
-from workers.stack import dev_server_argv
+from workers.stack import dev_server_argv, temporal_binary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,26 @@ def start_temporal(tmp: Path, *extra: str, port: int | None = None) -> tuple[Man
         log_path=tmp / "temporal.log",
     )
     proc.start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), 30, f"on port {port}")
-    return proc, f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"
+    # The port opens before the frontend serves: a client connecting in between is refused with
+    # "Frontend is not healthy yet" (a CI run failed so). Ready means the health check says SERVING.
+    proc.wait_ready(lambda: port_open("127.0.0.1", port) and temporal_serving(address), 30, f"on port {port}")
+    return proc, address
+
+
+def temporal_serving(address: str) -> bool:
+    """The frontend's gRPC health check says SERVING (`temporal operator cluster health`, ~60 ms; it
+    works where an event loop already runs, unlike a client's connect from synchronous code)."""
+    try:
+        done = subprocess.run(
+            [temporal_binary(), "operator", "cluster", "health", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0 and "SERVING" in done.stdout.split()  # not NOT_SERVING
 
 
 def start_redis(tmp: Path) -> tuple[ManagedProcess, int]:
