@@ -25,7 +25,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -38,7 +37,7 @@ from temporalio.worker import Worker
 from temporalio.workflow import ParentClosePolicy
 
 from bench.lifecycle import CpuMeter, count, pct
-from bench.stack import LocalStack, local_stack
+from bench.stack import LocalStack, local_stack, run_in_temp_dir
 from trading.intents import Side
 from trading.pnl import Fill
 from workflows import calls
@@ -309,12 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (2 if args.quick else 5)
     if not 1 <= args.admitted <= args.symbols <= 900 or args.rounds < 1:
         ap.error("need 1 <= --admitted <= --symbols <= 900 and --rounds >= 1")
-    with tempfile.TemporaryDirectory(prefix="qt-bench-barclose-") as tmp:
-        try:
-            result = asyncio.run(run(args, Path(tmp)))
-        except Exception as exc:
-            log(f"failed: {type(exc).__name__}: {exc}")
-            return 1
+    result = run_in_temp_dir("barclose", lambda tmp: run(args, tmp), log)
+    if result is None:
+        return 1
     print(json.dumps(result))
     return 0 if result["rounds_as_expected"] == result["rounds"] else 1
 

@@ -32,7 +32,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -46,7 +45,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from bench.stack import LocalStack, local_stack
+from bench.stack import LocalStack, local_stack, run_in_temp_dir
 from trading.instruments import DEFAULT_RULES
 from trading.intents import Side
 from trading.pnl import Fill
@@ -716,16 +715,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.intents} intents, {args.lifecycles} lifecycles, burst {args.burst}, "
         f"budget {args.budget_s:.0f} s"
     )
-    with tempfile.TemporaryDirectory(prefix="qt-bench-lifecycle-") as tmp:
-        try:
-            result = asyncio.run(run(args, Path(tmp)))
-        except Exception as exc:
-            log(f"failed: {type(exc).__name__}: {exc}")
-            for log_file in sorted(Path(tmp).rglob("*.log")):
-                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
-                if tail:
-                    log(f"{log_file.relative_to(tmp)} tail:\n{tail}")
-            return 1
+    result = run_in_temp_dir("lifecycle", lambda tmp: run(args, tmp), log)
+    if result is None:
+        return 1
     load_after = os.getloadavg()
     result["load_avg_start"] = round(load_before[0], 2)
     result["load_avg_end"] = round(load_after[0], 2)

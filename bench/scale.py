@@ -24,7 +24,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -36,7 +35,7 @@ from temporalio.service import RPCError
 
 from bench.exits import CROSS_PRICE, RejectedExit, cross_stop, floor_worker, measure_floor, pct
 from bench.lifecycle import CpuMeter
-from bench.stack import LocalStack, local_stack, start_service
+from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
 from trading.instruments import synthetic_symbols
 from trading.intents import Side
 from trading.reconcile import Fix
@@ -244,16 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         args.quiet_s = min(args.quiet_s, 10.0)
     if not 1 <= args.crossings < args.open <= 9999:
         ap.error("need 1 <= --crossings < --open <= 9999")
-    with tempfile.TemporaryDirectory(prefix="qt-bench-scale-") as tmp:
-        try:
-            result = asyncio.run(run(args, Path(tmp)))
-        except Exception as exc:
-            log(f"failed: {type(exc).__name__}: {exc}")
-            for log_file in sorted(Path(tmp).rglob("*.log")):
-                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
-                if tail:
-                    log(f"{log_file.relative_to(tmp)} tail:\n{tail}")
-            return 1
+    result = run_in_temp_dir("scale", lambda tmp: run(args, tmp), log)
+    if result is None:
+        return 1
     print(json.dumps(result))
     return 0 if result["rejected_exits"] == 0 else 1
 

@@ -8,10 +8,13 @@ raised, so a benchmark measures our path and not Binance's order-count limits (s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,22 @@ def start_service(
     )
     proc.start()
     return proc
+
+
+def run_in_temp_dir(
+    name: str, run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]], log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """`run(tmp)` in a fresh temporary folder (`qt-bench-NAME-...`, removed afterwards); on failure the
+    error and the last lines of every log the run left there go to `log`, and None comes back. A
+    SIGTERM (a `timeout`) interrupts it like Ctrl-C, so every process it started is still stopped."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix=f"qt-bench-{name}-") as tmp:
+        try:
+            return asyncio.run(run(Path(tmp)))
+        except Exception as exc:
+            log(f"failed: {type(exc).__name__}: {exc}")
+            for log_file in sorted(Path(tmp).rglob("*.log")):
+                tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+                if tail:
+                    log(f"{log_file.relative_to(tmp)} tail:\n{tail}")
+            return None
