@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +24,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bench.lifecycle import CpuMeter
-from bench.stack import LocalStack, local_stack, start_service
+from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
 from trading.intents import Side
 from workers.processes import ManagedProcess
 from workflows.messages import (
@@ -178,28 +177,27 @@ async def crossed(stack: LocalStack, handle: Any, sym: str, out: list[float], re
         log(f"REJECTED EXIT {err}")
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     limits = {
         "gov_max_open_positions": 1000,
         "gov_max_total_notional_usdt": Decimal(10**7),
         "gov_max_notional_per_trade_usdt": Decimal(1000),
     }
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-exits-") as tmp:
-        async with local_stack(
-            Path(tmp), extra_symbols=max(args.open, 10), extra_workers=[floor_worker], log=log, **limits
-        ) as stack:
-            watcher = start_watcher(stack)
-            try:
-                floor = await measure_floor(stack.client, args.floor)
-                log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
-                rejected: list[str] = []
-                one = await phase(stack, 1, args.crossings_one, rejected)
-                cpu = CpuMeter({"venue": stack.processes["paper-exchange"].pid})
-                many = await phase(stack, args.open, args.crossings, rejected)
-                venue_cpu = cpu.percent()["venue"]
-            finally:
-                watcher.stop()
+    async with local_stack(
+        tmp, extra_symbols=max(args.open, 10), extra_workers=[floor_worker], log=log, **limits
+    ) as stack:
+        watcher = start_watcher(stack)
+        try:
+            floor = await measure_floor(stack.client, args.floor)
+            log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
+            rejected: list[str] = []
+            one = await phase(stack, 1, args.crossings_one, rejected)
+            cpu = CpuMeter({"venue": stack.processes["paper-exchange"].pid})
+            many = await phase(stack, args.open, args.crossings, rejected)
+            venue_cpu = cpu.percent()["venue"]
+        finally:
+            watcher.stop()
     results.update(
         reaction_p50_ms_1=round(pct(one, 0.5), 1),
         reaction_p99_ms_1=round(pct(one, 0.99), 1),
@@ -227,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.open, args.crossings, args.crossings_one, args.floor = 50, 30, 30, 50
     started = time.monotonic()
-    results = asyncio.run(run(args))
+    results = run_in_temp_dir("exits", lambda tmp: run(args, tmp), log)
+    if results is None:
+        return 1
     results["total_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results))
     if results["rejected_exits"]:  # the exit measured must be the workflow's own, every time
