@@ -50,6 +50,15 @@ class PositionEntry(PositionBase):
             if isinstance(cause, ApplicationError) and cause.type == ErrorType.UNKNOWN_SYMBOL:
                 self._on(E.INVALID, reason=cause.message)
                 self._show()
+                if self._grant_from_portfolio() is not None:
+                    # Admitted before it was checked: the slot taken for it goes back now, not at the
+                    # portfolio's next holder check.
+                    await self._tell_portfolio(
+                        "release_reservation",
+                        ReleaseRequest(
+                            holder_id=workflow.info().workflow_id, reason="invalid symbol", cooldown=False
+                        ),
+                    )
                 raise ApplicationError(
                     f"symbol: {cause.message}", type=ErrorType.INVALID_INTENT, non_retryable=True
                 ) from None

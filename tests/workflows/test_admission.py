@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.service import RPCError
 
 from activities.portfolio import start_portfolio
 from activities.projections import REFUSED_STREAM
@@ -250,3 +251,34 @@ async def test_an_intent_older_than_its_entry_deadline_is_refused_not_traded(sta
         (refused,) = await until(lambda: refusals(stack))
     assert refused["gate"] == "entry_deadline" and "not decided within 60 s" in refused["reason"]
     assert stack.exchange.admin("GET", "orders") == []
+
+
+@pytest.mark.parametrize("stack", [LIMITS], indirect=True)
+async def test_an_admitted_intent_on_an_unknown_symbol_gives_its_slot_back(stack: Stack) -> None:
+    # The portfolio cannot ask the venue; the position it started finds the symbol unknown and gives
+    # the slot back itself (the holder check, an hour away here, would have been the only other way).
+    async with stack.workers():
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 3600)
+        await admit_intents(
+            stack.client,
+            admissions([("position-nope", {"symbol": "NOPEUSDT", "side": "LONG", "notional_usdt": "100"})]),
+        )
+        handle = stack.client.get_workflow_handle("position-nope")
+        await until(lambda: _decided(stack, 1))
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(_result_when_started(handle), 60)
+        view = await until(lambda: _released(stack))
+    assert view.granted_total == 1 and view.slots_used == 0
+
+
+async def _result_when_started(handle: WorkflowHandle[Any, Any]) -> Any:
+    while True:
+        try:
+            return await handle.result()
+        except RPCError:  # not started yet
+            await asyncio.sleep(0.1)
+
+
+async def _released(stack: Stack) -> PortfolioView | None:
+    view = await portfolio_view(stack)
+    return view if view.slots_used == 0 else None
