@@ -124,5 +124,5 @@ def test_bad_extra_symbols_count_is_refused(
 ) -> None:
     monkeypatch.setenv("BINANCE_API_KEY", "k")
     monkeypatch.setenv("BINANCE_API_SECRET", "s")
-    assert run(["--extra-symbols", "1000", "--state", ":memory:"]) == 2
+    assert run(["--extra-symbols", "10000", "--state", ":memory:"]) == 2  # 1..9999: T001USDT..T9999USDT
     assert "extra_symbols" in capsys.readouterr().err
