@@ -43,12 +43,14 @@ from trading.pnl import Fill
 from workflows import calls
 from workflows.bar_close import BarCloseWorkflow
 from workflows.messages import (
+    DEFAULT_PORTFOLIO_ID,
     INFERENCE_TASK_QUEUE,
     BarCloseInput,
     BarCloseResult,
     CloseResult,
     InferenceInput,
     InferenceResult,
+    PortfolioView,
     PositionInput,
     PositionOptions,
     PositionResult,
@@ -188,15 +190,23 @@ async def floor_once(client: Client, k: int, children: int, acting: int) -> floa
 
 
 # --------------------------------------------------------------------------- the rounds
-async def wait_decided(client: Client, prefix: str, n: int, timeout: float) -> tuple[int, int]:
-    """(open, rejected) among the round's positions once all `n` are decided (or the time is up)."""
-    query = f"WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH '{prefix}' AND "
+async def portfolio_totals(client: Client) -> tuple[int, int]:
+    view = await client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).query("state", result_type=PortfolioView)
+    return view.granted_total, view.denied_total
+
+
+async def wait_decided(
+    client: Client, prefix: str, n: int, before: tuple[int, int], timeout: float
+) -> tuple[int, int]:
+    """(open, denied) once the portfolio has decided all `n` intents of the round (a refused one
+    starts no workflow) and every granted position is open, or when the time is up."""
+    query = f"WorkflowType='PositionWorkflow' AND WorkflowId STARTS_WITH '{prefix}' AND PositionStatus='OPEN'"
     deadline = time.monotonic() + timeout
     while True:
-        opened = await count(client, query + "PositionStatus='OPEN'")
-        rejected = await count(client, query + "PositionStatus IN ('REJECTED','FAILED')")
-        if opened + rejected >= n or time.monotonic() > deadline:
-            return opened, rejected
+        granted, denied = (now - was for now, was in zip(await portfolio_totals(client), before, strict=True))
+        opened = await count(client, query)
+        if (granted + denied >= n and opened >= granted) or time.monotonic() > deadline:
+            return opened, denied
         await asyncio.sleep(0.2)
 
 
@@ -218,6 +228,7 @@ async def one_round(stack: LocalStack, k: int, syms: list[str], admitted: int) -
     client = stack.client
     bar_open_ms = 1_800_000_000_000 + k * 3_600_000
     prefix = f"bench-bar-{bar_open_ms}-"
+    before = await portfolio_totals(client)
     t0_ms = time.time() * 1000
     result: BarCloseResult = await client.execute_workflow(
         BarCloseWorkflow.run,
@@ -226,18 +237,18 @@ async def one_round(stack: LocalStack, k: int, syms: list[str], admitted: int) -
         task_queue=INFERENCE_TASK_QUEUE,  # where the inference worker runs it
     )
     started_ms = time.time() * 1000 - t0_ms
-    opened, rejected = await wait_decided(client, prefix, len(syms), 120)
+    opened, rejected = await wait_decided(client, prefix, len(syms), before, 120)
     ids = await open_ids(client, prefix)
     fills = [await client.get_workflow_handle(wid).query("fills", result_type=list[Fill]) for wid in ids]
     entry_ms = [min(f.time_ms for f in fs) - t0_ms for fs in fills if fs]
     last = max(entry_ms) if entry_ms else float("nan")
     log(
-        f"  round {k}: {len(result.started)} started in {started_ms:.0f} ms; {opened} opened, {rejected} "
+        f"  round {k}: {len(result.admitted)} admitted in {started_ms:.0f} ms; {opened} opened, {rejected} "
         f"denied; last entry filled {last:.0f} ms after the bar close"
     )
     await close_all(client, ids)
     return {
-        "started": len(result.started),
+        "admitted": len(result.admitted),
         "opened": opened,
         "denied": rejected,
         "last_ms": last,
