@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
 
     # --- governor (seed names) ---
-    gov_max_open_positions: int = Field(10, ge=1, le=1000)
+    gov_max_open_positions: int = Field(10, ge=1, le=10_000)
     """Most positions open at once (portfolio slots)."""
     gov_max_exec_per_hour: int = Field(3, ge=0)
     """Most entries in any rolling hour."""

@@ -61,7 +61,7 @@ class RiskPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_open_positions: int = Field(10, ge=1, le=1000)
+    max_open_positions: int = Field(10, ge=1, le=10_000)
     max_exec_per_hour: int = Field(3, ge=0)
     max_exec_per_5min: int = Field(2, ge=0)
     max_notional_per_trade_usdt: Decimal = Field(Decimal("200"), gt=0)
