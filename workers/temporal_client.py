@@ -52,7 +52,7 @@ def cli_search_attribute_flags() -> list[str]:
 # The history service reads its transfer queue (tasks handed to matching) through a token bucket of
 # `history.transferProcessorMaxPollRPS` reads per second per history shard, default 20. The dev
 # server runs ONE shard, so at the default every step waits for the next 50 ms slot: an activity
-# step costs ~50 ms instead of ~21 ms (../shared/notes/temporal.md §4). Reads are triggered by
+# step costs ~50 ms instead of ~21 ms (docs/DESIGN.md, "Task queues and processes"). Reads are triggered by
 # notifications, so the raised limit costs no idle CPU; it only stops capping a busy shard.
 DEV_SERVER_DYNAMIC_CONFIG: dict[str, int] = {"history.transferProcessorMaxPollRPS": 1000}
 

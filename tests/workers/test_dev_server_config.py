@@ -1,7 +1,7 @@
-"""The transfer-poll limit (../shared/notes/temporal.md §4) is raised wherever a Temporal server is
-started: the tests' and benchmarks' dev servers, the local stack's and the compose stack's. At the
-default of 20 reads per second per shard every step of the one-shard dev server waits for a 50 ms
-slot, and a server started without it would measure that limit instead of the system."""
+"""The transfer-poll limit (docs/DESIGN.md, "Task queues and processes") is raised wherever a
+Temporal server is started: the tests' and benchmarks' dev servers, the local stack's and the compose
+stack's. At the default of 20 reads per second per shard every step of the one-shard dev server waits
+for a 50 ms slot, and a server started without it would measure that limit instead of the system."""
 
 from __future__ import annotations
 
