@@ -11,6 +11,7 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
@@ -18,7 +19,6 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
 )
-from temporalio.service import RPCError, RPCStatusCode
 
 from trading.config import Settings
 from trading.promotion import PromotionPolicy
@@ -81,21 +81,25 @@ async def _ensure_interval_schedule(
     client: Client, schedule_id: str, action: ScheduleActionStartWorkflow, every_s: float
 ) -> ScheduleHandle:
     """Create the schedule unless it exists (one that exists is kept as it is; overlaps skipped)."""
-    handle = client.get_schedule_handle(schedule_id)
-    try:
-        await handle.describe()
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
-            raise
-        await client.create_schedule(
-            schedule_id,
-            Schedule(
-                action=action,
-                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
-                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-            ),
-        )
+    schedule = Schedule(
+        action=action,
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    handle, _ = await _create_unless_exists(client, schedule_id, schedule)
     return handle
+
+
+async def _create_unless_exists(
+    client: Client, schedule_id: str, schedule: Schedule
+) -> tuple[ScheduleHandle, bool]:
+    """Create the schedule; (its handle, whether it already existed). Create first and take "already
+    running" as the answer: a describe-then-create lets two workers starting together (scaled out on
+    the same queues) both see none, and the loser's create raised and killed that worker at startup."""
+    try:
+        return await client.create_schedule(schedule_id, schedule), False
+    except ScheduleAlreadyRunningError:
+        return client.get_schedule_handle(schedule_id), True
 
 
 def retrain_schedule(settings: Settings) -> Schedule:
@@ -125,14 +129,8 @@ def retrain_schedule(settings: Settings) -> Schedule:
 
 async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) -> None:
     """Create the Schedule, or bring an existing one up to date (settings may have changed)."""
-    handle = client.get_schedule_handle(schedule_id)
-    try:
-        await handle.describe()
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
-            raise
-        await client.create_schedule(schedule_id, schedule)
-    else:
+    handle, existed = await _create_unless_exists(client, schedule_id, schedule)
+    if existed:
         await handle.update(lambda _u: ScheduleUpdate(schedule=schedule))
 
 

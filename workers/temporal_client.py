@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError, RPCStatusCode
 
 from trading.config import Settings
 from workflows.search_attributes import SEARCH_ATTRIBUTES as POSITION_SEARCH_ATTRIBUTES
@@ -109,7 +110,13 @@ async def ensure_search_attributes(client: Client) -> None:
         ListSearchAttributesRequest(namespace=client.namespace)
     )
     missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in existing.custom_attributes}
-    if missing:
+    if not missing:
+        return
+    try:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
         )
+    except RPCError as err:
+        # Two workers starting together on a fresh server both saw them missing; the other added them.
+        if err.status != RPCStatusCode.ALREADY_EXISTS:
+            raise

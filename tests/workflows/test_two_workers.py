@@ -135,6 +135,8 @@ async def test_two_lifecycle_and_two_exchange_workers_share_a_burst_and_survive_
             or await poller_pids(stack, EXCHANGE_TASK_QUEUE, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
             != exchange_pids
         ):
+            dead = [p for p in procs.values() if not p.alive()]  # fail now, with its reason
+            assert not dead, "\n".join(f"{p.name} exited:\n{p.log_tail()}" for p in dead)
             await asyncio.sleep(0.2)
 
     peaks = {"slots": 0, "notional": D(0)}
