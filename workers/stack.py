@@ -98,9 +98,10 @@ def _split_address(address: str, variable: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def dev_server_argv(host: str, port: int, *extra: str) -> list[str]:
+def dev_server_argv(host: str, port: int, *extra: str, search_attributes: bool = True) -> list[str]:
     """`temporal server start-dev` as every server here is started (the stack, the tests' and the
-    benchmarks'): the position search attributes registered and DEV_SERVER_DYNAMIC_CONFIG applied."""
+    benchmarks'): the position search attributes registered (unless `search_attributes` is False: a
+    server as bare as a fresh cluster) and DEV_SERVER_DYNAMIC_CONFIG applied."""
     return [
         temporal_binary(),
         "server",
@@ -109,7 +110,7 @@ def dev_server_argv(host: str, port: int, *extra: str) -> list[str]:
         host,
         "--port",
         str(port),
-        *cli_search_attribute_flags(),
+        *(cli_search_attribute_flags() if search_attributes else []),
         *dynamic_config_flags(),
         *extra,
     ]

@@ -26,7 +26,7 @@ from workers.schedules import (
     ensure_retrain_schedule,
     retrain_schedule,
 )
-from workers.stack import temporal_binary
+from workers.stack import dev_server_argv
 from workers.temporal_client import SEARCH_ATTRIBUTES, ensure_search_attributes
 
 TOGETHER = 4  # workers starting at once
@@ -35,7 +35,7 @@ TOGETHER = 4  # workers starting at once
 @pytest.fixture
 async def bare_server(tmp_path: Path) -> AsyncIterator[Client]:
     port = free_port()
-    argv = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless"]
+    argv = dev_server_argv("127.0.0.1", port, "--headless", search_attributes=False)
     proc = ManagedProcess(name="temporal", argv=argv, log_path=tmp_path / "temporal.log")
     proc.start()
     try:
@@ -47,11 +47,15 @@ async def bare_server(tmp_path: Path) -> AsyncIterator[Client]:
 
 
 async def test_workers_starting_together_all_register_the_search_attributes(bare_server: Client) -> None:
+    async def listed() -> dict[str, int]:
+        resp = await bare_server.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=bare_server.namespace)
+        )
+        return {k: v for k, v in resp.custom_attributes.items() if k in SEARCH_ATTRIBUTES}
+
+    assert await listed() == {}
     await asyncio.gather(*(ensure_search_attributes(bare_server) for _ in range(TOGETHER)))
-    listed = await bare_server.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=bare_server.namespace)
-    )
-    assert {k: listed.custom_attributes[k] for k in SEARCH_ATTRIBUTES} == SEARCH_ATTRIBUTES
+    assert await listed() == SEARCH_ATTRIBUTES
 
 
 async def test_workers_starting_together_all_keep_one_reconcile_schedule(bare_server: Client) -> None:
