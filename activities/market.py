@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.exchange import venue_errors
+from activities.vouchers import GrantVouchers
 from exchange.client import BinanceFuturesClient
 from trading.execution import SymbolCheck, SymbolCheckInput
 from trading.instruments import SymbolRules
@@ -20,8 +21,10 @@ RULES_TTL_S = 60.0
 
 
 class MarketActivities:
-    def __init__(self, client: BinanceFuturesClient) -> None:
+    def __init__(self, client: BinanceFuturesClient, vouchers: GrantVouchers | None = None) -> None:
         self.client = client  # keyless: public endpoints only
+        # this worker's start_positions fills it
+        self.vouchers = vouchers if vouchers is not None else GrantVouchers()
         self._rules: dict[str, SymbolRules] = {}
         self._rules_at = 0.0
 
@@ -42,4 +45,6 @@ class MarketActivities:
                     non_retryable=True,
                 )
             mark = (await self.client.premium_index(inp.symbol)).mark_price if inp.want_price else None
-        return SymbolCheck(rules=rules, mark_price=mark)
+        # Redeemed last: an attempt that failed above leaves it for the retry.
+        vouched = self.vouchers.redeem(inp.vouch_for) if inp.vouch_for else None
+        return SymbolCheck(rules=rules, mark_price=mark, vouched_notional=vouched)

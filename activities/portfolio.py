@@ -15,9 +15,11 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.vouchers import GrantVouchers
 from trading.governor import HOLDING_STATES, Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
 from trading.intents import Side
 from trading.risk import RiskLayerPolicy
@@ -28,6 +30,8 @@ from workflows.messages import (
     DecisionBatch,
     PortfolioInput,
     PortfolioView,
+    PositionStart,
+    PositionStarts,
     PositionStatus,
     PositionView,
     RunningHolder,
@@ -76,8 +80,11 @@ class PortfolioActivities:
         default_policy: RiskPolicy,
         holder_check_seconds: float = 30.0,
         risk: RiskLayerPolicy | None = None,
+        vouchers: GrantVouchers | None = None,
     ) -> None:
         self.client = client
+        # shared with this worker's check_symbol
+        self.vouchers = vouchers if vouchers is not None else GrantVouchers()
         self.default_policy = default_policy
         self.holder_check_seconds = holder_check_seconds
         self.risk = risk
@@ -113,6 +120,40 @@ class PortfolioActivities:
 
         gone = await asyncio.gather(*(deliver(d) for d in batch.decisions))
         return [g for g in gone if g is not None]
+
+    @activity.defn(name=calls.START_POSITIONS.name)
+    async def start_positions(self, batch: PositionStarts) -> list[str]:
+        """Start the admitted intents' PositionWorkflows, concurrently; return the ids that ran before
+        (nothing started for them, their slots go back). One that runs already is this activity's own
+        earlier attempt: kept. Each grant is vouched for in this worker (activities/vouchers.py).
+
+        Started as the portfolio's children they cost the singleton a command and two events each, and
+        the server records each child's start in the parent under its lock, one at a time."""
+        for one in batch.starts:
+            if one.position.grant is not None:
+                self.vouchers.vouch(one.workflow_id, one.position.grant.notional_usdt)
+        limit = asyncio.Semaphore(64)
+
+        async def start(one: PositionStart) -> str | None:
+            async with limit:
+                try:
+                    await self.client.start_workflow(
+                        "PositionWorkflow",
+                        one.position,
+                        id=one.workflow_id,
+                        task_queue=LIFECYCLE_TASK_QUEUE,
+                        # client order ids derive from the id: a position's id is never used twice
+                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        static_summary=one.summary,
+                    )
+                except WorkflowAlreadyStartedError:
+                    self.vouchers.forget(one.workflow_id)
+                    return one.workflow_id
+            return None
+
+        ran_before = await asyncio.gather(*(start(one) for one in batch.starts))
+        return [wid for wid in ran_before if wid is not None]
 
     @activity.defn(name=calls.FIND_STOPPED_HOLDERS.name)
     async def find_stopped_holders(self, holder_ids: list[str]) -> list[str]:

@@ -108,11 +108,15 @@ class SyncFillsInput(FrozenMsg):
 class SymbolCheckInput(FrozenMsg):
     symbol: str
     want_price: bool = False
+    # A position started with a grant: its workflow id, to learn whether this worker started it with
+    # that grant (activities/vouchers.py).
+    vouch_for: str | None = None
 
 
 class SymbolCheck(FrozenMsg):
     rules: SymbolRules
     mark_price: Decimal | None = None
+    vouched_notional: Decimal | None = None  # the grant this worker started `vouch_for` with, if any
 
 
 class OpenEntryInput(FrozenMsg):

@@ -18,6 +18,7 @@ from activities.policy_review import PolicyReviewActivities
 from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import ProjectionActivities
 from activities.reconcile import ReconcileActivities
+from activities.vouchers import GrantVouchers
 from exchange.client import BinanceFuturesClient
 from exchange.shared_budget import budget_from_settings
 from journal.metrics import PerformanceGauges
@@ -57,14 +58,16 @@ def lifecycle_worker(
     `gauges`: the performance gauges the journal activity keeps up to date (none: not computed).
     `position_workflow`: another version of it (the upgrade test deploys one over open positions).
     `workflow_task_executor`: where its workflow activations run (workers/fresh_cache.py)."""
+    vouchers = GrantVouchers()  # the grants its start_positions started, for its check_symbol
     portfolio = PortfolioActivities(
         client,
         RiskPolicy.from_settings(settings),
         settings.portfolio_holder_check_seconds,
         settings.risk_layer_policy,
+        vouchers,
     )
     projections = ProjectionActivities(redis)
-    symbols = MarketActivities(market)
+    symbols = MarketActivities(market, vouchers)
     reconciling = ReconcileActivities(client, redis)
     journaling = journal_activities(settings, gauges, client)
     market_inputs = MarketInputActivities(client, redis, journaling.journal, journaling.run_id)
@@ -82,6 +85,7 @@ def lifecycle_worker(
         activities=[
             portfolio.request_reservation,
             portfolio.deliver_decisions,
+            portfolio.start_positions,
             portfolio.find_stopped_holders,
             portfolio.running_holders,
             portfolio.previous_portfolio_state,

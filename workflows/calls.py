@@ -63,6 +63,7 @@ from workflows.messages import (
     MarketInputsRequest,
     PolicyReviewInput,
     PortfolioView,
+    PositionStarts,
     ProjectionInput,
     PublishLevelsInput,
     QuoteVolumes,
@@ -365,6 +366,16 @@ PUBLISH_ESS_MOVES = Activity(
     task_queue=LIFECYCLE_TASK_QUEUE,
     start_to_close_timeout=timedelta(seconds=5),
     retry_policy=THREE_TRIES,
+)
+START_POSITIONS = Activity(  # the admitted intents' PositionWorkflows, started together
+    name="start_positions",
+    input=PositionStarts,
+    output=list[str],  # type: ignore[arg-type]  # the ids that ran before: nothing started for them
+    task_queue=LIFECYCLE_TASK_QUEUE,
+    start_to_close_timeout=timedelta(seconds=60),
+    # Past this the holder check frees the slots of whatever did not start.
+    schedule_to_close_timeout=timedelta(minutes=5),
+    retry_policy=DELIVERY_RETRY,
 )
 PUBLISH_REFUSALS = Activity(  # intents the portfolio refused before any workflow existed for them
     name="publish_refusals",

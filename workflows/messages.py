@@ -274,6 +274,22 @@ class AdmitIntent(Msg):
         return self
 
 
+class PositionStart(Msg):
+    """An admitted intent's PositionWorkflow, holding its grant, as the portfolio's `start_positions`
+    activity starts it."""
+
+    workflow_id: str
+    position: PositionInput
+    summary: str
+
+
+START_BATCH = 200  # position starts per `start_positions` activity (its input stays well under 2 MB)
+
+
+class PositionStarts(Msg):
+    starts: list[PositionStart] = Field(min_length=1, max_length=START_BATCH)
+
+
 class AdmitBatch(Msg):
     """The portfolio's `admit_intents` signal: intents decided together, in order."""
 

@@ -2,7 +2,9 @@
 
 An intent sent with the `admit_intents` signal (workers/admission.py) is decided by the same gates, in
 arrival order, next to the reservations of running positions. Granted, the portfolio starts its
-PositionWorkflow holding the grant, which goes straight to its entry; refused, nothing starts: the
+PositionWorkflow holding the grant (one `start_positions` activity per batch, not a child each: the
+server records a child's start in its parent one at a time), which goes straight to its entry once
+the worker that started it vouches for the grant; refused, nothing starts: the
 refusal is counted (`quantum_govern_deny` by gate), kept in `last_decisions` and published to
 `quantum:stream:intent.refused`. A refused intent used to cost a workflow start, a reservation
 signal, a delivery and a signal back; an admitted one now reaches its entry one portfolio round
@@ -25,8 +27,15 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from trading.governor import Denial, Gate, Grant, ReservationRequest, release
     from workflows import calls
-    from workflows.messages import LIFECYCLE_TASK_QUEUE, AdmitIntent, Refusal
-    from workflows.portfolio_base import PortfolioBase
+    from workflows.messages import (
+        LIFECYCLE_TASK_QUEUE,
+        START_BATCH,
+        AdmitIntent,
+        PositionStart,
+        PositionStarts,
+        Refusal,
+    )
+    from workflows.portfolio_base import PATCH_START_BY_ACTIVITY, PortfolioBase
 
 
 class PortfolioAdmission(PortfolioBase):
@@ -39,6 +48,7 @@ class PortfolioAdmission(PortfolioBase):
         batch, self.admissions = self.admissions, []
         decisions: list[Grant | Denial] = []
         refused: list[Refusal] = []
+        granted: list[tuple[AdmitIntent, Grant]] = []
         for adm in batch:
             wid = adm.workflow_id
             if wid in self.book.reservations or wid in self._starting:
@@ -58,7 +68,7 @@ class PortfolioAdmission(PortfolioBase):
             decisions.append(decision)
             if isinstance(decision, Grant):
                 self._starting.add(wid)
-                self._starts.append(asyncio.ensure_future(self._start_admitted(adm, decision)))
+                granted.append((adm, decision))
             else:
                 refused.append(
                     Refusal(
@@ -72,6 +82,13 @@ class PortfolioAdmission(PortfolioBase):
                         at_ms=now_ms,
                     )
                 )
+        if granted and workflow.patched(PATCH_START_BY_ACTIVITY):
+            for at in range(0, len(granted), START_BATCH):
+                chunk = granted[at : at + START_BATCH]
+                self._starts.append(asyncio.ensure_future(self._start_by_activity(chunk)))
+        else:  # as children (the runs that started so replay so)
+            for adm, grant in granted:
+                self._starts.append(asyncio.ensure_future(self._start_admitted(adm, grant)))
         if refused:
             self._deliveries.append(asyncio.ensure_future(self._publish_refusals(refused)))
         return decisions
@@ -87,7 +104,37 @@ class PortfolioAdmission(PortfolioBase):
             reason=f"not decided within {deadline_s:g} s of the intent ({(now_ms - adm.at_ms) / 1000:.1f} s)",
         )
 
+    async def _start_by_activity(self, granted: list[tuple[AdmitIntent, Grant]]) -> None:
+        """Start the granted positions through one `start_positions` activity (the worker that runs it
+        vouches for their grants). Failed for good, nothing is released here: whatever
+        did not start is freed by the holder check, which skips only the ids still starting."""
+        starts = [
+            PositionStart(
+                workflow_id=adm.workflow_id,
+                position=adm.position.model_copy(update={"grant": grant}),
+                summary=_summary(adm, grant),
+            )
+            for adm, grant in granted
+        ]
+        try:
+            ran_before = await calls.START_POSITIONS.run(PositionStarts(starts=starts))
+        except ActivityError as err:
+            self._step_failed("start_positions", err)
+            ran_before = []
+        finally:
+            self._starting.difference_update(adm.workflow_id for adm, _ in granted)
+            self._starts = [s for s in self._starts if not s.done()]
+        for wid in ran_before:
+            self._void(wid)
+
+    def _void(self, workflow_id: str) -> None:
+        """That id ran before: nothing was started, so nothing holds the slot."""
+        release(self.book, self.policy, workflow_id, self._now_ms(), cooldown=False)
+        workflow.logger.warning("%s was started before: its admission is void", workflow_id)
+        self._changed()
+
     async def _start_admitted(self, adm: AdmitIntent, grant: Grant) -> None:
+        """As a child (before PATCH_START_BY_ACTIVITY): the position trusts a grant from its parent."""
         p = adm.position
         try:
             await workflow.start_child_workflow(
@@ -99,13 +146,10 @@ class PortfolioAdmission(PortfolioBase):
                 # (client order ids derive from it)
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=f"{p.side.value} {p.symbol} {grant.notional_usdt} USDT ({p.strategy})",
+                static_summary=_summary(adm, grant),
             )
         except WorkflowAlreadyStartedError:
-            # That id ran before: nothing was started, so nothing holds the slot.
-            release(self.book, self.policy, adm.workflow_id, self._now_ms(), cooldown=False)
-            workflow.logger.warning("%s was started before: its admission is void", adm.workflow_id)
-            self._changed()
+            self._void(adm.workflow_id)
         finally:
             self._starting.discard(adm.workflow_id)
             self._starts = [s for s in self._starts if not s.done()]
@@ -116,3 +160,9 @@ class PortfolioAdmission(PortfolioBase):
             await calls.PUBLISH_REFUSALS.run(refused)
         except ActivityError as err:
             self._step_failed("refusals", err)
+
+
+def _summary(adm: AdmitIntent, grant: Grant) -> str:
+    """What the Web UI shows for an admitted position."""
+    p = adm.position
+    return f"{p.side.value} {p.symbol} {grant.notional_usdt} USDT ({p.strategy})"

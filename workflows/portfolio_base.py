@@ -34,6 +34,7 @@ PATCH_FLATTEN = "portfolio-flatten-until-released"
 PATCH_TIMERS = "portfolio-steps-on-timers"
 PATCH_RISK = "portfolio-risk-layer"
 PATCH_RESTORE = "portfolio-restores-previous-run"
+PATCH_START_BY_ACTIVITY = "portfolio-starts-admitted-by-activity"
 
 
 class PortfolioBase:

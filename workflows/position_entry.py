@@ -36,13 +36,20 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.position_base import E, PositionBase
 
+# A grant without a parent (the portfolio's `start_positions`) is trusted when its worker vouches for it.
+PATCH_GRANT_VOUCHED = "position-grant-vouched-by-worker"
+
 
 class PositionEntry(PositionBase):
     # ------------------------------------------------------------------ steps
     async def _validate(self) -> SymbolCheck:
         try:
             check = await calls.CHECK_SYMBOL.run(
-                SymbolCheckInput(symbol=self.intent.symbol, want_price=self.intent.quantity is not None)
+                SymbolCheckInput(
+                    symbol=self.intent.symbol,
+                    want_price=self.intent.quantity is not None,
+                    vouch_for=workflow.info().workflow_id if self._vouch_asked() else None,
+                )
             )
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as the activity's own ApplicationError, not wrapped.
@@ -50,7 +57,7 @@ class PositionEntry(PositionBase):
             if isinstance(cause, ApplicationError) and cause.type == ErrorType.UNKNOWN_SYMBOL:
                 self._on(E.INVALID, reason=cause.message)
                 self._show()
-                if self._grant_from_portfolio() is not None:
+                if self._grant_from_portfolio() is not None or self._vouch_asked():
                     # Admitted before it was checked: the slot taken for it goes back now, not at the
                     # portfolio's next holder check.
                     await self._tell_portfolio(
@@ -81,7 +88,7 @@ class PositionEntry(PositionBase):
             intent_id=self.intent.intent_id,
             adoption=adopt is not None,
         )
-        self._decision: Grant | Denial | None = self._grant_from_portfolio()
+        self._decision: Grant | Denial | None = self._grant_from_portfolio() or self._grant_vouched(check)
         while self._decision is None:
             try:
                 await self._portfolio_signal("request_reservation", request)
@@ -102,18 +109,37 @@ class PositionEntry(PositionBase):
             self._on(E.DENIED, denial=self._decision)
 
     def _grant_from_portfolio(self) -> Grant | None:
-        """The grant this workflow was started with, when the portfolio admitted the intent and started
-        it (one portfolio round trip fewer). Anyone else's grant is ignored: an operator's
-        `temporal workflow start` with a grant in its input goes through the gates like any intent."""
+        """The grant this workflow was started with as the portfolio's child (before the portfolio
+        started admitted positions by activity): its parent vouches for it."""
         grant = self.input.grant
-        if grant is None:
-            return None
         parent = workflow.info().parent
-        if parent is None or parent.workflow_id != DEFAULT_PORTFOLIO_ID:
-            workflow.logger.warning("a grant not from the portfolio is ignored: asking the portfolio")
+        if grant is None or parent is None or parent.workflow_id != DEFAULT_PORTFOLIO_ID:
             return None
         if grant.holder_id != workflow.info().workflow_id:
             workflow.logger.warning("a grant for %s is ignored: asking the portfolio", grant.holder_id)
+            return None
+        return grant
+
+    def _vouch_asked(self) -> bool:
+        """Started with a grant and no parent (by the portfolio's `start_positions`, or typed in): the
+        symbol check asks whether this worker started it with that grant."""
+        started_with_grant = self.input.grant is not None and workflow.info().parent is None
+        return started_with_grant and workflow.patched(PATCH_GRANT_VOUCHED)
+
+    def _grant_vouched(self, check: SymbolCheck) -> Grant | None:
+        """The grant the portfolio's `start_positions` started this workflow with (one portfolio round
+        trip fewer), trusted only when the worker that started it vouches for it in the symbol check
+        (activities/vouchers.py): an operator's `temporal workflow start` with a grant in its input
+        goes through the gates like any intent. Not vouched for (typed in, or started by another
+        worker), the position asks the portfolio, which answers a slot it holds with the grant it
+        made."""
+        grant = self.input.grant
+        if grant is None or not self._vouch_asked():
+            if grant is not None and workflow.info().parent is None:  # before the patch: ignored
+                workflow.logger.warning("a grant not from the portfolio is ignored: asking the portfolio")
+            return None
+        if grant.holder_id != workflow.info().workflow_id or check.vouched_notional != grant.notional_usdt:
+            workflow.logger.info("a grant this worker did not start it with: asking the portfolio")
             return None
         return grant
 

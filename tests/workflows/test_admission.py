@@ -17,8 +17,9 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment
 
-from activities.portfolio import start_portfolio
+from activities.portfolio import PortfolioActivities, start_portfolio
 from activities.projections import REFUSED_STREAM
 from tests.workflows.conftest import Stack
 from trading.governor import Grant, RiskPolicy
@@ -32,6 +33,8 @@ from workflows.messages import (
     PositionInput,
     PositionOptions,
     PositionResult,
+    PositionStart,
+    PositionStarts,
     PositionStatus,
     PositionView,
 )
@@ -186,6 +189,59 @@ async def test_an_admitted_id_that_ran_before_gives_its_slot_back_at_once(stack:
         view = await portfolio_view(stack)
     assert view.granted_total == 2 and view.slots_used == 0
     assert len(stack.exchange.admin("GET", "orders?symbol=T001USDT")) == 2  # one entry, one exit
+
+
+@pytest.mark.parametrize("stack", [LIMITS], indirect=True)
+async def test_a_retried_start_keeps_the_running_position_and_starts_nothing_for_one_that_ran(
+    stack: Stack,
+) -> None:
+    # The start activity's answer lost and the activity run again: the position it started is kept
+    # (not a second one, not voided); once closed, its id starts nothing ever again.
+    stack.exchange.set_price("T001USDT", "100")
+    async with stack.workers():
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 30)
+        (one,) = admissions(intents("again", 1))
+        await admit_intents(stack.client, [one])
+        await until(lambda: _open_is(stack, "position-again-", 1))
+        starting = PortfolioActivities(stack.client, RiskPolicy.from_settings(stack.settings))
+        batch = PositionStarts(
+            starts=[PositionStart(workflow_id=one.workflow_id, position=one.position, summary="again")]
+        )
+        kept = await ActivityEnvironment().run(starting.start_positions, batch)
+        handle = stack.client.get_workflow_handle(one.workflow_id, result_type=PositionResult)
+        await handle.execute_update("close", {"reason": "test"})
+        await handle.result()
+        ran_before = await ActivityEnvironment().run(starting.start_positions, batch)
+        runs = [w async for w in stack.client.list_workflows(f"WorkflowId='{one.workflow_id}'")]
+    assert kept == [] and ran_before == [one.workflow_id] and len(runs) == 1
+    assert len(stack.exchange.admin("GET", "orders?symbol=T001USDT")) == 2  # one entry, one exit
+
+
+@pytest.mark.parametrize("stack", [LIMITS], indirect=True)
+async def test_a_position_started_by_another_worker_asks_the_portfolio_once(stack: Stack) -> None:
+    # Scaled out, the worker running a position's first task may not be the one whose start_positions
+    # started it: nothing vouches for the grant there, so the position asks the portfolio, which
+    # decides it like any request (here: the only slot it takes).
+    stack.exchange.set_price("T001USDT", "100")
+    async with stack.workers():
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 30)
+        ((wid, position),) = intents("elsewhere", 1)
+        granted = position.model_copy(update={"grant": Grant(holder_id=wid, notional_usdt=D(100))})
+        elsewhere = PortfolioActivities(stack.client, RiskPolicy.from_settings(stack.settings))
+        batch = PositionStarts(starts=[PositionStart(workflow_id=wid, position=granted, summary="x")])
+        assert await ActivityEnvironment().run(elsewhere.start_positions, batch) == []
+        await until(lambda: _open_is(stack, "position-elsewhere-", 1))
+        view = await portfolio_view(stack)
+        history = await stack.client.get_workflow_handle(wid).fetch_history()
+        await close_all(stack, [wid])
+    assert view.slots_used == 1 and view.granted_total == 1
+    signalled = [
+        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+    ]
+    assert signalled.count("request_reservation") == 1
+    assert len([o for o in stack.exchange.admin("GET", "orders") if not o["reduceOnly"]]) == 1
 
 
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)

@@ -59,6 +59,7 @@ WIRE = {
     "project_portfolio": (LIFECYCLE_TASK_QUEUE, 1),
     "publish_ess_moves": (LIFECYCLE_TASK_QUEUE, 1),
     "publish_refusals": (LIFECYCLE_TASK_QUEUE, 1),
+    "start_positions": (LIFECYCLE_TASK_QUEUE, 1),
     "project_position": (LIFECYCLE_TASK_QUEUE, 1),
     "publish_levels": (LIFECYCLE_TASK_QUEUE, 1),
     "journal_trade": (LIFECYCLE_TASK_QUEUE, 1),

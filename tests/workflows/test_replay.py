@@ -285,8 +285,9 @@ async def test_histories_replay_with_queries_refused_updates_and_ignored_signals
 
 
 # Histories of earlier versions stay in dated folders (histories/2026-12-v1/: before the position state
-# machine; 2026-12-v2/: bar closes that started their positions one at a time), and histories/admission/
-# holds a portfolio that admitted intents with a position it started (recorded by
+# machine; 2026-12-v2/: bar closes that started their positions one at a time; 2026-12-v3/: a portfolio
+# that started admitted positions as its children), and histories/admission/ holds a portfolio that
+# admitted intents with a position it started by its start_positions activity (recorded by
 # tests/workflows/test_admission.py); each file is named by its workflow id, which the replay needs
 # (client ids derive from it).
 @pytest.mark.parametrize(
