@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
@@ -88,6 +88,15 @@ async def refusals(stack: Stack) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
 
 
+def signals_sent(history: WorkflowHistory) -> list[str]:
+    """The names of the signals a workflow sent, in order."""
+    return [
+        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+    ]
+
+
 async def until(probe: Any, timeout: float = 60.0) -> Any:
     async with asyncio.timeout(timeout):
         while not (got := await probe()):
@@ -155,12 +164,7 @@ async def test_the_portfolio_starts_a_position_only_for_a_grant(stack: Stack) ->
     assert Counter(r["gate"] for r in refused) == Counter({"symbol_open": 10, "max_open_positions": 15})
     assert {r["workflow_id"] for r in refused} == {wid for wid, _ in intents("adm", 30)} - set(granted)
     assert len(orders) == 5 and all(not o["reduceOnly"] for o in orders)
-    signalled = [
-        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
-    ]
-    assert "request_reservation" not in signalled
+    assert "request_reservation" not in signals_sent(history)
 
 
 async def _decided(stack: Stack, n: int) -> bool:
@@ -235,12 +239,7 @@ async def test_a_position_started_by_another_worker_asks_the_portfolio_once(stac
         history = await stack.client.get_workflow_handle(wid).fetch_history()
         await close_all(stack, [wid])
     assert view.slots_used == 1 and view.granted_total == 1
-    signalled = [
-        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
-    ]
-    assert signalled.count("request_reservation") == 1
+    assert signals_sent(history).count("request_reservation") == 1
     assert len([o for o in stack.exchange.admin("GET", "orders") if not o["reduceOnly"]]) == 1
 
 
