@@ -39,6 +39,7 @@ from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
 from trading.instruments import synthetic_symbols
 from trading.intents import Side
 from trading.reconcile import Fix
+from workers.admission import admissions, admit_intents
 from workers.processes import ManagedProcess
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
@@ -74,21 +75,26 @@ async def count_open(stack: LocalStack) -> int:
 
 
 async def open_all(stack: LocalStack, syms: list[str], deadline: float) -> float:
-    """Start one position per symbol; seconds until every one is open and its levels are watched."""
-    gate = asyncio.Semaphore(64)
+    """Admit one position per symbol through the portfolio (workers/admission.py, 1,000 intents a
+    signal); seconds until every one is open and its levels are watched. Their entry deadline is the
+    benchmark's own: started together thousands at a time, the last are decided minutes after the
+    first (a real bar close admits at most the universe)."""
     t0 = time.monotonic()
-
-    async def one(sym: str) -> None:
-        async with gate:
-            await stack.client.start_workflow(
-                "PositionWorkflow",
-                PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=WATCHER_ONLY),
-                id=f"bench-scale-{sym}",
-                task_queue=LIFECYCLE_TASK_QUEUE,
-            )
-
-    await asyncio.gather(*(one(s) for s in syms))
-    log(f"open: {len(syms)} starts accepted in {time.monotonic() - t0:.1f} s")
+    entry_deadline_s = max(60.0, deadline - time.monotonic())
+    options = WATCHER_ONLY.model_copy(update={"entry_deadline_seconds": entry_deadline_s})
+    await admit_intents(
+        stack.client,
+        admissions(
+            [
+                (
+                    f"bench-scale-{sym}",
+                    PositionInput(symbol=sym, side=Side.LONG, notional_usdt=D(20), options=options),
+                )
+                for sym in syms
+            ]
+        ),
+    )
+    log(f"open: {len(syms)} intents admitted in {time.monotonic() - t0:.1f} s")
     last = 0.0
     while True:
         opened, watched = await count_open(stack), await stack.redis.hlen(LEVELS_KEY)
