@@ -31,10 +31,21 @@ class PortfolioDecisions(PortfolioBase):
             return self.pending
         return [p for p in self.pending if p.adoption]
 
+    def _take_actionable(self) -> list[ReservationRequest]:
+        """`_actionable()`, taken out of `pending` in one pass. (Filtering `pending` by membership in the
+        batch compared pydantic models pairwise: with 500 signals in one workflow task that was 250,000
+        comparisons, and the portfolio fell further behind the more it had to decide.)"""
+        if not self._book_known:
+            return []
+        if self.book.reconciled:
+            batch, self.pending = self.pending, []
+            return batch
+        batch = [p for p in self.pending if p.adoption]
+        self.pending = [p for p in self.pending if not p.adoption]
+        return batch
+
     async def _decide_pending(self) -> None:
-        while self._actionable():
-            batch = self._actionable()
-            self.pending = [p for p in self.pending if p not in batch]
+        while batch := self._take_actionable():
             now = self._now_ms()
             decisions: list[Grant | Denial] = []
             for req in batch:
