@@ -33,7 +33,7 @@ from typing import Any
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from bench.exits import CROSS_PRICE, RejectedExit, cross_stop, floor_worker, measure_floor, pct
+from bench.exits import Reactions, crossed, floor_worker, measure_floor, pct
 from bench.lifecycle import CpuMeter
 from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
 from trading.instruments import synthetic_symbols
@@ -185,21 +185,19 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
             floor = await measure_floor(stack.client, args.floor)
             out["floor_p50_ms"] = round(statistics.median(floor), 1)
-            reactions: list[float] = []
+            reactions = Reactions()
             rejected: list[str] = []
             meter = CpuMeter({**stack.pids(), "lifecycle": lifecycle.pid, "watcher": watcher.pid})
             for k, sym in enumerate(syms[: args.crossings]):
                 handle = stack.client.get_workflow_handle(f"bench-scale-{sym}", result_type=PositionResult)
-                try:
-                    reactions.append(await cross_stop(stack, handle, sym, CROSS_PRICE))
-                except RejectedExit as err:
-                    rejected.append(str(err))
+                await crossed(stack, handle, sym, reactions, rejected)
                 if k % 20 == 19:
-                    log(f"exits: {k + 1}/{args.crossings}, p50 {pct(reactions, 0.5):.1f} ms")
+                    log(f"exits: {k + 1}/{args.crossings}, p50 {pct(reactions.from_tick, 0.5):.1f} ms")
             out.update(
-                reaction_p50_ms=round(pct(reactions, 0.5), 1),
-                reaction_p99_ms=round(pct(reactions, 0.99), 1),
-                ratio_p99=round(pct(reactions, 0.99) / out["floor_p50_ms"], 2),
+                reaction_p50_ms=round(pct(reactions.from_tick, 0.5), 1),
+                reaction_p99_ms=round(pct(reactions.from_tick, 0.99), 1),
+                from_post_p99_ms=round(pct(reactions.from_post, 0.99), 1),
+                ratio_p99=round(pct(reactions.from_tick, 0.99) / out["floor_p50_ms"], 2),
                 rejected_exits=len(rejected),
                 cpu_pct_exits=meter.percent(),
             )

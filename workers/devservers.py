@@ -111,8 +111,9 @@ class PaperExchange:
         resp.raise_for_status()
         return resp.json() if resp.content else None
 
-    def set_price(self, symbol: str, price: str) -> None:
-        self.admin("POST", "price", {"symbol": symbol, "price": price})
+    def set_price(self, symbol: str, price: str) -> dict[str, Any]:
+        """The answer's `eventTime` is the venue time of the trade tick published (null: no move)."""
+        return self.admin("POST", "price", {"symbol": symbol, "price": price})
 
     def transfer(self, amount: str) -> dict[str, str]:
         """A deposit (positive) or withdrawal (negative) of USDT on the paper account."""

@@ -22,7 +22,9 @@ CHECKPOINT_MS = 1_000  # WAL checkpoint from advance() at most once a second, on
 class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
     """Time: price moves, matching of resting orders, algo triggers, liquidation and funding."""
 
-    def set_price(self, symbol: str, price: Decimal) -> None:
+    def set_price(self, symbol: str, price: Decimal) -> dict[str, Any]:
+        """The manual price of `symbol` from now on; the answer carries the event time (`E`) of the trade
+        tick it published, or null when the price did not move (no tick)."""
         if symbol not in self.rules:
             raise ApiError(-1121, "Invalid symbol.")
         if not isinstance(self.prices, ManualPrices):
@@ -34,10 +36,16 @@ class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
         self._mark_kv("manual_prices")
         m = self.prices.market_ms(now)
         p = self.prices.price_at(symbol, m)
-        if p != self.last[symbol]:
+        moved = p != self.last[symbol]
+        if moved:
             self._on_price(symbol, p, now, m)
         self._check_liquidations(now)
         self._commit()
+        return {
+            "symbol": symbol,
+            "price": price_str(self.rules[symbol], p),
+            "eventTime": now if moved else None,
+        }
 
     def advance(self) -> None:
         now = self.wall_ms()

@@ -119,10 +119,15 @@ def test_order_and_account_update_shapes() -> None:
 def test_market_streams_on_price_changes_and_ticks() -> None:
     h = Harness()
     e = h.engine
-    e.set_price("BTCUSDT", D("65010"))
+    answer = e.set_price("BTCUSDT", D("65010"))
     agg = h.market("@aggTrade")
     assert [ev.stream for ev in agg] == ["btcusdt@aggTrade"]
     assert agg[0].payload["p"] == "65010.00" and agg[0].payload["e"] == "aggTrade"
+    # The answer names the tick it published (bench.exits times an exit from it), and no tick at all
+    # when the price did not move.
+    assert answer == {"symbol": "BTCUSDT", "price": "65010.00", "eventTime": agg[0].payload["E"]}
+    assert e.set_price("BTCUSDT", D("65010"))["eventTime"] is None
+    assert len(h.market("@aggTrade")) == 1
     book = h.market("@bookTicker")[0].payload
     assert (book["b"], book["a"]) == ("65009.90", "65010.10")
     k = h.market("@kline_1m")[-1].payload["k"]
