@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from trading.exit_profile import ExitProfile, Level
 from trading.intents import Side
@@ -183,12 +183,52 @@ class PortfolioBook(BaseModel):
     # new entries wait (adoptions of what the venue holds do not).
     reconciled: bool = True
 
+    # An index over `reservations` (total notional; holders by symbol, oldest first), kept by the
+    # functions below that change them and rebuilt when the count of reservations shows one added or
+    # removed around them (a reservation replaced in place must go through them). Summing every
+    # reservation for each decision made 5,000 admissions in one workflow task outlast the SDK's 2 s
+    # deadlock limit, and the portfolio stopped deciding.
+    _total: Decimal | None = PrivateAttr(default=None)
+    _holders: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    _indexed: int = PrivateAttr(default=-1)
+
+    def _index(self) -> None:
+        if self._total is not None and self._indexed == len(self.reservations):
+            return
+        self._holders = {}
+        for r in self.reservations.values():
+            self._holders.setdefault(r.symbol, []).append(r.holder_id)
+        self._total = sum((r.notional_usdt for r in self.reservations.values()), Decimal(0))
+        self._indexed = len(self.reservations)
+
+    def note_reservation(self, before: int, res: Reservation, *, added: bool) -> None:
+        """`res` was just added to or removed from `reservations`, which held `before` of them."""
+        if self._total is None or self._indexed != before:
+            self._total = None  # changed around the index too: rebuild on next use
+            return
+        holders = self._holders.setdefault(res.symbol, [])
+        if added:
+            holders.append(res.holder_id)
+            self._total += res.notional_usdt
+        else:
+            holders.remove(res.holder_id)
+            self._total -= res.notional_usdt
+        self._indexed = len(self.reservations)
+
+    def note_resized(self, old: Decimal, new: Decimal) -> None:
+        if self._total is not None and self._indexed == len(self.reservations):
+            self._total += new - old
+
     @property
     def total_notional(self) -> Decimal:
-        return sum((r.notional_usdt for r in self.reservations.values()), Decimal(0))
+        self._index()
+        assert self._total is not None
+        return self._total
 
     def holder_of(self, symbol: str) -> Reservation | None:
-        return next((r for r in self.reservations.values() if r.symbol == symbol), None)
+        self._index()
+        holders = self._holders.get(symbol)
+        return self.reservations[holders[0]] if holders else None
 
 
 def decide(book: PortfolioBook, policy: RiskPolicy, req: ReservationRequest, now_ms: int) -> Decision:
@@ -269,7 +309,7 @@ def over_limit(book: PortfolioBook, policy: RiskPolicy, notional: Decimal) -> st
 def apply_grant(book: PortfolioBook, req: ReservationRequest, grant: Grant, now_ms: int) -> None:
     if req.holder_id in book.reservations:
         return
-    book.reservations[req.holder_id] = Reservation(
+    res = Reservation(
         holder_id=req.holder_id,
         symbol=req.symbol,
         side=req.side,
@@ -277,6 +317,8 @@ def apply_grant(book: PortfolioBook, req: ReservationRequest, grant: Grant, now_
         reserved_at_ms=now_ms,
         intent_id=req.intent_id,
     )
+    book.reservations[req.holder_id] = res
+    book.note_reservation(len(book.reservations) - 1, res, added=True)
     times = [t for t in book.executions_ms.get(req.symbol, []) if now_ms - t < HOUR_MS]
     times.append(now_ms)
     book.executions_ms[req.symbol] = times
@@ -307,9 +349,11 @@ def restore_reservation(
     execution: the rate limits count an entry when it is granted. False when it was already there."""
     if holder_id in book.reservations:
         return False
-    book.reservations[holder_id] = Reservation(
+    res = Reservation(
         holder_id=holder_id, symbol=symbol, side=side, notional_usdt=notional_usdt, reserved_at_ms=now_ms
     )
+    book.reservations[holder_id] = res
+    book.note_reservation(len(book.reservations) - 1, res, added=True)
     return True
 
 
@@ -318,7 +362,9 @@ def adjust(book: PortfolioBook, holder_id: str, notional_usdt: Decimal) -> bool:
     res = book.reservations.get(holder_id)
     if res is None or notional_usdt >= res.notional_usdt:
         return False
+    old = res.notional_usdt
     res.notional_usdt = max(notional_usdt, Decimal(0))
+    book.note_resized(old, res.notional_usdt)
     return True
 
 
@@ -328,6 +374,8 @@ def release(
     """Free the holder's slot and notional (idempotent: a second release returns None). The symbol
     cools down after a position that traded, not after an entry that never filled."""
     res = book.reservations.pop(holder_id, None)
+    if res is not None:
+        book.note_reservation(len(book.reservations) + 1, res, added=False)
     if res is not None and cooldown and policy.symbol_cooldown_seconds:
         book.cooldown_until_ms[res.symbol] = now_ms + policy.symbol_cooldown_seconds * 1000
     return res
