@@ -101,6 +101,8 @@ class PortfolioWorkflow(
         self.admissions: list[AdmitIntent] = list(inp.admissions)
         self._starting: set[str] = set()
         self._starts: list[asyncio.Future[None]] = []
+        self._refusing: list[asyncio.Future[None]] = []
+        self._sliced = False  # admissions decided a slice at a time (PATCH_ADMIT_IN_SLICES)
         self._projections: list[asyncio.Future[None]] = []
         self._dirty = True
         self._projected_at = -PROJECTION_INTERVAL_S  # the loop on the clock (before PATCH_TIMERS)

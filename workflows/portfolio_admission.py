@@ -35,17 +35,38 @@ with workflow.unsafe.imports_passed_through():
         PositionStarts,
         Refusal,
     )
-    from workflows.portfolio_base import PATCH_START_BY_ACTIVITY, PortfolioBase
+    from workflows.portfolio_base import (
+        ADMISSION_CALLS_MAX,
+        ADMIT_SLICE,
+        PATCH_ADMIT_IN_SLICES,
+        PATCH_START_BY_ACTIVITY,
+        PortfolioBase,
+    )
 
 
 class PortfolioAdmission(PortfolioBase):
     def _admissible(self) -> bool:
-        """Admissions wait, like reservations, for the book (a fresh run) and the startup reconcile."""
-        return bool(self.admissions) and self._book_known and self.book.reconciled
+        """Admissions wait, like reservations, for the book (a fresh run) and the startup reconcile;
+        decided a slice at a time, the next slice also waits until fewer than ADMISSION_CALLS_MAX of
+        the activities that start or refuse them are running."""
+        if not (self.admissions and self._book_known and self.book.reconciled):
+            return False
+        if not self._sliced:
+            return True
+        self._starts = [s for s in self._starts if not s.done()]
+        self._refusing = [r for r in self._refusing if not r.done()]
+        return len(self._starts) + len(self._refusing) < ADMISSION_CALLS_MAX
 
     def _admit(self, now_ms: int) -> list[Grant | Denial]:
-        """Decide the admissions that arrived, start a position for each grant; the decisions made."""
-        batch, self.admissions = self.admissions, []
+        """Decide the admissions that arrived (at most ADMIT_SLICE of them), start a position for each
+        grant; the decisions made. The slice bounds what one workflow task sends: 5,000 intents
+        decided at once scheduled 25 start activities in one task completion, over the 4 MB a gRPC
+        message may carry, and the server terminated the portfolio (GrpcMessageTooLarge)."""
+        self._sliced = self._sliced or workflow.patched(PATCH_ADMIT_IN_SLICES)
+        if self._sliced:
+            batch, self.admissions = self.admissions[:ADMIT_SLICE], self.admissions[ADMIT_SLICE:]
+        else:
+            batch, self.admissions = self.admissions, []
         decisions: list[Grant | Denial] = []
         refused: list[Refusal] = []
         granted: list[tuple[AdmitIntent, Grant]] = []
@@ -90,7 +111,10 @@ class PortfolioAdmission(PortfolioBase):
             for adm, grant in granted:
                 self._starts.append(asyncio.ensure_future(self._start_admitted(adm, grant)))
         if refused:
-            self._deliveries.append(asyncio.ensure_future(self._publish_refusals(refused)))
+            publishing = asyncio.ensure_future(self._publish_refusals(refused))
+            self._deliveries.append(publishing)
+            if self._sliced:
+                self._refusing.append(publishing)
         return decisions
 
     @staticmethod

@@ -23,7 +23,14 @@ with workflow.unsafe.imports_passed_through():
     from trading.emergency import SEVERITY
     from trading.governor import Denial, Grant, PortfolioBook, ReservationRequest, RiskPolicy
     from trading.risk import RiskLayerPolicy, RiskState
-    from workflows.messages import AdmitIntent, EssMove, PendingFlatten, PortfolioInput, PortfolioView
+    from workflows.messages import (
+        START_BATCH,
+        AdmitIntent,
+        EssMove,
+        PendingFlatten,
+        PortfolioInput,
+        PortfolioView,
+    )
 
 PROJECTION_INTERVAL_S = 2.0
 
@@ -35,6 +42,12 @@ PATCH_TIMERS = "portfolio-steps-on-timers"
 PATCH_RISK = "portfolio-risk-layer"
 PATCH_RESTORE = "portfolio-restores-previous-run"
 PATCH_START_BY_ACTIVITY = "portfolio-starts-admitted-by-activity"
+PATCH_ADMIT_IN_SLICES = "portfolio-admits-in-slices"
+# At most this many intents decided in one go, and a next go only while fewer than
+# ADMISSION_CALLS_MAX start or refusal activities run: one workflow task sends at most about 1,000
+# position starts (~1 MB of activity input) however many intents are waiting.
+ADMIT_SLICE = 5 * START_BATCH
+ADMISSION_CALLS_MAX = 6
 
 
 class PortfolioBase:
@@ -64,6 +77,8 @@ class PortfolioBase:
     admissions: list[AdmitIntent]
     _starting: set[str]
     _starts: list[asyncio.Future[None]]
+    _refusing: list[asyncio.Future[None]]
+    _sliced: bool
     _projections: list[asyncio.Future[None]]
     _dirty: bool
     _projected_at: float

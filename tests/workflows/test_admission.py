@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
@@ -24,7 +24,7 @@ from activities.projections import REFUSED_STREAM
 from tests.workflows.conftest import Stack
 from trading.governor import Grant, RiskPolicy
 from trading.intents import Side
-from workers.admission import AdmissionError, admissions, admit_intents
+from workers.admission import BATCH_MAX, AdmissionError, admissions, admit_intents
 from workflows.messages import (
     DEFAULT_PORTFOLIO_ID,
     LIFECYCLE_TASK_QUEUE,
@@ -38,6 +38,7 @@ from workflows.messages import (
     PositionStatus,
     PositionView,
 )
+from workflows.portfolio_base import ADMIT_SLICE
 
 D = Decimal
 SYMBOLS = [f"T{i:03d}USDT" for i in range(1, 11)]
@@ -292,6 +293,45 @@ async def test_admissions_survive_the_portfolios_continue_as_new(stack: Stack) -
     assert len(runs) > 1  # it did continue as new
     assert view.granted_total == 5 and view.denied_total == 55 and len(refused) == 55
     assert len([o for o in stack.exchange.admin("GET", "orders") if not o["reduceOnly"]]) == 5
+
+
+@pytest.mark.parametrize("stack", [LIMITS], indirect=True)
+async def test_ten_thousand_intents_at_once_are_all_decided_a_slice_per_task(stack: Stack) -> None:
+    # Decided in one task, 5,000 intents made a task completion over gRPC's 4 MB and the server
+    # terminated the portfolio; 10,000 refusals in one activity input pass the 2 MB payload limit.
+    n = 10 * BATCH_MAX
+    for s in SYMBOLS:
+        stack.exchange.set_price(s, "100")
+    async with stack.workers():
+        await start_portfolio(stack.client, RiskPolicy.from_settings(stack.settings), 30)
+        await admit_intents(stack.client, admissions(intents("many", n)))
+        await until(lambda: _decided(stack, n), timeout=120)
+        await until(lambda: _open_is(stack, "position-many-", 5))
+        refused = await until(lambda: _refusals_are(stack, n - 5), timeout=60)
+        view = await portfolio_view(stack)
+        status = (await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).describe()).status
+        events = [  # every run of it (the signals' size suggests a continue-as-new)
+            e
+            async for run in stack.client.list_workflows(f"WorkflowId='{DEFAULT_PORTFOLIO_ID}'")
+            async for e in stack.client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history_events()
+        ]
+        await close_all(stack, list(view.book.reservations))
+    assert view.granted_total == 5 and view.denied_total == n - 5
+    assert len({r["workflow_id"] for r in refused}) == n - 5
+    assert status == WorkflowExecutionStatus.RUNNING
+    assert [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED] == []
+    published = [
+        e
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "publish_refusals"
+    ]
+    assert len(published) >= n // ADMIT_SLICE  # a slice at a time, never all at once
+
+
+async def _refusals_are(stack: Stack, n: int) -> list[dict[str, str]]:
+    got = await refusals(stack)
+    return got if len(got) >= n else []
 
 
 @pytest.mark.parametrize("stack", [LIMITS], indirect=True)
