@@ -7,6 +7,7 @@ seed's 17-of-10 race came from counting and reserving in different places).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
@@ -170,6 +171,31 @@ class Denial(BaseModel):
 Decision = Grant | Denial
 
 
+class _BookIndex:
+    """PortfolioBook's index: the reservations' count when it was last true, their total notional,
+    and the holders of each symbol in the order they reserved."""
+
+    __slots__ = ("holders", "size", "total")
+
+    def __init__(self, reservations: Iterable[Reservation]) -> None:
+        self.size = 0
+        self.total = Decimal(0)
+        self.holders: dict[str, list[str]] = {}
+        for r in reservations:
+            self.apply(r, added=True)
+
+    def apply(self, res: Reservation, *, added: bool) -> None:
+        holders = self.holders.setdefault(res.symbol, [])
+        if added:
+            holders.append(res.holder_id)
+            self.total += res.notional_usdt
+            self.size += 1
+        else:
+            holders.remove(res.holder_id)
+            self.total -= res.notional_usdt
+            self.size -= 1
+
+
 class PortfolioBook(BaseModel):
     """Everything the gates look at. Serializable, so it travels through continue-as-new whole."""
 
@@ -188,46 +214,34 @@ class PortfolioBook(BaseModel):
     # removed around them (a reservation replaced in place must go through them). Summing every
     # reservation for each decision made 5,000 admissions in one workflow task outlast the SDK's 2 s
     # deadlock limit, and the portfolio stopped deciding.
-    _total: Decimal | None = PrivateAttr(default=None)
-    _holders: dict[str, list[str]] = PrivateAttr(default_factory=dict)
-    _indexed: int = PrivateAttr(default=-1)
+    _idx: _BookIndex | None = PrivateAttr(default=None)
 
-    def _index(self) -> None:
-        if self._total is not None and self._indexed == len(self.reservations):
-            return
-        self._holders = {}
-        for r in self.reservations.values():
-            self._holders.setdefault(r.symbol, []).append(r.holder_id)
-        self._total = sum((r.notional_usdt for r in self.reservations.values()), Decimal(0))
-        self._indexed = len(self.reservations)
+    def _index(self) -> _BookIndex:
+        # __pydantic_private__ directly: a private attribute read through pydantic's __getattr__ cost
+        # more per decision than the scan it replaces on a small book.
+        idx = self.__pydantic_private__["_idx"]  # type: ignore[index]
+        if idx is None or idx.size != len(self.reservations):
+            idx = _BookIndex(self.reservations.values())
+            self.__pydantic_private__["_idx"] = idx  # type: ignore[index]
+        return idx
 
     def note_reservation(self, before: int, res: Reservation, *, added: bool) -> None:
         """`res` was just added to or removed from `reservations`, which held `before` of them."""
-        if self._total is None or self._indexed != before:
-            self._total = None  # changed around the index too: rebuild on next use
-            return
-        holders = self._holders.setdefault(res.symbol, [])
-        if added:
-            holders.append(res.holder_id)
-            self._total += res.notional_usdt
-        else:
-            holders.remove(res.holder_id)
-            self._total -= res.notional_usdt
-        self._indexed = len(self.reservations)
+        idx = self.__pydantic_private__["_idx"]  # type: ignore[index]
+        if idx is not None and idx.size == before:
+            idx.apply(res, added=added)
 
     def note_resized(self, old: Decimal, new: Decimal) -> None:
-        if self._total is not None and self._indexed == len(self.reservations):
-            self._total += new - old
+        idx = self.__pydantic_private__["_idx"]  # type: ignore[index]
+        if idx is not None and idx.size == len(self.reservations):
+            idx.total += new - old
 
     @property
     def total_notional(self) -> Decimal:
-        self._index()
-        assert self._total is not None
-        return self._total
+        return self._index().total
 
     def holder_of(self, symbol: str) -> Reservation | None:
-        self._index()
-        holders = self._holders.get(symbol)
+        holders = self._index().holders.get(symbol)
         return self.reservations[holders[0]] if holders else None
 
 
