@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
@@ -319,7 +319,14 @@ async def test_ten_thousand_intents_at_once_are_all_decided_a_slice_per_task(sta
     assert view.granted_total == 5 and view.denied_total == n - 5
     assert len({r["workflow_id"] for r in refused}) == n - 5
     assert status == WorkflowExecutionStatus.RUNNING
-    assert [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED] == []
+    # The server may fail a running task to flush the signals buffered meanwhile (over 2 MB of them:
+    # FORCE_CLOSE_COMMAND, the task is redone); a payload or message too large is never benign.
+    causes = {
+        WorkflowTaskFailedCause.Name(e.workflow_task_failed_event_attributes.cause)
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    }
+    assert causes <= {"WORKFLOW_TASK_FAILED_CAUSE_FORCE_CLOSE_COMMAND"}
     published = [
         e
         for e in events
