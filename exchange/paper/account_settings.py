@@ -27,7 +27,7 @@ class AccountSettingsMixin(AccountMixin):
             raise ApiError(-4028, f"Leverage {lev} is not valid")
         now = self.wall_ms()
         self.leverage[sym] = lev
-        self._mark_kv("settings")
+        self._mark_symbol_kv("leverage", sym)
         if self._listeners:
             self._user({"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now, "ac": {"s": sym, "l": lev}})
         self._commit()
@@ -48,7 +48,7 @@ class AccountSettingsMixin(AccountMixin):
         if self.book[sym]:
             raise ApiError(-4047, "Margin type cannot be changed if there exists open orders.")
         self.margin_type[sym] = mt
-        self._mark_kv("settings")
+        self._mark_symbol_kv("margin_type", sym)
         self._commit()
         return {"code": 200, "msg": "success"}
 

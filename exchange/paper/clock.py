@@ -33,7 +33,7 @@ class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
             raise _invalid("price")
         now = self.wall_ms()
         self.prices.set(symbol, Decimal(price))
-        self._mark_kv("manual_prices")
+        self._mark_symbol_kv("manual_price", symbol)
         m = self.prices.market_ms(now)
         p = self.prices.price_at(symbol, m)
         moved = p != self.last[symbol]

@@ -137,7 +137,21 @@ class EngineState:
     def _mark_kv(self, key: str) -> None:
         self._dirty["kv"][key] = None
 
+    def _mark_symbol_kv(self, kind: str, symbol: str) -> None:
+        """One symbol's leverage, margin type or manual price changed: only its row is written (the
+        whole table per change was O(symbols): 5,000 manual prices serialized per price move)."""
+        self._mark_kv(f"{kind}:{symbol}")
+
     def _kv_value(self, key: str) -> Any:
+        kind, _, symbol = key.partition(":")
+        if symbol:
+            if kind == "leverage":
+                return self.leverage[symbol]
+            if kind == "margin_type":
+                return self.margin_type[symbol]
+            if kind == "manual_price":
+                assert isinstance(self.prices, ManualPrices)
+                return str(self.prices.price_at(symbol, 0))
         if key == "wallet":
             return {"wallet": str(self.wallet), "time": self.wallet_time}
         if key == "counters":
@@ -203,6 +217,17 @@ class EngineState:
             for s, v in kv["manual_prices"].items():
                 if s in self.rules:
                     self.prices.set(s, Decimal(v))
+        # A symbol's own rows, written on each change, supersede the tables written at creation.
+        for key, v in kv.items():
+            kind, _, s = key.partition(":")
+            if not s or s not in self.rules:
+                continue
+            if kind == "leverage":
+                self.leverage[s] = v
+            elif kind == "margin_type":
+                self.margin_type[s] = v
+            elif kind == "manual_price" and isinstance(self.prices, ManualPrices):
+                self.prices.set(s, Decimal(v))
         for s, row in data["positions"].items():
             if s in self.rules:
                 self.positions[s] = Position.from_row(row)

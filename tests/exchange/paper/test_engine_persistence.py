@@ -88,3 +88,17 @@ def test_advance_without_changes_writes_nothing(tmp_path: Path) -> None:
         h.clock.tick(100)
         h.engine.advance()
     assert writes == []
+
+
+def test_a_price_move_or_a_leverage_change_writes_that_symbols_row_only(tmp_path: Path) -> None:
+    # The whole price table per move was O(symbols): at 5,000 symbols every tick serialized 5,000
+    # prices before the venue published it.
+    h = Harness(tmp_path)
+    writes: list[dict] = []
+    store = h.engine.store
+    assert store is not None
+    real = store.write
+    store.write = lambda rows: (writes.append(rows), real(rows))  # type: ignore[method-assign]
+    h.engine.set_price("ETHUSDT", D("3100"))
+    h.engine.change_leverage({"symbol": "BTCUSDT", "leverage": "9"})
+    assert [w.get("kv") for w in writes] == [{"manual_price:ETHUSDT": "3100.00"}, {"leverage:BTCUSDT": 9}]
