@@ -93,6 +93,7 @@ class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
 
     def _on_price(self, s: str, p: Decimal, now: int, m: int) -> None:
         self.last[s] = p
+        self._changes += 1
         listening = bool(self._listeners)
         self._record_price(s, p, m, emit=listening, now=now)
         if listening:
@@ -156,6 +157,13 @@ class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
                 self._dirty["algos"][a.algo_id] = a
 
     def _check_liquidations(self, now: int) -> None:
+        # Nothing moved since the last check (no mark, and no fill, order, position, wallet or setting:
+        # each is a flushed change), so no liquidation price or mark did either. Checking every held
+        # position on each 100 ms tick regardless kept the venue busy at 5,000 positions (69 % of its
+        # time during bench.scale's exits), and a crossing tick waited behind it.
+        if self._changes == self._liq_checked and not any(self._dirty.values()):
+            return
+        self._liq_checked = self._changes
         held = self._held()
         if not held:
             return

@@ -100,6 +100,10 @@ class EngineState:
         self.last: dict[str, Decimal] = {}
         self._agg_id = 1
         self._checkpoint_ms = 0
+        # Bumped by every price move and every flushed change: the liquidation check skips a tick in
+        # which neither happened (ClockMixin._check_liquidations).
+        self._changes = 0
+        self._liq_checked = -1
         self._book_id = 1
         self._mark_sec: dict[str, int] = {}
         self._mark3_sec: dict[str, int] = {}
@@ -172,6 +176,7 @@ class EngineState:
     def _flush(self) -> None:
         d = self._dirty
         if any(d.values()):
+            self._changes += 1
             if self.store is not None:
                 rows: dict[str, dict[Any, Any]] = {}
                 if d["orders"]:

@@ -72,6 +72,7 @@ def _set_mark(engine: PaperEngine, prices: ManualPrices, symbol: str, price: Dec
     """Move a mark without the liquidation check `set_price` runs (the next `advance` does it)."""
     prices.set(symbol, price)
     engine.last[symbol] = price
+    engine._changes += 1  # a moved mark, as _on_price counts it (the check skips a tick with none)
 
 
 def _open_book(
@@ -179,4 +180,22 @@ def test_a_cross_position_is_liquidated_by_another_symbols_loss() -> None:
     assert engine.positions[a].amt == 0
     liq = [o for o in engine.admin_orders(a) if o["type"] == "LIQUIDATION"]
     assert len(liq) == 1 and D(liq[0]["avgPrice"]) == want
+    engine.close()
+
+
+def test_a_tick_in_which_nothing_moved_checks_no_liquidation_and_a_move_checks_again() -> None:
+    # At 5,000 held positions the check on every 100 ms tick took most of the venue's time.
+    clock = Clock()
+    engine, prices = _engine(PaperEngine, 20, clock, "600")
+    _open_book(engine, prices, random.Random(5), isolated_every=5)
+    engine.advance()
+    totals_taken = []
+    real = engine._totals
+    engine._totals = lambda: (totals_taken.append(1), real())[1]  # type: ignore[method-assign]
+    for _ in range(10):
+        clock.tick(100)
+        engine.advance()
+    assert totals_taken == []
+    engine.set_price(prices.symbols()[0], D("80"))
+    assert totals_taken == [1]
     engine.close()
