@@ -35,13 +35,9 @@ class PortfolioDecisions(PortfolioBase):
         """`_actionable()`, taken out of `pending` in one pass. (Filtering `pending` by membership in the
         batch compared pydantic models pairwise: with 500 signals in one workflow task that was 250,000
         comparisons, and the portfolio fell further behind the more it had to decide.)"""
-        if not self._book_known:
-            return []
-        if self.book.reconciled:
-            batch, self.pending = self.pending, []
-            return batch
-        batch = [p for p in self.pending if p.adoption]
-        self.pending = [p for p in self.pending if not p.adoption]
+        batch = self._actionable()
+        if batch:
+            self.pending = [] if batch is self.pending else [p for p in self.pending if not p.adoption]
         return batch
 
     async def _decide_pending(self) -> None:
