@@ -3,8 +3,10 @@ a stop to the reduce-only order arriving at the paper exchange, with 1 and with 
 next to the floor measured in the same run: one signal into a workflow that immediately runs one
 activity. The tick crosses only the workflow's own stop (the venue's hard stop stays behind it); an exit
 that was not the workflow's stop order is counted in `rejected_exits` and fails the run (exit code 1).
-`venue_cpu_pct` is the paper exchange's CPU share over the loaded phase. Progress on stderr; one JSON
-object as the last stdout line.
+`venue_cpu_pct` is the paper exchange's CPU share over the loaded phase. The lifecycle worker and the
+price watcher run as their own processes, as deployed; `stages_ms_500` says where each exit's time went
+(`exit_stages`) and `gc_pauses_over_100ms_500` how often the lifecycle worker's collector stopped it.
+Progress on stderr; one JSON object as the last stdout line.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity, workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.lifecycle import CpuMeter
-from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
+from bench.lifecycle import CpuMeter, at
+from bench.stack import (
+    LocalStack,
+    gc_pauses,
+    local_stack,
+    run_in_temp_dir,
+    start_lifecycle,
+    start_service,
+    until_served,
+)
 from trading.intents import Side
 from workers.processes import ManagedProcess
 from workflows.messages import (
@@ -132,11 +143,47 @@ class RejectedExit(Exception):
     """The workflow's stop did not close the position (the venue's did, or its exit was refused)."""
 
 
-async def cross_stop(stack: LocalStack, handle: Any, sym: str, stop_price: str) -> tuple[float, float]:
+STAGES = ("to_signaled", "to_task", "task", "to_activity", "to_order")
+
+
+def exit_stages(history: Any, tick_ms: float, order_ms: float) -> dict[str, float] | None:
+    """Where one exit's time went (ms), from the position's history between the crossing tick and its
+    exit order at the venue: tick -> `price_crossed` in the history (venue feed, watcher, signal RPC);
+    -> the workflow task that takes it starts (server dispatch, worker poll); that task and any after it
+    until the order activity is scheduled (the worker's own time, a replay if its cache had let the
+    workflow go); -> the exchange worker starts the activity (dispatch); -> the order at the venue."""
+    signaled = task = scheduled = None
+    order_event = None
+    for ev in history.events:
+        et = ev.event_type
+        if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            if ev.workflow_execution_signaled_event_attributes.signal_name == "price_crossed":
+                signaled, task, scheduled = at(ev), None, None
+        elif et == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and signaled is not None and task is None:
+            task = at(ev)
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and task is not None and scheduled is None:
+            attrs = ev.activity_task_scheduled_event_attributes
+            if attrs.activity_type.name == "place_order":
+                scheduled, order_event = at(ev), ev.event_id
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and scheduled is not None:
+            if ev.activity_task_started_event_attributes.scheduled_event_id == order_event:
+                return {
+                    "to_signaled": signaled - tick_ms,
+                    "to_task": task - signaled,
+                    "task": scheduled - task,
+                    "to_activity": at(ev) - scheduled,
+                    "to_order": order_ms - at(ev),
+                }
+    return None
+
+
+async def cross_stop(
+    stack: LocalStack, handle: Any, sym: str, stop_price: str
+) -> tuple[float, float, dict[str, float] | None]:
     """Move the price through the workflow's stop. The reaction is its exit order's venue time minus the
     venue time of the trade tick that crossed (`eventTime` in the admin answer, the tick's `E`); the
     second figure counts from before the benchmark's own admin request (its HTTP round trip included).
-    Raises RejectedExit when the position was not closed by that order."""
+    The third is `exit_stages`. Raises RejectedExit when the position was not closed by that order."""
     posted_ms = time.time() * 1000
     tick = await asyncio.to_thread(stack.venue.set_price, sym, stop_price)
     result: PositionResult = await asyncio.wait_for(handle.result(), 30)
@@ -144,7 +191,9 @@ async def cross_stop(stack: LocalStack, handle: Any, sym: str, stop_price: str) 
     exits = [o for o in orders if o["reduceOnly"] and o["clientOrderId"].startswith(handle.id)]
     if result.exit_reason != "stop_loss" or not exits or exits[-1]["status"] != "FILLED":
         raise RejectedExit(f"{handle.id}: exit {result.exit_reason}, workflow exit orders {exits[-1:]}")
-    return exits[-1]["time"] - tick["eventTime"], exits[-1]["time"] - posted_ms
+    order_ms = exits[-1]["time"]
+    stages = exit_stages(await handle.fetch_history(), tick["eventTime"], order_ms)
+    return order_ms - tick["eventTime"], order_ms - posted_ms, stages
 
 
 @dataclass
@@ -154,6 +203,26 @@ class Reactions:
 
     from_tick: list[float] = field(default_factory=list)
     from_post: list[float] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)  # one per crossing, {} when unknown
+
+    def add(self, from_tick: float, from_post: float, stages: dict[str, float] | None) -> None:
+        self.from_tick.append(from_tick)
+        self.from_post.append(from_post)
+        self.stages.append(stages or {})
+
+    def stage_summary(self) -> dict[str, Any]:
+        """p50 and p99 of each stage, and the stages of the slowest crossing: where the tail went."""
+        out: dict[str, Any] = {}
+        for q in (0.5, 0.99):
+            out[f"p{round(q * 100)}"] = {
+                k: round(pct([s[k] for s in self.stages if k in s], q), 1) for k in STAGES
+            }
+        if self.from_tick:
+            worst = max(range(len(self.from_tick)), key=self.from_tick.__getitem__)
+            out["slowest"] = {"reaction": round(self.from_tick[worst], 1)} | {
+                k: round(v, 1) for k, v in self.stages[worst].items()
+            }
+        return out
 
 
 async def phase(stack: LocalStack, n_open: int, crossings: int, rejected: list[str]) -> Reactions:
@@ -183,9 +252,7 @@ async def phase(stack: LocalStack, n_open: int, crossings: int, rejected: list[s
 
 async def crossed(stack: LocalStack, handle: Any, sym: str, out: Reactions, rejected: list[str]) -> None:
     try:
-        from_tick, from_post = await cross_stop(stack, handle, sym, CROSS_PRICE)
-        out.from_tick.append(from_tick)
-        out.from_post.append(from_post)
+        out.add(*await cross_stop(stack, handle, sym, CROSS_PRICE))
     except RejectedExit as err:
         rejected.append(str(err))
         log(f"REJECTED EXIT {err}")
@@ -199,18 +266,28 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     async with local_stack(
-        tmp, extra_symbols=max(args.open, 10), extra_workers=[floor_worker], log=log, **limits
+        tmp,
+        extra_symbols=max(args.open, 10),
+        extra_workers=[floor_worker],
+        log=log,
+        lifecycle=False,
+        **limits,
     ) as stack:
         watcher = start_watcher(stack)
+        lifecycle = start_lifecycle(stack)
         try:
+            await until_served(stack)
             floor = await measure_floor(stack.client, args.floor)
             log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
             rejected: list[str] = []
             one = await phase(stack, 1, args.crossings_one, rejected)
             cpu = CpuMeter({"venue": stack.processes["paper-exchange"].pid})
+            _, log_at = gc_pauses(lifecycle.log_path, 0)
             many = await phase(stack, args.open, args.crossings, rejected)
             venue_cpu = cpu.percent()["venue"]
+            paused, _ = gc_pauses(lifecycle.log_path, log_at)
         finally:
+            lifecycle.stop()
             watcher.stop()
     results.update(
         reaction_p50_ms_1=round(pct(one.from_tick, 0.5), 1),
@@ -223,8 +300,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         crossings=len(one.from_tick) + len(many.from_tick),
         open_positions=args.open,
         ratio_p99_500=round(pct(many.from_tick, 0.99) / pct(floor, 0.5), 2),
+        stages_ms_500=many.stage_summary(),
         rejected_exits=len(rejected),
         venue_cpu_pct=venue_cpu,
+        gc_pauses_over_100ms_500=len(paused),
+        gc_pause_max_ms_500=max(paused, default=0),
         load_avg=round(os.getloadavg()[0], 2),
     )
     return results

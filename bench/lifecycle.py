@@ -15,7 +15,9 @@ as one PositionWorkflow each (`--path start`, as `temporal workflow start` does)
    exchange (the venue's wall clock, ms; same host); one T-symbol each, the next intent submitted once
    the previous position is open and idle; plus, from the position histories, the median of each
    stage and the Temporal steps its own workflow took before the entry order;
-3. lifecycles/s: N concurrent open -> `close` update -> completed, one T-symbol each;
+3. lifecycles/s: N concurrent open -> `close` update -> completed, one T-symbol each; then its
+   throughput floor, N/2 no-op workflows at once doing a lifecycle's rounds of activities
+   (`LIFECYCLE_STEPS`), and the same with its Redis writes as local activities;
 4. burst: N intents at once over 100 symbols with max 10 open positions and 2,000 USDT in total, as in
    tests/workflows/test_burst.py: time from the first submission to all decided (admitted: the
    portfolio's totals and the granted positions open; started: OPEN / REJECTED / FAILED in
@@ -119,12 +121,67 @@ class BenchFloorWorkflow:
         return out
 
 
+# A lifecycle's own steps, as its history shows them (tests/workflows/histories/admission/
+# position-adm-0.json): open_entry, place_stop, two projections together, publish_levels, the exit's
+# place_order, a projection, cancel_stop, two publish_levels, a projection, journal_trade. One round a
+# workflow task; R an activity on another task queue, L a local activity.
+LIFECYCLE_STEPS = "R,R,RR,R,R,R,R,R,R,R,R"
+# The same with the Redis writes (projections, levels) as local activities.
+LIFECYCLE_STEPS_LOCAL = "R,R,LL,L,R,L,R,L,L,L,R"
+
+
+@activity.defn(name="bench_noop")
+async def bench_noop() -> None:
+    return None
+
+
+@workflow.defn(name="BenchStepsWorkflow", sandboxed=False)
+class BenchStepsWorkflow:
+    """The throughput floor: a lifecycle's rounds of steps (`LIFECYCLE_STEPS`) doing nothing."""
+
+    @workflow.run
+    async def run(self, steps: str) -> None:
+        for round_ in steps.split(","):
+            await asyncio.gather(
+                *(
+                    workflow.execute_local_activity(bench_noop, start_to_close_timeout=timedelta(seconds=10))
+                    if kind == "L"
+                    else workflow.execute_activity(
+                        bench_noop, task_queue=BENCH_ACT_QUEUE, start_to_close_timeout=timedelta(seconds=10)
+                    )
+                    for kind in round_
+                )
+            )
+
+
 def floor_workflow_worker(client: Client) -> Worker:
-    return Worker(client, task_queue=BENCH_WF_QUEUE, workflows=[BenchFloorWorkflow])
+    return Worker(
+        client,
+        task_queue=BENCH_WF_QUEUE,
+        workflows=[BenchFloorWorkflow, BenchStepsWorkflow],
+        activities=[bench_noop],
+    )
 
 
 def floor_activity_worker(client: Client) -> Worker:
-    return Worker(client, task_queue=BENCH_ACT_QUEUE, activities=[bench_echo])
+    return Worker(client, task_queue=BENCH_ACT_QUEUE, activities=[bench_echo, bench_noop])
+
+
+async def steps_per_s(client: Client, n: int, steps: str) -> float:
+    """Workflows of `steps` completed per second, `n` of them all at once, started 64 at a time (as the
+    lifecycles phase runs its lifecycles)."""
+    gate = asyncio.Semaphore(64)
+
+    async def one(i: int) -> None:
+        async with gate:
+            handle = await client.start_workflow(
+                BenchStepsWorkflow.run, steps, id=f"bench-steps-{steps}-{i}", task_queue=BENCH_WF_QUEUE
+            )
+        await handle.result()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.monotonic() - t0)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -255,12 +312,14 @@ async def floor_once(client: Client, i: int) -> tuple[float, float]:
     return (t2 - t0) * 1000, (t1 - t0) * 1000
 
 
+def at(ev: Any) -> float:
+    """A history event's server time in ms since the epoch."""
+    return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
+
+
 def breakdown(history: Any, t0_ms: float, fill_ms: int) -> dict[str, float] | None:
     """Where one intent's time went, from its position's history (ms), and how many Temporal steps its
     own workflow took before the entry order: workflow tasks, activities, signals sent."""
-
-    def at(ev: Any) -> float:
-        return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
 
     started = None
     tasks = activities = signals = 0
@@ -421,8 +480,18 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
             log(f"time budget reached: {len(pending)} lifecycles unfinished")
     for f in failures[:5]:
         log(f"  failure: {f}")
+    n_floor = max(50, n // 2)
+    floor = await steps_per_s(client, n_floor, LIFECYCLE_STEPS)
+    floor_local = await steps_per_s(client, n_floor, LIFECYCLE_STEPS_LOCAL)
+    log(
+        f"throughput floor: {floor:.1f}/s no-op workflows of a lifecycle's steps, {floor_local:.1f}/s "
+        "with its Redis writes local"
+    )
     return {
         "lifecycles_per_s": round(done / wall, 1),
+        "steps_floor_per_s": round(floor, 1),
+        "steps_floor_local_per_s": round(floor_local, 1),
+        "lifecycles_vs_steps_floor": round(done / wall / floor, 2),
         "lifecycles": n,
         "lifecycles_completed": done,
         "lifecycles_failed": len(failures),
@@ -436,10 +505,6 @@ async def phase_lifecycles(stack: LocalStack, n: int, deadline: float) -> dict[s
 def burst_marks(history: Any, t0_ms: float) -> dict[str, float] | None:
     """One burst intent's path (ms): submit spread, wait for its first task, first task until the
     reservation request is out, the portfolio's answer, and the rest until decided."""
-
-    def at(ev: Any) -> float:
-        return ev.event_time.seconds * 1000 + ev.event_time.nanos / 1e6
-
     started = first_task = sig_out = sig_in = None
     for ev in history.events:
         et = ev.event_type
@@ -674,6 +739,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             max(90, args.lifecycles + 3),
             WIDE_LIMITS,
             lambda s: phase_lifecycles(s, args.lifecycles, end_3),
+            extra_workers=[floor_workflow_worker, floor_activity_worker],
         )
     )
     log(f"lifecycles/s {out['lifecycles_per_s']}")

@@ -25,17 +25,21 @@ import json
 import statistics
 import sys
 import time
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowQueryFailedError
-from temporalio.service import RPCError
-
 from bench.exits import Reactions, crossed, floor_worker, measure_floor, pct
 from bench.lifecycle import CpuMeter
-from bench.stack import LocalStack, local_stack, run_in_temp_dir, start_service
+from bench.stack import (
+    LocalStack,
+    gc_pauses,
+    local_stack,
+    run_in_temp_dir,
+    start_lifecycle,
+    start_service,
+    until_served,
+)
 from trading.instruments import synthetic_symbols
 from trading.intents import Side
 from trading.reconcile import Fix
@@ -108,23 +112,21 @@ async def open_all(stack: LocalStack, syms: list[str], deadline: float) -> float
         await asyncio.sleep(1.0)
 
 
-async def until_served(stack: LocalStack, timeout: float = 120.0) -> None:
-    """Until the lifecycle process answers the portfolio's query (it is up and polling)."""
-    deadline = time.monotonic() + timeout
-    portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
-    while True:
-        try:
-            await portfolio.query("state", rpc_timeout=timedelta(seconds=5))
-            return
-        except (RPCError, WorkflowQueryFailedError) as err:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the lifecycle worker did not answer: {err}") from err
-            await asyncio.sleep(0.5)
-
-
-async def history_length(stack: LocalStack) -> tuple[int, str]:
-    described = await stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID).describe()
+async def history_length(stack: LocalStack, run_id: str | None = None) -> tuple[int, str]:
+    """The portfolio's history length now (of its current run, or of `run_id`) and that run's id."""
+    handle = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID, run_id=run_id)
+    described = await handle.describe()
     return described.history_length, described.run_id or ""
+
+
+async def events_since(stack: LocalStack, length0: int, run0: str) -> int:
+    """Portfolio events written since its run `run0` was `length0` long; a continue-as-new in between
+    counts the rest of that run and the whole of the current one (one hand-over at most, in a minute)."""
+    length1, run1 = await history_length(stack)
+    if run1 == run0:
+        return length1 - length0
+    final0, _ = await history_length(stack, run0)
+    return final0 - length0 + length1
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -139,20 +141,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     async with local_stack(
         tmp, extra_symbols=args.open, extra_workers=[floor_worker], log=log, lifecycle=False, **limits
     ) as stack:
-        s = stack.settings
-        env = {
-            "QT_HOME": str(s.qt_home),
-            "APPLY_ALLOWLIST": "*",
-            "GOV_MAX_OPEN_POSITIONS": str(s.gov_max_open_positions),
-            "GOV_MAX_TOTAL_NOTIONAL_USDT": str(s.gov_max_total_notional_usdt),
-            "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(s.gov_max_notional_per_trade_usdt),
-            "GOV_MAX_EXEC_PER_HOUR": str(s.gov_max_exec_per_hour),
-            "GOV_MAX_EXEC_PER_5MIN": str(s.gov_max_exec_per_5min),
-            "GOV_SYMBOL_COOLDOWN_SECONDS": "0",
-            "LIFECYCLE_CACHED_WORKFLOWS": str(s.lifecycle_cached_workflows),
-        }
         procs: list[ManagedProcess] = [
-            start_service(stack, "lifecycle", "worker", "lifecycle", env=env),
+            start_lifecycle(stack),
             start_service(stack, "price-watcher", "watcher"),
         ]
         lifecycle, watcher = procs
@@ -183,6 +173,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 f"{rss1 / 1024:.0f} MiB ({out['rss_per_position_kb']} KiB per position)"
             )
 
+            paused, log_at = gc_pauses(lifecycle.log_path, 0)
+            out.update(gc_pauses_over_100ms_open=len(paused), gc_pause_max_ms_open=max(paused, default=0))
             floor = await measure_floor(stack.client, args.floor)
             out["floor_p50_ms"] = round(statistics.median(floor), 1)
             reactions = Reactions()
@@ -198,10 +190,14 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 reaction_p99_ms=round(pct(reactions.from_tick, 0.99), 1),
                 from_post_p99_ms=round(pct(reactions.from_post, 0.99), 1),
                 ratio_p99=round(pct(reactions.from_tick, 0.99) / out["floor_p50_ms"], 2),
+                stages_ms=reactions.stage_summary(),
                 rejected_exits=len(rejected),
                 cpu_pct_exits=meter.percent(),
             )
+            paused, _ = gc_pauses(lifecycle.log_path, log_at)
+            out.update(gc_pauses_over_100ms_exits=len(paused), gc_pause_max_ms_exits=max(paused, default=0))
             log(f"exits: p50 {out['reaction_p50_ms']} ms, p99 {out['reaction_p99_ms']} ms")
+            log(f"exits: stages {out['stages_ms']}")
 
             t0 = time.perf_counter()
             fixes = await stack.client.execute_workflow(
@@ -216,16 +212,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
             h0, run0 = await history_length(stack)
             await asyncio.sleep(args.quiet_s)
-            h1, run1 = await history_length(stack)
-            per_day = (h1 - h0) / args.quiet_s * 86_400 if run1 == run0 else None
+            events = await events_since(stack, h0, run0)
+            per_day = events / args.quiet_s * 86_400
             max_events = PortfolioInput().max_history_events
             out.update(
-                portfolio_events_per_day=round(per_day) if per_day is not None else None,
-                portfolio_history_now=h1,
+                portfolio_events_per_day=round(per_day),
+                portfolio_history_now=(await history_length(stack))[0],
                 portfolio_continue_as_new_at=max_events,
-                portfolio_runs_per_day=round(per_day / max_events, 1) if per_day is not None else None,
+                portfolio_runs_per_day=round(per_day / max_events, 1),
             )
-            log(f"portfolio: {h1 - h0} events in {args.quiet_s:.0f} s quiet ({per_day} per day)")
+            log(f"portfolio: {events} events in {args.quiet_s:.0f} s quiet ({per_day:.0f} per day)")
         finally:
             for p in procs:
                 p.stop()

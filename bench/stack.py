@@ -1,6 +1,7 @@
 """A throw-away local stack for the benchmarks: Temporal dev server, Redis and the paper exchange as real
 processes on free loopback ports (stopped by PID), plus the lifecycle and exchange workers in this
-process, the portfolio started the way the stack starts it.
+process (or the lifecycle worker as a process of its own: `start_lifecycle`), the portfolio started the
+way the stack starts it.
 
 Unlike the test harness (tests/workflows/conftest.py) the venue's and the client's rate limits are
 raised, so a benchmark measures our path and not Binance's order-count limits (see `BIG`).
@@ -11,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from exchange.client import BinanceFuturesClient
@@ -178,6 +183,50 @@ def start_service(
     )
     proc.start()
     return proc
+
+
+def start_lifecycle(stack: LocalStack, **env: str) -> ManagedProcess:
+    """The lifecycle worker as its own process, as deployed (its memory and its collector's pauses its
+    own, not shared with the benchmark's), with the stack's limits; `env`: more settings."""
+    s = stack.settings
+    limits = {
+        "QT_HOME": str(s.qt_home),
+        "APPLY_ALLOWLIST": "*",
+        "GOV_MAX_OPEN_POSITIONS": str(s.gov_max_open_positions),
+        "GOV_MAX_TOTAL_NOTIONAL_USDT": str(s.gov_max_total_notional_usdt),
+        "GOV_MAX_NOTIONAL_PER_TRADE_USDT": str(s.gov_max_notional_per_trade_usdt),
+        "GOV_MAX_EXEC_PER_HOUR": str(s.gov_max_exec_per_hour),
+        "GOV_MAX_EXEC_PER_5MIN": str(s.gov_max_exec_per_5min),
+        "GOV_SYMBOL_COOLDOWN_SECONDS": str(s.gov_symbol_cooldown_seconds),
+        "LIFECYCLE_CACHED_WORKFLOWS": str(s.lifecycle_cached_workflows),
+    }
+    return start_service(stack, "lifecycle", "worker", "lifecycle", env={**limits, **env})
+
+
+async def until_served(stack: LocalStack, timeout: float = 120.0) -> None:
+    """Until a lifecycle worker answers the portfolio's query (it is up and polling)."""
+    deadline = time.monotonic() + timeout
+    portfolio = stack.client.get_workflow_handle(DEFAULT_PORTFOLIO_ID)
+    while True:
+        try:
+            await portfolio.query("state", rpc_timeout=timedelta(seconds=5))
+            return
+        except (RPCError, WorkflowQueryFailedError) as err:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the lifecycle worker did not answer: {err}") from err
+            await asyncio.sleep(0.5)
+
+
+GC_PAUSE = re.compile(r"gc paused .*? (\d+) ms")
+
+
+def gc_pauses(log_path: Path, offset: int) -> tuple[list[int], int]:
+    """The worker's logged collector pauses (ms, workers/gc_pauses.py) after byte `offset` of its log,
+    and the log's end (the next offset)."""
+    with open(log_path, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    return [int(m.group(1)) for m in GC_PAUSE.finditer(text)], offset + len(text.encode())
 
 
 def run_in_temp_dir(

@@ -114,8 +114,14 @@ class Settings(BaseSettings):
     user_stream_metrics_port: int = Field(9467, ge=1, le=65535)
     """Metrics port of the user-data stream."""
     lifecycle_cached_workflows: int = Field(10_000, ge=10, le=1_000_000)
-    """Workflows the lifecycle worker keeps in memory (its sticky cache, ~31 KiB each when idle): at
-    least the open positions it holds, or each of their signals replays a history."""
+    """Workflows the lifecycle worker keeps in memory (its sticky cache; an open position's takes about
+    190 KiB, bench.scale): at least the open positions it holds, or each of their signals replays a
+    history."""
+    lifecycle_gc_freeze_seconds: float = Field(60.0, ge=0, le=3600)
+    """Every this many seconds the lifecycle worker collects its new garbage and freezes what survived, so
+    that Python's full collections skip the cached workflows (workers/gc_pauses.py; at 5,000 open
+    positions each full pass stopped the lifecycle worker for about a second). 0: Python's own
+    collector alone."""
     feed_lease_seconds: float = Field(5.0, ge=0.5, le=60)
     """The price watcher's and the user-data stream's lease in Redis: of the copies of each that run, one
     is active and the others take over within this many seconds of its last renewal (renewed every

@@ -160,7 +160,9 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
         )
         await ensure_market_inputs_schedule(client, settings)
         await ensure_policy_review_schedule(client, settings)
-        await run_until_sigterm(worker, "lifecycle", metrics_port, client)
+        await run_until_sigterm(
+            worker, "lifecycle", metrics_port, client, gc_freeze_s=settings.lifecycle_gc_freeze_seconds
+        )
     await redis.aclose()
 
 

@@ -38,6 +38,7 @@ from temporalio.worker import Worker
 
 from trading.config import ConfigError, Settings, load_settings
 from workers.fresh_cache import CondemnableExecutor, FreshCacheWorker
+from workers.gc_pauses import Freezer, GcPauses
 from workers.lease import FeedLease, run_leased
 from workers.temporal_client import connect_until_stopped
 
@@ -253,36 +254,47 @@ async def run_until_sigterm(
     name: str,
     metrics_port: int | None,
     client: Client | None = None,
+    gc_freeze_s: float = 0.0,
 ) -> None:
     """Run the worker; SIGTERM or SIGINT shuts it down gracefully (in-flight tasks finish first).
     A worker that hosts workflows is given as its factory with its `client`: whenever the Temporal server
-    stops answering it is replaced by a fresh one (workers/fresh_cache.py says why)."""
+    stops answering it is replaced by a fresh one (workers/fresh_cache.py says why). Its collector's
+    pauses are measured, and with `gc_freeze_s` its survivors frozen that often (workers/gc_pauses.py)."""
     stop = stop_on_signals()
-    if isinstance(worker, Worker):
-        task = asyncio.create_task(worker.run())
-        queue = worker.task_queue
-    else:
-        assert client is not None, "a worker factory needs its client"
-        runtime = client.service_client.config.runtime or Runtime.default()
-        dropped = runtime.metric_meter.create_counter(
-            "quantum_worker_cache_dropped", "workers replaced (cache dropped): the server stopped answering"
-        )
-        runner = FreshCacheWorker(client, worker, on_replaced=lambda: dropped.add(1, {"worker": name}))
-        task = asyncio.create_task(runner.run(stop))
-        queue = runner.task_queue
-    print(
-        f"{name} worker polling task queue {queue!r}"
-        + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""),
-        flush=True,
-    )
-    done, _ = await asyncio.wait(
-        {task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
-    if task not in done:
-        log.info("%s worker: shutting down", name)
+    owner = worker.client if isinstance(worker, Worker) else client
+    runtime = (owner.service_client.config.runtime if owner else None) or Runtime.default()
+    pauses = GcPauses(runtime.metric_meter, name=f"the {name} worker")
+    freezing = asyncio.create_task(Freezer().run(gc_freeze_s)) if gc_freeze_s > 0 else None
+    try:
         if isinstance(worker, Worker):
-            await worker.shutdown()
-    await task
+            task = asyncio.create_task(worker.run())
+            queue = worker.task_queue
+        else:
+            assert client is not None, "a worker factory needs its client"
+            dropped = runtime.metric_meter.create_counter(
+                "quantum_worker_cache_dropped",
+                "workers replaced (cache dropped): the server stopped answering",
+            )
+            runner = FreshCacheWorker(client, worker, on_replaced=lambda: dropped.add(1, {"worker": name}))
+            task = asyncio.create_task(runner.run(stop))
+            queue = runner.task_queue
+        print(
+            f"{name} worker polling task queue {queue!r}"
+            + (f"; metrics on :{metrics_port}/metrics" if metrics_port else ""),
+            flush=True,
+        )
+        done, _ = await asyncio.wait(
+            {task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task not in done:
+            log.info("%s worker: shutting down", name)
+            if isinstance(worker, Worker):
+                await worker.shutdown()
+        await task
+    finally:
+        if freezing is not None:
+            freezing.cancel()
+        pauses.remove()
 
 
 # ---------------------------------------------------------------------------------------------------
