@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 from temporalio.service import RPCError, RPCStatusCode
 
+from feeds.stream_shards import StreamShards
 from feeds.watcher_levels import LEVELS_CHANNEL, LEVELS_KEY, Crossing, Levels, LevelsError, LevelsTable
 from workers.service import Service, run_feed, run_main, service_parser, wait_until_stopped
 
@@ -308,9 +309,13 @@ class PriceWatcher:
         self._reload = asyncio.Event()
         self._reload_reason = ""
         self.loaded = asyncio.Event()  # set once the whole table was loaded at least once
+        # Per category its connections, and which symbols each watches (as many as the symbols need).
+        self._shards = {
+            category: (suffixes, StreamShards(MAX_STREAMS_PER_CONN // len(suffixes)))
+            for category, suffixes in (("market", MARKET_STREAMS), ("public", PUBLIC_STREAMS))
+        }
         self.conns = [
-            _StreamConnection(self, "market", MARKET_STREAMS),
-            _StreamConnection(self, "public", PUBLIC_STREAMS),
+            _StreamConnection(self, category, suffixes) for category, (suffixes, _) in self._shards.items()
         ]
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -319,8 +324,11 @@ class PriceWatcher:
         self._tasks = [
             asyncio.create_task(self._levels_loop(), name="levels"),
             asyncio.create_task(self._tick_writer(), name="tick-writer"),
-            *(asyncio.create_task(c.run(), name=f"ws-{c.category}") for c in self.conns),
+            *(self._run_connection(c) for c in self.conns),
         ]
+
+    def _run_connection(self, conn: _StreamConnection) -> asyncio.Task[None]:
+        return asyncio.create_task(conn.run(), name=f"ws-{conn.category}")
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -458,8 +466,15 @@ class PriceWatcher:
         if symbols != self._symbols:
             self._symbols = symbols
             self.metrics.symbols.set(len(symbols))
-            for c in self.conns:
-                c.set_symbols(symbols)
+            for category, (suffixes, shards) in self._shards.items():
+                conns = [c for c in self.conns if c.category == category]
+                for k, group in enumerate(shards.assign(symbols)):
+                    if k == len(conns):
+                        conns.append(_StreamConnection(self, category, suffixes))
+                        self.conns.append(conns[k])
+                        if self._tasks:  # started: the new connection runs as the others do
+                            self._tasks.append(self._run_connection(conns[k]))
+                    conns[k].set_symbols(group)
 
     def update_stream_gauge(self) -> None:
         self.metrics.streams.set(sum(len(c.subscribed) for c in self.conns))

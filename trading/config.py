@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     """Workflows the lifecycle worker keeps in memory (its sticky cache; an open position's takes about
     190 KiB, bench.scale): at least the open positions it holds, or each of their signals replays a
     history."""
-    lifecycle_gc_freeze_seconds: float = Field(60.0, ge=0, le=3600)
+    lifecycle_gc_freeze_seconds: float = Field(10.0, ge=0, le=3600)
     """Every this many seconds the lifecycle worker collects its new garbage and freezes what survived, so
     that Python's full collections skip the cached workflows (workers/gc_pauses.py; at 5,000 open
     positions each full pass stopped the lifecycle worker for about a second). 0: Python's own
