@@ -100,7 +100,9 @@ class ReconcileActivities:
         query = "WorkflowType='PositionWorkflow' AND ExecutionStatus='Running'"
         tracked: list[TrackedPosition] = []
         unindexed: list[str] = []
-        async for wf in self.client.list_workflows(query):
+        # Pages of 100: the SDK decodes a page in one go on this worker's event loop, and a page of
+        # 1,000 positions held the loop (and every workflow task waiting on it) for a few hundred ms.
+        async for wf in self.client.list_workflows(query, page_size=100):
             sa = wf.typed_search_attributes
             symbol, side, status, qty = (sa.get(k) for k in (SA_SYMBOL, SA_SIDE, SA_STATUS, SA_OPEN_QTY))
             if symbol is None or side is None or status is None or qty is None:

@@ -73,31 +73,36 @@ class Freezer:
     Each `step()` collects what is not frozen (cheap: only what is new since the last step) and freezes
     what survived. Frozen objects are still freed by reference counting; a cycle among them that dies
     (a closed position's workflow, evicted from the cache) waits for a full pass: one unfreeze and
-    collection of everything, taken when the frozen objects have grown by `growth` since the last (the
-    same rule as Python's own: a full pass once a quarter more has survived), so the garbage waiting
-    is bounded by that share of the heap."""
+    collection of everything, taken once the steps since the last have frozen `growth` times what it
+    left (the same rule as Python's own: a full pass once a quarter more has survived), so the garbage
+    waiting is bounded by that share of the heap."""
 
     def __init__(self, growth: float = 0.25) -> None:
         self.growth = growth
         self.full_passes = 0
-        self._baseline = -1  # none yet: the first step is a full pass
+        self._left = -1  # objects the last full pass left (none yet: the first step is one)
+        self._frozen_since = 0  # objects frozen by the steps since
 
     def step(self) -> bool:
-        """One step; True when it was a full pass."""
-        full = gc.get_freeze_count() > self._baseline * (1 + self.growth)
+        """One step; True when it was a full pass. Counts only what it collects: `gc.get_freeze_count()`
+        walks every frozen object (about 0.2 s at 5,000 open positions)."""
+        full = self._left < 0 or self._frozen_since > self.growth * self._left
         if full:
             gc.unfreeze()
         gc.collect()
+        survivors = len(gc.get_objects(2))  # all of them after a full pass, else the new ones
         gc.freeze()
         if full:
             self.full_passes += 1
             log.info(
-                "gc full pass %d: %d objects frozen, %d before",
+                "gc full pass %d: %d objects frozen, %d since the last",
                 self.full_passes,
-                gc.get_freeze_count(),
-                self._baseline,
+                survivors,
+                self._frozen_since,
             )
-            self._baseline = gc.get_freeze_count()
+            self._left, self._frozen_since = survivors, 0
+        else:
+            self._frozen_since += survivors
         return full
 
     async def run(self, every_s: float) -> None:

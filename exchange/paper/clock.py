@@ -51,14 +51,17 @@ class ClockMixin(AlgoOrdersMixin, MarketDataMixin, ListenKeysMixin):
         now = self.wall_ms()
         m = self.prices.market_ms(now)
         listening = bool(self._listeners)
-        sec = now // 1000
+        sec, ms = divmod(now, 1000)
+        slot = ms * self.mark_slots // 1000
         for s in self.symbols:
             p = self.prices.price_at(s, m)
             if p != self.last[s]:
                 self._on_price(s, p, now, m)
             elif (bar := self._bar.get(s)) is not None and m >= bar[0] + 60_000:
                 self._record_price(s, p, m, emit=listening, now=now)
-            if listening and self._mark_sec.get(s) != sec:
+            last = self._mark_sec.get(s)
+            # at its slot of the second, or at once when a whole second went by without it
+            if listening and last != sec and (slot >= self._mark_slot[s] or last is None or last < sec - 1):
                 self._mark_sec[s] = sec
                 payload = self._mark_payload(s, now)
                 self._market(f"{s.lower()}@markPrice@1s", payload)

@@ -34,6 +34,7 @@ ZERO = Decimal(0)
 FIRST_ORDER_ID = 100_000_001
 FIRST_ALGO_ID = 3_000_000_001
 MAX_BARS = 20_160  # recorded 1m bars kept per symbol (14 days)
+MARK_SLOTS = 10  # a second's mark prices go out over up to this many slots (ClockMixin.advance)
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -107,6 +108,11 @@ class EngineState:
         self._book_id = 1
         self._mark_sec: dict[str, int] = {}
         self._mark3_sec: dict[str, int] = {}
+        # Each symbol's mark price goes out at its own slot of the second (by its place in the list):
+        # all at the top of the second, 5,000 symbols' marks were one burst that held the venue's loop
+        # and queued every order and trade tick behind it.
+        self.mark_slots = min(MARK_SLOTS, max(1, 1000 // config.tick_interval_ms))  # a tick in each
+        self._mark_slot = {s: i * self.mark_slots // len(self.symbols) for i, s in enumerate(self.symbols)}
         self._bar: dict[str, list[Any]] = {}
         self._bars: dict[str, deque[list[Any]]] = {s: deque(maxlen=MAX_BARS) for s in self.symbols}
         # --- persistence

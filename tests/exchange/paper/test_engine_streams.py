@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from exchange.paper.prices import ManualPrices, symbol_universe
 from tests.exchange.paper.test_engine_support import D, Harness, api_error
+from trading.instruments import synthetic_symbols
 
 HOUR = 3_600_000
 
@@ -187,3 +189,28 @@ def test_a_transfer_moves_the_wallet_and_says_so_on_the_user_stream() -> None:
     assert api_error(h.engine.transfer, D("-20000")).code == -2019 and h.wallet() == D("10300")
     assert api_error(h.engine.transfer, D("0")).code < 0
     assert len(h.user("ACCOUNT_UPDATE")) == 2
+
+
+def test_a_seconds_mark_prices_go_out_a_tenth_of_the_symbols_at_a_time() -> None:
+    # All at the top of the second, 5,000 symbols' marks were one burst that held the venue's loop:
+    # an order or a crossing trade that came just then waited behind it (bench.scale's exit tail).
+    symbols = synthetic_symbols(40)
+    h = Harness(prices=ManualPrices(symbols, rules=symbol_universe(40)), extra_symbols=40)
+    e = h.engine
+    h.clock.ms = (h.clock.ms // 1000 + 1) * 1000 - 100
+    e.advance()  # the first tick marks every symbol once (nothing was sent before)
+    assert len(h.market("@markPrice@1s")) == 40
+    per_tick = []
+    for second in range(2):
+        for _ in range(10):
+            h.clock.tick(100)
+            before = len(h.market("@markPrice@1s"))
+            e.advance()
+            per_tick.append(len(h.market("@markPrice@1s")) - before)
+        marks = [ev.payload["s"] for ev in h.market("@markPrice@1s")[40 + 40 * second :]]
+        assert sorted(marks) == sorted(symbols), f"second {second}: each symbol's mark once"
+    assert per_tick == [4] * 20
+    h.clock.tick(2500)  # the loop fell behind by more than a second: every mark goes at once
+    before = len(h.market("@markPrice@1s"))
+    e.advance()
+    assert len(h.market("@markPrice@1s")) - before == 40
