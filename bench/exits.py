@@ -280,9 +280,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             floor = await measure_floor(stack.client, args.floor)
             log(f"floor p50 {pct(floor, 0.5):.1f} ms over {len(floor)}")
             rejected: list[str] = []
+            _, log_at = gc_pauses(lifecycle.log_path, 0)
             one = await phase(stack, 1, args.crossings_one, rejected)
             cpu = CpuMeter({"venue": stack.processes["paper-exchange"].pid})
-            _, log_at = gc_pauses(lifecycle.log_path, 0)
+            paused_one, log_at = gc_pauses(lifecycle.log_path, log_at)
             many = await phase(stack, args.open, args.crossings, rejected)
             venue_cpu = cpu.percent()["venue"]
             paused, _ = gc_pauses(lifecycle.log_path, log_at)
@@ -300,9 +301,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         crossings=len(one.from_tick) + len(many.from_tick),
         open_positions=args.open,
         ratio_p99_500=round(pct(many.from_tick, 0.99) / pct(floor, 0.5), 2),
+        stages_ms_1=one.stage_summary(),
         stages_ms_500=many.stage_summary(),
         rejected_exits=len(rejected),
         venue_cpu_pct=venue_cpu,
+        gc_pauses_over_100ms_1=len(paused_one),
+        gc_pause_max_ms_1=max(paused_one, default=0),
         gc_pauses_over_100ms_500=len(paused),
         gc_pause_max_ms_500=max(paused, default=0),
         load_avg=round(os.getloadavg()[0], 2),
