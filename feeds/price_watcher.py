@@ -288,6 +288,7 @@ class PriceWatcher:
         metrics: WatcherMetrics | None = None,
         backoff_min_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        linger_s: float = 60.0,
     ) -> None:
         self.ws_url = ws_url
         self.redis = redis
@@ -305,7 +306,14 @@ class PriceWatcher:
         self._pending: set[asyncio.Task[None]] = set()
         self._ticks: asyncio.Queue[Tick] = asyncio.Queue(maxsize=tick_queue_size)
         self._book: dict[str, tuple[str, str]] = {}  # symbol -> (bid, ask)
-        self._symbols: frozenset[str] = frozenset()
+        self._symbols: frozenset[str] = frozenset()  # subscribed: held by a position, or lingering
+        # A symbol whose last position went keeps its streams `linger_s` (symbol -> until, monotonic):
+        # the next position on it is watched from its first tick. Unsubscribed at once, a re-entry was
+        # blind until its SUBSCRIBE went through, and a crossing then waited for the next 1 s mark
+        # price (bench.exits' one-open phase: p99 866 ms).
+        self._lingering: dict[str, float] = {}
+        self._held: frozenset[str] = frozenset()  # symbols with a position
+        self.linger_s = linger_s
         self._reload = asyncio.Event()
         self._reload_reason = ""
         self.loaded = asyncio.Event()  # set once the whole table was loaded at least once
@@ -388,6 +396,7 @@ class PriceWatcher:
                     if time.monotonic() >= next_full:
                         await self._reload_all("periodic")
                         next_full = time.monotonic() + self.full_reload_s
+                    self._end_lingering()
                     msg = await pubsub.get_message(timeout=0.5)
                     while msg is not None:
                         kind = msg.get("type")
@@ -462,10 +471,17 @@ class PriceWatcher:
 
     def _table_changed(self) -> None:
         self.metrics.positions.set(len(self.table))
-        symbols = frozenset(self.table.symbols())
+        held = frozenset(self.table.symbols())
+        self.metrics.symbols.set(len(held))
+        now = time.monotonic()
+        for sym in self._held - held:  # its last position went: keep its streams a while
+            self._lingering[sym] = now + self.linger_s
+        for sym in held & self._lingering.keys():
+            del self._lingering[sym]
+        self._held = held
+        symbols = held | {sym for sym, until in self._lingering.items() if until > now}
         if symbols != self._symbols:
             self._symbols = symbols
-            self.metrics.symbols.set(len(symbols))
             for category, (suffixes, shards) in self._shards.items():
                 conns = [c for c in self.conns if c.category == category]
                 for k, group in enumerate(shards.assign(symbols)):
@@ -475,6 +491,12 @@ class PriceWatcher:
                         if self._tasks:  # started: the new connection runs as the others do
                             self._tasks.append(self._run_connection(conns[k]))
                     conns[k].set_symbols(group)
+
+    def _end_lingering(self) -> None:
+        now = time.monotonic()
+        if any(until <= now for until in self._lingering.values()):
+            self._lingering = {sym: until for sym, until in self._lingering.items() if until > now}
+            self._table_changed()
 
     def update_stream_gauge(self) -> None:
         self.metrics.streams.set(sum(len(c.subscribed) for c in self.conns))
@@ -640,6 +662,7 @@ async def run_watcher(
     metrics_port: int | None = None,
     *,
     resend_after_s: float = 2.0,
+    linger_s: float = 60.0,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM / SIGINT (or `stop`): `settings` is a `trading.config.Settings`."""
@@ -651,6 +674,7 @@ async def run_watcher(
             redis=svc.redis,
             client=svc.client,
             resend_after_s=resend_after_s,
+            linger_s=linger_s,
             metrics=metrics,
         )
         log.info(
@@ -666,13 +690,18 @@ async def run_watcher(
 
 
 RESEND_AFTER_HELP = "seconds before the same (workflow, levels version) is signalled again"
+LINGER_HELP = "seconds a symbol stays subscribed after its last position's levels went (default 60)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = service_parser("price-watcher", __doc__)
     parser.add_argument("--resend-after", type=float, default=2.0, help=RESEND_AFTER_HELP)
+    parser.add_argument("--linger", type=float, default=60.0, help=LINGER_HELP)
     args = parser.parse_args(argv)
-    return run_main(args, lambda s: run_watcher(s, args.metrics_port, resend_after_s=args.resend_after))
+    return run_main(
+        args,
+        lambda s: run_watcher(s, args.metrics_port, resend_after_s=args.resend_after, linger_s=args.linger),
+    )
 
 
 if __name__ == "__main__":

@@ -198,7 +198,9 @@ class Env:
     redis: aioredis.Redis
     watchers: list[ManagedProcess]
 
-    def start_watcher(self, *, resend_after: float = 60.0, lease_s: float = 5.0) -> Watcher:
+    def start_watcher(
+        self, *, resend_after: float = 60.0, lease_s: float = 5.0, linger: float = 60.0
+    ) -> Watcher:
         port = free_port()
         proc = ManagedProcess(
             name="price-watcher",
@@ -210,6 +212,8 @@ class Env:
                 str(port),
                 "--resend-after",
                 str(resend_after),
+                "--linger",
+                str(linger),
             ],
             log_path=self.tmp / f"watcher-{len(self.watchers)}.log",
             env={
@@ -264,18 +268,20 @@ class Watcher:
                 out[name] = float(value)
         return out
 
-    async def wait_metric(self, name: str, want: float, timeout: float = 15.0) -> None:
+    async def wait_metric(self, name: str, want: float, timeout: float = 15.0) -> dict[str, float]:
+        """Until `name` is `want`; the scrape that showed it."""
         deadline = time.monotonic() + timeout
         last: float | None = None
         while time.monotonic() < deadline:
             if not self.proc.alive():
                 raise AssertionError(f"watcher exited:\n{self.proc.log_tail()}")
             try:
-                last = (await asyncio.to_thread(self.metrics)).get(name)
+                scraped = await asyncio.to_thread(self.metrics)
             except httpx.HTTPError:
-                last = None
+                scraped = {}
+            last = scraped.get(name)
             if last == want:
-                return
+                return scraped
             await asyncio.sleep(0.05)
         raise AssertionError(f"{name} = {last}, wanted {want}:\n{self.proc.log_tail()}")
 
@@ -288,6 +294,9 @@ def signals_for(wf: str) -> list[dict[str, Any]]:
 # bound (a healthy watcher answers in milliseconds; the latency is printed here and measured by the
 # benchmark `python -m bench.exits`).
 GUARD_S = 30.0
+# How long a watcher here keeps a symbol subscribed after its last position (the default is 60 s): long
+# enough to be seen still subscribed right after the removal, short enough to see it go.
+LINGER_S = 5.0
 
 
 async def wait_signals(wf: str, n: int, timeout: float = GUARD_S) -> list[tuple[float, dict[str, Any]]]:
@@ -360,7 +369,7 @@ async def test_crossing_signals_once_and_ticks_land_in_redis(env: Env) -> None:
     await e.publish("pos-a", "BTCUSDT", "62000", "59000", 1)
     await e.publish("pos-b", "BTCUSDT", "70000", "50000", 1)
     await e.publish("pos-e", "ETHUSDT", "3100", "2900", 1)
-    w = e.start_watcher()
+    w = e.start_watcher(linger=LINGER_S)
     # 2 symbols x (aggTrade + markPrice@1s) on /market, 2 x bookTicker on /public
     await w.wait_metric("price_watcher_streams_subscribed", 6)
     await w.wait_metric("price_watcher_positions_watched", 3)
@@ -420,8 +429,11 @@ async def test_crossing_signals_once_and_ticks_land_in_redis(env: Env) -> None:
     await wait_signals("pos-e", 1)
     assert signals_for("pos-e")[0]["symbol"] == "ETHUSDT"
 
-    # removing a symbol's last position unsubscribes it
+    # a symbol's last position removed: its streams stay a while (a re-entry is watched from its
+    # first tick; unsubscribed at once, it was blind until its SUBSCRIBE went through), then go
     await e.remove("pos-e")
+    seen = await w.wait_metric("price_watcher_positions_watched", 1)  # the first scrape that shows it
+    assert seen["price_watcher_streams_subscribed"] == 6
     await w.wait_metric("price_watcher_streams_subscribed", 3)
 
     m = await asyncio.to_thread(w.metrics)
