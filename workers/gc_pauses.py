@@ -104,8 +104,8 @@ class Freezer:
     def _exact_growth(self) -> int:
         """What the frozen objects grew by since the last full pass. The steps' sum is an upper bound
         (much of what they froze was freed since by reference counting) and costs nothing; this count
-        walks every frozen object (tens of ms at 5,000 open positions), so it is taken only when that
-        bound is past the threshold, and it becomes the new bound."""
+        walks every frozen object, so it is taken only when that bound is past the threshold, and it
+        becomes the new bound."""
         self._frozen_since = max(0, gc.get_freeze_count() - self._left)
         return self._frozen_since
 

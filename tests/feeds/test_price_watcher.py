@@ -296,7 +296,7 @@ def signals_for(wf: str) -> list[dict[str, Any]]:
 GUARD_S = 30.0
 # How long a watcher here keeps a symbol subscribed after its last position (the default is 60 s): long
 # enough to be seen still subscribed right after the removal, short enough to see it go.
-LINGER_S = 5.0
+LINGER_S = 10.0
 
 
 async def wait_signals(wf: str, n: int, timeout: float = GUARD_S) -> list[tuple[float, dict[str, Any]]]:
@@ -434,7 +434,7 @@ async def test_crossing_signals_once_and_ticks_land_in_redis(env: Env) -> None:
     await e.remove("pos-e")
     seen = await w.wait_metric("price_watcher_positions_watched", 1)  # the first scrape that shows it
     assert seen["price_watcher_streams_subscribed"] == 6
-    await w.wait_metric("price_watcher_streams_subscribed", 3)
+    await w.wait_metric("price_watcher_streams_subscribed", 3, timeout=LINGER_S + GUARD_S)
 
     m = await asyncio.to_thread(w.metrics)
     assert m["price_watcher_signals_total"] == 4
