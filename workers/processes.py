@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,12 +15,40 @@ from pathlib import Path
 
 import httpx
 
+_LOWEST_PORT = 10_000  # below are the well-known services (PostgreSQL 5432, Redis 6379, Temporal 7233)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):  # no /proc here: Linux's default
+        return 32_768, 60_999
+
 
 def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nobody listens on right now, for a server we are about to start.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out (bind to port 0) is one it
+    also picks for outgoing connections, and between this answer and the server's bind a client of
+    another process took it (CI: the paper exchange failed with "address already in use" on 50545).
+    Never the same port twice in one process, so two servers started together cannot share one."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1_000 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # someone listens there, or a connection of it lingers in TIME_WAIT
+                continue
+            port = int(sock.getsockname()[1])
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free loopback port between {_LOWEST_PORT} and {low} after 200 tries")
 
 
 def port_open(host: str, port: int) -> bool:
