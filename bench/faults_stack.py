@@ -158,13 +158,15 @@ class ExplorerStack:
         return restarted
 
     async def wait_ready(self, started: dict[str, int], timeout_s: float = 45.0) -> list[str]:
-        """Wait until each service started at that log position has said it is serving; returns the ones
-        that did not within the time."""
+        """Wait until each service started at that log position has said it is serving, or has died (a
+        kill of the schedule can hit a process this very restart started); returns the ones that did
+        neither within the time. Waiting on for a dead one held the restart lock 45 s (seed 17)."""
         ends = asyncio.get_running_loop().time() + timeout_s
         waiting = dict(started)
         while waiting and asyncio.get_running_loop().time() < ends:
             for name, offset in list(waiting.items()):
-                if READY[name].encode() in _read_from(self.services[name].log_path, offset):
+                proc = self.services[name]
+                if not proc.alive() or READY[name].encode() in _read_from(proc.log_path, offset):
                     del waiting[name]
             await asyncio.sleep(0.1)
         return sorted(waiting)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 
 from temporalio.runtime import Runtime
@@ -15,11 +16,14 @@ from activities.exchange import ExchangeActivities
 from activities.reconcile import VenueReadActivities
 from activities.risk_reports import RiskReports
 from exchange.client import BinanceFuturesClient
+from exchange.errors import ExchangeError
 from exchange.shared_budget import budget_from_settings
 from trading.config import Settings
 from workers.service import redis_client, run_until_sigterm
 from workers.temporal_client import connect, metrics_runtime
 from workflows.messages import EXCHANGE_TASK_QUEUE
+
+log = logging.getLogger("qtrader.worker.exchange")
 
 
 def exchange_worker(client, exchange: BinanceFuturesClient, reports: RiskReports | None = None) -> Worker:
@@ -95,6 +99,35 @@ async def export_rate_limits(
         await asyncio.sleep(every_s)
 
 
+async def sync_clock(
+    exchange: BinanceFuturesClient, first_wait_s: float = 1.0, max_wait_s: float = 30.0
+) -> None:
+    """Measure the venue's clock offset as soon as it answers, beside the worker, not before it.
+
+    Measured before the worker started, a venue that refused, hung or had banned this IP (a 418 lasts
+    from 2 minutes to days) killed the process at start-up, and a supervisor restarted it into the same
+    failure: no activity served, and the emergency stop never heard "venue unreachable" or "banned" from
+    it (the fault explorer: seed 48, an exchange worker SIGKILLed in a venue hang, not serving 45 s
+    later). Until the offset is known, signed requests carry the local clock; a -1021 answer makes the
+    client resync and retry by itself."""
+    wait_s = first_wait_s
+    while True:
+        try:
+            offset_ms = await exchange.sync_time()
+        except ExchangeError as err:
+            wait_s = max(wait_s, err.retry_after_s or 0.0)
+            log.warning(
+                "venue clock not synced: %s; signed requests use the local clock, again in %.0f s",
+                err,
+                wait_s,
+            )
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, max_wait_s)
+        else:
+            log.info("venue clock synced offset_ms=%.1f", offset_ms)
+            return
+
+
 async def run(settings: Settings, metrics_port: int | None) -> None:
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise SystemExit("BINANCE_API_KEY and BINANCE_API_SECRET must be set for the exchange worker")
@@ -103,9 +136,9 @@ async def run(settings: Settings, metrics_port: int | None) -> None:
     redis = redis_client(settings, socket_timeout=0.5, socket_connect_timeout=0.5)
     shared = budget_from_settings(settings, redis)
     async with BinanceFuturesClient.from_settings(settings, shared_budget=shared) as exchange:
-        await exchange.sync_time()
         reports = RiskReports(client)
         side = [
+            asyncio.create_task(sync_clock(exchange)),
             asyncio.create_task(export_rate_limits(runtime, exchange, reports=reports)),
             asyncio.create_task(reports.run()),
         ]
