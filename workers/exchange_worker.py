@@ -114,8 +114,8 @@ async def sync_clock(
     while True:
         try:
             offset_ms = await exchange.sync_time()
-        except ExchangeError as err:
-            wait_s = max(wait_s, err.retry_after_s or 0.0)
+        except (ExchangeError, KeyError, ValueError) as err:  # no answer, or one without serverTime
+            wait_s = max(wait_s, getattr(err, "retry_after_s", None) or 0.0)
             log.warning(
                 "venue clock not synced: %s; signed requests use the local clock, again in %.0f s",
                 err,
